@@ -1,0 +1,37 @@
+"""``tdds config`` (show defaults / validate a config) and ``tdds list`` (registered names)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser("config", help="Print the default config, or validate and print a resolved config.")
+    p.add_argument("--config", help="YAML config to validate (omit to print the defaults).")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--show-defaults", action="store_true", help="Print every field with its default value.")
+    p.set_defaults(func=run_config)
+    q = sub.add_parser("list", help="List registered datasets, architectures and scoring methods.")
+    q.set_defaults(func=run_list)
+
+
+def run_config(args: argparse.Namespace) -> int:
+    from ..config import load_config
+
+    cfg = load_config(None if args.show_defaults else args.config, args.overrides)
+    print(cfg.to_yaml(), end="")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from ..data import list_datasets
+    from ..models import list_models
+
+    print("datasets:      " + ", ".join(list_datasets()))
+    print("architectures: " + ", ".join(list_models()))
+    try:
+        from ..scoring import list_methods
+
+        print("methods:       " + ", ".join(list_methods()))
+    except ImportError:  # pragma: no cover - scoring is part of the package
+        pass
+    return 0

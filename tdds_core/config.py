@@ -1,0 +1,306 @@
+"""Run configuration: pydantic models loaded from YAML, one file for CLI, local and cluster runs.
+
+Every field is documented; unknown keys and wrong types are rejected with a message that names
+the field (``train.lr: Input should be greater than 0``). ``--set key.sub=value`` overrides any
+field from the command line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config", "DataConfig", "NoiseConfig", "ModelConfig", "TrainConfig", "DynamicsConfig",
+    "MethodSpec", "SelectionConfig", "CoresetConfig", "EvaluateConfig", "TrackingConfig",
+    "PipelineConfig", "load_config", "parse_config", "config_digest",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class NoiseConfig(_Strict):
+    """Noise injected into the training set before anything else (paper appendix F)."""
+
+    label_noise: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of training labels replaced by another class.")
+    corruption: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of training images corrupted.")
+    corruption_types: list[Literal["gaussian", "occlusion", "resolution", "fog", "motion_blur"]] = Field(
+        default_factory=lambda: ["gaussian", "occlusion", "resolution", "fog", "motion_blur"],
+        description="Corruptions drawn uniformly for each corrupted image.",
+    )
+    seed: int = Field(0, description="Seed of the noise draw (recorded with the run).")
+
+    @property
+    def active(self) -> bool:
+        return self.label_noise > 0 or self.corruption > 0
+
+
+class DataConfig(_Strict):
+    """Which dataset, where it lives and how it is served."""
+
+    name: str = Field("fashion-mnist", description="Registered dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder, synthetic.")
+    root: Optional[str] = Field(None, description="Folder with the dataset files; None = the dataset's default folder.")
+    download: bool = Field(False, description="Allow torchvision to download CIFAR when it is missing.")
+    train_subset: Optional[int] = Field(None, gt=0, description="Use a seeded, class-stratified subset of this many training samples (quick runs).")
+    test_subset: Optional[int] = Field(None, gt=0, description="Use a seeded subset of this many test samples.")
+    subset_seed: int = Field(0, description="Seed for train_subset/test_subset.")
+    image_size: Optional[int] = Field(None, gt=0, description="Resize side for imagefolder datasets (default 32 for small, 224 for large).")
+    resident: Literal["auto", "always", "never"] = Field(
+        "auto", description="Serve the training set from a device-resident uint8 tensor (auto: when it fits)."
+    )
+    resident_max_bytes: int = Field(4 << 30, gt=0, description="Largest dataset (bytes, uint8) served resident under 'auto'.")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers for datasets that are not resident.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the dataset function (e.g. synthetic sizes).")
+    noise: NoiseConfig = Field(default_factory=NoiseConfig, description="Optional label noise / image corruption.")
+
+
+class ModelConfig(_Strict):
+    arch: str = Field("resnet18", description="Registered architecture (see `tdds models`).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the model function.")
+
+
+class TrainConfig(_Strict):
+    """Full-data training; defaults are the authors' (tdds-facts.md)."""
+
+    epochs: int = Field(200, gt=0, description="Epochs of full-data training.")
+    batch_size: int = Field(100, gt=0, description="Batch size (authors: 100 for full data).")
+    lr: float = Field(0.1, gt=0, description="Initial learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum.")
+    nesterov: bool = Field(True, description="Nesterov momentum.")
+    weight_decay: float = Field(5e-4, ge=0, description="L2 weight decay.")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="LR schedule, stepped every iteration.")
+    seed: int = Field(42, description="Seed for init, data order and augmentation.")
+    augment: bool = Field(True, description="Random crop (pad 4) and horizontal flip where it applies.")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    amp: Literal["auto", "bf16", "off"] = Field("auto", description="bf16 autocast on CUDA ('auto' = on for CUDA).")
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA.")
+    compile: bool = Field(False, description="torch.compile the model on CUDA.")
+    eval_batch_size: int = Field(1000, gt=0, description="Batch size for test evaluation and feature extraction.")
+    drop_last: bool = Field(False, description="Drop the last partial batch of each epoch.")
+    eval_every: int = Field(1, gt=0, description="Evaluate on the test set every this many epochs (and always after the last).")
+    progress: bool = Field(True, description="Show a progress bar per epoch (loss, accuracy, img/s).")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda", "mps") and not v.startswith("cuda:"):
+            raise ValueError("must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        return v
+
+
+class DynamicsConfig(_Strict):
+    """What the full-data run records for scoring."""
+
+    record: bool = Field(True, description="Record per-sample logits every epoch.")
+    mode: Literal["train", "clean"] = Field(
+        "train", description="'train': the training forward pass's logits (authors; no extra pass); "
+        "'clean': an extra eval-mode pass without augmentation after each epoch."
+    )
+    dtype: Literal["float16", "float32"] = Field("float16", description="Storage dtype of the logits.")
+    epoch_start: int = Field(0, ge=0, description="First epoch recorded.")
+    epoch_stop: Optional[int] = Field(None, gt=0, description="Stop recording before this epoch (None = all).")
+    save_features: bool = Field(True, description="Save penultimate features of every sample (Moderate needs them).")
+
+    @model_validator(mode="after")
+    def _range(self) -> "DynamicsConfig":
+        if self.epoch_stop is not None and self.epoch_stop <= self.epoch_start:
+            raise ValueError(f"dynamics.epoch_stop ({self.epoch_stop}) must be greater than epoch_start ({self.epoch_start})")
+        return self
+
+
+class MethodSpec(_Strict):
+    """One scoring method entry. ``params`` are keyword options of the scorer; ``per_rate`` overrides
+    them for given pruning rates (e.g. TDDS's (T, W) per rate)."""
+
+    name: str = Field(..., description="Registered scoring method (tdds, random, entropy, forgetting, el2n, aum, moderate, ccs, dyn_unc).")
+    label: Optional[str] = Field(None, description="Row name in tables and MLflow (default: name plus params).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Scorer options, e.g. {T: 30, W: 10, decay: 0.9}.")
+    per_rate: dict[float, dict[str, Any]] = Field(default_factory=dict, description="Per-pruning-rate overrides of params.")
+    rates: Optional[list[float]] = Field(None, description="Only these pruning rates (default: selection.rates).")
+
+    @property
+    def display(self) -> str:
+        if self.label:
+            return self.label
+        if not self.params:
+            return self.name
+        inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.name}[{inner}]"
+
+    def params_for(self, rate: float) -> dict[str, Any]:
+        p = dict(self.params)
+        for r, over in self.per_rate.items():
+            if abs(float(r) - rate) < 1e-9:
+                p.update(over)
+        return p
+
+
+def _default_methods() -> list[MethodSpec]:
+    return [MethodSpec(name=n) for n in ("random", "entropy", "forgetting", "el2n", "aum", "moderate", "ccs", "dyn_unc", "tdds")]
+
+
+class SelectionConfig(_Strict):
+    rates: list[float] = Field(default_factory=lambda: [0.3, 0.5, 0.7, 0.8, 0.9], description="Pruning rates p in (0, 1); keep round((1-p)N).")
+    class_balanced: bool = Field(False, description="Keep the same fraction of every class instead of the global top.")
+    export: bool = Field(False, description="Also export the pruned dataset itself (images, labels, ids, weights).")
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, v: list[float]) -> list[float]:
+        for r in v:
+            if not (0.0 < r < 1.0):
+                raise ValueError(f"pruning rate {r} is outside (0, 1); use e.g. 0.7 to prune 70%")
+        return v
+
+
+class CoresetConfig(_Strict):
+    """Training on a selection (paper section 5.1, Eq. 13)."""
+
+    strategy: Literal["E", "P"] = Field("E", description="E: same epochs as full data; P: same iterations (more epochs).")
+    weighting: Literal["batch", "sample", "none"] = Field(
+        "batch", description="batch: batch-mean CE x batch-mean importance (authors); sample: per-sample weighted CE; none."
+    )
+    batch_size: int = Field(128, gt=0, description="Coreset batch size (authors: 128).")
+    batch_rule: bool = Field(False, description="Paper's rule: halve the batch at rate >= thresholds[0], quarter at >= thresholds[1].")
+    batch_rule_thresholds: tuple[float, float] = Field((0.7, 0.9), description="Rates at which the batch is halved / quartered.")
+    epochs: Optional[int] = Field(None, gt=0, description="Coreset epochs under strategy E (default: train.epochs).")
+    seeds: list[int] = Field(default_factory=lambda: [42], description="Seeds; one coreset run per seed.")
+
+
+class EvaluateConfig(_Strict):
+    archs: list[str] = Field(default_factory=lambda: ["resnet50", "vgg16_bn", "mobilenet_v2", "shufflenet_v2"], description="Architectures for cross-architecture evaluation.")
+    rates: list[float] = Field(default_factory=list, description="Pruning rates evaluated across architectures (empty = none).")
+    methods: list[str] = Field(default_factory=lambda: ["tdds", "random"], description="Method labels evaluated across architectures.")
+
+
+class TrackingConfig(_Strict):
+    enabled: bool = Field(True, description="Log to MLflow.")
+    uri: Optional[str] = Field(None, description="Tracking URI; None = $MLFLOW_TRACKING_URI or sqlite:///<output>/mlflow.db.")
+    experiment: Optional[str] = Field(None, description="Experiment name; None = 'tdds-<dataset>'.")
+
+
+class PipelineConfig(_Strict):
+    """Kubeflow settings (ignored by local runs except caching)."""
+
+    image: str = Field("ghcr.io/tdds-project/tdds:0.1.0", description="Image every component runs in on a cluster.")
+    gpu_image: Optional[str] = Field(None, description="Image for GPU tasks (None = image).")
+    accelerator_type: str = Field("nvidia.com/gpu", description="Accelerator resource requested by training tasks.")
+    gpus: int = Field(1, ge=0, description="GPUs per training task (0 = CPU only).")
+    cpu_request: str = Field("4", description="CPU request of training tasks.")
+    memory_request: str = Field("16G", description="Memory request of training tasks.")
+    retries: int = Field(2, ge=0, description="Retries of training tasks (with backoff).")
+    caching: bool = Field(True, description="Reuse results of unchanged tasks.")
+    pipeline_root: Optional[str] = Field(None, description="KFP pipeline root (s3://bucket/prefix on a cluster).")
+
+
+class Config(_Strict):
+    """A whole tdds run: data, model, training, dynamics, methods, selection, coreset training, tracking."""
+
+    name: str = Field("tdds", description="Run name (used in paths and MLflow run names).")
+    output: str = Field("runs/tdds", description="Output root: a local folder or s3://bucket/prefix.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    dynamics: DynamicsConfig = Field(default_factory=DynamicsConfig)
+    methods: list[MethodSpec] = Field(default_factory=_default_methods)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    coreset: CoresetConfig = Field(default_factory=CoresetConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted key -> value, for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, v: Any) -> None:
+            if isinstance(v, dict):
+                for k, x in v.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), x)
+            else:
+                out[prefix] = v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v)
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+
+def _format_error(e: ValidationError, source: str) -> str:
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; check its spelling against `tdds config --show-defaults`"
+        lines.append(f"  {loc}: {msg}" + (f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and "input" in err and not isinstance(err["input"], dict) else ""))
+    return f"invalid config {source}:\n" + "\n".join(lines)
+
+
+def _apply_override(d: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. --set train.epochs=5")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: cannot parse the value ({e})") from e
+    parts = key.strip().split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if nxt is None:
+            nxt = cur[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {item!r}: {p} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_config(data: dict | None, overrides: list[str] | None = None, source: str = "<dict>") -> Config:
+    """Validate a config dict (plus ``key=value`` overrides) into a :class:`Config`."""
+    d = dict(data or {})
+    d = json.loads(json.dumps(d, default=str))  # deep copy
+    for item in overrides or []:
+        _apply_override(d, item)
+    try:
+        return Config.model_validate(d)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, source)) from None
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (None = all defaults) and apply ``key=value`` overrides."""
+    if path is None:
+        return parse_config({}, overrides)
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist; pass --config with a path such as configs/quickstart.yaml")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of sections (data:, model:, train: ...), not {type(data).__name__}")
+    return parse_config(data, overrides, source=str(p))
+
+
+def config_digest(obj: Any, length: int = 12) -> str:
+    """Short stable hash of a config section (pydantic model or JSON-able value)."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]

@@ -1,0 +1,135 @@
+"""Batch loaders that yield ``(x, y, idx)`` on the training device.
+
+``ResidentLoader`` keeps the whole split as a uint8 tensor on the device and augments on tensors
+(random crop with zero padding, horizontal flip): no PIL, no per-sample Python. ``StreamLoader``
+reads the split through a ``DataLoader`` (for data that does not fit) and applies the same tensor
+augmentation on the device. Both draw the epoch's order and augmentation from generators seeded
+by ``(seed, epoch)``, so an epoch is reproducible on its own (resume needs no sampler state).
+``idx`` are positions into the full split, so dynamics and weights are keyed by sample.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .base import ArrayDataset
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + stream * 104_729) % (2**63 - 1)
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, *, pad: int, flip: bool) -> torch.Tensor:
+    """Random crop with ``pad`` zero padding and random horizontal flip on a uint8 batch ``[B, C, H, W]``."""
+    b, _, h, w = x.shape
+    if pad > 0:
+        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=x.device)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=x.device)
+        rows = (oy[:, None] + torch.arange(h, device=x.device)[None])[:, :, None]   # [B, H, 1]
+        cols = (ox[:, None] + torch.arange(w, device=x.device)[None])[:, None, :]   # [B, 1, W]
+        x = xp[torch.arange(b, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        m = torch.rand(b, generator=gen, device=x.device) < 0.5
+        x = torch.where(m[:, None, None, None], x.flip(3), x)
+    return x
+
+
+class _Base:
+    def __init__(self, ds: ArrayDataset, *, batch_size: int, device: torch.device, mean, std, augment: bool,
+                 flip: bool, pad: int, drop_last: bool = False, positions: np.ndarray | None = None,
+                 channels_last: bool = False):
+        self.ds = ds
+        self.batch_size = batch_size
+        self.device = device
+        self.augment = augment
+        self.flip = flip
+        self.pad = pad
+        self.drop_last = drop_last
+        self.positions = np.arange(len(ds)) if positions is None else np.asarray(positions, dtype=np.int64)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        n = len(self.positions)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _finish(self, xb: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        if self.augment and gen is not None:
+            xb = augment_batch(xb, gen, pad=self.pad, flip=self.flip)
+        x = (xb.float().div_(255.0) - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _order(self, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
+        if not shuffle:
+            return self.positions
+        rng = np.random.default_rng(epoch_seed(seed, epoch))
+        return self.positions[rng.permutation(len(self.positions))]
+
+
+class ResidentLoader(_Base):
+    """Serves a split from a device-resident uint8 tensor."""
+
+    def __init__(self, ds: ArrayDataset, **kw):
+        super().__init__(ds, **kw)
+        self.images = torch.from_numpy(np.ascontiguousarray(ds.images)).to(self.device)
+        self.labels = torch.from_numpy(ds.labels).to(self.device)
+
+    def epoch(self, epoch: int = 0, seed: int = 0, shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        order = torch.from_numpy(self._order(epoch, seed, shuffle)).to(self.device)
+        gen = None
+        if self.augment and shuffle:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(epoch_seed(seed, epoch, 1))
+        n = len(order)
+        stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
+        for s in range(0, stop, self.batch_size):
+            idx = order[s:s + self.batch_size]
+            yield self._finish(self.images[idx], gen), self.labels[idx], idx
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, ds: ArrayDataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        return torch.from_numpy(np.ascontiguousarray(self.ds.images[i])), int(self.ds.labels[i]), i
+
+
+class StreamLoader(_Base):
+    """Reads a split through a ``DataLoader`` (``num_workers`` processes) and augments on the device."""
+
+    def __init__(self, ds: ArrayDataset, *, num_workers: int = 2, **kw):
+        super().__init__(ds, **kw)
+        self.num_workers = num_workers
+
+    def epoch(self, epoch: int = 0, seed: int = 0, shuffle: bool = True):
+        order = self._order(epoch, seed, shuffle).tolist()
+        n = len(order)
+        if self.drop_last:
+            order = order[: (n // self.batch_size) * self.batch_size]
+        dl = torch.utils.data.DataLoader(_Rows(self.ds), batch_size=self.batch_size, sampler=order,
+                                         num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                                         persistent_workers=False)
+        gen = None
+        if self.augment and shuffle:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(epoch_seed(seed, epoch, 1))
+        for xb, yb, ib in dl:
+            xb = xb.to(self.device, non_blocking=True)
+            yield self._finish(xb, gen), yb.to(self.device, non_blocking=True), ib.to(self.device, non_blocking=True)
+
+
+def make_loader(ds: ArrayDataset, *, resident: str, resident_max_bytes: int, num_workers: int, **kw):
+    """ResidentLoader when the split fits (or ``resident == 'always'``), else StreamLoader."""
+    if resident == "always" or (resident == "auto" and ds.nbytes <= resident_max_bytes):
+        return ResidentLoader(ds, **kw)
+    return StreamLoader(ds, num_workers=num_workers, **kw)

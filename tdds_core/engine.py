@@ -1,0 +1,462 @@
+"""The one training loop: full-data training that records dynamics, and (weighted) coreset training.
+
+``train(splits, spec, out_dir)`` trains, evaluates, optionally records per-epoch logits by sample
+id (no extra forward pass in the default ``train`` mode), checkpoints at every epoch end and
+resumes from the newest checkpoint when started again with the same spec and folder. Each epoch's
+data order and augmentation come from generators seeded by ``(seed, epoch)``, so a resumed run is
+bit-identical on CPU to an uninterrupted one.
+
+Outputs in ``out_dir``: ``run.json`` (spec and digest; a folder holding another spec is refused),
+``dynamics/`` (see :mod:`tdds_core.dynamics`), ``checkpoint.pt`` (removed at the end),
+``model.pt``, ``history.json``, ``result.json`` and ``manifest.json`` (written last).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .config import Config, config_digest
+from .data import Splits
+from .data.loader import ResidentLoader, epoch_seed, make_loader
+from .dynamics import DynamicsWriter
+from .errors import ArtifactError, ConfigError, ScoringError
+from .io import MANIFEST, atomic_torch_save, atomic_write_json, read_json, verify_manifest, write_manifest
+from .models import create_model
+
+
+@dataclass
+class TrainSpec:
+    """Everything one training run depends on (its digest keys the output folder)."""
+
+    arch: str
+    epochs: int
+    batch_size: int
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    seed: int = 42
+    augment: bool = True
+    drop_last: bool = False
+    model_options: dict = field(default_factory=dict)
+    # dynamics capture (full-data run)
+    record_dynamics: bool = False
+    dynamics_mode: str = "train"
+    dynamics_dtype: str = "float16"
+    dynamics_start: int = 0
+    dynamics_stop: Optional[int] = None
+    save_features: bool = False
+    # coreset training
+    positions: Optional[list[int]] = None      # training positions used (None = all)
+    weights: Optional[list[float]] = None      # importance per position (aligned with positions)
+    weighting: str = "none"                    # none | batch | sample
+    iterations: Optional[int] = None           # exact number of iterations (Strategy-P); None = epochs x batches
+    # runtime (not part of the digest)
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    eval_batch_size: int = 1000
+    eval_every: int = 1
+    progress: bool = True
+    resident: str = "auto"
+    resident_max_bytes: int = 4 << 30
+    num_workers: int = 2
+
+    _RUNTIME = ("device", "amp", "channels_last", "compile", "eval_batch_size", "progress", "resident",
+                "resident_max_bytes", "num_workers")
+
+    def digest(self, fingerprint: str) -> str:
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in self._RUNTIME}
+        d["fingerprint"] = fingerprint
+        return config_digest(d, 16)
+
+    def describe(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k in ("positions", "weights"):
+            if d[k] is not None:
+                d[k] = f"<{len(d[k])} values>"
+        return d
+
+
+def full_data_spec(cfg: Config) -> TrainSpec:
+    """The full-data run of ``cfg``: records dynamics as ``cfg.dynamics`` says."""
+    t, d = cfg.train, cfg.dynamics
+    if d.record and t.drop_last:
+        raise ConfigError("train.drop_last: dynamics need every sample in every epoch; set train.drop_last: false")
+    return TrainSpec(arch=cfg.model.arch, model_options=dict(cfg.model.options), epochs=t.epochs, batch_size=t.batch_size,
+                     lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay, schedule=t.schedule,
+                     seed=t.seed, augment=t.augment, drop_last=t.drop_last, record_dynamics=d.record,
+                     dynamics_mode=d.mode, dynamics_dtype=d.dtype, dynamics_start=d.epoch_start,
+                     dynamics_stop=d.epoch_stop, save_features=d.record and d.save_features, **_runtime(cfg))
+
+
+def _runtime(cfg: Config) -> dict:
+    t, d = cfg.train, cfg.data
+    return dict(device=t.device, amp=t.amp, channels_last=t.channels_last, compile=t.compile,
+                eval_batch_size=t.eval_batch_size, eval_every=t.eval_every, progress=t.progress,
+                resident=d.resident, resident_max_bytes=d.resident_max_bytes, num_workers=d.num_workers)
+
+
+def coreset_batch_size(cfg: Config, rate: float) -> int:
+    """Coreset batch size; with ``coreset.batch_rule`` halved at rate >= thresholds[0], quartered at >= thresholds[1]."""
+    b = cfg.coreset.batch_size
+    if cfg.coreset.batch_rule:
+        lo, hi = cfg.coreset.batch_rule_thresholds
+        if rate >= hi:
+            b = max(1, b // 4)
+        elif rate >= lo:
+            b = max(1, b // 2)
+    return b
+
+
+def coreset_spec(cfg: Config, *, rate: float, positions: np.ndarray, weights: np.ndarray, num_full: int,
+                 arch: str | None = None, seed: int | None = None) -> TrainSpec:
+    """Training on a selection: Strategy E (same epochs) or P (same iterations as the full-data run)."""
+    t, c = cfg.train, cfg.coreset
+    b = coreset_batch_size(cfg, rate)
+    epochs = c.epochs or t.epochs
+    iterations = None
+    if c.strategy == "P":
+        full_iters = t.epochs * (num_full // t.batch_size if t.drop_last else math.ceil(num_full / t.batch_size))
+        iterations = full_iters
+        per_epoch = max(1, math.ceil(len(positions) / b))
+        epochs = math.ceil(full_iters / per_epoch)
+    return TrainSpec(arch=arch or cfg.model.arch, model_options=dict(cfg.model.options) if arch in (None, cfg.model.arch) else {},
+                     epochs=epochs, batch_size=b, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
+                     weight_decay=t.weight_decay, schedule=t.schedule, seed=t.seed if seed is None else seed,
+                     augment=t.augment, drop_last=False, positions=[int(p) for p in positions],
+                     weights=[float(w) for w in weights], weighting=c.weighting, iterations=iterations, **_runtime(cfg))
+
+
+@dataclass
+class TrainResult:
+    final_acc: float            # test accuracy (%) after the last epoch
+    best_acc: float             # best test accuracy (%) over evaluated epochs (what the authors' logs report)
+    best_epoch: int
+    final_loss: float
+    per_class_acc: list[float]  # % per class, final epoch
+    epochs: int
+    iterations: int
+    num_train: int
+    wall_s: float
+    img_per_s: float
+    history: list[dict] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        return {"final_acc": self.final_acc, "best_acc": self.best_acc, "best_epoch": self.best_epoch,
+                "final_loss": self.final_loss, "epochs": self.epochs, "iterations": self.iterations,
+                "num_train": self.num_train, "wall_s": self.wall_s, "img_per_s": self.img_per_s}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available here; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def weighted_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """Importance-aware loss (paper Eq. 13).
+
+    ``none``: mean cross-entropy. ``batch`` (the authors' code): mean cross-entropy times the mean
+    importance of the batch. ``sample``: mean over the batch of importance_i x cross-entropy_i."""
+    if mode == "none" or w is None:
+        return F.cross_entropy(logits, y)
+    if mode == "batch":
+        return F.cross_entropy(logits, y) * w.mean()
+    if mode == "sample":
+        return (F.cross_entropy(logits, y, reduction="none") * w).mean()
+    raise ConfigError(f"coreset.weighting: unknown mode {mode!r}; use batch, sample or none")
+
+
+def _lr_lambda(schedule: str, total: int) -> Callable[[int], float]:
+    if schedule == "constant":
+        return lambda it: 1.0
+    return lambda it: 0.5 * (1.0 + math.cos(math.pi * min(it, total) / max(1, total)))
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: ResidentLoader, num_classes: int, autocast) -> tuple[float, float, np.ndarray]:
+    """(accuracy %, mean loss, per-class accuracy % ``[C]``) on a loader, eval mode, no augmentation."""
+    model.eval()
+    correct = torch.zeros(num_classes, dtype=torch.float64, device=loader.device)
+    total = torch.zeros(num_classes, dtype=torch.float64, device=loader.device)
+    loss_sum = 0.0
+    for x, y, _ in loader.epoch(shuffle=False):
+        with autocast():
+            out = model(x)
+        loss_sum += float(F.cross_entropy(out.float(), y, reduction="sum"))
+        pred = out.argmax(1)
+        total.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
+        correct.index_add_(0, y, (pred == y).double())
+    n = float(total.sum())
+    per_class = (100.0 * correct / total.clamp(min=1)).cpu().numpy()
+    return 100.0 * float(correct.sum()) / max(n, 1.0), loss_sum / max(n, 1.0), per_class
+
+
+@torch.no_grad()
+def _predict(model, loader: ResidentLoader, n: int, num_classes: int, autocast, features: bool):
+    model.eval()
+    logits = torch.zeros(n, num_classes, dtype=torch.float32, device=loader.device)
+    feats = None
+    for x, _, idx in loader.epoch(shuffle=False):
+        with autocast():
+            out, f = model(x, return_features=True)
+        logits[idx] = out.float()
+        if features:
+            if feats is None:
+                feats = torch.zeros(n, f.shape[1], dtype=torch.float32, device=loader.device)
+            feats[idx] = f.float()
+    return logits, feats
+
+
+class _Trainer:
+    def __init__(self, splits: Splits, spec: TrainSpec, out: Path, on_epoch):
+        self.splits, self.spec, self.out, self.on_epoch = splits, spec, out, on_epoch
+        self.device = resolve_device(spec.device)
+        cuda = self.device.type == "cuda"
+        self.use_amp = cuda and spec.amp in ("auto", "bf16")
+        self.channels_last = cuda and spec.channels_last
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+        self.n = len(splits.train)
+        self.c = splits.num_classes
+        positions = np.arange(self.n) if spec.positions is None else np.asarray(spec.positions, dtype=np.int64)
+        if len(positions) == 0:
+            raise ConfigError("the selection is empty: nothing to train on; use a lower pruning rate")
+        if positions.max(initial=0) >= self.n or positions.min(initial=0) < 0:
+            raise ArtifactError(f"selection positions exceed the dataset ({self.n} samples); the selection belongs to another dataset version")
+        self.positions = positions
+        common = dict(device=self.device, mean=splits.mean, std=splits.std, flip=splits.flip, pad=splits.crop_padding,
+                      channels_last=self.channels_last)
+        resident, max_bytes, workers = spec.resident, spec.resident_max_bytes, spec.num_workers
+        self.train_loader = make_loader(splits.train, resident=resident, resident_max_bytes=max_bytes, num_workers=workers,
+                                        batch_size=spec.batch_size, augment=spec.augment, drop_last=spec.drop_last,
+                                        positions=positions, **common)
+        self.plain_train = make_loader(splits.train, resident=resident, resident_max_bytes=max_bytes, num_workers=workers,
+                                       batch_size=spec.eval_batch_size, augment=False, **common)
+        self.test_loader = make_loader(splits.test, resident=resident, resident_max_bytes=max_bytes, num_workers=workers,
+                                       batch_size=spec.eval_batch_size, augment=False, **common)
+        self.weights = None
+        if spec.weights is not None:
+            if len(spec.weights) != len(positions):
+                raise ArtifactError(f"{len(spec.weights)} weights for {len(positions)} selected samples; the selection is inconsistent")
+            w = torch.zeros(self.n, dtype=torch.float32, device=self.device)
+            w[torch.from_numpy(positions).to(self.device)] = torch.tensor(spec.weights, dtype=torch.float32, device=self.device)
+            self.weights = w
+        torch.manual_seed(spec.seed)
+        self.model = create_model(spec.arch, num_classes=self.c, in_channels=splits.channels, image_size=splits.image_size,
+                                  **spec.model_options).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.step_model = torch.compile(self.model) if (cuda and spec.compile) else self.model
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
+                                   weight_decay=spec.weight_decay)
+        per_epoch = len(self.train_loader)
+        self.total_iters = spec.iterations if spec.iterations is not None else spec.epochs * per_epoch
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(spec.schedule, self.total_iters))
+
+    def autocast(self):
+        if self.use_amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, enabled=False)
+
+    def records(self, epoch: int) -> bool:
+        s = self.spec
+        return s.record_dynamics and epoch >= s.dynamics_start and (s.dynamics_stop is None or epoch < s.dynamics_stop)
+
+    def state(self, epoch: int, iteration: int, history: list, best: tuple) -> dict:
+        st = {"epoch": epoch, "iteration": iteration, "history": history, "best": best,
+              "model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+              "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
+        if torch.cuda.is_available():
+            st["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        return st
+
+    def load(self, st: dict) -> None:
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["opt"])
+        self.sched.load_state_dict(st["sched"])
+        torch.set_rng_state(st["rng"]["torch"])
+        np.random.set_state(st["rng"]["numpy"])
+        random.setstate(st["rng"]["python"])
+        if "cuda" in st["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["rng"]["cuda"])
+
+    def run(self) -> TrainResult:
+        spec, out = self.spec, self.out
+        writer = None
+        if spec.record_dynamics:
+            writer = DynamicsWriter(out / "dynamics", ids=self.splits.train.ids, labels=self.splits.train.labels,
+                                    num_classes=self.c, fingerprint=self.splits.fingerprint, dtype=spec.dynamics_dtype,
+                                    mode=spec.dynamics_mode, extra={"arch": spec.arch, "seed": spec.seed})
+        ckpt = out / "checkpoint.pt"
+        start_epoch, iteration, history, best = 0, 0, [], (-1.0, -1)
+        if ckpt.is_file():
+            try:
+                st = torch.load(ckpt, map_location=self.device, weights_only=False)
+            except Exception as e:  # noqa: BLE001 - a torn file cannot happen (atomic), but a foreign one can
+                raise ArtifactError(f"{ckpt} cannot be read ({e}); delete it to restart the run from scratch") from e
+            self.load(st)
+            start_epoch, iteration, history, best = st["epoch"] + 1, st["iteration"], st["history"], tuple(st["best"])
+        buf = None
+        if spec.record_dynamics:
+            buf = torch.zeros(self.n, self.c, dtype=getattr(torch, spec.dynamics_dtype), device=self.device)
+        t_start = time.perf_counter() - sum(h.get("epoch_s", 0.0) for h in history)
+        imgs_total = sum(h.get("images", 0) for h in history)
+        train_s_total = sum(h.get("train_s", 0.0) for h in history)
+        final = None
+        for epoch in range(start_epoch, spec.epochs):
+            if iteration >= self.total_iters:
+                break
+            t0 = time.perf_counter()
+            torch.manual_seed(epoch_seed(spec.seed, epoch, 2))
+            self.step_model.train()
+            rec_train = self.records(epoch) and spec.dynamics_mode == "train"
+            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+            correct = torch.zeros((), dtype=torch.int64, device=self.device)
+            seen = 0
+            bar = None
+            if spec.progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=min(len(self.train_loader), self.total_iters - iteration), desc=f"epoch {epoch + 1}/{spec.epochs}",
+                           leave=False, dynamic_ncols=True)
+            for x, y, idx in self.train_loader.epoch(epoch, spec.seed):
+                if iteration >= self.total_iters:
+                    break
+                with self.autocast():
+                    logits = self.step_model(x)
+                w = self.weights[idx] if self.weights is not None else None
+                loss = weighted_loss(logits.float(), y, w, spec.weighting)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                self.sched.step()
+                iteration += 1
+                det = logits.detach()
+                if rec_train:
+                    buf[idx] = det.to(buf.dtype)
+                loss_sum += loss.detach().double() * len(y)
+                correct += (det.argmax(1) == y).sum()
+                seen += len(y)
+                if bar is not None:
+                    bar.update(1)
+                    if bar.n % 10 == 0 or bar.n == bar.total:
+                        el = time.perf_counter() - t0
+                        bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{100 * int(correct) / seen:.1f}",
+                                        img_s=f"{seen / max(el, 1e-9):.0f}")
+            if bar is not None:
+                bar.close()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            train_s = time.perf_counter() - t0
+            rec = {"epoch": epoch, "train_loss": float(loss_sum) / max(seen, 1), "train_acc": 100.0 * int(correct) / max(seen, 1),
+                   "lr": self.opt.param_groups[0]["lr"], "images": seen, "train_s": train_s,
+                   "img_per_s": seen / max(train_s, 1e-9), "iteration": iteration}
+            if self.records(epoch):
+                if spec.dynamics_mode == "clean":
+                    logits_all, _ = _predict(self.model, self.plain_train, self.n, self.c, self.autocast, False)
+                    buf.copy_(logits_all.to(buf.dtype))
+                arr = buf.float().cpu().numpy()
+                if not np.isfinite(arr).all():
+                    bad = int((~np.isfinite(arr).all(1)).sum())
+                    raise ScoringError(f"epoch {epoch}: {bad} samples have NaN/Inf logits; training diverged "
+                                       "(lower train.lr or check the data); nothing was written for this epoch")
+                writer.write_epoch(epoch, arr)
+            last = epoch == spec.epochs - 1 or iteration >= self.total_iters
+            if last or (epoch + 1) % spec.eval_every == 0:
+                acc, tloss, per_class = evaluate(self.model, self.test_loader, self.c, self.autocast)
+                rec.update(test_acc=acc, test_loss=tloss)
+                if acc > best[0]:
+                    best = (acc, epoch)
+                final = (acc, tloss, per_class)
+            rec["epoch_s"] = time.perf_counter() - t0
+            history.append(rec)
+            imgs_total += seen
+            train_s_total += train_s
+            if self.on_epoch is not None:
+                self.on_epoch(rec)
+            if not last:
+                atomic_torch_save(ckpt, self.state(epoch, iteration, history, best))
+        if final is None:  # resumed after the last epoch had finished but before result.json was written
+            final = evaluate(self.model, self.test_loader, self.c, self.autocast)
+        if writer is not None:
+            if spec.save_features:
+                _, feats = _predict(self.model, self.plain_train, self.n, self.c, self.autocast, True)
+                writer.write_features(feats.cpu().numpy())
+            writer.finalize()
+        atomic_torch_save(out / "model.pt", {"arch": spec.arch, "num_classes": self.c, "in_channels": self.splits.channels,
+                                             "image_size": self.splits.image_size, "options": spec.model_options,
+                                             "state_dict": self.model.state_dict()})
+        result = TrainResult(final_acc=final[0], best_acc=max(best[0], final[0]), best_epoch=best[1], final_loss=final[1],
+                             per_class_acc=[float(v) for v in final[2]], epochs=len(history), iterations=iteration,
+                             num_train=len(self.positions), wall_s=time.perf_counter() - t_start,
+                             img_per_s=imgs_total / max(train_s_total, 1e-9), history=history)
+        atomic_write_json(out / "history.json", history)
+        atomic_write_json(out / "result.json", dataclasses.asdict(result))
+        write_manifest(out, ["run.json", "model.pt", "history.json", "result.json"], kind="train", spec_digest=spec.digest(self.splits.fingerprint))
+        if ckpt.exists():
+            ckpt.unlink()
+        return result
+
+
+def load_result(out_dir: str | os.PathLike) -> TrainResult | None:
+    """The finished result in ``out_dir`` (checksums verified), or None when the run has not finished."""
+    out = Path(out_dir)
+    if not (out / MANIFEST).is_file():
+        return None
+    verify_manifest(out)
+    return TrainResult(**read_json(out / "result.json"))
+
+
+def train(splits: Splits, spec: TrainSpec, out_dir: str | os.PathLike, *,
+          on_epoch: Callable[[dict], Any] | None = None) -> TrainResult:
+    """Train (or resume, or return the finished result of) ``spec`` on ``splits`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    digest = spec.digest(splits.fingerprint)
+    run_file = out / "run.json"
+    if run_file.is_file():
+        prev = read_json(run_file)
+        if prev.get("spec_digest") != digest:
+            raise ArtifactError(
+                f"{out} holds another run (spec {prev.get('spec_digest')}, this one {digest}); "
+                "refusing to mix them: choose another output folder or delete it."
+            )
+        done = load_result(out)
+        if done is not None:
+            return done
+    else:
+        atomic_write_json(run_file, {"spec_digest": digest, "fingerprint": splits.fingerprint, "spec": spec.describe(),
+                                     "tdds_version": _version()})
+    return _Trainer(splits, spec, out, on_epoch).run()
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> torch.nn.Module:
+    """Rebuild a model saved by :func:`train` (``model.pt``)."""
+    st = torch.load(path, map_location=device, weights_only=False)
+    m = create_model(st["arch"], num_classes=st["num_classes"], in_channels=st["in_channels"], image_size=st["image_size"],
+                     **st.get("options", {}))
+    m.load_state_dict(st["state_dict"])
+    return m

@@ -1,0 +1,18 @@
+"""A small CNN for quick CPU runs and tests (two conv blocks, ~100k parameters)."""
+from __future__ import annotations
+
+from torch import nn
+
+from . import Classifier, register_model
+
+
+@register_model
+def small_cnn(num_classes: int, in_channels: int = 3, image_size: int = 32, width: int = 32) -> Classifier:
+    w = width
+    feats = nn.Sequential(
+        nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )
+    return Classifier(feats, nn.Linear(4 * w, num_classes))
