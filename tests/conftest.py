@@ -1,0 +1,1 @@
+from fixtures_servers import *  # noqa: F401,F403
