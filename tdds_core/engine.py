@@ -409,9 +409,11 @@ class _Trainer:
                              img_per_s=imgs_total / max(train_s_total, 1e-9), history=history)
         atomic_write_json(out / "history.json", history)
         atomic_write_json(out / "result.json", dataclasses.asdict(result))
-        write_manifest(out, ["run.json", "model.pt", "history.json", "result.json"], kind="train", spec_digest=spec.digest(self.splits.fingerprint))
         if ckpt.exists():
             ckpt.unlink()
+        # every file of the run (dynamics included), so the folder verifies and travels as one artifact
+        write_manifest(out, None, kind="train", spec_digest=spec.digest(self.splits.fingerprint),
+                       fingerprint=self.splits.fingerprint)
         return result
 
 

@@ -111,7 +111,8 @@ def write_manifest(folder: str | os.PathLike, files: Iterable[str] | None = None
     if files is None:
         files = sorted(
             str(p.relative_to(folder)) for p in folder.rglob("*")
-            if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+            if p.is_file() and str(p.relative_to(folder)) != MANIFEST
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         )
     entries = {}
     for name in files:

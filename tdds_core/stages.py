@@ -1,31 +1,203 @@
-"""The pipeline stages as library functions; the CLI and the KFP components are thin shells over them.
+"""The pipeline stages as library functions; the CLI, the grid and the KFP components are thin
+shells over them.
 
-Each stage derives its output key from content and config (dataset fingerprint, stage, parameters)
-under the run's output root, so a rerun finds and reuses finished artifacts.
+Every stage writes one artifact under the run's output root (a local folder or ``s3://...``) at a
+key derived from content and config (dataset fingerprint, stage, parameters), written completely
+or not at all (manifest last). A stage whose artifact already exists returns it without redoing
+the work, so reruns and interrupted grids continue where they stopped.
+
+| stage | key |
+|---|---|
+| :func:`train_full` | ``train/<fingerprint>-<spec digest>`` |
+| :func:`score` | ``scores/<method>-<digest of train key, method, params>`` |
+| :func:`select` | ``selections/<method>-p<rate>-<digest>`` |
+| :func:`train_coreset` | ``coreset/<selection name>/<arch>-s<seed>-<spec digest>`` |
 """
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
-from .config import Config
+import numpy as np
+
+from .config import Config, MethodSpec, config_digest
 from .data import Splits, create_dataset
-from .engine import TrainResult, full_data_spec, train
+from .engine import TrainResult, coreset_spec, full_data_spec, load_result, train
+from .errors import ArtifactError
+from .io import atomic_save_npy, atomic_write_json, load_npy, read_json, verify_manifest, write_manifest
 
 
 @dataclass
 class StageOutput:
-    uri: str              # where the artifact lives (local folder or s3://...)
-    local: Path           # a local folder holding it (the same folder for local outputs)
+    uri: str                       # where the artifact lives (local folder or s3://...)
+    local: Path                    # a local folder holding it (the same folder for local outputs)
     result: TrainResult | None = None
+    reused: bool = False           # the artifact existed already
+    info: dict = field(default_factory=dict)
 
 
-def train_full(cfg: Config, *, splits: Splits | None = None, on_epoch=None) -> StageOutput:
-    """Full-data training with dynamics capture into ``<output>/train/<fingerprint>-<spec>``."""
+# ------------------------------------------------------------------------------------------ locations
+def is_remote(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def join_uri(root: str, key: str) -> str:
+    if is_remote(root):
+        return root.rstrip("/") + "/" + key
+    return str(Path(root) / key)
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "x"
+
+
+def _work_dir(uri: str) -> Path:
+    """Where a stage writes before publishing: the folder itself when local, a cache folder for S3
+    (so an interrupted S3 run resumes from its local checkpoint on the same machine)."""
+    if not is_remote(uri):
+        return Path(uri)
+    from .storage import cache_root
+
+    return cache_root() / "work" / hashlib.sha256(uri.encode()).hexdigest()[:16] / uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _publish(work: Path, uri: str) -> None:
+    if is_remote(uri):
+        from .storage import _parent_and_key
+
+        store, key = _parent_and_key(uri)
+        store.put_dir(work, key)
+
+
+def _existing(uri: str) -> Path | None:
+    """A verified local copy of a finished artifact at ``uri``, or None."""
+    if is_remote(uri):
+        from .storage import is_complete, local_copy
+
+        return local_copy(uri) if is_complete(uri) else None
+    p = Path(uri)
+    if (p / "manifest.json").is_file():
+        return p
+    return None
+
+
+def fetch(uri: str) -> Path:
+    """A local, verified copy of the finished artifact at ``uri`` (ArtifactError when absent)."""
+    p = _existing(uri)
+    if p is None:
+        raise ArtifactError(f"{uri} does not exist or is incomplete; run the stage that writes it first.")
+    return p
+
+
+# ------------------------------------------------------------------------------------------ stage 1
+def train_full(cfg: Config, *, splits: Splits | None = None, on_epoch: Callable[[dict], Any] | None = None) -> StageOutput:
+    """Full-data training with dynamics capture (resumes an interrupted run)."""
     splits = splits or create_dataset(cfg.data)
     spec = full_data_spec(cfg)
     key = f"train/{splits.fingerprint[:12]}-{spec.digest(splits.fingerprint)[:12]}"
-    local = Path(cfg.output) / key
-    result = train(splits, spec, local, on_epoch=on_epoch)
-    return StageOutput(str(local), local, result)
+    uri = join_uri(cfg.output, key)
+    done = _existing(uri)
+    if done is not None:
+        return StageOutput(uri, done, load_result(done), reused=True)
+    work = _work_dir(uri)
+    result = train(splits, spec, work, on_epoch=on_epoch)
+    _publish(work, uri)
+    return StageOutput(uri, work, result)
+
+
+# ------------------------------------------------------------------------------------------ stage 2
+def score(cfg: Config, train_uri: str, method: MethodSpec | str, params: dict | None = None, *,
+          nan_policy: str = "raise") -> StageOutput:
+    """Score every sample of the full-data run at ``train_uri`` with one method.
+
+    Writes ``scores.npy`` (float64 ``[N]``, sample order, higher = keep first) and ``score.json``."""
+    from .dynamics import open_dynamics
+    from .scoring import compute_scores
+
+    m = method if isinstance(method, MethodSpec) else MethodSpec(name=method)
+    params = dict(m.params if params is None else params)
+    train_key = train_uri.rstrip("/").rsplit("/", 1)[-1]
+    digest = config_digest({"train": train_key, "method": m.name, "params": params, "nan_policy": nan_policy})
+    uri = join_uri(cfg.output, f"scores/{_slug(m.name)}-{digest}")
+    done = _existing(uri)
+    if done is not None:
+        return StageOutput(uri, done, reused=True, info=read_json(done / "score.json"))
+    dyn = open_dynamics(fetch(train_uri) / "dynamics")
+    scores = compute_scores(m.name, dyn, nan_policy=nan_policy, **params)
+    info = {"method": m.name, "label": m.display, "params": params, "fingerprint": dyn.fingerprint,
+            "num_samples": dyn.num_samples, "train_uri": train_uri, "nan_policy": nan_policy}
+    work = _work_dir(uri)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_save_npy(work / "scores.npy", np.asarray(scores, dtype=np.float64))
+    atomic_write_json(work / "score.json", info)
+    write_manifest(work, ["scores.npy", "score.json"], kind="scores", **{k: info[k] for k in ("method", "fingerprint")})
+    _publish(work, uri)
+    return StageOutput(uri, work, info=info)
+
+
+def load_scores(score_dir: Path) -> tuple[np.ndarray, dict]:
+    verify_manifest(score_dir)
+    return load_npy(score_dir / "scores.npy"), read_json(score_dir / "score.json")
+
+
+# ------------------------------------------------------------------------------------------ stage 3
+def select(cfg: Config, train_uri: str, scores_uri: str, rate: float, *, label: str | None = None) -> StageOutput:
+    """Keep the top ``round((1 - rate) N)`` samples (or the method's own sampler) as a selection folder."""
+    from .dynamics import open_dynamics
+    from .scoring import get_sampler
+    from .selection import select as select_samples
+    from .selection import write_selection
+
+    scores_dir = fetch(scores_uri)
+    scores, info = load_scores(scores_dir)
+    label = label or info.get("label") or info["method"]
+    digest = config_digest({"scores": scores_uri.rstrip("/").rsplit("/", 1)[-1], "rate": float(rate),
+                            "class_balanced": cfg.selection.class_balanced})
+    uri = join_uri(cfg.output, f"selections/{_slug(label)}-p{rate:.2f}-{digest}")
+    done = _existing(uri)
+    if done is not None:
+        return StageOutput(uri, done, reused=True, info={"label": label, "method": info["method"], "rate": rate})
+    dyn = open_dynamics(fetch(train_uri) / "dynamics")
+    if dyn.fingerprint != info["fingerprint"] or len(scores) != dyn.num_samples:
+        raise ArtifactError(f"scores at {scores_uri} belong to another dataset version than the dynamics at {train_uri}; rescore.")
+    sampler = get_sampler(info["method"], info["params"])
+    sel = select_samples(scores, rate, labels=dyn.labels, ids=dyn.ids, class_balanced=cfg.selection.class_balanced,
+                         sampler=sampler, seed=int(info["params"].get("seed", 0)))
+    work = _work_dir(uri)
+    write_selection(work, sel, method=info["method"], params={**info["params"], "label": label},
+                    fingerprint=dyn.fingerprint)
+    _publish(work, uri)
+    return StageOutput(uri, work, info={"label": label, "method": info["method"], "rate": rate})
+
+
+# ------------------------------------------------------------------------------------------ stage 4/5
+def train_coreset(cfg: Config, selection_uri: str, *, arch: str | None = None, seed: int | None = None,
+                  splits: Splits | None = None, on_epoch: Callable[[dict], Any] | None = None) -> StageOutput:
+    """Train (weighted) on a selection; the test set is never pruned. Also used per architecture."""
+    from .selection import load_selection
+
+    splits = splits or create_dataset(cfg.data)
+    sel_dir = fetch(selection_uri)
+    sel = load_selection(sel_dir, expected_fingerprint=splits.fingerprint)
+    spec = coreset_spec(cfg, rate=sel.rate, positions=sel.indices, weights=sel.weights, num_full=len(splits.train),
+                        arch=arch, seed=seed)
+    sel_name = selection_uri.rstrip("/").rsplit("/", 1)[-1]
+    uri = join_uri(cfg.output, f"coreset/{sel_name}/{_slug(spec.arch)}-s{spec.seed}-{spec.digest(splits.fingerprint)[:12]}")
+    done = _existing(uri)
+    if done is not None:
+        return StageOutput(uri, done, load_result(done), reused=True)
+    work = _work_dir(uri)
+    result = train(splits, spec, work, on_epoch=on_epoch)
+    _publish(work, uri)
+    return StageOutput(uri, work, result)
+
+
+def evaluate_cross_arch(cfg: Config, selection_uri: str, archs: list[str] | None = None, *,
+                        seed: int | None = None, splits: Splits | None = None) -> list[tuple[str, StageOutput]]:
+    """Train each architecture on the same selection; one (arch, output) per architecture."""
+    splits = splits or create_dataset(cfg.data)
+    return [(a, train_coreset(cfg, selection_uri, arch=a, seed=seed, splits=splits)) for a in (archs or cfg.evaluate.archs)]
