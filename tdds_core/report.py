@@ -1,0 +1,315 @@
+"""Results tables and plots: methods x pruning rates, mean ± std over seeds.
+
+A *result row* is one trained model::
+
+    {"method": "tdds",          # method label (MethodSpec.display); "full" for full-data training
+     "rate": 0.7,               # pruning rate p in (0, 1); None for full data
+     "seed": 42, "arch": "resnet18",
+     "final_acc": 93.1,         # test accuracy after the last epoch, PERCENT (0..100)
+     "best_acc": 93.4,          # best test accuracy over epochs, PERCENT (0..100)
+     "noisy_kept": 0.05,        # optional: fraction (0..1) of the kept samples that were corrupted
+     "num_train": 15000, "iterations": 30000, "wall_s": 812.0}
+
+:func:`build_table` aggregates rows over seeds per (method, rate, arch); :func:`to_csv`,
+:func:`to_markdown` and :func:`plot_accuracy_vs_rate` render it; :func:`rows_from_mlflow` reads the
+rows back from the finished coreset / evaluate / train-full runs of an MLflow experiment (tag and
+metric names: the ``TAG_*`` / ``METRIC_*`` constants of :mod:`tdds_core.tracking`).
+
+Standard deviations are sample standard deviations over seeds (``ddof=1``); 0 for a single seed.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+from .errors import TrackingError
+from .tracking import (METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_ITERATIONS, METRIC_NOISY_KEPT, METRIC_NUM_TRAIN,
+                       METRIC_WALL_S, STAGE_CORESET, STAGE_EVALUATE, STAGE_TRAIN_FULL, TAG_ARCH, TAG_METHOD,
+                       TAG_RATE, TAG_SEED, TAG_STAGE, format_rate)
+from .storage import redact_url
+
+__all__ = ["build_table", "to_csv", "to_markdown", "plot_accuracy_vs_rate", "rows_from_mlflow", "full_accuracy",
+           "FULL_METHOD", "TABLE_COLUMNS"]
+
+FULL_METHOD = "full"
+_STATS = ("final_acc", "best_acc", "noisy_kept", "num_train", "iterations", "wall_s")
+TABLE_COLUMNS = (
+    "method", "rate", "arch", "n", "seeds",
+    "final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std",
+    "noisy_kept_mean", "noisy_kept_std", "num_train", "iterations", "wall_s_mean",
+)
+
+
+def _num(v: Any) -> Optional[float]:
+    if v is None or v == "":
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def _mean_std(xs: Sequence[float]) -> tuple[Optional[float], Optional[float]]:
+    if not xs:
+        return None, None
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, 0.0
+    var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+    return m, math.sqrt(var)
+
+
+def _rate_key(rate: Optional[float]) -> float:
+    return -1.0 if rate is None else float(rate)
+
+
+def build_table(rows: Iterable[dict]) -> list[dict]:
+    """Aggregate result rows over seeds per (method, rate, arch).
+
+    Returns one dict per group with the keys of :data:`TABLE_COLUMNS`: ``n`` (rows), ``seeds``
+    (sorted list), ``<metric>_mean`` / ``<metric>_std`` for ``final_acc``, ``best_acc`` and
+    ``noisy_kept`` (None when no row has it), ``num_train`` / ``iterations`` (mean, rounded) and
+    ``wall_s_mean``. Sorted by arch, method, rate (full data first).
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if "method" not in r:
+            raise ValueError(f"result row without 'method': {r!r}")
+        rate = _num(r.get("rate"))
+        key = (str(r["method"]), None if rate is None else round(rate, 6), str(r.get("arch") or ""))
+        groups.setdefault(key, []).append(r)
+    table = []
+    for (method, rate, arch), rs in groups.items():
+        out: dict[str, Any] = {"method": method, "rate": rate, "arch": arch, "n": len(rs),
+                               "seeds": sorted({int(x["seed"]) for x in rs if _num(x.get("seed")) is not None})}
+        for m in ("final_acc", "best_acc", "noisy_kept"):
+            mean, std = _mean_std([v for v in (_num(x.get(m)) for x in rs) if v is not None])
+            out[f"{m}_mean"], out[f"{m}_std"] = mean, std
+        for m in ("num_train", "iterations"):
+            mean, _ = _mean_std([v for v in (_num(x.get(m)) for x in rs) if v is not None])
+            out[m] = None if mean is None else int(round(mean))
+        out["wall_s_mean"] = _mean_std([v for v in (_num(x.get("wall_s")) for x in rs) if v is not None])[0]
+        table.append(out)
+    table.sort(key=lambda t: (t["arch"], t["method"] != FULL_METHOD, t["method"], _rate_key(t["rate"])))
+    return table
+
+
+def to_csv(table: Sequence[dict]) -> str:
+    """The aggregated table as CSV (columns :data:`TABLE_COLUMNS`; seeds joined by ``;``)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(TABLE_COLUMNS)
+    for t in table:
+        row = []
+        for c in TABLE_COLUMNS:
+            v = t.get(c)
+            if c == "seeds":
+                v = ";".join(str(s) for s in (v or []))
+            elif c == "rate":
+                v = format_rate(v)
+            elif isinstance(v, float):
+                v = f"{v:.6g}"
+            row.append("" if v is None else v)
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def _fmt(mean: Optional[float], std: Optional[float]) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.2f} ± {(std or 0.0):.2f}"
+
+
+def full_accuracy(table: Sequence[dict], arch: Optional[str] = None, metric: str = "final_acc") -> Optional[tuple[float, float]]:
+    """(mean, std) of the full-data rows (rate None) of ``arch`` (any arch when None), else None."""
+    for t in table:
+        if t["rate"] is None and (arch is None or t["arch"] == arch) and t.get(f"{metric}_mean") is not None:
+            return t[f"{metric}_mean"], t[f"{metric}_std"] or 0.0
+    return None
+
+
+def _full_tuple(full_acc: Any) -> Optional[tuple[float, float]]:
+    if full_acc is None:
+        return None
+    if isinstance(full_acc, (tuple, list)):
+        return float(full_acc[0]), float(full_acc[1]) if len(full_acc) > 1 else 0.0
+    return float(full_acc), 0.0
+
+
+def to_markdown(table: Sequence[dict], full_acc: Any = None, random_method: str = "random",
+                metric: str = "final_acc") -> str:
+    """Methods as rows, pruning rates as columns, cells ``mean ± std`` of ``metric`` (percent).
+
+    Above each table: the full-data accuracy (``full_acc`` as a number or (mean, std); default the
+    table's full-data rows) and the random baseline; the random row comes first and is marked
+    "(baseline)"; the best method in each column is bold. One table per architecture.
+    """
+    archs = sorted({t["arch"] for t in table})
+    lines: list[str] = []
+    for arch in archs:
+        sub = [t for t in table if t["arch"] == arch]
+        rates = sorted({t["rate"] for t in sub if t["rate"] is not None})
+        methods = sorted({t["method"] for t in sub if t["rate"] is not None},
+                         key=lambda m: (m != random_method, m))
+        cell = {(t["method"], t["rate"]): t for t in sub}
+        if len(archs) > 1 or arch:
+            lines.append(f"### {arch or 'default architecture'}")
+            lines.append("")
+        full = _full_tuple(full_acc) or full_accuracy(sub, metric=metric)
+        lines.append(f"Full data (no pruning): {_fmt(*full) if full else 'not run'} (test accuracy, %, {metric})")
+        rand = [cell.get((random_method, r)) for r in rates]
+        if any(x is not None for x in rand):
+            parts = [f"p={format_rate(r)}: {_fmt(x.get(f'{metric}_mean'), x.get(f'{metric}_std'))}"
+                     for r, x in zip(rates, rand) if x is not None]
+            lines.append(f"Random baseline ({random_method}): " + ", ".join(parts))
+        else:
+            lines.append(f"Random baseline ({random_method}): not run")
+        lines.append("")
+        best: dict[float, float] = {}
+        for r in rates:
+            vals = [cell[(m, r)].get(f"{metric}_mean") for m in methods if (m, r) in cell]
+            vals = [v for v in vals if v is not None]
+            if vals:
+                best[r] = max(vals)
+        lines.append("| method | " + " | ".join(f"p={format_rate(r)}" for r in rates) + " |")
+        lines.append("|---|" + "---|" * len(rates))
+        for m in methods:
+            cells = []
+            for r in rates:
+                t = cell.get((m, r))
+                if t is None:
+                    cells.append("–")
+                    continue
+                mean, std = t.get(f"{metric}_mean"), t.get(f"{metric}_std")
+                s = _fmt(mean, std)
+                if mean is not None and len(methods) > 1 and abs(mean - best.get(r, float("nan"))) < 1e-9:
+                    s = f"**{s}**"
+                cells.append(s)
+            name = f"{m} (baseline)" if m == random_method else m
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        n = sorted({t["n"] for t in sub if t["rate"] is not None})
+        lines.append("")
+        lines.append(f"mean ± std over seeds (n = {', '.join(map(str, n)) or '0'}); higher is better.")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot_accuracy_vs_rate(rows: Iterable[dict], path: str | os.PathLike, full_acc: Any = None,
+                          metric: str = "final_acc", title: Optional[str] = None) -> Path:
+    """Accuracy (percent) vs pruning rate, one line per method (and arch when several) with std error
+    bars, full-data accuracy as a dashed line. Written as PNG with matplotlib's Agg canvas (no pyplot,
+    no display needed). Returns the path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    table = build_table(rows)
+    archs = sorted({t["arch"] for t in table})
+    fig = Figure(figsize=(7, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    series: dict[tuple[str, str], list[dict]] = {}
+    for t in table:
+        if t["rate"] is not None and t.get(f"{metric}_mean") is not None:
+            series.setdefault((t["method"], t["arch"]), []).append(t)
+    for (method, arch), ts in sorted(series.items()):
+        ts.sort(key=lambda t: t["rate"])
+        label = method if len(archs) == 1 else f"{method} ({arch})"
+        ax.errorbar([t["rate"] for t in ts], [t[f"{metric}_mean"] for t in ts],
+                    yerr=[t[f"{metric}_std"] or 0.0 for t in ts], marker="o", capsize=3, label=label,
+                    linestyle="--" if method == "random" else "-")
+    full = _full_tuple(full_acc) or full_accuracy(table, metric=metric)
+    if full is not None:
+        ax.axhline(full[0], color="black", linestyle="--", linewidth=1, label=f"full data ({full[0]:.2f})")
+    ax.set_xlabel("pruning rate p")
+    ax.set_ylabel(f"test accuracy (%) [{metric}]")
+    ax.set_title(title or "Accuracy vs pruning rate")
+    ax.grid(True, alpha=0.3)
+    if series or full is not None:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def rows_from_mlflow(tracking_uri: str, experiment: str,
+                     stages: Sequence[str] = (STAGE_CORESET, STAGE_EVALUATE, STAGE_TRAIN_FULL)) -> list[dict]:
+    """Result rows from the FINISHED runs of ``experiment`` whose tag ``tdds.stage`` is in ``stages``.
+
+    Per run: ``method`` = tag ``tdds.method`` (``"full"`` for train-full runs), ``rate`` = tag
+    ``tdds.rate`` (None when absent), ``arch`` = tag ``tdds.arch``, ``seed`` = tag ``tdds.seed``;
+    metrics ``final_acc``, ``best_acc`` (percent), ``noisy_kept``, ``num_train``, ``iterations``,
+    ``wall_s``; plus ``stage`` and ``run_id``. Runs without ``final_acc`` are left out; for the same
+    (stage, method, rate, arch, seed) the newest run wins.
+    """
+    from .tracking import _probe_server
+
+    if tracking_uri.startswith(("http://", "https://")):
+        _probe_server(tracking_uri, 3, 3.0)
+    elif tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        if not db.is_file():
+            raise TrackingError(
+                f"no MLflow database at {db}; run the grid first, or pass --tracking-uri / --config naming the "
+                "tracking store the runs were logged to."
+            )
+    try:
+        from mlflow import MlflowClient
+    except ImportError as e:  # pragma: no cover
+        raise TrackingError("reading results from MLflow needs mlflow: pip install mlflow") from e
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        exp = client.get_experiment_by_name(experiment)
+    except Exception as e:  # noqa: BLE001
+        raise TrackingError(f"cannot read MLflow at {redact_url(tracking_uri)}: {type(e).__name__}: {str(e)[:300]}") from None
+    if exp is None:
+        names = [e.name for e in client.search_experiments(max_results=50)]
+        raise TrackingError(
+            f"MLflow experiment {experiment!r} not found at {redact_url(tracking_uri)} (found: {', '.join(names) or 'none'}); "
+            "pass --experiment (default tdds-<dataset>) or --tracking-uri."
+        )
+    newest: dict[tuple, tuple[int, dict]] = {}
+    for stage in stages:
+        token = None
+        while True:
+            page = client.search_runs(
+                [exp.experiment_id],
+                filter_string=f"tags.`{TAG_STAGE}` = '{stage}' and attributes.status = 'FINISHED'",
+                max_results=1000, page_token=token,
+            )
+            for run in page:
+                tags, metrics = run.data.tags, run.data.metrics
+                if METRIC_FINAL_ACC not in metrics:
+                    continue
+                rate = _num(tags.get(TAG_RATE))
+                seed = tags.get(TAG_SEED)
+                row = {
+                    "method": tags.get(TAG_METHOD) or (FULL_METHOD if stage == STAGE_TRAIN_FULL else "?"),
+                    "rate": rate,
+                    "seed": int(seed) if seed not in (None, "") else None,
+                    "arch": tags.get(TAG_ARCH, ""),
+                    "final_acc": metrics.get(METRIC_FINAL_ACC),
+                    "best_acc": metrics.get(METRIC_BEST_ACC),
+                    "noisy_kept": metrics.get(METRIC_NOISY_KEPT),
+                    "num_train": metrics.get(METRIC_NUM_TRAIN),
+                    "iterations": metrics.get(METRIC_ITERATIONS),
+                    "wall_s": metrics.get(METRIC_WALL_S),
+                    "stage": stage,
+                    "run_id": run.info.run_id,
+                }
+                if stage == STAGE_TRAIN_FULL:
+                    row["method"], row["rate"] = FULL_METHOD, None
+                key = (stage, row["method"], row["rate"], row["arch"], row["seed"])
+                start = run.info.start_time or 0
+                if key not in newest or start > newest[key][0]:
+                    newest[key] = (start, row)
+            token = page.token
+            if not token:
+                break
+    return [row for _, row in sorted(newest.values(), key=lambda x: x[0])]
