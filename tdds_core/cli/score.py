@@ -1,0 +1,177 @@
+"""``tdds score`` (dynamics -> per-sample scores) and ``tdds select`` (scores -> selection folders)."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+SCORES_FORMAT = "tdds-scores/1"
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "score", help="Score every sample from recorded dynamics with one method.",
+        description="Compute one importance score per sample (float64, sample order, higher = keep first) from a "
+                    "dynamics folder (tdds layout, or the TDDS authors' {t}_Output.npy/{t}_Index.npy layout) and write "
+                    "it atomically to FILE, with a JSON sidecar FILE.json (method, params, fingerprint, sha256).")
+    p.add_argument("--dynamics", required=True, metavar="DIR", help="Dynamics folder written by `tdds train` (or the authors' layout).")
+    p.add_argument("--method", required=True, metavar="NAME", help="Scoring method (see `tdds list`): tdds, random, entropy, ...")
+    p.add_argument("--out", required=True, metavar="FILE", help="Output .npy of float64 scores.")
+    p.add_argument("--T", type=int, default=None, help="TDDS trajectory length in epochs (default 30).")
+    p.add_argument("--W", type=int, default=None, help="TDDS window size in epochs (default 10).")
+    p.add_argument("--decay", type=float, default=None, help="TDDS EMA coefficient beta in (0, 1] (default 0.9).")
+    p.add_argument("--start", type=int, default=None, help="First epoch of the trajectory (default: first recorded).")
+    p.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                   help="Any other method option, e.g. --param inner=loss --param width=5 (repeatable; YAML values).")
+    p.add_argument("--format", choices=("auto", "tdds", "reference"), default="auto",
+                   help="Dynamics layout (default: detected from the files).")
+    p.add_argument("--labels", metavar="FILE", default=None, help="int64 [N] .npy of training labels (reference layout only).")
+    p.add_argument("--nan-policy", choices=("raise", "skip"), default="raise",
+                   help="NaN/Inf logits: raise (default) or give those samples the lowest score.")
+    p.add_argument("--no-verify", action="store_true", help="Skip the SHA-256 check of the dynamics files.")
+    p.set_defaults(func=run_score)
+
+    s = sub.add_parser(
+        "select", help="Turn scores into selection folders for one or more pruning rates.",
+        description="Keep round((1 - rate) * N) samples by score (or the method's own sampler, e.g. CCS). With one "
+                    "--rate the selection is written to DIR; with several, to DIR/rate_<rate>/ each.")
+    s.add_argument("--scores", required=True, metavar="FILE", help=".npy written by `tdds score` (its FILE.json sidecar is used when present).")
+    s.add_argument("--rate", dest="rates", type=float, action="append", required=True, metavar="P",
+                   help="Pruning rate in (0, 1), the fraction removed (repeatable).")
+    s.add_argument("--out", required=True, metavar="DIR", help="Output folder.")
+    s.add_argument("--class-balanced", action="store_true", help="Keep the same fraction of every class.")
+    s.add_argument("--dynamics", metavar="DIR", default=None, help="Dynamics folder for labels, ids and fingerprint.")
+    s.add_argument("--format", choices=("auto", "tdds", "reference"), default="auto", help="Layout of --dynamics.")
+    s.add_argument("--labels", metavar="FILE", default=None, help="int64 [N] .npy of labels (without --dynamics, or for the reference layout).")
+    s.add_argument("--seed", type=int, default=0, help="Seed of the method's sampler (CCS).")
+    s.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
+                   help="Override a sampler option of the scoring method, e.g. --param beta=0.3 for CCS.")
+    s.set_defaults(func=run_select)
+
+
+def _parse_params(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    from ..errors import ScoringError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ScoringError(f"--param {item!r}: expected KEY=VALUE, e.g. --param inner=loss")
+        k, raw = item.split("=", 1)
+        k = k.strip()
+        if not k:
+            raise ScoringError(f"--param {item!r}: the key is empty")
+        try:
+            out[k] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ScoringError(f"--param {item!r}: cannot parse the value ({e})") from e
+    return out
+
+
+def run_score(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..dynamics_reference import open_any_dynamics
+    from ..errors import ScoringError
+    from ..io import atomic_save_npy, atomic_write_json, sha256_file
+    from ..scoring import compute_scores, resolve_params
+
+    params = _parse_params(args.params)
+    for key in ("T", "W", "decay", "start"):
+        v = getattr(args, key)
+        if v is not None:
+            if key in params:
+                raise ScoringError(f"--{key} and --param {key}=... both given; use one")
+            params[key] = v
+    resolved = resolve_params(args.method, **params)  # unknown method/option: error before any reading
+    dyn = open_any_dynamics(args.dynamics, format=args.format, labels=args.labels, verify=not args.no_verify)
+    t0 = time.perf_counter()
+    scores = compute_scores(args.method, dyn, nan_policy=args.nan_policy, **params)
+    seconds = time.perf_counter() - t0
+    out = Path(args.out)
+    atomic_save_npy(out, np.asarray(scores, dtype=np.float64))
+    skipped = int(np.isneginf(scores).sum())
+    info = {
+        "format": SCORES_FORMAT, "method": args.method, "params": resolved, "given_params": params,
+        "fingerprint": dyn.fingerprint, "num_samples": int(dyn.num_samples), "num_classes": int(dyn.num_classes),
+        "dynamics": str(Path(args.dynamics).resolve()), "dynamics_format": getattr(dyn, "format", "tdds"),
+        "nan_policy": args.nan_policy, "num_skipped": skipped, "sha256": sha256_file(out),
+        "seconds": round(seconds, 3),
+    }
+    atomic_write_json(Path(str(out) + ".json"), info)
+    print(f"{args.method}: scored {dyn.num_samples} samples in {seconds:.2f}s -> {out}"
+          + (f" ({skipped} with NaN/Inf inputs ranked last)" if skipped else ""))
+    return 0
+
+
+def _read_sidecar(scores_path: Path) -> Optional[dict]:
+    from ..errors import ArtifactError
+    from ..io import read_json, sha256_file
+
+    side = Path(str(scores_path) + ".json")
+    if not side.is_file():
+        return None
+    info = read_json(side)
+    digest = sha256_file(scores_path)
+    if info.get("sha256") and info["sha256"] != digest:
+        raise ArtifactError(f"{scores_path} does not match its sidecar {side} (SHA-256 {digest[:12]}... vs "
+                            f"{info['sha256'][:12]}...); the scores were changed or partly written, rerun `tdds score`.")
+    return info
+
+
+def run_select(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..dynamics_reference import open_any_dynamics
+    from ..errors import ArtifactError, ScoringError
+    from ..io import load_npy
+    from ..scoring import get_sampler, is_method
+    from ..selection import select_many, write_selection
+
+    scores_path = Path(args.scores)
+    scores = load_npy(scores_path)
+    if scores.ndim != 1:
+        raise ScoringError(f"{scores_path} holds shape {scores.shape}; expected the [N] scores written by `tdds score`")
+    info = _read_sidecar(scores_path) or {}
+    method = info.get("method", "unknown")
+    params = dict(info.get("params", {}))
+    fingerprint = info.get("fingerprint")
+    labels = ids = None
+    if args.dynamics:
+        dyn = open_any_dynamics(args.dynamics, format=args.format, labels=args.labels)
+        if dyn.num_samples != len(scores):
+            raise ArtifactError(f"{scores_path} holds {len(scores)} scores but {args.dynamics} has {dyn.num_samples} samples; "
+                                "score these dynamics again")
+        if fingerprint is not None and dyn.fingerprint != fingerprint:
+            raise ArtifactError(f"{scores_path} was computed from data with fingerprint {fingerprint!r} but {args.dynamics} "
+                                f"has {dyn.fingerprint!r}; rescore with `tdds score --dynamics {args.dynamics}`")
+        fingerprint = dyn.fingerprint
+        ids = dyn.ids
+        if getattr(dyn, "has_labels", True):
+            labels = dyn.labels
+    elif args.labels:
+        labels = load_npy(args.labels)
+        if labels.shape != scores.shape:
+            raise ScoringError(f"--labels holds shape {labels.shape} but there are {len(scores)} scores")
+    overrides = _parse_params(args.params)
+    sampler = None
+    if is_method(method):
+        params.update(overrides)
+        sampler = get_sampler(method, params)
+        if overrides and sampler is None:
+            raise ScoringError(f"--param only sets sampler options, and method {method!r} has no sampler")
+    elif overrides:
+        raise ScoringError("--param needs the scores' sidecar (FILE.json) to know the method")
+    rates = list(dict.fromkeys(args.rates))
+    selections = select_many(scores, rates, labels=labels, ids=ids, class_balanced=args.class_balanced,
+                             sampler=sampler, seed=args.seed)
+    out = Path(args.out)
+    for rate, sel in selections.items():
+        folder = out if len(rates) == 1 else out / f"rate_{rate:g}"
+        write_selection(folder, sel, method=method, params=params, fingerprint=fingerprint,
+                        extra={"scores_sha256": info.get("sha256"), "seed": args.seed,
+                               "sampler": getattr(sampler, "__name__", None)})
+        print(f"rate {rate:g}: kept {sel.num_selected} of {sel.num_samples} -> {folder}")
+    return 0

@@ -1,0 +1,273 @@
+"""Reader for the TDDS authors' dynamics layout, with the same interface as :class:`~tdds_core.dynamics.Dynamics`.
+
+The authors' ``train.py`` saves, for every epoch ``t``, three files in one folder::
+
+    {t}_Output.npy   float [R, C] logits of the training forward pass, rows in VISIT order
+    {t}_Index.npy    int   [R]    the dataset index of each row
+    {t}_Loss.npy     float [R]    per-row losses (never used by their scoring; ignored here)
+
+Their ``importance_evaluation.py`` soft-maxes each visit row and adds the rows into an ``[N, C]``
+matrix by index (``index_add``): rows sharing an index are SUMMED (after the softmax) and samples
+that were not visited keep an all-zero probability row. :meth:`ReferenceDynamics.probabilities`
+builds exactly that matrix, and the TDDS scorer consumes it directly (``iter_probs``), so TDDS of a
+reference folder follows the authors' semantics.
+
+Methods that need logits use :meth:`ReferenceDynamics.epoch` / ``iter_epochs``: logits in sample
+order, the MEAN of the visits for a duplicated index and NaN rows for unvisited samples (which the
+scorers report under their ``nan_policy``).
+
+The layout has no labels, ids or fingerprint: pass ``labels`` (``--labels FILE``) for methods that
+need them; ids are the indices as strings; the fingerprint is derived from N, C and the labels.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+
+from .errors import ArtifactError, ScoringError
+from .io import MANIFEST, load_npy
+
+__all__ = ["ReferenceDynamics", "open_reference_dynamics", "open_any_dynamics", "is_reference_folder"]
+
+FORMAT = "reference"
+_OUTPUT = re.compile(r"^(\d+)_Output\.npy$")
+
+
+def is_reference_folder(folder: str | os.PathLike) -> bool:
+    folder = Path(folder)
+    return folder.is_dir() and any(_OUTPUT.match(p.name) for p in folder.iterdir())
+
+
+def _softmax(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    p = np.array(x, dtype=dtype, copy=True)
+    p -= p.max(axis=1, keepdims=True)
+    np.exp(p, out=p)
+    p /= p.sum(axis=1, keepdims=True)
+    return p
+
+
+class ReferenceDynamics:
+    """Read-only view of an authors'-layout folder; one epoch in memory at a time.
+
+    Parameters
+    ----------
+    folder : path
+        Folder with ``{t}_Output.npy`` and ``{t}_Index.npy`` for each recorded epoch ``t``.
+    labels : array ``(N,)`` of int or path to a ``.npy``, optional
+        Training labels (the layout stores none); needed by methods that use labels.
+    num_samples : int, optional
+        N when no labels are given (default: the number of rows of the first epoch, as the
+        authors' code assumes).
+    fingerprint : str, optional
+        Dataset fingerprint to report (default: derived from N, C and the labels).
+    """
+
+    format = FORMAT
+
+    def __init__(self, folder: str | os.PathLike, *, labels: Any = None, num_samples: Optional[int] = None,
+                 fingerprint: Optional[str] = None):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise ArtifactError(f"dynamics folder {self.folder} does not exist; check the path.")
+        found = {}
+        for p in self.folder.iterdir():
+            m = _OUTPUT.match(p.name)
+            if m:
+                found[int(m.group(1))] = p
+        if not found:
+            raise ArtifactError(
+                f"{self.folder} holds no {{t}}_Output.npy files: it is not in the authors' layout "
+                "(for a tdds dynamics folder use --format tdds)"
+            )
+        self.epochs: list[int] = sorted(found)
+        for t in self.epochs:
+            if not (self.folder / f"{t}_Index.npy").is_file():
+                raise ArtifactError(f"{self.folder / f'{t}_Index.npy'} is missing: every {t}_Output.npy needs its "
+                                    "_Index.npy (the sample index of each row); copy it from the training run.")
+        first = self._load(f"{self.epochs[0]}_Output.npy", mmap=True)
+        if first.ndim != 2:
+            raise ArtifactError(f"{self.folder / f'{self.epochs[0]}_Output.npy'} has shape {first.shape}, expected [rows, C]")
+        self.num_classes: int = int(first.shape[1])
+        self.dtype: str = str(first.dtype)
+        rows = int(first.shape[0])
+        del first
+        self._labels: Optional[np.ndarray] = None
+        if labels is not None:
+            if isinstance(labels, (str, os.PathLike)):
+                labels = load_npy(labels)
+            y = np.asarray(labels)
+            if y.ndim != 1:
+                raise ScoringError(f"labels must be a 1-D [N] array, got shape {y.shape}")
+            if y.size and not np.issubdtype(y.dtype, np.integer):
+                raise ScoringError(f"labels must be integers, got dtype {y.dtype}")
+            y = y.astype(np.int64)
+            if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+                raise ScoringError(f"labels range over {int(y.min())}..{int(y.max())} but the logits have "
+                                   f"{self.num_classes} classes; pass the labels of this training run")
+            if num_samples is not None and int(num_samples) != len(y):
+                raise ScoringError(f"num_samples={num_samples} but the labels hold {len(y)} samples")
+            self._labels = y
+        self.num_samples: int = int(len(self._labels) if self._labels is not None else
+                                    (num_samples if num_samples is not None else rows))
+        self.fingerprint: str = fingerprint or self._derive_fingerprint()
+        self.mode = "train"
+        self.verify = False
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _load(self, name: str, mmap: bool = False) -> np.ndarray:
+        return load_npy(self.folder / name, mmap=mmap)
+
+    def _derive_fingerprint(self) -> str:
+        h = hashlib.sha256(json.dumps({"format": FORMAT, "N": self.num_samples, "C": self.num_classes}).encode())
+        if self._labels is not None:
+            h.update(self._labels.tobytes())
+        return "ref-" + h.hexdigest()[:16]
+
+    def _check_epoch(self, t: int) -> None:
+        if t not in self.epochs:
+            lo, hi = self.epochs[0], self.epochs[-1]
+            raise ArtifactError(f"epoch {t} was not recorded in {self.folder} (recorded: {lo}..{hi}, {len(self.epochs)} epochs).")
+
+    def visits(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(logits [R, C], index [R] int64)`` of epoch ``t`` in visit order, checked."""
+        self._check_epoch(t)
+        out = self._load(f"{t}_Output.npy")
+        idx = self._load(f"{t}_Index.npy")
+        if out.ndim != 2 or out.shape[1] != self.num_classes:
+            raise ArtifactError(f"{self.folder / f'{t}_Output.npy'} has shape {out.shape}, expected [rows, {self.num_classes}]")
+        idx = np.asarray(idx).reshape(-1)
+        if idx.shape[0] != out.shape[0]:
+            raise ArtifactError(f"epoch {t}: {self.folder / f'{t}_Index.npy'} has {idx.shape[0]} entries but "
+                                f"{t}_Output.npy has {out.shape[0]} rows; the two files come from different runs.")
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):
+            raise ArtifactError(f"{self.folder / f'{t}_Index.npy'} holds {idx.dtype} values, expected integer indices")
+        idx = idx.astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_samples):
+            raise ArtifactError(
+                f"epoch {t}: sample index {int(idx.max()) if idx.max() >= self.num_samples else int(idx.min())} is outside "
+                f"0..{self.num_samples - 1}; pass the run's labels (--labels) or num_samples so N is right"
+            )
+        return out, idx
+
+    def visit_counts(self, t: int) -> np.ndarray:
+        """int64 ``[N]``: how many rows of epoch ``t`` carry each sample index (0 = not visited)."""
+        _, idx = self.visits(t)
+        return np.bincount(idx, minlength=self.num_samples)
+
+    # -- the Dynamics interface -----------------------------------------------------------------
+    @property
+    def has_labels(self) -> bool:
+        return self._labels is not None
+
+    @property
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            raise ScoringError(
+                f"{self.folder} is in the authors' layout, which stores no labels; pass --labels FILE "
+                "(an int64 [N] .npy of the training labels) for methods that need them"
+            )
+        return self._labels
+
+    @property
+    def ids(self) -> list[str]:
+        return [str(i) for i in range(self.num_samples)]
+
+    @property
+    def has_features(self) -> bool:
+        return False
+
+    def features(self) -> np.ndarray:
+        raise ArtifactError(f"{self.folder} is in the authors' layout, which has no penultimate features (Moderate needs them).")
+
+    def probabilities(self, t: int, *, dtype: str = "float64") -> np.ndarray:
+        """The authors' ``[N, C]`` probability matrix of epoch ``t``: softmax per visit row, rows of
+        the same index summed, unvisited samples all zero."""
+        out, idx = self.visits(t)
+        p = _softmax(out, np.dtype(dtype))
+        P = np.zeros((self.num_samples, self.num_classes), dtype=p.dtype)
+        counts = np.bincount(idx, minlength=self.num_samples)
+        if counts.max(initial=0) <= 1:
+            P[idx] = p
+        else:
+            np.add.at(P, idx, p)
+        return P
+
+    def iter_probs(self, start: int = 0, stop: Optional[int] = None, *, dtype: str = "float64") -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(t, probabilities [N, C])`` for recorded epochs ``start <= t < stop``."""
+        for t in self.epochs:
+            if t < start or (stop is not None and t >= stop):
+                continue
+            yield t, self.probabilities(t, dtype=dtype)
+
+    def epoch(self, t: int) -> np.ndarray:
+        """Logits ``[N, C]`` of epoch ``t`` in sample order (stored float dtype): the mean over
+        repeated visits of an index, NaN for samples not visited."""
+        out, idx = self.visits(t)
+        dt = out.dtype if np.issubdtype(out.dtype, np.floating) else np.float32
+        counts = np.bincount(idx, minlength=self.num_samples)
+        X = np.full((self.num_samples, self.num_classes), np.nan, dtype=dt)
+        if counts.max(initial=0) <= 1:
+            X[idx] = out
+        else:
+            acc = np.zeros((self.num_samples, self.num_classes), dtype=np.float64)
+            np.add.at(acc, idx, out.astype(np.float64))
+            seen = counts > 0
+            X[seen] = (acc[seen] / counts[seen, None]).astype(dt)
+        return X
+
+    def iter_epochs(self, start: int = 0, stop: Optional[int] = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(t, logits [N, C])`` for recorded epochs ``start <= t < stop``, one at a time."""
+        for t in self.epochs:
+            if t < start or (stop is not None and t >= stop):
+                continue
+            yield t, self.epoch(t)
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+    def __repr__(self) -> str:
+        return (f"ReferenceDynamics({str(self.folder)!r}, N={self.num_samples}, C={self.num_classes}, "
+                f"epochs={self.epochs[0]}..{self.epochs[-1]})")
+
+
+def open_reference_dynamics(folder: str | os.PathLike, *, labels: Any = None, num_samples: Optional[int] = None,
+                            fingerprint: Optional[str] = None) -> ReferenceDynamics:
+    """Open an authors'-layout folder (see the module docstring)."""
+    return ReferenceDynamics(folder, labels=labels, num_samples=num_samples, fingerprint=fingerprint)
+
+
+def open_any_dynamics(folder: str | os.PathLike, *, format: str = "auto", labels: Any = None, verify: bool = True):
+    """Open a dynamics folder in either layout.
+
+    ``format``: "tdds" (``tdds-dynamics/1`` with manifest), "reference" (the authors'
+    ``{t}_Output.npy``/``{t}_Index.npy``) or "auto" (by the files present). ``labels`` (array or
+    ``.npy`` path) only applies to the reference layout.
+    """
+    from .dynamics import open_dynamics
+
+    folder = Path(folder)
+    if format not in ("auto", "tdds", "reference"):
+        raise ScoringError(f"--format must be auto, tdds or reference, not {format!r}")
+    if format == "auto":
+        if not folder.is_dir():
+            raise ArtifactError(f"dynamics folder {folder} does not exist; run `tdds train` first or check the path.")
+        if (folder / MANIFEST).is_file():
+            format = "tdds"
+        elif is_reference_folder(folder):
+            format = "reference"
+        else:
+            raise ArtifactError(
+                f"{folder} is neither a tdds dynamics folder (no {MANIFEST}) nor in the authors' layout "
+                "(no {t}_Output.npy); check the path or rerun `tdds train`."
+            )
+    if format == "reference":
+        return ReferenceDynamics(folder, labels=labels)
+    if labels is not None:
+        raise ScoringError("--labels only applies to --format reference; a tdds dynamics folder carries its own labels.")
+    return open_dynamics(folder, verify=verify)

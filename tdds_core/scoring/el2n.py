@@ -1,0 +1,66 @@
+"""EL2N: error L2 norm (Paul et al., "Deep Learning on a Data Diet: Finding Important Examples
+Early in Training", NeurIPS 2021), as the TDDS paper runs it (appendix B): the error vector score
+``||softmax(logits) - onehot(y)||_2`` averaged over the first ``k`` recorded epochs of one run.
+
+Higher EL2N = harder = keep first, as in the source; nothing is flipped.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import numpy as np
+
+from ..errors import ScoringError
+from ._common import (NanGuard, check_labels, dynamics_labels, finish_skipped, finite_rows, iter_selected, row_chunks,
+                      select_epochs, softmax64, stream_chunks)
+from ._registry import register_method
+
+__all__ = ["el2n_from_epochs", "el2n"]
+
+
+def el2n_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, nan_policy: str = "raise") -> np.ndarray:
+    """Mean over the given epochs of ``||softmax(logits) - onehot(y)||_2``.
+
+    Parameters
+    ----------
+    epochs : iterable of ``[N, C]`` logits (or ``(t, logits)`` pairs)
+    labels : array ``(N,)`` of int
+
+    Returns
+    -------
+    np.ndarray
+        float64 ``(N,)`` in ``[0, sqrt(2)]``; higher = keep first.
+    """
+    y = guard = total = None
+    E = 0
+    for t, x in stream_chunks(epochs):
+        n, c = x.shape
+        if y is None:
+            y = check_labels(labels, n, c)
+            guard = NanGuard(n, nan_policy)
+            total = np.zeros(n, dtype=np.float64)
+        for a, b in row_chunks(n, c):
+            blk = np.asarray(x[a:b], dtype=np.float64)
+            bad = guard.check(finite_rows(blk), t, at=a)
+            if bad is not None:
+                blk = blk.copy()
+                blk[bad] = 0.0
+            p = softmax64(blk)
+            p[np.arange(b - a), y[a:b]] -= 1.0
+            total[a:b] += np.sqrt((p * p).sum(axis=1))
+        E += 1
+    if y is None:
+        raise ScoringError("el2n needs at least one epoch of logits")
+    return finish_skipped(total / E, guard.bad, "el2n")
+
+
+@register_method("el2n")
+def el2n(dynamics: Any, *, k: int = 10, start: Optional[int] = None, nan_policy: str = "raise") -> np.ndarray:
+    """EL2N averaged over the first ``k`` recorded epochs from ``start`` (all of them if fewer).
+
+    Returns float64 ``(N,)``; higher = keep first."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ScoringError(f"el2n: k (epochs averaged) must be a positive integer, got {k!r}")
+    ts = select_epochs(dynamics, start, None, method="el2n", minimum=1)[: int(k)]
+    labels = dynamics_labels(dynamics, required=True, method="el2n")
+    return el2n_from_epochs(iter_selected(dynamics, ts), labels, nan_policy=nan_policy)

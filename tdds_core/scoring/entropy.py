@@ -1,0 +1,72 @@
+"""Entropy: prediction entropy at the end of training (Coleman et al., "Selection via Proxy:
+Efficient Data Selection for Deep Learning", ICLR 2020; the TDDS paper's appendix B).
+
+``H_i = -sum_c p_{ic} log p_{ic}`` with ``p = softmax(logits)`` of the final recorded epoch,
+computed in float64 through ``log p = x - logsumexp(x)``. Higher entropy = more uncertain = keep
+first, as in the source; nothing is flipped.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+
+from ..errors import ScoringError
+from ._common import NanGuard, finish_skipped, finite_rows, row_chunks
+from ._registry import register_method
+
+__all__ = ["entropy_from_logits", "entropy"]
+
+
+def _entropy_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    m = x.max(axis=1, keepdims=True)
+    z = x - m
+    lse = np.log(np.exp(z).sum(axis=1, keepdims=True))
+    logp = z - lse
+    p = np.exp(logp)
+    plogp = np.where(p > 0, p * logp, 0.0)
+    return -plogp.sum(axis=1)
+
+
+def entropy_from_logits(logits: np.ndarray, *, nan_policy: str = "raise", epoch: Any = None) -> np.ndarray:
+    """Entropy of ``softmax(logits)`` per row.
+
+    Parameters
+    ----------
+    logits : array ``[N, C]``
+        One epoch's logits (any float dtype).
+
+    Returns
+    -------
+    np.ndarray
+        float64 ``(N,)`` in ``[0, log C]``; higher = keep first.
+    """
+    x = np.asarray(logits)
+    if x.ndim != 2 or x.shape[1] < 1:
+        raise ScoringError(f"expected [N, C] logits, got shape {x.shape}")
+    n, c = x.shape
+    guard = NanGuard(n, nan_policy)
+    out = np.empty(n, dtype=np.float64)
+    for a, b in row_chunks(n, c):
+        blk = np.asarray(x[a:b], dtype=np.float64)
+        bad = guard.check(finite_rows(blk), epoch, at=a)
+        if bad is not None:
+            blk = blk.copy()
+            blk[bad] = 0.0
+        out[a:b] = _entropy_rows(blk)
+    return finish_skipped(out, guard.bad, "entropy")
+
+
+@register_method("entropy")
+def entropy(dynamics: Any, *, epoch: Optional[int] = None, nan_policy: str = "raise") -> np.ndarray:
+    """Entropy of the prediction at ``epoch`` (default: the last recorded epoch).
+
+    Returns float64 ``(N,)``; higher entropy = keep first."""
+    recorded = sorted(int(t) for t in dynamics.epochs)
+    if not recorded:
+        raise ScoringError("entropy: the dynamics hold no recorded epochs")
+    t = recorded[-1] if epoch is None else int(epoch)
+    if t not in recorded:
+        raise ScoringError(f"entropy: epoch {t} was not recorded; recorded epochs: {recorded[0]}..{recorded[-1]}")
+    return entropy_from_logits(dynamics.epoch(t), nan_policy=nan_policy, epoch=t)
