@@ -1,0 +1,241 @@
+"""Baseline scorers: hand-computed small cases, the registry contract, CCS's sampler, NaN policy."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tdds_core.dynamics import DynamicsWriter, open_dynamics
+from tdds_core.errors import ScoringError
+from tdds_core.scoring import (aum_from_epochs, ccs_sample, compute_scores, dyn_unc_from_epochs, el2n_from_epochs,
+                               entropy_from_logits, forgetting_from_epochs, get_method, get_sampler, list_methods,
+                               margins, method_options, moderate_from_features, random_scores, register_method,
+                               resolve_params)
+
+ALL = ["aum", "ccs", "dyn_unc", "el2n", "entropy", "forgetting", "moderate", "random", "tdds"]
+
+
+def write(folder, X, y, features=None, dtype="float32"):
+    T, N, C = X.shape
+    w = DynamicsWriter(folder, ids=[str(i) for i in range(N)], labels=y, num_classes=C, fingerprint="fp", dtype=dtype)
+    for t in range(T):
+        w.write_epoch(t, X[t])
+    if features is not None:
+        w.write_features(features)
+    w.finalize()
+    return open_dynamics(folder)
+
+
+@pytest.fixture(scope="module")
+def dyn(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    N, C, T = 60, 4, 12
+    y = rng.integers(0, C, N)
+    onehot = np.eye(C)[y]
+    X = np.stack([rng.standard_normal((N, C)) * 2 + onehot * t * rng.random((N, 1)) for t in range(T)])
+    return write(tmp_path_factory.mktemp("dyn") / "d", X, y, features=rng.standard_normal((N, 6))), X, y
+
+
+# -- registry ------------------------------------------------------------------------------------
+def test_all_methods_registered():
+    assert list_methods() == ALL
+    assert list_methods("d*") == ["dyn_unc"]
+
+
+SMALL = {"tdds": dict(T=12, W=4), "dyn_unc": dict(width=4)}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_registry_contract(dyn, name):
+    d, _, _ = dyn
+    s = compute_scores(name, d, **SMALL.get(name, {}))
+    assert s.shape == (d.num_samples,) and s.dtype == np.float64 and np.isfinite(s).all()
+    assert s.std() > 0  # informative on this data
+    assert get_method(name).__doc__  # every method documents itself
+
+
+def test_unknown_method_and_option_errors(dyn):
+    d, _, _ = dyn
+    with pytest.raises(ScoringError, match="unknown scoring method 'tdsd'; known methods: aum, ccs, dyn_unc"):
+        compute_scores("tdsd", d)
+    with pytest.raises(ScoringError, match=r"unknown option 'widht' for scoring method 'dyn_unc'; valid options: start, stop, width"):
+        compute_scores("dyn_unc", d, widht=3)
+    with pytest.raises(ScoringError, match="nan_policy"):
+        compute_scores("aum", d, nan_policy="ignore")
+    # None falls back to the default (timm's create_model convention)
+    assert resolve_params("el2n", k=None) == {"k": 10, "start": None}
+    assert method_options("tdds")["decay"] == 0.9
+
+
+def test_register_rejects_methods_without_options_contract():
+    with pytest.raises(TypeError, match="keyword-only"):
+        @register_method("bad_positional")
+        def bad(dynamics, k=3, *, nan_policy="raise"):  # pragma: no cover - never called
+            return None
+    with pytest.raises(TypeError, match="kwargs"):
+        @register_method("bad_kwargs")
+        def bad2(dynamics, *, nan_policy="raise", **kw):  # pragma: no cover
+            return None
+    assert "bad_positional" not in list_methods() and "bad_kwargs" not in list_methods()
+
+
+# -- hand-computed cases -------------------------------------------------------------------------
+def test_entropy_hand_case():
+    logits = np.array([[0.0, 0.0], [math.log(3.0), 0.0], [50.0, -50.0]])
+    h = entropy_from_logits(logits)
+    p = 0.75
+    np.testing.assert_allclose(h, [math.log(2), -(p * math.log(p) + (1 - p) * math.log(1 - p)), 0.0], atol=1e-12)
+    # direction: the uncertain sample ranks first
+    assert np.argmax(h) == 0
+
+
+def test_entropy_uses_final_epoch(dyn):
+    d, X, _ = dyn
+    np.testing.assert_allclose(compute_scores("entropy", d), entropy_from_logits(X[-1].astype(np.float32)), rtol=1e-12)
+    np.testing.assert_allclose(compute_scores("entropy", d, epoch=3), entropy_from_logits(X[3].astype(np.float32)), rtol=1e-12)
+
+
+def test_forgetting_hand_case():
+    # label 0 for every sample; logits favour class 0 when "correct"
+    right, wrong = [2.0, 0.0], [0.0, 2.0]
+    seq = {  # per sample: correctness over 5 epochs
+        0: "CCCCC",  # learned, never forgotten -> 0
+        1: "CWCWC",  # forgotten twice -> 2
+        2: "WWWWW",  # never learned -> E + 1 = 6
+        3: "WCCWW",  # forgotten once -> 1
+        4: "CWWWW",  # learned at the start, forgotten once -> 1
+    }
+    X = np.array([[right if seq[i][t] == "C" else wrong for i in range(5)] for t in range(5)])
+    s = forgetting_from_epochs(iter(X), np.zeros(5, dtype=int))
+    np.testing.assert_array_equal(s, [0, 2, 6, 1, 1])
+
+
+def test_el2n_hand_case():
+    X = np.array([[[0.0, 0.0]], [[math.log(3.0), 0.0]]])  # p = (0.5, 0.5) then (0.75, 0.25), label 0
+    s = el2n_from_epochs(iter(X), np.array([0]))
+    want = (math.sqrt(0.5 ** 2 + 0.5 ** 2) + math.sqrt(0.25 ** 2 + 0.25 ** 2)) / 2
+    np.testing.assert_allclose(s, [want], rtol=1e-12)
+
+
+def test_el2n_uses_first_k_epochs(dyn):
+    d, X, y = dyn
+    np.testing.assert_allclose(compute_scores("el2n", d, k=3), el2n_from_epochs(iter(X[:3].astype(np.float32)), y), rtol=1e-12)
+    assert not np.allclose(compute_scores("el2n", d, k=3), compute_scores("el2n", d))
+
+
+def test_aum_hand_case():
+    X = np.array([
+        [[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]],
+        [[1.0, 1.0, 0.0], [4.0, 2.0, 3.0]],
+    ])
+    y = np.array([0, 2])
+    np.testing.assert_array_equal(margins(X[0], y), [1.0, -4.0])
+    s = aum_from_epochs(iter(X), y)
+    np.testing.assert_allclose(s, [(1.0 + 0.0) / 2, (-4.0 + -1.0) / 2])
+    assert s[0] > s[1]  # the paper keeps high AUM
+
+
+def test_dyn_unc_hand_case():
+    # target probabilities over 4 epochs: softmax([a, 0])[0] = sigmoid(a)
+    pt = np.array([[0.5, 0.6, 0.9, 0.2], [0.5, 0.5, 0.5, 0.5]])
+    a = np.log(pt / (1 - pt))
+    X = np.stack([np.stack([a[:, t], np.zeros(2)], axis=1) for t in range(4)])
+    s = dyn_unc_from_epochs(iter(X), np.array([0, 0]), width=3)
+    w1 = np.std([0.5, 0.6, 0.9], ddof=1)
+    w2 = np.std([0.6, 0.9, 0.2], ddof=1)
+    np.testing.assert_allclose(s, [(w1 + w2) / 2, 0.0], atol=1e-12)
+    with pytest.raises(ScoringError, match="width=5"):
+        dyn_unc_from_epochs(iter(X), np.array([0, 0]), width=5)
+
+
+def test_moderate_hand_case():
+    # class 0 centred at 0: distances 1, 2, 3 -> median 2; class 1: distances 0.5, 0.5 -> median 0.5
+    f = np.array([[1.0, 0.0], [-2.0, 0.0], [0.0, 3.0], [0.0, -2.0], [10.0, 0.5], [10.0, -0.5]])
+    f[:4] -= f[:4].mean(axis=0)  # centre class 0 exactly at the origin
+    y = np.array([0, 0, 0, 0, 1, 1])
+    s = moderate_from_features(f, y)
+    d0 = np.sqrt((f[:4] ** 2).sum(axis=1))
+    np.testing.assert_allclose(s[:4], -np.abs(d0 - np.median(d0)), atol=1e-12)
+    np.testing.assert_allclose(s[4:], [0.0, 0.0], atol=1e-12)
+    assert np.all(s <= 0)
+
+
+def test_moderate_needs_features(tmp_path):
+    X = np.zeros((2, 3, 2))
+    d = write(tmp_path / "nf", X, np.array([0, 1, 0]))
+    with pytest.raises(ScoringError, match="save_features"):
+        compute_scores("moderate", d)
+
+
+def test_random_is_seeded_uniform(dyn):
+    d, _, _ = dyn
+    a = compute_scores("random", d, seed=3)
+    np.testing.assert_array_equal(a, compute_scores("random", d, seed=3))
+    assert not np.array_equal(a, compute_scores("random", d, seed=4))
+    big = random_scores(20000, seed=1)
+    assert big.min() >= 0 and big.max() < 1 and abs(big.mean() - 0.5) < 0.01
+
+
+# -- CCS -----------------------------------------------------------------------------------------
+def test_ccs_budget_from_the_smallest_stratum_up():
+    # strata over [0, 10] with 5 bins of width 2: sizes 1, 2, 10, 3, 4 (20 samples)
+    s = np.concatenate([[0.0], [2.5, 3.0], np.linspace(4.1, 5.9, 10), [6.5, 7, 7.5], [8.5, 9, 9.5, 10]])
+    chosen = ccs_sample(s, 10, beta=0.0, strata=5, hard_end="low", seed=0)
+    assert len(chosen) == 10 and len(np.unique(chosen)) == 10
+    counts = np.bincount(np.minimum((s[chosen] // 2).astype(int), 4), minlength=5)
+    # budget 10 over 5 strata: smallest (1) takes 1, then 2 takes 2 (9/4=2), then 3 takes 2 (7/3=2),
+    # then 4 takes 2 (5/2=2), then the big stratum takes the remaining 3
+    np.testing.assert_array_equal(counts, [1, 2, 3, 2, 2])
+
+
+def test_ccs_hard_cutoff_and_direction():
+    s = np.arange(100, dtype=float)
+    low = ccs_sample(s, 40, beta=0.3, strata=5, hard_end="low", seed=1)
+    assert low.min() >= 30  # the 30 lowest (hardest for AUM) were cut
+    high = ccs_sample(s, 40, beta=0.3, strata=5, hard_end="high", seed=1)
+    assert high.max() < 70
+    np.testing.assert_array_equal(low, ccs_sample(s, 40, beta=0.3, strata=5, hard_end="low", seed=1))
+    with pytest.raises(ScoringError, match="lower beta"):
+        ccs_sample(s, 80, beta=0.3)
+    assert not np.isin(ccs_sample(np.r_[s, -np.inf], 50, strata=3), [100]).any()  # -inf (skipped) never chosen
+
+
+def test_ccs_scores_are_aum_and_sampler_from_params(dyn):
+    d, _, _ = dyn
+    np.testing.assert_array_equal(compute_scores("ccs", d), compute_scores("aum", d))
+    np.testing.assert_array_equal(compute_scores("ccs", d, base="el2n", base_params={"k": 2}), compute_scores("el2n", d, k=2))
+    sampler = get_sampler("ccs", {"beta": 0.2, "strata": 4})
+    s = compute_scores("ccs", d)
+    kept = sampler(s, 20, labels=None, seed=0)
+    order = np.argsort(s)
+    assert not np.isin(order[:12], kept).any()  # floor(0.2 * 60) lowest-AUM samples cut
+    assert get_sampler("tdds") is None
+    with pytest.raises(ScoringError, match="base may not be 'ccs'"):
+        compute_scores("ccs", d, base="ccs")
+
+
+# -- NaN policy ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["entropy", "forgetting", "el2n", "aum", "dyn_unc"])
+def test_nan_policy(tmp_path, name):
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((5, 8, 3))
+    X[4, 6, 1] = np.nan
+    X[4, 2, 0] = np.inf
+    d = write(tmp_path / name, X, rng.integers(0, 3, 8))
+    kw = {"width": 3} if name == "dyn_unc" else {}
+    with pytest.raises(ScoringError, match=r"epoch 4: 2 samples with NaN/Inf logits \(first: sample 2\)"):
+        compute_scores(name, d, **kw)
+    with pytest.warns(RuntimeWarning, match="2 samples had NaN/Inf"):
+        s = compute_scores(name, d, nan_policy="skip", **kw)
+    assert s[2] == -np.inf and s[6] == -np.inf and np.isfinite(np.delete(s, [2, 6])).all()
+
+
+def test_moderate_nan_features():
+    f = np.ones((4, 2))
+    f[1, 0] = np.nan
+    with pytest.raises(ScoringError, match="NaN/Inf features"):
+        moderate_from_features(f, np.zeros(4, int))
+    with pytest.warns(RuntimeWarning):
+        s = moderate_from_features(f, np.zeros(4, int), nan_policy="skip")
+    assert s[1] == -np.inf
