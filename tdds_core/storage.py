@@ -56,7 +56,7 @@ from .errors import ArtifactError, StorageError
 from .io import MANIFEST, read_manifest, sha256_bytes, sha256_file, verify_manifest, write_manifest
 
 __all__ = [
-    "Store", "LocalStore", "S3Store", "TransferStats", "open_store", "split_uri", "validate_key",
+    "Store", "LocalStore", "S3Store", "TransferStats", "open_store", "split_uri", "validate_key", "parent_and_key",
     "artifact_key", "is_complete", "local_copy", "staged_output", "cache_root", "redact_url",
     "ENV_MULTIPART_THRESHOLD", "ENV_MULTIPART_CHUNKSIZE", "ENV_RETRIES", "ENV_CACHE",
 ]
@@ -754,6 +754,12 @@ def _parent_and_key(uri: str, **options: Any) -> tuple[Store, str]:
         return S3Store(bucket, "", **options), validate_key(key)
     p = Path(rest)
     return LocalStore(p.parent), p.name
+
+
+def parent_and_key(uri: str, **options: Any) -> tuple[Store, str]:
+    """The store one level above ``uri`` and the key of ``uri`` in it (``s3://b/a/x`` -> (store of
+    ``s3://b``, ``a/x``); ``/p/a/x`` -> (store of ``/p/a``, ``x``))."""
+    return _parent_and_key(uri, **options)
 
 
 def is_complete(uri: str, **options: Any) -> bool:

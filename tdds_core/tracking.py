@@ -56,7 +56,7 @@ __all__ = [
     # tags, stages, metrics
     "TAG_KEY", "TAG_STAGE", "TAG_METHOD", "TAG_METHOD_NAME", "TAG_RATE", "TAG_ARCH", "TAG_SEED",
     "TAG_FINGERPRINT", "TAG_CODE_VERSION", "TAG_GIT_SHA", "TAG_PIPELINE_RUN", "TAG_CONFIG_NAME",
-    "TAG_ARTIFACT_URI", "TAG_SELECTION_SHA256", "TAG_PARENT_RUN",
+    "TAG_ARTIFACT_URI", "TAG_SELECTION_SHA256", "TAG_SELECTION_URI", "TAG_PARENT_RUN",
     "STAGE_PIPELINE", "STAGE_TRAIN_FULL", "STAGE_SCORE", "STAGE_SELECT", "STAGE_CORESET", "STAGE_EVALUATE",
     "STAGE_REPORT", "METRIC_FINAL_ACC", "METRIC_BEST_ACC", "METRIC_NOISY_KEPT", "METRIC_NUM_TRAIN",
     "METRIC_ITERATIONS", "METRIC_WALL_S", "MAX_PARAM_VALUE_LENGTH",
@@ -79,6 +79,7 @@ TAG_PIPELINE_RUN = "tdds.pipeline_run_id"  # id of the pipeline run (one parent 
 TAG_CONFIG_NAME = "tdds.config_name"    # Config.name
 TAG_ARTIFACT_URI = "tdds.artifact_uri"  # where the stage's artifact lives (local folder or s3://)
 TAG_SELECTION_SHA256 = "tdds.selection_sha256"  # SHA-256 of the selection's indices.npy
+TAG_SELECTION_URI = "tdds.selection_uri"        # where the selection a coreset run trained on lives
 TAG_PARENT_RUN = "mlflow.parentRunId"   # MLflow's own nesting tag
 
 # ---------------------------------------------------------------- stage values of TAG_STAGE
@@ -721,7 +722,7 @@ def log_selection(tracker: "Tracker", selection_folder: str | os.PathLike, finge
     weights.npy, manifest.json}`` as artifacts (the folder's checksums are verified first), the training
     dataset as an input (digest = ``fingerprint``, context ``train``) and the selection itself as an
     input (digest = SHA-256 of ``indices.npy``, context ``selection``), plus the tags
-    ``tdds.selection_sha256`` and ``tdds.artifact_uri``. ``selection_folder`` is a local folder or a
+    ``tdds.selection_sha256`` and ``tdds.selection_uri``. ``selection_folder`` is a local folder or a
     URI (:func:`tdds_core.storage.local_copy`). Returns ``{"sha256", "num_selected", "manifest"}``."""
     from .io import verify_manifest
     from .storage import local_copy
@@ -743,5 +744,5 @@ def log_selection(tracker: "Tracker", selection_folder: str | os.PathLike, finge
     label = f"selection:{manifest.get('method', '?')}@p{format_rate(manifest.get('rate'))}" \
         if manifest.get("rate") is not None else f"selection:{manifest.get('method', '?')}"
     tracker.log_input_dataset(label, sha, uri, context="selection", tags={TAG_SELECTION_SHA256: sha})
-    tracker.set_tags({TAG_SELECTION_SHA256: sha, TAG_ARTIFACT_URI: uri})
+    tracker.set_tags({TAG_SELECTION_SHA256: sha, TAG_SELECTION_URI: uri})
     return out

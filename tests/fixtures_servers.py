@@ -152,7 +152,7 @@ def s3_client(endpoint: str, *, access_key: str = FAKE_ACCESS_KEY, secret_key: s
 
 
 def start_mlflow(workdir: Path, s3_endpoint: str, *, bucket: str = MLFLOW_BUCKET, port: Optional[int] = None,
-                 deadline_s: float = 90.0) -> ServerProcess:
+                 deadline_s: float = 180.0) -> ServerProcess:
     """Start a real ``mlflow server`` (SQLite backend, artifacts proxied to ``s3://bucket/mlartifacts``
     in the S3 server at ``s3_endpoint``)."""
     workdir = Path(workdir)

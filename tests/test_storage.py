@@ -17,7 +17,7 @@ import pytest
 from fixtures_servers import FAKE_SECRET_KEY, TcpRelay, s3_client, start_moto
 from tdds_core.errors import ArtifactError, StorageError
 from tdds_core.io import MANIFEST, read_manifest, sha256_file, write_manifest
-from tdds_core.storage import (LocalStore, S3Store, artifact_key, is_complete, local_copy, open_store, split_uri,
+from tdds_core.storage import (LocalStore, S3Store, artifact_key, is_complete, local_copy, open_store, parent_and_key, split_uri,
                                staged_output, validate_key)
 
 BUCKET = "tdds-store-tests"
@@ -204,6 +204,12 @@ def test_uri_parsing(tmp_path):
     with pytest.raises(StorageError):
         open_store("s3://bucket/a/../b")
     assert isinstance(open_store(str(tmp_path)), LocalStore)
+    st, key = parent_and_key("s3://b/runs/x")
+    assert isinstance(st, S3Store) and st.uri == "s3://b" and key == "runs/x"
+    st, key = parent_and_key(str(tmp_path / "a" / "x"))
+    assert st.uri == str(tmp_path / "a") and key == "x"
+    with pytest.raises(StorageError):
+        parent_and_key("s3://bucket-only")
 
 
 # ------------------------------------------------------------------------------------ local backend
