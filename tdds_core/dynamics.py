@@ -179,3 +179,18 @@ class Dynamics:
 def open_dynamics(folder: str | os.PathLike, *, verify: bool = True, allow_incomplete: bool = False) -> Dynamics:
     """Open a tdds dynamics folder (see module docstring)."""
     return Dynamics(folder, verify=verify, allow_incomplete=allow_incomplete)
+
+
+def check_matches(dyn: "Dynamics", *, num_samples: int, num_classes: int, fingerprint: str | None = None,
+                  what: str = "the dataset") -> None:
+    """Refuse dynamics whose N, C or fingerprint differ from ``what``."""
+    if dyn.num_samples != num_samples or dyn.num_classes != num_classes:
+        raise ArtifactError(
+            f"dynamics at {dyn.folder} have N={dyn.num_samples}, C={dyn.num_classes} but {what} has N={num_samples}, "
+            f"C={num_classes}; they come from another dataset version: retrain with `tdds train` on this dataset."
+        )
+    if fingerprint is not None and dyn.fingerprint != fingerprint:
+        raise ArtifactError(
+            f"dynamics at {dyn.folder} were recorded on another version of {what} (fingerprint {dyn.fingerprint[:12]} "
+            f"vs {fingerprint[:12]}); retrain with `tdds train` on this dataset."
+        )

@@ -25,8 +25,8 @@ from .data import Splits, create_dataset
 from .engine import coreset_batch_size
 from .io import atomic_write_text
 from .tracking import (METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_ITERATIONS, METRIC_NOISY_KEPT, METRIC_NUM_TRAIN,
-                       METRIC_WALL_S, STAGE_CORESET, STAGE_EVALUATE, STAGE_PIPELINE, STAGE_REPORT, STAGE_SCORE,
-                       STAGE_SELECT, STAGE_TRAIN_FULL, TAG_ARCH, TAG_ARTIFACT_URI, TAG_FINGERPRINT, TAG_METHOD,
+                       METRIC_WALL_S, STAGE_CORESET, STAGE_EVALUATE, STAGE_PIPELINE, STAGE_SCORE,
+                       STAGE_TRAIN_FULL, TAG_ARCH, TAG_ARTIFACT_URI, TAG_FINGERPRINT, TAG_METHOD,
                        TAG_METHOD_NAME, TAG_RATE, TAG_SEED, TAG_STAGE, NullTracker, Tracker, format_rate,
                        log_score_run, log_selection, make_tracker, run_key, run_name)
 
@@ -73,7 +73,7 @@ def tracked_score(cfg: Config, tracker: Tracker, splits: Splits, train_uri: str,
     key = run_key(name, splits.fingerprint, {"train": train_uri, "method": method.name, "params": params})
     tags = {TAG_STAGE: STAGE_SCORE, TAG_METHOD: label, TAG_METHOD_NAME: method.name, TAG_FINGERPRINT: splits.fingerprint}
     with tracker.start_run(name, key=key, tags=tags) as run:
-        out = stages.score(cfg, train_uri, method.model_copy(update={"label": label}), params)
+        out = stages.score(cfg, train_uri, method.model_copy(update={"label": label}), params, splits=splits)
         if not run.reused:
             tracker.log_params({"method": method.name, **{f"param.{k}": v for k, v in params.items()}})
             tracker.set_tags({TAG_ARTIFACT_URI: out.uri})
@@ -146,7 +146,8 @@ class GridResult:
 
 
 def write_report(cfg: Config, rows: list[dict], tracker: Tracker, out_dir: Path) -> str:
-    """Table (CSV, Markdown) and plot into ``out_dir`` and onto the active (parent) run."""
+    """Table (CSV, Markdown) and plot into ``out_dir`` (manifest last) and onto the active (parent) run."""
+    from .io import write_manifest
     from .report import build_table, plot_accuracy_vs_rate, to_csv, to_markdown
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,19 +156,43 @@ def write_report(cfg: Config, rows: list[dict], tracker: Tracker, out_dir: Path)
     atomic_write_text(out_dir / "table.csv", to_csv(table))
     atomic_write_text(out_dir / "table.md", md)
     plot_accuracy_vs_rate(rows, out_dir / "accuracy_vs_rate.png", title=f"{cfg.name}: {cfg.data.name}")
+    write_manifest(out_dir, ["table.csv", "table.md", "accuracy_vs_rate.png"], kind="report", name=cfg.name)
     for name in ("table.csv", "table.md", "accuracy_vs_rate.png"):
         tracker.log_artifact(out_dir / name, "report")
     return md
 
 
+def publish_report(cfg: Config, report_dir: Path) -> None:
+    """Upload the report to ``<output>/report`` when the output is on S3 and the table changed."""
+    if not stages.is_remote(cfg.output):
+        return
+    import json
+
+    from .io import read_manifest
+    from .storage import open_store
+
+    store = open_store(cfg.output)
+    local = read_manifest(report_dir)
+    if store.is_complete("report"):
+        remote = json.loads(store.get_bytes("report/manifest.json"))
+        if {k: v["sha256"] for k, v in remote.get("files", {}).items()} == {k: v["sha256"] for k, v in local["files"].items()}:
+            return
+    store.put_dir(report_dir, "report", overwrite=True)
+
+
 def run_grid(cfg: Config, *, tracker: Tracker | None = None, pipeline_run_id: str | None = None) -> GridResult:
-    """Run the whole experiment of ``cfg`` (see module docstring); returns the rows and the table."""
+    """Run the whole experiment of ``cfg`` (see module docstring); returns the rows and the table.
+
+    The parent run is keyed by the config: rerunning a finished grid creates no new runs."""
     splits = create_dataset(cfg.data)
+    stages.claim_output(cfg)
     tracker = tracker or make_tracker(cfg, cfg.output, pipeline_run_id=pipeline_run_id or uuid.uuid4().hex[:12])
     rows: list[dict] = []
-    with tracker.start_run(run_name(STAGE_PIPELINE, method=cfg.name), tags={TAG_STAGE: STAGE_PIPELINE,
-                                                                           TAG_FINGERPRINT: splits.fingerprint}) as parent:
-        tracker.log_params(cfg.flat())
+    name = run_name(STAGE_PIPELINE, method=cfg.name)
+    key = run_key(name, splits.fingerprint, cfg.model_dump(mode="json", exclude={"tracking", "pipeline", "output"}))
+    with tracker.start_run(name, key=key, tags={TAG_STAGE: STAGE_PIPELINE, TAG_FINGERPRINT: splits.fingerprint}) as parent:
+        if not parent.reused:
+            tracker.log_params(cfg.flat())
         full = tracked_train_full(cfg, tracker, splits)
         r = full.result
         rows.append({"method": "full", "rate": None, "seed": cfg.train.seed, "arch": cfg.model.arch,
@@ -187,10 +212,7 @@ def run_grid(cfg: Config, *, tracker: Tracker | None = None, pipeline_run_id: st
                                                     seed=cfg.coreset.seeds[0], arch=arch, stage=STAGE_EVALUATE))
         report_dir = _report_dir(cfg)
         md = write_report(cfg, rows, tracker, report_dir)
-        if stages.is_remote(cfg.output):
-            from .storage import open_store
-
-            open_store(cfg.output).put_dir(report_dir, "report", overwrite=True)
+        publish_report(cfg, report_dir)
         run_id = parent.id if not isinstance(tracker, NullTracker) else None
     return GridResult(rows, report_dir, md, run_id)
 

@@ -67,9 +67,9 @@ def _work_dir(uri: str) -> Path:
 
 def _publish(work: Path, uri: str) -> None:
     if is_remote(uri):
-        from .storage import _parent_and_key
+        from .storage import parent_and_key
 
-        store, key = _parent_and_key(uri)
+        store, key = parent_and_key(uri)
         store.put_dir(work, key)
 
 
@@ -93,11 +93,57 @@ def fetch(uri: str) -> Path:
     return p
 
 
+# ------------------------------------------------------------------------------------------ output root
+IDENTITY_SECTIONS = ("data", "model", "train", "dynamics")
+
+
+def claim_output(cfg: Config) -> None:
+    """Record which experiment an output root holds (``experiment.json``) and refuse a config whose
+    data, model, training or dynamics settings differ: one root, one full-data run, never mixed.
+    Methods, rates, seeds and evaluation settings may change (the grid grows)."""
+    import json
+
+    ident = {k: getattr(cfg, k).model_dump(mode="json") for k in IDENTITY_SECTIONS}
+    for k in ("train",):  # runtime settings do not change results
+        for f in ("device", "progress", "eval_batch_size", "compile"):
+            ident[k].pop(f, None)
+    for f in ("num_workers", "resident", "resident_max_bytes"):
+        ident["data"].pop(f, None)
+    digest = config_digest(ident)
+    key = "experiment.json"
+    body = {"name": cfg.name, "digest": digest, "identity": ident}
+    if is_remote(cfg.output):
+        from .storage import open_store
+
+        store = open_store(cfg.output)
+        if store.exists(key):
+            prev = json.loads(store.get_bytes(key))
+            _check_claim(prev, digest, cfg.output)
+        else:
+            store.put_bytes(key, json.dumps(body, indent=2, sort_keys=True).encode())
+        return
+    p = Path(cfg.output) / key
+    if p.is_file():
+        _check_claim(read_json(p), digest, cfg.output)
+    else:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(p, body)
+
+
+def _check_claim(prev: dict, digest: str, root: str) -> None:
+    if prev.get("digest") != digest:
+        raise ArtifactError(
+            f"output {root} holds the experiment {prev.get('name')!r} with other data/model/train/dynamics settings; "
+            "refusing to mix runs: set another `output` (or --out), or delete that folder."
+        )
+
+
 # ------------------------------------------------------------------------------------------ stage 1
 def train_full(cfg: Config, *, splits: Splits | None = None, on_epoch: Callable[[dict], Any] | None = None) -> StageOutput:
     """Full-data training with dynamics capture (resumes an interrupted run)."""
     splits = splits or create_dataset(cfg.data)
     spec = full_data_spec(cfg)
+    claim_output(cfg)
     key = f"train/{splits.fingerprint[:12]}-{spec.digest(splits.fingerprint)[:12]}"
     uri = join_uri(cfg.output, key)
     done = _existing(uri)
@@ -111,11 +157,12 @@ def train_full(cfg: Config, *, splits: Splits | None = None, on_epoch: Callable[
 
 # ------------------------------------------------------------------------------------------ stage 2
 def score(cfg: Config, train_uri: str, method: MethodSpec | str, params: dict | None = None, *,
-          nan_policy: str = "raise") -> StageOutput:
+          nan_policy: str = "raise", splits: Splits | None = None) -> StageOutput:
     """Score every sample of the full-data run at ``train_uri`` with one method.
 
-    Writes ``scores.npy`` (float64 ``[N]``, sample order, higher = keep first) and ``score.json``."""
-    from .dynamics import open_dynamics
+    Writes ``scores.npy`` (float64 ``[N]``, sample order, higher = keep first) and ``score.json``.
+    With ``splits``, dynamics from another dataset version are refused."""
+    from .dynamics import check_matches, open_dynamics
     from .scoring import compute_scores
 
     m = method if isinstance(method, MethodSpec) else MethodSpec(name=method)
@@ -127,6 +174,9 @@ def score(cfg: Config, train_uri: str, method: MethodSpec | str, params: dict | 
     if done is not None:
         return StageOutput(uri, done, reused=True, info=read_json(done / "score.json"))
     dyn = open_dynamics(fetch(train_uri) / "dynamics")
+    if splits is not None:
+        check_matches(dyn, num_samples=len(splits.train), num_classes=splits.num_classes, fingerprint=splits.fingerprint,
+                      what=f"dataset {splits.name!r}")
     scores = compute_scores(m.name, dyn, nan_policy=nan_policy, **params)
     info = {"method": m.name, "label": m.display, "params": params, "fingerprint": dyn.fingerprint,
             "num_samples": dyn.num_samples, "train_uri": train_uri, "nan_policy": nan_policy}
