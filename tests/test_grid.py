@@ -1,0 +1,75 @@
+"""The methods x rates experiment on CPU: reuse of finished work, noise reporting, real data."""
+import numpy as np
+import pytest
+
+from tdds_core.config import parse_config
+from tdds_core.errors import ArtifactError
+from tdds_core.grid import run_grid
+from tdds_core.stages import train_full
+
+SYN = {"name": "g", "data": {"name": "synthetic", "options": {"num_train": 160, "num_test": 80, "image_size": 12}},
+       "model": {"arch": "small_cnn", "options": {"width": 8}},
+       "train": {"epochs": 3, "batch_size": 32, "lr": 0.05, "progress": False},
+       "methods": [{"name": "random"}, {"name": "tdds", "params": {"T": 3, "W": 2}}],
+       "selection": {"rates": [0.5]}, "coreset": {"batch_size": 16},
+       "tracking": {"enabled": False}}
+
+
+def _cfg(tmp_path, **extra):
+    d = {**SYN, "output": str(tmp_path / "out"), **extra}
+    return parse_config(d)
+
+
+def test_grid_resumes_without_redoing_finished_runs(tmp_path):
+    cfg = _cfg(tmp_path)
+    first = run_grid(cfg)
+    assert [(r["method"], r["rate"]) for r in first.rows] == [("full", None), ("random", 0.5), ("tdds[T=3,W=2]", 0.5)]
+    out = tmp_path / "out"
+    models = sorted(out.rglob("model.pt"))
+    assert len(models) == 3
+    stamps = {p: p.stat().st_mtime_ns for p in models}
+    # grow the grid: one more rate; finished runs are reused, only the new ones train
+    cfg2 = _cfg(tmp_path, selection={"rates": [0.5, 0.75]})
+    second = run_grid(cfg2)
+    assert len(second.rows) == 5
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    assert len(sorted(out.rglob("model.pt"))) == 5
+    same = {(r["method"], r["rate"]): r["final_acc"] for r in first.rows}
+    for r in second.rows:
+        if (r["method"], r["rate"]) in same:
+            assert r["final_acc"] == same[(r["method"], r["rate"])]
+    table = (second.report_dir / "table.csv").read_text()
+    assert "tdds[T=3,W=2]" in table and "0.75" in table
+    assert (second.report_dir / "accuracy_vs_rate.png").stat().st_size > 1000
+
+
+def test_output_root_refuses_another_experiment(tmp_path):
+    cfg = _cfg(tmp_path)
+    train_full(cfg)
+    other = _cfg(tmp_path, train={**SYN["train"], "lr": 0.2})
+    with pytest.raises(ArtifactError, match="refusing to mix runs"):
+        train_full(other)
+
+
+def test_noise_fraction_kept_is_reported(tmp_path):
+    cfg = _cfg(tmp_path, data={**SYN["data"], "noise": {"label_noise": 0.25, "seed": 3}},
+               methods=[{"name": "random"}])
+    res = run_grid(cfg)
+    row = [r for r in res.rows if r["method"] == "random"][0]
+    assert 0.0 <= row["noisy_kept"] <= 1.0
+    # random keeps about half of everything, the noisy samples included
+    assert 0.2 <= row["noisy_kept"] <= 0.8
+    assert "noisy_kept_mean" in (res.report_dir / "table.csv").read_text()
+
+
+@pytest.mark.slow
+def test_coreset_on_real_fashion_mnist_beats_chance(tmp_path):
+    cfg = parse_config({"name": "real", "output": str(tmp_path / "out"),
+                        "data": {"name": "fashion-mnist", "train_subset": 1200, "test_subset": 500},
+                        "model": {"arch": "small_cnn"}, "train": {"epochs": 3, "lr": 0.05, "progress": False},
+                        "methods": [{"name": "tdds", "params": {"T": 3, "W": 2}}], "selection": {"rates": [0.5]},
+                        "coreset": {"batch_size": 32}, "tracking": {"enabled": False}})
+    res = run_grid(cfg)
+    core = [r for r in res.rows if r["rate"] == 0.5][0]
+    assert core["num_train"] == 600
+    assert core["final_acc"] > 40.0  # chance is 10%
