@@ -1,0 +1,126 @@
+"""The ``tdds-prune`` and ``tdds-reprune`` DAGs. They only wire components; what to loop over is
+computed from the config when the pipeline is built (:func:`tdds_core.steps.pipeline_plan`).
+
+``tdds-prune``::
+
+    close-run                 exit handler: the parent MLflow run ends FAILED if the pipeline stops early
+    open-run                  not cached: dataset fingerprint, parent MLflow run
+    train-full                GPU, retries: model + dynamics, metrics
+    ParallelFor methods       score (one task per method setting, in parallel)
+    materialize-subset        dsl.Collected(scores) -> the selection of every (method, rate)
+    ParallelFor pairs         train-coreset: ONE flat loop over the precomputed (method x rate) pairs
+    ParallelFor eval items    evaluate-cross-arch: (evaluated pair x architecture), only when configured
+    report                    not cached: dsl.Collected(metrics) -> table, plot, MLflow; ends the parent run
+
+``tdds-reprune`` is the same DAG plus ``reprune-diff`` (not cached) after the selections: how each
+coreset changed against the previous dataset version (:mod:`tdds_core.reprune`).
+
+Why it looks like this (kfp 2.17.3, checked under ``kfp.local`` and the compiler):
+
+* a nested ParallelFor over a pipeline parameter gives wrong items locally, so the pairs are one
+  flat, precomputed list;
+* the compiler refuses ``dsl.Collected`` of artifacts inside another loop, and a collected
+  parameter list consumed inside another loop arrives with wrong values under ``kfp.local``; so
+  selection runs once, between the loops, and each loop reads one upstream artifact;
+* loop items that are dicts inside an exit handler compile into root inputs that do not exist, so
+  items are JSON strings, parsed by the step;
+* an exit task may not depend on other tasks, so close-run finds the parent run by the run id.
+
+Caching: stage tasks are cached (``pipeline.caching``) and take only the config, the dataset
+fingerprint (an output of the uncached open-run, so a new dataset version misses the cache) and
+upstream pointers, which hold no run-specific values; an unchanged rerun is served from the cache.
+"""
+
+from typing import Any, Mapping, Optional
+
+from kfp import dsl
+
+from components import Components, make_components
+from tdds_core.config import Config
+from tdds_core.steps import PipelinePlan, pipeline_plan
+
+__all__ = ["build_prune_pipeline", "build_reprune_pipeline", "PRUNE_NAME", "REPRUNE_NAME", "RETRY_BACKOFF"]
+
+PRUNE_NAME = "tdds-prune"
+REPRUNE_NAME = "tdds-reprune"
+RETRY_BACKOFF = {"backoff_duration": "60s", "backoff_factor": 2.0, "backoff_max_duration": "1800s"}
+
+
+def _env(task: Any, env: Mapping[str, str]) -> Any:
+    for k, v in sorted(env.items()):
+        task.set_env_variable(k, str(v))
+    return task
+
+
+def _training(task: Any, cfg: Config, env: Mapping[str, str]) -> Any:
+    p = cfg.pipeline
+    task.set_cpu_request(p.cpu_request).set_memory_request(p.memory_request)
+    if p.gpus > 0:
+        task.set_accelerator_type(p.accelerator_type).set_accelerator_limit(p.gpus)
+    if p.retries > 0:
+        task.set_retry(num_retries=p.retries, **RETRY_BACKOFF)
+    task.set_caching_options(p.caching)
+    return _env(task, env)
+
+
+def _light(task: Any, cfg: Config, env: Mapping[str, str], *, cached: bool) -> Any:
+    task.set_caching_options(cfg.pipeline.caching if cached else False)
+    return _env(task, env)
+
+
+def _wire(cfg: Config, plan: PipelinePlan, c: Components, config_json: Any, run_id: Any,
+          env: Mapping[str, str], *, reprune: bool) -> None:
+    job_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    closer = _light(c.close_run(config_json=config_json, run_id=run_id, job_id=job_id), cfg, env, cached=False)
+    with dsl.ExitHandler(closer, name="tdds-run"):
+        opened = _light(c.open_run(config_json=config_json, run_id=run_id, job_id=job_id, plan_digest=plan.digest()),
+                        cfg, env, cached=False)
+        full = _training(c.train_full(config_json=config_json, fingerprint=opened.outputs["fingerprint"]), cfg, env)
+        with dsl.ParallelFor(plan.score_items, name="score-methods") as method:
+            scored = _light(c.score(config_json=config_json, method_json=method, train=full.outputs["model"]),
+                            cfg, env, cached=True)
+        chosen = _light(c.materialize_subset(config_json=config_json, train=full.outputs["model"],
+                                             scores=dsl.Collected(scored.outputs["scores"])), cfg, env, cached=True)
+        selections = chosen.outputs["selections"]
+        with dsl.ParallelFor(plan.pair_items, name="method-rate-pairs") as pair:
+            coreset = _training(c.train_coreset(config_json=config_json, pair_json=pair, selections=selections),
+                                cfg, env)
+        evaluation = {}
+        if plan.evals:
+            with dsl.ParallelFor(plan.eval_items, name="cross-arch") as item:
+                evaluated = _training(c.evaluate_cross_arch(config_json=config_json, item_json=item,
+                                                            selections=selections), cfg, env)
+            evaluation = {"evaluation": dsl.Collected(evaluated.outputs["metrics"])}
+        if reprune:
+            _light(c.reprune_diff(config_json=config_json, parent_run_id=opened.outputs["parent_run_id"],
+                                  selections=selections), cfg, env, cached=False)
+        _light(c.report(config_json=config_json, parent_run_id=opened.outputs["parent_run_id"],
+                        full=full.outputs["metrics"], coreset=dsl.Collected(coreset.outputs["metrics"]), **evaluation),
+               cfg, env, cached=False)
+
+
+def _build(cfg: Config, name: str, description: str, env: Optional[Mapping[str, str]], reprune: bool):
+    plan = pipeline_plan(cfg)
+    comps = make_components(cfg.pipeline.image, cfg.pipeline.gpu_image)
+    env = dict(env or {})
+
+    @dsl.pipeline(name=name, description=description, pipeline_root=cfg.pipeline.pipeline_root)
+    def pipeline(config_json: str = cfg.to_json(), run_id: str = ""):
+        _wire(cfg, plan, comps, config_json, run_id, env, reprune=reprune)
+
+    return pipeline
+
+
+def build_prune_pipeline(cfg: Config, *, env: Optional[Mapping[str, str]] = None):
+    """``tdds-prune`` for ``cfg``: parameters ``config_json`` (default: ``cfg.to_json()``) and
+    ``run_id`` (default "": KFP's job id). ``env``: non-secret environment variables every task
+    gets (e.g. MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL); secrets come from Kubernetes secrets."""
+    return _build(cfg, PRUNE_NAME, "TDDS dataset pruning: train-full -> score -> select -> train-coreset -> report",
+                  env, reprune=False)
+
+
+def build_reprune_pipeline(cfg: Config, *, env: Optional[Mapping[str, str]] = None):
+    """``tdds-reprune`` for ``cfg``: ``tdds-prune`` on the dataset's newest version plus the
+    comparison of every coreset with the previous version's (recorded in MLflow)."""
+    return _build(cfg, REPRUNE_NAME, "TDDS re-pruning of a growing dataset: prune its newest version and record "
+                  "how each coreset changed (kept, dropped, new ids, Jaccard)", env, reprune=True)

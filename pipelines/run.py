@@ -1,0 +1,275 @@
+"""Compile, run locally, submit and schedule the tdds pipelines.
+
+* :func:`compile_pipeline` writes the KFP v2 YAML of ``tdds-prune`` or ``tdds-reprune`` for a config.
+* :func:`run_local` runs the SAME pipeline function on this machine through ``kfp.local``'s
+  ``SubprocessRunner(use_venv=False)``: each task is a subprocess of this Python, KFP's pipeline root
+  under ``<output>/kfp`` (local cache in ``<output>/kfp/.kfp_cache``), artifacts in ``cfg.output``,
+  MLflow in ``sqlite:///<output>/mlflow.db`` unless ``tracking.uri`` / ``MLFLOW_TRACKING_URI`` say
+  otherwise. The environment of this process (MLflow and AWS settings) reaches every task.
+* :func:`submit` / :func:`schedule` talk to a KFP API server (``kfp.Client``); an unreachable host or
+  a rejected request is a :class:`~tdds_core.errors.PipelineError` naming the host and the fix.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+import uuid
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from tdds_core.config import Config
+from tdds_core.errors import PipelineError
+
+__all__ = ["compile_pipeline", "run_local", "submit", "schedule", "check_host", "LocalRunResult", "cluster_env",
+           "normalize_cron", "SECRET_ENV", "PIPELINES", "local_pipeline_root"]
+
+PIPELINES = ("prune", "reprune")
+# never baked into a compiled pipeline: these come from Kubernetes secrets (docs/CLUSTER.md)
+SECRET_ENV = re.compile(r"(SECRET|PASSWORD|TOKEN|SESSION|CREDENTIAL|PRIVATE)", re.I)
+# non-secret settings copied from this environment into the compiled tasks by cluster_env()
+CLUSTER_ENV_KEYS = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL",
+                    "AWS_DEFAULT_REGION", "AWS_REGION", "TDDS_S3_RETRIES")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _builder(kind: str):
+    from .prune import build_prune_pipeline, build_reprune_pipeline
+
+    if kind not in PIPELINES:
+        raise PipelineError(f"unknown pipeline {kind!r}; choose one of {', '.join(PIPELINES)}")
+    return build_prune_pipeline if kind == "prune" else build_reprune_pipeline
+
+
+def cluster_env(cfg: Config, extra: Optional[Mapping[str, str]] = None, *,
+                environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """Non-secret environment variables for every cluster task: ``MLFLOW_TRACKING_URI``
+    (``tracking.uri`` or this environment's), the S3 endpoint and region of this environment, then
+    ``extra`` (``--env KEY=VALUE``). A secret-looking name (``*SECRET*``, ``*PASSWORD*``,
+    ``*TOKEN*``, ...) is refused: mount secrets from a Kubernetes secret instead."""
+    environ = os.environ if environ is None else environ
+    env = {k: environ[k] for k in CLUSTER_ENV_KEYS if environ.get(k)}
+    if cfg.tracking.uri:
+        env["MLFLOW_TRACKING_URI"] = cfg.tracking.uri
+    env.update(extra or {})
+    for k in env:
+        if SECRET_ENV.search(k) or k in ("AWS_ACCESS_KEY_ID",):
+            raise PipelineError(
+                f"--env {k}: credentials are not written into a compiled pipeline; create a Kubernetes secret and "
+                "mount it as environment variables (docs/CLUSTER.md, 'Secrets')."
+            )
+    if env.get("MLFLOW_TRACKING_URI", "").startswith("sqlite:"):
+        raise PipelineError(
+            "MLFLOW_TRACKING_URI is a SQLite file, which cluster pods cannot share; set tracking.uri (or --env "
+            "MLFLOW_TRACKING_URI=http://mlflow.mlflow.svc:5000) to an MLflow server."
+        )
+    return env
+
+
+def compile_pipeline(cfg: Config, path: str | os.PathLike, *, kind: str = "prune",
+                     env: Optional[Mapping[str, str]] = None) -> Path:
+    """Write the KFP v2 YAML of the ``kind`` pipeline for ``cfg`` to ``path``."""
+    from kfp import compiler
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pipeline = _builder(kind)(cfg, env=env)
+    try:
+        compiler.Compiler().compile(pipeline, str(path))
+    except Exception as e:  # noqa: BLE001 - kfp raises many types
+        raise PipelineError(f"compiling the {kind} pipeline failed: {type(e).__name__}: {e}") from e
+    return path
+
+
+# ------------------------------------------------------------------------------------------ local
+@dataclass
+class LocalRunResult:
+    run_id: str
+    output: str
+    pipeline_root: str
+    tracking_uri: Optional[str]
+    experiment: Optional[str]
+    report_md: str
+    parent_run_id: Optional[str] = None
+
+
+def local_pipeline_root(cfg: Config) -> Path:
+    """``<output>/kfp`` for a local output; ``$TDDS_CACHE/kfp/<name>`` for an S3 output."""
+    if cfg.output.startswith("s3://"):
+        from tdds_core.storage import cache_root
+
+        return cache_root() / "kfp" / cfg.name
+    return Path(cfg.output) / "kfp"
+
+
+def _absolute_output(cfg: Config) -> Config:
+    if cfg.output.startswith("s3://"):
+        return cfg
+    return cfg.model_copy(update={"output": str(Path(cfg.output).expanduser().absolute())})
+
+
+def run_local(cfg: Config, *, kind: str = "prune", run_id: Optional[str] = None) -> LocalRunResult:
+    """Run the ``kind`` pipeline for ``cfg`` on this machine (``kfp.local``, subprocess runner
+    without a venv: the tasks use this Python and its packages). Returns where everything is.
+    A failing task's log is printed by kfp; the error names the task."""
+    from kfp import local
+
+    from tdds_core.storage import open_store
+    from tdds_core.tracking import default_experiment, default_tracking_uri
+
+    cfg = _absolute_output(cfg)
+    root = local_pipeline_root(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    run_id = run_id or f"local-{uuid.uuid4().hex[:12]}"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               enable_caching=cfg.pipeline.caching, raise_on_error=True)
+    pipeline = _builder(kind)(cfg)
+    with warnings.catch_warnings():
+        # the cluster image name has no "python" in it, and GPU/cpu/memory requests do not apply here
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        warnings.filterwarnings("ignore", message=".*ignored.*local.*", category=UserWarning)
+        try:
+            pipeline(config_json=cfg.to_json(), run_id=run_id)
+        except RuntimeError as e:
+            msg = _ANSI.sub("", str(e))
+            raise PipelineError(f"the local {kind} pipeline failed: {msg}. The failing task's log is printed above; "
+                                "fix the cause and run again (finished stages are reused).") from None
+    try:
+        md = open_store(cfg.output).get_bytes("report/table.md").decode()
+    except Exception:  # noqa: BLE001 - a report is not essential to the result object
+        md = ""
+    tracking_uri = experiment = parent = None
+    if cfg.tracking.enabled:
+        tracking_uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(cfg.output)
+        experiment = default_experiment(cfg)
+        parent = _parent_run(cfg, run_id)
+    return LocalRunResult(run_id, cfg.output, str(root), tracking_uri, experiment, md, parent)
+
+
+def _parent_run(cfg: Config, run_id: str) -> Optional[str]:
+    from tdds_core.steps import find_parent_run
+    from tdds_core.tracking import make_tracker
+
+    tracker = make_tracker(cfg, cfg.output)
+    for status in ("FINISHED", "FAILED", "RUNNING"):
+        run = find_parent_run(tracker, run_id=run_id, status=status)
+        if run is not None:
+            return run.info.run_id
+    return None
+
+
+# ------------------------------------------------------------------------------------------ cluster
+def check_host(host: str, *, timeout: float = 5.0) -> str:
+    """Check that ``host`` answers like a KFP v2 API server (``GET /apis/v2beta1/healthz``);
+    returns the normalised host URL or raises PipelineError naming the host and the fix."""
+    if not re.match(r"^https?://[^/\s]+", host or ""):
+        raise PipelineError(f"--host {host!r} is not an http(s) URL; pass the KFP API endpoint, e.g. "
+                            "--host http://localhost:8080 after `kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`.")
+    host = host.rstrip("/")
+    url = f"{host}/apis/v2beta1/healthz"
+    fix_reach = ("check the URL, that the cluster is up and that you can reach it (e.g. `kubectl port-forward -n kubeflow "
+                 "svc/ml-pipeline-ui 8080:80` and --host http://localhost:8080)")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout) as r:
+            body = r.read(4096)
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            raise PipelineError(f"the KFP API at {host} refused the request (HTTP {e.code}); authenticate: pass a "
+                                "token (KF_PIPELINES_SA_TOKEN_PATH) or a session cookie, or use the in-cluster endpoint.") from None
+        raise PipelineError(f"{host} answered HTTP {e.code} on /apis/v2beta1/healthz: not a reachable Kubeflow "
+                            f"Pipelines v2 API; {fix_reach}.") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise PipelineError(f"cannot reach the Kubeflow Pipelines API at {host} ({reason}); {fix_reach}.") from None
+    try:
+        json.loads(body or b"{}")
+    except json.JSONDecodeError:
+        raise PipelineError(f"{host} answered /apis/v2beta1/healthz with something other than JSON (a login page?); "
+                            f"pass the KFP API endpoint itself, or authenticate; {fix_reach}.") from None
+    return host
+
+
+def _api_error(host: str, what: str, e: BaseException) -> PipelineError:
+    status = getattr(e, "status", None)
+    reason = getattr(e, "reason", None) or type(e).__name__
+    body = getattr(e, "body", None)
+    detail = ""
+    if body:
+        try:
+            parsed = json.loads(body)
+            detail = parsed.get("message") or parsed.get("error") or str(parsed)[:300]
+        except (TypeError, ValueError):
+            detail = str(body)[:300]
+    if status is not None and 400 <= int(status) < 500:
+        fix = ("the server rejected the request: check the pipeline (tdds compile --config ... and inspect the YAML), "
+               "the experiment name and your permissions")
+    elif status is not None:
+        fix = "the KFP API server failed; check its logs (kubectl logs -n kubeflow deploy/ml-pipeline) and retry"
+    else:
+        fix = "check the host and your connection"
+    code = f"HTTP {status} {reason}" if status is not None else str(reason)
+    return PipelineError(f"{what} at {host} failed ({code}{': ' + detail if detail else ''}); {fix}.")
+
+
+def _client(host: str):
+    import kfp
+
+    host = check_host(host)
+    try:
+        return host, kfp.Client(host=host)
+    except Exception as e:  # noqa: BLE001
+        raise _api_error(host, "connecting to Kubeflow Pipelines", e) from None
+
+
+def submit(cfg: Config, host: str, *, experiment: Optional[str] = None, kind: str = "prune",
+           env: Optional[Mapping[str, str]] = None, run_name: Optional[str] = None) -> str:
+    """Compile the ``kind`` pipeline for ``cfg`` and start one run on the KFP at ``host``.
+    Returns the KFP run id."""
+    host, client = _client(host)
+    env = cluster_env(cfg, env)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = compile_pipeline(cfg, Path(tmp) / f"tdds-{kind}.yaml", kind=kind, env=env)
+        try:
+            result = client.create_run_from_pipeline_package(
+                str(path), arguments={"config_json": cfg.to_json()}, run_name=run_name or f"{cfg.name}-{kind}",
+                experiment_name=experiment or f"tdds-{cfg.name}", enable_caching=cfg.pipeline.caching,
+                pipeline_root=cfg.pipeline.pipeline_root)
+        except Exception as e:  # noqa: BLE001 - ApiException, urllib3 errors
+            raise _api_error(host, f"submitting tdds-{kind}", e) from None
+    return str(result.run_id)
+
+
+def normalize_cron(expr: str) -> str:
+    """A KFP cron expression (6 fields, seconds first) from 5 standard fields (``0`` seconds
+    prepended) or 6 fields as they are."""
+    parts = (expr or "").split()
+    if len(parts) == 5:
+        return "0 " + " ".join(parts)
+    if len(parts) == 6:
+        return " ".join(parts)
+    raise PipelineError(f"--cron {expr!r}: use 5 cron fields (minute hour day month weekday, e.g. '0 3 * * *' = "
+                        "daily at 03:00) or KFP's 6 (seconds first).")
+
+
+def schedule(cfg: Config, host: str, cron: str, *, experiment: Optional[str] = None,
+             env: Optional[Mapping[str, str]] = None, name: Optional[str] = None) -> str:
+    """A recurring run of ``tdds-reprune`` for ``cfg`` on the KFP at ``host``. Returns its id."""
+    cron6 = normalize_cron(cron)
+    host, client = _client(host)
+    env = cluster_env(cfg, env)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = compile_pipeline(cfg, Path(tmp) / "tdds-reprune.yaml", kind="reprune", env=env)
+        try:
+            exp = client.create_experiment(experiment or f"tdds-{cfg.name}")
+            job = client.create_recurring_run(
+                experiment_id=exp.experiment_id, job_name=name or f"{cfg.name}-reprune", cron_expression=cron6,
+                params={"config_json": cfg.to_json()}, pipeline_package_path=str(path), max_concurrency=1,
+                no_catchup=True, enable_caching=cfg.pipeline.caching, pipeline_root=cfg.pipeline.pipeline_root)
+        except Exception as e:  # noqa: BLE001
+            raise _api_error(host, "scheduling tdds-reprune", e) from None
+    return str(job.recurring_run_id)

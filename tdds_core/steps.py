@@ -1,0 +1,563 @@
+"""The Kubeflow pipeline's steps as plain functions: each KFP component in ``components/`` parses its
+inputs, makes ONE call here and writes what it gets back (:func:`emit`). Nothing here imports kfp;
+the work itself is done by :mod:`tdds_core.stages` and the ``tracked_*`` functions of
+:mod:`tdds_core.grid`.
+
+What flows between the pipeline's tasks
+---------------------------------------
+* The config travels as one JSON string (``Config.to_json()``), validated by every step.
+* Every stage artifact lives in tdds's own store under ``cfg.output`` (local folder or ``s3://``) at
+  its content/config-derived key. A KFP output artifact holds only a small JSON *pointer* to it
+  (``{"format": "tdds-pointer/1", "kind", "uri", "key", "fingerprint", ...}``, also copied into the
+  artifact's metadata), and a Metrics artifact holds the result rows (JSON) plus ``final_acc`` /
+  ``best_acc`` logged as KFP metrics. Pointers hold no run-specific values, so KFP's cache keys
+  (which include upstream artifacts) stay stable from run to run.
+* Where KFP cannot pass a collected artifact list into another loop (its compiler refuses
+  ``dsl.Collected`` of artifacts inside a ``ParallelFor``), the pointer also travels as a string.
+
+Parent and child MLflow runs
+----------------------------
+:func:`open_run` (not cached) loads the dataset, computes its fingerprint and creates the parent run
+``pipeline/<name>`` (RUNNING, tagged with the pipeline run id and the *pipeline key*: a digest of
+the config and the fingerprint). Cached stage tasks must not take per-run inputs (that would defeat
+the cache), so a stage finds its parent by the pipeline key (newest RUNNING parent) and starts its
+child run with ``parent=`` (:class:`ParentedTracker`). A stage KFP serves from its cache does not
+run, and a stage whose finished MLflow run already exists (same ``tdds.key``) reuses it; either
+way no duplicate child appears. :func:`report` (not cached) logs the table into a ``report`` child
+and ends the parent FINISHED; :func:`close_run` (the exit handler) ends it FAILED if the pipeline
+stopped before that.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from .config import Config, MethodSpec, config_digest, parse_config
+from .errors import ArtifactError, ConfigError, DataError, PipelineError, TrackingError
+
+__all__ = [
+    "POINTER_FORMAT", "TAG_PIPELINE_KEY", "StepResult", "PipelinePlan", "ParentedTracker", "load_config_json",
+    "pipeline_plan", "pipeline_key", "pair_key", "open_run", "train_full", "score", "select", "train_coreset",
+    "evaluate_cross_arch", "report", "close_run", "reprune", "emit", "read_pointer", "read_rows",
+    "find_parent_run", "effective_run_id",
+]
+
+POINTER_FORMAT = "tdds-pointer/1"
+TAG_PIPELINE_KEY = "tdds.pipeline_key"   # digest of (config, dataset fingerprint): how a stage finds its parent run
+ROWS_FORMAT = "tdds-rows/1"
+
+
+@dataclass
+class StepResult:
+    """What a step hands back to its component: a pointer for the output artifact, result rows and
+    scalar metrics for the Metrics artifact."""
+
+    pointer: Optional[dict] = None
+    rows: list[dict] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    text: str = ""
+
+
+# ------------------------------------------------------------------------------------------ config
+def load_config_json(config_json: str) -> Config:
+    """Validate the pipeline's ``config_json`` parameter into a :class:`Config`."""
+    try:
+        data = json.loads(config_json)
+    except (TypeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"config_json is not valid JSON ({e}); pass Config.to_json() of a config "
+                          "(tdds compile/submit/run do).") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config_json must hold a JSON object (the config's sections), not "
+                          f"{type(data).__name__}")
+    return parse_config(data, source="(pipeline parameter config_json)")
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "x"
+
+
+def pair_key(score_key: str, rate: float) -> str:
+    """Key of one (score setting, pruning rate) pair: ``<score key>@p<rate>``."""
+    from .tracking import format_rate
+
+    return f"{score_key}@p{format_rate(float(rate))}"
+
+
+# ------------------------------------------------------------------------------------------ plan
+@dataclass(frozen=True)
+class PipelinePlan:
+    """The loop items of the pipeline, computed from the config when the pipeline is built.
+
+    ``scores``: one per distinct (method, params) setting, ``{"key", "label", "spec", "params"}``;
+    ``pairs``: one per (setting, rate), ``{"key", "score_key", "rate", "label"}``; ``evals``: one per
+    (evaluated pair, architecture), ``{"key", "arch"}``. The pipeline loops over their JSON strings
+    (``*_items``): KFP turns numbers in loop items into floats, and dict items inside an exit
+    handler do not compile correctly in kfp 2.17.
+    """
+
+    scores: list[dict]
+    pairs: list[dict]
+    evals: list[dict]
+
+    @staticmethod
+    def _items(xs: list[dict]) -> list[str]:
+        return [json.dumps(x, sort_keys=True) for x in xs]
+
+    @property
+    def score_items(self) -> list[str]:
+        return self._items(self.scores)
+
+    @property
+    def pair_items(self) -> list[str]:
+        return self._items(self.pairs)
+
+    @property
+    def eval_items(self) -> list[str]:
+        return self._items(self.evals)
+
+    def digest(self) -> str:
+        return config_digest({"scores": self.scores, "pairs": self.pairs, "evals": self.evals}, 16)
+
+
+def pipeline_plan(cfg: Config) -> PipelinePlan:
+    """Score settings, (setting, rate) pairs and cross-architecture items of ``cfg`` (same rules as
+    :func:`tdds_core.grid.run_grid`: a method's ``rates`` and ``per_rate`` params are honoured)."""
+    from . import grid
+
+    scores: dict[str, dict] = {}
+    pairs: dict[str, dict] = {}
+    evals: dict[tuple, dict] = {}
+    for m in cfg.methods:
+        for rate in (m.rates or cfg.selection.rates):
+            params = m.params_for(rate)
+            label = grid._label(m, params)
+            skey = f"{_slug(label)}-{config_digest({'name': m.name, 'params': params, 'label': label}, 8)}"
+            scores.setdefault(skey, {"key": skey, "label": label, "spec": m.model_dump(mode="json"), "params": params})
+            pk = pair_key(skey, rate)
+            pairs.setdefault(pk, {"key": pk, "score_key": skey, "rate": repr(float(rate)), "label": label})
+            if grid._evaluated(cfg, m, label, rate):
+                for arch in cfg.evaluate.archs:
+                    evals.setdefault((pk, arch), {"key": pk, "arch": arch})
+    if not pairs:
+        raise ConfigError("the config names no (method, pruning rate) pair; set methods and selection.rates")
+    return PipelinePlan(list(scores.values()), list(pairs.values()), list(evals.values()))
+
+
+def pipeline_key(cfg: Config, fingerprint: str) -> str:
+    return config_digest({"config": cfg.model_dump(mode="json"), "fingerprint": fingerprint}, 20)
+
+
+def effective_run_id(run_id: str, job_id: str) -> str:
+    """The pipeline run's id: the ``run_id`` parameter when given (``tdds run`` sets one), else
+    KFP's job id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``)."""
+    rid = (run_id or "").strip() or (job_id or "").strip()
+    if not rid or rid.startswith("{{"):
+        raise PipelineError("no pipeline run id: pass run_id, or run on a KFP backend that fills "
+                            "dsl.PIPELINE_JOB_ID_PLACEHOLDER")
+    return rid
+
+
+# ------------------------------------------------------------------------------------------ MLflow glue
+class ParentedTracker:
+    """A tracker whose top-level runs are children of ``parent_id`` (``start_run(parent=...)``);
+    everything else is the wrapped tracker's."""
+
+    def __init__(self, tracker: Any, parent_id: Optional[str]):
+        self._tracker = tracker
+        self.parent_id = parent_id
+
+    def start_run(self, name: str, *, parent: Any = None, tags: Optional[Mapping[str, Any]] = None,
+                  key: Optional[str] = None):
+        if parent is None and self._tracker.active_run is None:
+            parent = self.parent_id
+        return self._tracker.start_run(name, parent=parent, tags=tags, key=key)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tracker, name)
+
+
+def _mlflow(tracker: Any, what: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except TrackingError:
+        raise
+    except Exception as e:  # noqa: BLE001 - MlflowException, HTTP and database errors
+        msg = (str(e).splitlines() or [type(e).__name__])[0][:300]
+        raise TrackingError(f"MLflow {what} failed at {getattr(tracker, 'uri_label', '?')}: {type(e).__name__}: {msg}; "
+                            "check that the tracking server is up and MLFLOW_TRACKING_URI / tracking.uri.") from None
+
+
+def _search(tracker: Any, flt: str, max_results: int = 1) -> list:
+    return _mlflow(tracker, "run search", tracker.client.search_runs, [tracker.experiment_id], filter_string=flt,
+                   max_results=max_results, order_by=["attributes.start_time DESC"])
+
+
+def _tracks(tracker: Any) -> bool:
+    return bool(getattr(tracker, "enabled", False)) and getattr(tracker, "client", None) is not None
+
+
+def find_parent_run(tracker: Any, *, pipeline_key_value: Optional[str] = None,
+                    run_id: Optional[str] = None, status: str = "RUNNING") -> Optional[Any]:
+    """The newest pipeline parent run (an ``mlflow.entities.Run``) with the given pipeline key or
+    pipeline run id and ``status``, or None."""
+    from .tracking import STAGE_PIPELINE, TAG_PIPELINE_RUN, TAG_STAGE
+
+    if not _tracks(tracker):
+        return None
+    flt = f"tags.`{TAG_STAGE}` = '{STAGE_PIPELINE}' and attributes.status = '{status}'"
+    if pipeline_key_value:
+        flt += f" and tags.`{TAG_PIPELINE_KEY}` = '{pipeline_key_value}'"
+    if run_id:
+        if "'" in run_id:
+            raise PipelineError(f"pipeline run id {run_id!r} contains a quote")
+        flt += f" and tags.`{TAG_PIPELINE_RUN}` = '{run_id}'"
+    runs = _search(tracker, flt)
+    return runs[0] if runs else None
+
+
+def _stage_tracker(cfg: Config, fingerprint: str) -> Any:
+    """The tracker a stage logs with: children of the pipeline run that is open for this config and
+    dataset version (none found: top-level runs)."""
+    from .tracking import TAG_PIPELINE_RUN, make_tracker
+
+    tracker = make_tracker(cfg, cfg.output)
+    parent = find_parent_run(tracker, pipeline_key_value=pipeline_key(cfg, fingerprint))
+    if parent is None:
+        return tracker
+    rid = parent.data.tags.get(TAG_PIPELINE_RUN)
+    if rid:
+        tracker.default_tags[TAG_PIPELINE_RUN] = rid
+    return ParentedTracker(tracker, parent.info.run_id)
+
+
+def _attached_tracker(cfg: Config, parent_run_id: str) -> Any:
+    from .tracking import TAG_PIPELINE_RUN, make_tracker
+
+    tracker = make_tracker(cfg, cfg.output)
+    if parent_run_id and _tracks(tracker):
+        parent = _mlflow(tracker, "run read", tracker.client.get_run, parent_run_id)
+        rid = parent.data.tags.get(TAG_PIPELINE_RUN)
+        if rid:
+            tracker.default_tags[TAG_PIPELINE_RUN] = rid
+    return ParentedTracker(tracker, parent_run_id or None)
+
+
+# ------------------------------------------------------------------------------------------ pointers
+def _rel_key(output: str, uri: str) -> str:
+    root = output.rstrip("/")
+    if uri.startswith(root + "/"):
+        return uri[len(root) + 1:]
+    try:
+        return str(Path(uri).resolve().relative_to(Path(output).resolve()))
+    except ValueError:
+        return uri
+
+
+def _pointer(cfg: Config, kind: str, uri: str, fingerprint: str, **extra: Any) -> dict:
+    return {"format": POINTER_FORMAT, "kind": kind, "uri": uri, "key": _rel_key(cfg.output, uri),
+            "fingerprint": fingerprint, **extra}
+
+
+def read_pointer(source: str | os.PathLike | Mapping, kind: Optional[str] = None) -> dict:
+    """A pointer from an artifact file (path), a JSON string or a dict; checks format and kind."""
+    if isinstance(source, Mapping):
+        p = dict(source)
+    else:
+        s = str(source)
+        if s.lstrip().startswith("{"):
+            p = json.loads(s)
+        else:
+            path = Path(s)
+            if not path.is_file():
+                raise ArtifactError(f"pipeline artifact {path} is missing; the upstream task did not write it.")
+            p = json.loads(path.read_text())
+    if p.get("format") != POINTER_FORMAT or "uri" not in p:
+        raise ArtifactError(f"not a tdds pointer ({str(p)[:120]}); the input must come from a tdds component.")
+    if kind and p.get("kind") != kind:
+        raise ArtifactError(f"expected a {kind!r} pointer, got {p.get('kind')!r} ({p['uri']}); check the pipeline wiring.")
+    return p
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """The result rows a Metrics artifact file holds (see :func:`emit`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"metrics artifact {p} is missing; the upstream task did not write it.")
+    data = json.loads(p.read_text())
+    if data.get("format") != ROWS_FORMAT:
+        raise ArtifactError(f"{p} does not hold tdds result rows; the input must come from a tdds component.")
+    return list(data["rows"])
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def emit(result: StepResult, *, artifact: Any = None, metrics: Any = None) -> None:
+    """Write a step's result into KFP output artifacts (duck-typed: ``.path``, ``.metadata``,
+    ``.log_metric``): the pointer as JSON into ``artifact.path`` and its metadata; the rows as JSON
+    into ``metrics.path`` and every scalar via ``metrics.log_metric``."""
+    from .io import atomic_write_json
+
+    if artifact is not None and result.pointer is not None:
+        Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(artifact.path), result.pointer)
+        artifact.metadata.update(_clean(result.pointer))
+    if metrics is not None:
+        Path(metrics.path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(metrics.path), {"format": ROWS_FORMAT, "rows": _clean(result.rows)})
+        for k, v in result.metrics.items():
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                metrics.log_metric(k, float(v))
+
+
+# ------------------------------------------------------------------------------------------ steps
+def _splits(cfg: Config, fingerprint: Optional[str] = None):
+    from .data import create_dataset
+
+    splits = create_dataset(cfg.data)
+    if fingerprint and splits.fingerprint != fingerprint:
+        raise DataError(
+            f"dataset {cfg.data.name!r} changed while the pipeline ran (fingerprint {fingerprint[:12]} when it "
+            f"started, {splits.fingerprint[:12]} now); rerun the pipeline on the new version."
+        )
+    return splits
+
+
+def open_run(config_json: str, *, run_id: str = "", job_id: str = "", plan_digest: str = "") -> tuple[str, str]:
+    """Validate the config against the plan the pipeline was built from, fingerprint the dataset
+    and open the parent MLflow run. Returns ``(parent_run_id or "", fingerprint)``."""
+    from .tracking import (STAGE_PIPELINE, TAG_CONFIG_NAME, TAG_FINGERPRINT, TAG_STAGE, flatten_params, make_tracker,
+                           run_name)
+    from .reprune import TAG_DATASET, dataset_identity
+
+    cfg = load_config_json(config_json)
+    if plan_digest and pipeline_plan(cfg).digest() != plan_digest:
+        raise PipelineError("config_json names other methods, rates or evaluations than the pipeline was built for; "
+                            "compile the pipeline again from this config (tdds compile --config ...).")
+    splits = _splits(cfg)
+    fp = splits.fingerprint
+    rid = effective_run_id(run_id, job_id)
+    tracker = make_tracker(cfg, cfg.output, pipeline_run_id=rid)
+    if not _tracks(tracker):
+        return "", fp
+    existing = find_parent_run(tracker, run_id=rid)   # a retried open-run: keep the same parent
+    if existing is not None:
+        return existing.info.run_id, fp
+    from mlflow.entities import Param
+
+    tags = dict(tracker.default_tags)
+    tags.update({TAG_STAGE: STAGE_PIPELINE, TAG_PIPELINE_KEY: pipeline_key(cfg, fp), TAG_FINGERPRINT: fp,
+                 TAG_DATASET: dataset_identity(cfg.data), TAG_CONFIG_NAME: cfg.name})
+    run = _mlflow(tracker, "run creation", tracker.client.create_run, tracker.experiment_id,
+                  run_name=run_name(STAGE_PIPELINE, method=cfg.name), tags=tags)
+    rid_ml = run.info.run_id
+    params = [Param(k, v) for k, v in sorted(flatten_params(cfg.flat()).items())]
+    for i in range(0, len(params), 100):
+        _mlflow(tracker, "log_params", tracker.client.log_batch, rid_ml, params=params[i:i + 100])
+    _mlflow(tracker, "log_dict", tracker.client.log_dict, rid_ml, cfg.model_dump(mode="json"), "config.json")
+    return rid_ml, fp
+
+
+def train_full(config_json: str, *, fingerprint: str) -> StepResult:
+    """Full-data training with dynamics capture (child run ``train-full/...``)."""
+    from . import grid
+
+    cfg = load_config_json(config_json)
+    splits = _splits(cfg, fingerprint)
+    out = grid.tracked_train_full(cfg, _stage_tracker(cfg, fingerprint), splits)
+    r = out.result
+    row = {"method": "full", "rate": None, "seed": cfg.train.seed, "arch": cfg.model.arch, "final_acc": r.final_acc,
+           "best_acc": r.best_acc, "num_train": r.num_train, "iterations": r.iterations, "wall_s": r.wall_s,
+           "stage": "train-full", "uri": out.uri}
+    return StepResult(_pointer(cfg, "train", out.uri, fingerprint, arch=cfg.model.arch, seed=cfg.train.seed),
+                      [row], {"final_acc": r.final_acc, "best_acc": r.best_acc, "num_train": r.num_train})
+
+
+def score(config_json: str, *, method_json: str, train_pointer: Mapping) -> StepResult:
+    """Score every sample with one method setting (a ``scores`` item of :func:`pipeline_plan`)."""
+    from . import grid
+
+    cfg = load_config_json(config_json)
+    tp = read_pointer(train_pointer, "train")
+    item = json.loads(method_json)
+    m = MethodSpec.model_validate(item["spec"])
+    splits = _splits(cfg, tp["fingerprint"])
+    out = grid.tracked_score(cfg, _stage_tracker(cfg, tp["fingerprint"]), splits, tp["uri"], m, item["params"])
+    return StepResult(_pointer(cfg, "scores", out.uri, tp["fingerprint"], score_key=item["key"], label=item["label"],
+                               method=m.name, params=item["params"], train_uri=tp["uri"]))
+
+
+def select(config_json: str, *, train_pointer: Mapping, score_pointers: Sequence[Mapping | str]) -> StepResult:
+    """Materialize the selection of every (score setting, rate) pair of the plan; the result points
+    to all of them (``{"kind": "selections", "items": {pair key: selection pointer}}``)."""
+    from . import stages
+    from .io import read_manifest
+
+    cfg = load_config_json(config_json)
+    tp = read_pointer(train_pointer, "train")
+    by_key = {p["score_key"]: p for p in (read_pointer(x, "scores") for x in score_pointers)}
+    items, metrics = {}, {}
+    for pair in pipeline_plan(cfg).pairs:
+        sp = by_key.get(pair["score_key"])
+        if sp is None:
+            raise ArtifactError(f"no scores for {pair['label']!r} among the collected score outputs; the pipeline "
+                                "was built from another config: compile it again.")
+        rate = float(pair["rate"])
+        out = stages.select(cfg, tp["uri"], sp["uri"], rate, label=sp["label"])
+        n = int(read_manifest(out.local).get("num_selected", 0))
+        items[pair["key"]] = _pointer(cfg, "selection", out.uri, tp["fingerprint"], pair_key=pair["key"],
+                                      label=sp["label"], method=sp["method"], rate=rate, score_uri=sp["uri"],
+                                      train_uri=tp["uri"], num_selected=n)
+        metrics[f"num_selected.{_slug(pair['key'])}"] = float(n)
+    return StepResult(_pointer(cfg, "selections", _uri_join(cfg.output, "selections"), tp["fingerprint"],
+                               train_uri=tp["uri"], items=items), metrics=metrics)
+
+
+def _pick(selections: Mapping | str, pair: str) -> dict:
+    sp = read_pointer(selections, "selections")
+    item = sp.get("items", {}).get(pair)
+    if item is None:
+        raise ArtifactError(f"no selection for pair {pair!r} in {sp['uri']}; the pipeline was built from another "
+                            "config: compile it again.")
+    return read_pointer(item, "selection")
+
+
+def _pair(pair_json: str) -> dict:
+    try:
+        pair = json.loads(pair_json)
+        pair["key"]
+    except (TypeError, ValueError, KeyError):
+        raise PipelineError(f"loop item {pair_json!r} is not a pair of the pipeline plan; compile the pipeline again.") from None
+    return pair
+
+
+def _mean(xs: Sequence[float]) -> float:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def train_coreset(config_json: str, *, selections: Mapping | str, pair_json: str) -> StepResult:
+    """Train on the selection of one pair (a ``pairs`` item of the plan), one child run per seed of
+    ``coreset.seeds``."""
+    from . import grid, stages
+
+    cfg = load_config_json(config_json)
+    sp = _pick(selections, _pair(pair_json)["key"])
+    splits = _splits(cfg, sp["fingerprint"])
+    tracker = _stage_tracker(cfg, sp["fingerprint"])
+    sel = stages.StageOutput(sp["uri"], stages.fetch(sp["uri"]))
+    rows = []
+    for seed in cfg.coreset.seeds:
+        row = grid.tracked_coreset(cfg, tracker, splits, sel, label=sp["label"], method_name=sp["method"],
+                                   rate=float(sp["rate"]), seed=seed)
+        rows.append({**row, "stage": "coreset"})
+    metrics = {"final_acc": _mean([r["final_acc"] for r in rows]), "best_acc": _mean([r["best_acc"] for r in rows]),
+               "rate": float(sp["rate"]), "num_train": float(rows[0]["num_train"])}
+    if len(rows) > 1:
+        metrics.update({f"final_acc_s{r['seed']}": r["final_acc"] for r in rows})
+    return StepResult(_pointer(cfg, "coreset", rows[0]["uri"], sp["fingerprint"], uris=[r["uri"] for r in rows],
+                               label=sp["label"], rate=float(sp["rate"]), selection_uri=sp["uri"]), rows, metrics)
+
+
+def evaluate_cross_arch(config_json: str, *, selections: Mapping | str, item_json: str) -> StepResult:
+    """Train the architecture of an ``evals`` item of the plan on its pair's selection (child run
+    ``evaluate/...``)."""
+    from . import grid, stages
+    from .tracking import STAGE_EVALUATE
+
+    cfg = load_config_json(config_json)
+    item = _pair(item_json)
+    arch = item["arch"]
+    sp = _pick(selections, item["key"])
+    splits = _splits(cfg, sp["fingerprint"])
+    sel = stages.StageOutput(sp["uri"], stages.fetch(sp["uri"]))
+    row = grid.tracked_coreset(cfg, _stage_tracker(cfg, sp["fingerprint"]), splits, sel, label=sp["label"],
+                               method_name=sp["method"], rate=float(sp["rate"]), seed=cfg.coreset.seeds[0], arch=arch,
+                               stage=STAGE_EVALUATE)
+    row = {**row, "stage": "evaluate"}
+    return StepResult(_pointer(cfg, "coreset", row["uri"], sp["fingerprint"], label=sp["label"], rate=float(sp["rate"]),
+                               arch=arch, selection_uri=sp["uri"]), [row],
+                      {"final_acc": row["final_acc"], "best_acc": row["best_acc"], "rate": float(sp["rate"])})
+
+
+def report(config_json: str, *, parent_run_id: str, rows: Sequence[dict], out_dir: str | os.PathLike) -> StepResult:
+    """The methods x rates table (CSV, Markdown) and plot into ``out_dir``, the store's ``report/``
+    and a ``report/<name>`` child run; then the parent run ends FINISHED."""
+    from . import grid
+    from .storage import open_store
+    from .tracking import STAGE_REPORT, TAG_STAGE, run_name
+
+    cfg = load_config_json(config_json)
+    tracker = _attached_tracker(cfg, parent_run_id)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [dict(r) for r in rows]
+    with tracker.start_run(run_name(STAGE_REPORT, method=cfg.name), tags={TAG_STAGE: STAGE_REPORT}):
+        md = grid.write_report(cfg, rows, tracker, out)
+        tracker.log_dict(_clean(rows), "report/rows.json")
+    from .io import atomic_write_json
+
+    atomic_write_json(out / "rows.json", _clean(rows))
+    (out / "manifest.json").unlink(missing_ok=True)
+    open_store(cfg.output).put_dir(out, "report", overwrite=True)
+    if parent_run_id and _tracks(tracker):
+        _mlflow(tracker, "run termination", tracker.client.set_terminated, parent_run_id, "FINISHED")
+    best = [r for r in rows if r.get("rate") is not None and r.get("final_acc") is not None]
+    metrics = {"rows": float(len(rows))}
+    if best:
+        metrics["best_coreset_final_acc"] = max(r["final_acc"] for r in best)
+    return StepResult(_pointer(cfg, "report", _uri_join(cfg.output, "report"), rows[0].get("fingerprint", "") if rows else ""),
+                      rows, metrics, text=md)
+
+
+def _uri_join(root: str, key: str) -> str:
+    from .stages import join_uri
+
+    return join_uri(root, key)
+
+
+def close_run(config_json: str, *, run_id: str = "", job_id: str = "") -> str:
+    """Exit handler: end the pipeline's parent run FAILED if it is still RUNNING (the report step
+    ends it FINISHED on success). Returns the parent's final status ("" without tracking)."""
+    from .tracking import make_tracker
+
+    cfg = load_config_json(config_json)
+    rid = effective_run_id(run_id, job_id)
+    tracker = make_tracker(cfg, cfg.output)
+    if not _tracks(tracker):
+        return ""
+    parent = find_parent_run(tracker, run_id=rid)
+    if parent is None:
+        return "FINISHED"
+    _mlflow(tracker, "run termination", tracker.client.set_terminated, parent.info.run_id, "FAILED")
+    return "FAILED"
+
+
+def reprune(config_json: str, *, parent_run_id: str, selections: Mapping | str) -> StepResult:
+    """For every selection of this dataset version: compare with the previous version's selection
+    and record kept / dropped / added ids and the Jaccard overlap (:mod:`tdds_core.reprune`)."""
+    from .reprune import record_reprune
+
+    cfg = load_config_json(config_json)
+    tracker = _attached_tracker(cfg, parent_run_id)
+    rows, metrics = [], {}
+    for p in (read_pointer(x, "selection") for x in read_pointer(selections, "selections")["items"].values()):
+        row = record_reprune(cfg, tracker, selection_uri=p["uri"], train_uri=p["train_uri"], label=p["label"],
+                             method=p["method"], rate=float(p["rate"]), fingerprint=p["fingerprint"])
+        rows.append(row)
+        tag = _slug(p["pair_key"])
+        for k in ("kept", "dropped", "added", "jaccard"):
+            metrics[f"{tag}.{k}"] = row[k]
+    return StepResult(None, rows, metrics)
