@@ -225,8 +225,9 @@ def _predict(model, loader: ResidentLoader, n: int, num_classes: int, autocast, 
 
 
 class _Trainer:
-    def __init__(self, splits: Splits, spec: TrainSpec, out: Path, on_epoch):
+    def __init__(self, splits: Splits, spec: TrainSpec, out: Path, on_epoch, on_checkpoint=None):
         self.splits, self.spec, self.out, self.on_epoch = splits, spec, out, on_epoch
+        self.on_checkpoint = on_checkpoint
         self.device = resolve_device(spec.device)
         cuda = self.device.type == "cuda"
         self.use_amp = cuda and spec.amp in ("auto", "bf16")
@@ -393,6 +394,8 @@ class _Trainer:
                 self.on_epoch(rec)
             if not last:
                 atomic_torch_save(ckpt, self.state(epoch, iteration, history, best))
+                if self.on_checkpoint is not None:
+                    self.on_checkpoint(out)
         if final is None:  # resumed after the last epoch had finished but before result.json was written
             final = evaluate(self.model, self.test_loader, self.c, self.autocast)
         if writer is not None:
@@ -427,8 +430,12 @@ def load_result(out_dir: str | os.PathLike) -> TrainResult | None:
 
 
 def train(splits: Splits, spec: TrainSpec, out_dir: str | os.PathLike, *,
-          on_epoch: Callable[[dict], Any] | None = None) -> TrainResult:
-    """Train (or resume, or return the finished result of) ``spec`` on ``splits`` into ``out_dir``."""
+          on_epoch: Callable[[dict], Any] | None = None,
+          on_checkpoint: Callable[[Path], Any] | None = None) -> TrainResult:
+    """Train (or resume, or return the finished result of) ``spec`` on ``splits`` into ``out_dir``.
+
+    ``on_epoch(record)`` is called after every epoch with its metrics; ``on_checkpoint(out_dir)``
+    after every checkpoint (the stages use it to mirror the checkpoint to S3)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     digest = spec.digest(splits.fingerprint)
@@ -446,7 +453,7 @@ def train(splits: Splits, spec: TrainSpec, out_dir: str | os.PathLike, *,
     else:
         atomic_write_json(run_file, {"spec_digest": digest, "fingerprint": splits.fingerprint, "spec": spec.describe(),
                                      "tdds_version": _version()})
-    return _Trainer(splits, spec, out, on_epoch).run()
+    return _Trainer(splits, spec, out, on_epoch, on_checkpoint).run()
 
 
 def _version() -> str:

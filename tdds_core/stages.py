@@ -73,6 +73,61 @@ def _publish(work: Path, uri: str) -> None:
         store.put_dir(work, key)
 
 
+class _RemoteCheckpoint:
+    """Mirror of a training folder's in-progress state under ``<uri>/_partial/`` on S3, so that a
+    retried task on another machine resumes from the last epoch instead of starting over.
+    Files are pushed dynamics first and ``checkpoint.pt`` last; only changed files are sent."""
+
+    def __init__(self, uri: str, work: Path):
+        from .storage import parent_and_key
+
+        self.store, key = parent_and_key(uri)
+        self.prefix = f"{key}/_partial"
+        self.work = work
+        self.sent: dict[str, str] = {}
+
+    def restore(self) -> int:
+        from .io import sha256_file
+
+        n = 0
+        for k in self.store.list(self.prefix):
+            rel = k[len(self.prefix) + 1:]
+            dst = self.work / rel
+            self.store.get_file(k, dst)
+            self.sent[rel] = sha256_file(dst)
+            n += 1
+        return n
+
+    def push(self, _out: Path) -> None:
+        from .io import sha256_file
+
+        files = [p for p in self.work.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        files.sort(key=lambda p: (p.name == "checkpoint.pt", str(p)))
+        for p in files:
+            rel = str(p.relative_to(self.work))
+            digest = sha256_file(p)
+            if self.sent.get(rel) != digest:
+                self.store.put_file(p, f"{self.prefix}/{rel}")
+                self.sent[rel] = digest
+
+    def clear(self) -> None:
+        self.store.delete(self.prefix)
+
+
+def _train_into(uri: str, splits: Splits, spec, on_epoch) -> TrainResult:
+    """Train into the stage folder of ``uri`` and publish it; on S3, resume from and mirror to ``_partial``."""
+    work = _work_dir(uri)
+    if not is_remote(uri):
+        return train(splits, spec, work, on_epoch=on_epoch)
+    remote = _RemoteCheckpoint(uri, work)
+    if not (work / "checkpoint.pt").is_file():
+        remote.restore()
+    result = train(splits, spec, work, on_epoch=on_epoch, on_checkpoint=remote.push)
+    _publish(work, uri)
+    remote.clear()
+    return result
+
+
 def _existing(uri: str) -> Path | None:
     """A verified local copy of a finished artifact at ``uri``, or None."""
     if is_remote(uri):
@@ -149,10 +204,8 @@ def train_full(cfg: Config, *, splits: Splits | None = None, on_epoch: Callable[
     done = _existing(uri)
     if done is not None:
         return StageOutput(uri, done, load_result(done), reused=True)
-    work = _work_dir(uri)
-    result = train(splits, spec, work, on_epoch=on_epoch)
-    _publish(work, uri)
-    return StageOutput(uri, work, result)
+    result = _train_into(uri, splits, spec, on_epoch)
+    return StageOutput(uri, _work_dir(uri), result)
 
 
 # ------------------------------------------------------------------------------------------ stage 2
@@ -240,10 +293,8 @@ def train_coreset(cfg: Config, selection_uri: str, *, arch: str | None = None, s
     done = _existing(uri)
     if done is not None:
         return StageOutput(uri, done, load_result(done), reused=True)
-    work = _work_dir(uri)
-    result = train(splits, spec, work, on_epoch=on_epoch)
-    _publish(work, uri)
-    return StageOutput(uri, work, result)
+    result = _train_into(uri, splits, spec, on_epoch)
+    return StageOutput(uri, _work_dir(uri), result)
 
 
 def evaluate_cross_arch(cfg: Config, selection_uri: str, archs: list[str] | None = None, *,
