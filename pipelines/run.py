@@ -221,7 +221,9 @@ def _client(host: str):
 
     host = check_host(host)
     try:
-        return host, kfp.Client(host=host)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)   # "only works with KFP v2.0.0-beta.2 and later"
+            return host, kfp.Client(host=host)
     except Exception as e:  # noqa: BLE001
         raise _api_error(host, "connecting to Kubeflow Pipelines", e) from None
 

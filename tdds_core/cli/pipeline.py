@@ -1,0 +1,123 @@
+"""``tdds run``, ``tdds compile``, ``tdds submit`` and ``tdds schedule``: the Kubeflow pipeline.
+
+* ``tdds run --config CFG`` runs ``tdds-prune`` on this machine (kfp.local, no cluster, no server),
+  prints the results table and where the artifacts, the KFP outputs and the MLflow runs are.
+* ``tdds compile --config CFG --out FILE.yaml`` writes the KFP v2 YAML (``--pipeline reprune`` for
+  ``tdds-reprune``).
+* ``tdds submit --config CFG --host URL`` starts a run on a Kubeflow Pipelines cluster.
+* ``tdds schedule --config CFG --host URL --cron EXPR`` makes a recurring run of ``tdds-reprune``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from . import add_config_args
+
+
+def _add_env(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="Non-secret environment variable for every cluster task (repeatable), e.g. "
+                        "--env MLFLOW_TRACKING_URI=http://mlflow.mlflow.svc:5000. Secrets come from Kubernetes "
+                        "secrets (docs/CLUSTER.md).")
+
+
+def register(sub) -> None:
+    r = sub.add_parser("run", help="Run the tdds-prune pipeline on this machine (kfp.local, local artifacts, MLflow SQLite).",
+                       description="Run the Kubeflow pipeline tdds-prune on this machine through kfp.local's "
+                                   "subprocess runner: the same pipeline that `tdds submit` sends to a cluster.")
+    add_config_args(r)
+    r.add_argument("--pipeline", choices=["prune", "reprune"], default="prune",
+                   help="prune (default) or reprune (also record how each coreset changed since the previous dataset version).")
+    r.set_defaults(func=run_cmd)
+
+    c = sub.add_parser("compile", help="Compile the pipeline for a config to KFP v2 YAML.")
+    add_config_args(c)
+    c.add_argument("--out", required=True, help="Output YAML file.")
+    c.add_argument("--pipeline", choices=["prune", "reprune"], default="prune")
+    _add_env(c)
+    c.set_defaults(func=compile_cmd)
+
+    s = sub.add_parser("submit", help="Submit tdds-prune (or --pipeline reprune) to a Kubeflow Pipelines cluster.")
+    add_config_args(s)
+    s.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080 (port-forwarded ml-pipeline-ui).")
+    s.add_argument("--experiment", help="KFP experiment name (default: tdds-<config name>).")
+    s.add_argument("--pipeline", choices=["prune", "reprune"], default="prune")
+    s.add_argument("--run-name", help="KFP run name (default: <config name>-<pipeline>).")
+    _add_env(s)
+    s.set_defaults(func=submit_cmd)
+
+    h = sub.add_parser("schedule", help="Schedule a recurring tdds-reprune run on a Kubeflow Pipelines cluster.")
+    add_config_args(h)
+    h.add_argument("--host", required=True, help="KFP API endpoint.")
+    h.add_argument("--cron", required=True, help="When to run: 5 cron fields ('0 3 * * *' = daily 03:00) or KFP's 6.")
+    h.add_argument("--experiment", help="KFP experiment name (default: tdds-<config name>).")
+    h.add_argument("--name", help="Recurring run name (default: <config name>-reprune).")
+    _add_env(h)
+    h.set_defaults(func=schedule_cmd)
+
+
+def _cfg(args):
+    from ..config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _env(items: list[str]) -> dict[str, str]:
+    from ..errors import ConfigError
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--env {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def run_cmd(args: argparse.Namespace) -> int:
+    from pipelines.run import run_local
+
+    cfg = _cfg(args)
+    t0 = time.time()
+    res = run_local(cfg, kind=args.pipeline)
+    wall = time.time() - t0
+    print()
+    print(res.report_md or "(no report table was written)")
+    print(f"tdds {args.pipeline} pipeline finished in {wall:.0f} s (run id {res.run_id}).")
+    print(f"  artifacts:   {res.output} (report/: table.csv, table.md, accuracy_vs_rate.png)")
+    print(f"  KFP outputs: {res.pipeline_root} (cache: {res.pipeline_root}/.kfp_cache; rerun to reuse finished stages)")
+    if res.tracking_uri:
+        print(f"  MLflow:      experiment {res.experiment!r}, parent run {res.parent_run_id} at {res.tracking_uri}")
+        if res.tracking_uri.startswith("sqlite:"):
+            print(f"               mlflow ui --backend-store-uri {res.tracking_uri}")
+    return 0
+
+
+def compile_cmd(args: argparse.Namespace) -> int:
+    from pipelines.run import cluster_env, compile_pipeline
+
+    cfg = _cfg(args)
+    path = compile_pipeline(cfg, args.out, kind=args.pipeline, env=cluster_env(cfg, _env(args.env)))
+    print(f"wrote {path} (tdds-{args.pipeline}; images {cfg.pipeline.image}"
+          f"{' / ' + cfg.pipeline.gpu_image if cfg.pipeline.gpu_image else ''})")
+    return 0
+
+
+def submit_cmd(args: argparse.Namespace) -> int:
+    from pipelines.run import submit
+
+    cfg = _cfg(args)
+    run_id = submit(cfg, args.host, experiment=args.experiment, kind=args.pipeline, env=_env(args.env),
+                    run_name=args.run_name)
+    print(f"submitted tdds-{args.pipeline} to {args.host}: run id {run_id}")
+    return 0
+
+
+def schedule_cmd(args: argparse.Namespace) -> int:
+    from pipelines.run import normalize_cron, schedule
+
+    cfg = _cfg(args)
+    job = schedule(cfg, args.host, args.cron, experiment=args.experiment, env=_env(args.env), name=args.name)
+    print(f"scheduled tdds-reprune on {args.host} ({normalize_cron(args.cron)}): recurring run id {job}")
+    return 0

@@ -1,0 +1,385 @@
+"""The compiled KFP YAML of tdds-prune / tdds-reprune (parsed, not snapshotted), the images, and
+the cluster commands' errors against a closed port and a tiny HTTP server."""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import tomllib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+from pipelines.run import cluster_env, compile_pipeline, normalize_cron, schedule, submit
+from tdds_core.cli import main
+from tdds_core.config import load_config
+from tdds_core.errors import PipelineError
+from tdds_core.steps import open_run, pipeline_plan
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = "registry.example.com/ml/tdds:9.9.9"
+GPU_IMAGE = "registry.example.com/ml/tdds-cuda:9.9.9"
+STAGES = ("open-run", "train-full", "score", "materialize-subset", "train-coreset", "evaluate-cross-arch", "report",
+          "close-run")
+TRAINING = ("train-full", "train-coreset", "evaluate-cross-arch")
+
+
+@pytest.fixture(autouse=True)
+def _no_sqlite_tracking_env(monkeypatch):
+    # submit/schedule copy MLFLOW_TRACKING_URI into the cluster tasks and refuse a SQLite one
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def _cfg(*extra: str):
+    return load_config(REPO / "configs" / "quickstart.yaml", [
+        f"pipeline.image={IMAGE}", f"pipeline.gpu_image={GPU_IMAGE}", "pipeline.gpus=2",
+        "pipeline.accelerator_type=nvidia.com/gpu", "pipeline.cpu_request='6'", "pipeline.memory_request=24G",
+        "pipeline.retries=3", "pipeline.pipeline_root=s3://tdds-bucket/kfp-root",
+        "evaluate.rates=[0.5]", "evaluate.methods=[tdds, random]", "evaluate.archs=[small_cnn, resnet18]", *extra])
+
+
+def _compile(tmp_path: Path, cfg, kind: str = "prune", env=None) -> dict:
+    path = compile_pipeline(cfg, tmp_path / f"{kind}.yaml", kind=kind, env=env)
+    return yaml.safe_load(path.read_text())
+
+
+def _tasks(spec: dict) -> dict[str, dict]:
+    """Every task of every DAG (root, exit handler, loops), by task name, with the DAG it sits in."""
+    out = {}
+    dags = [("root", spec["root"])] + [(k, v) for k, v in spec["components"].items() if "dag" in v]
+    for dag_name, comp in dags:
+        for name, task in comp["dag"]["tasks"].items():
+            out[name] = {**task, "_dag": dag_name}
+    return out
+
+
+def _producers(task: dict) -> set[str]:
+    """Producer tasks named by a task's inputs (artifacts and parameters)."""
+    found = set()
+    for kind in ("artifacts", "parameters"):
+        for spec in task.get("inputs", {}).get(kind, {}).values():
+            for key in ("taskOutputArtifact", "taskOutputParameter"):
+                if key in spec:
+                    found.add(spec[key]["producerTask"])
+    return found
+
+
+def _dag_inputs(spec: dict, dag: str) -> dict:
+    comp = spec["components"][dag]
+    return {**comp.get("inputDefinitions", {}).get("artifacts", {}), **comp.get("inputDefinitions", {}).get("parameters", {})}
+
+
+@pytest.fixture(scope="module")
+def prune(tmp_path_factory) -> tuple:
+    cfg = _cfg()
+    spec = _compile(tmp_path_factory.mktemp("yaml"), cfg, env={"MLFLOW_TRACKING_URI": "http://mlflow.mlflow.svc:5000"})
+    return cfg, spec, _tasks(spec)
+
+
+def test_every_stage_is_a_component_and_a_task(prune):
+    cfg, spec, tasks = prune
+    for stage in STAGES:
+        assert f"comp-{stage}" in spec["components"], stage
+        assert stage in tasks, stage
+    assert spec["pipelineInfo"]["name"] == "tdds-prune"
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == {"config_json", "run_id"}
+    assert params["config_json"]["parameterType"] == "STRING"
+    assert json.loads(params["config_json"]["defaultValue"]) == json.loads(cfg.to_json())
+    assert spec["defaultPipelineRoot"] == "s3://tdds-bucket/kfp-root"
+
+
+def test_edges(prune):
+    _, spec, tasks = prune
+    assert _producers(tasks["train-full"]) == {"open-run"}
+    assert tasks["train-full"]["inputs"]["parameters"]["fingerprint"]["taskOutputParameter"]["outputParameterKey"] == "fingerprint"
+    # score runs inside the methods loop and reads train-full's model (passed into the loop's DAG)
+    assert tasks["score"]["_dag"] != "root"
+    loop_in = _dag_inputs(spec, tasks["score"]["_dag"])
+    assert any("train-full-model" in k for k in loop_in)
+    # materialize-subset collects every score output and reads train-full's model
+    assert _producers(tasks["materialize-subset"]) >= {"train-full"}
+    scores_in = tasks["materialize-subset"]["inputs"]["artifacts"]["scores"]
+    assert scores_in["taskOutputArtifact"]["outputArtifactKey"].startswith("pipelinechannel--score-scores")
+    # train-coreset / evaluate-cross-arch sit in their own loops, fed materialize-subset's selections
+    for stage in ("train-coreset", "evaluate-cross-arch"):
+        dag = tasks[stage]["_dag"]
+        assert dag not in ("root", tasks["score"]["_dag"])
+        assert any("materialize-subset-selections" in k for k in _dag_inputs(spec, dag)), stage
+        loop_task = next(t for t in tasks.values() if t["componentRef"]["name"] == dag)
+        assert "materialize-subset" in _producers(loop_task)
+    assert tasks["train-coreset"]["_dag"] != tasks["evaluate-cross-arch"]["_dag"]
+    # report collects full, coreset and evaluation metrics and the parent run id
+    rep = tasks["report"]["inputs"]
+    assert rep["artifacts"]["full"]["taskOutputArtifact"]["producerTask"] == "train-full"
+    assert rep["artifacts"]["coreset"]["taskOutputArtifact"]["outputArtifactKey"].startswith("pipelinechannel--train-coreset-metrics")
+    assert rep["artifacts"]["evaluation"]["taskOutputArtifact"]["outputArtifactKey"].startswith(
+        "pipelinechannel--evaluate-cross-arch-metrics")
+    assert rep["parameters"]["parent_run_id"]["taskOutputParameter"]["producerTask"] == "open-run"
+    # close-run is the exit handler: it runs after everything, whatever happened
+    close = spec["root"]["dag"]["tasks"]["close-run"]
+    assert close["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert close["dependentTasks"] == [tasks["open-run"]["_dag"].removeprefix("comp-")]
+
+
+def test_loops_iterate_over_the_precomputed_plan(prune):
+    cfg, spec, tasks = prune
+    plan = pipeline_plan(cfg)
+    loops = {t["componentRef"]["name"]: t for t in tasks.values() if "parameterIterator" in t}
+    items_of = {dag: [json.loads(x) for x in json.loads(t["parameterIterator"]["items"]["raw"])] for dag, t in loops.items()}
+    score_items = items_of[tasks["score"]["_dag"]]
+    pair_items = items_of[tasks["train-coreset"]["_dag"]]
+    eval_items = items_of[tasks["evaluate-cross-arch"]["_dag"]]
+    assert [x["label"] for x in score_items] == ["random", "el2n[k=3]", "forgetting", "tdds[T=6,W=3,decay=0.9]"]
+    # ONE flat loop over method x rate pairs (no nested loops)
+    assert len(pair_items) == len(cfg.methods) * len(cfg.selection.rates) == 8
+    assert {(p["label"], float(p["rate"])) for p in pair_items} == {
+        (s["label"], r) for s in score_items for r in cfg.selection.rates}
+    for dag in items_of:
+        inner = spec["components"][dag]["dag"]["tasks"]
+        assert not any("parameterIterator" in t for t in inner.values()), "nested loop"
+    assert sorted((e["key"].split("@")[0].split("-")[0], e["arch"]) for e in eval_items) == [
+        ("random", "resnet18"), ("random", "small_cnn"), ("tdds", "resnet18"), ("tdds", "small_cnn")]
+    assert all(e["key"].endswith("@p0.50") for e in eval_items)
+    assert [json.loads(x) for x in plan.pair_items] == pair_items
+
+
+def test_training_tasks_request_gpus_and_retry(prune):
+    cfg, spec, tasks = prune
+    execs = spec["deploymentSpec"]["executors"]
+    for stage in STAGES:
+        container = execs[f"exec-{stage}"]["container"]
+        res = container.get("resources", {})
+        if stage in TRAINING:
+            assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert res["accelerator"]["resourceCount"] == "2"
+            assert res["resourceCpuRequest"] == "6" and res["resourceMemoryRequest"] == "24G"
+            retry = tasks[stage]["retryPolicy"]
+            assert retry["maxRetryCount"] == 3
+            assert retry["backoffDuration"] == "60s" and retry["backoffFactor"] == 2.0
+            assert retry["backoffMaxDuration"] == "1800s"
+        else:
+            assert "accelerator" not in res, stage
+            assert "retryPolicy" not in tasks[stage], stage
+
+
+def test_images_and_caching_and_env(prune):
+    cfg, spec, tasks = prune
+    execs = spec["deploymentSpec"]["executors"]
+    for stage in STAGES:
+        c = execs[f"exec-{stage}"]["container"]
+        assert c["image"] == (GPU_IMAGE if stage in TRAINING else IMAGE), stage
+        # the image holds kfp and tdds: no pip install at task start
+        assert "pip install" not in " ".join(c["command"]), stage
+        assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.mlflow.svc:5000"} in c["env"], stage
+    for stage in ("train-full", "score", "materialize-subset", "train-coreset", "evaluate-cross-arch"):
+        assert tasks[stage]["cachingOptions"].get("enableCache") is True, stage
+    for stage in ("open-run", "report", "close-run"):
+        assert not tasks[stage].get("cachingOptions", {}).get("enableCache"), stage
+
+
+def test_caching_off_by_config_and_single_image(tmp_path):
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", ["pipeline.caching=false", "pipeline.gpus=0",
+                                                             "pipeline.retries=0", f"pipeline.image={IMAGE}"])
+    spec = _compile(tmp_path, cfg)
+    tasks = _tasks(spec)
+    assert all(not t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
+    execs = spec["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in execs.values()} == {IMAGE}
+    assert all("accelerator" not in e["container"].get("resources", {}) for e in execs.values())
+    assert "evaluate-cross-arch" not in tasks and "comp-evaluate-cross-arch" not in spec["components"]
+    assert "evaluation" not in tasks["report"]["inputs"].get("artifacts", {})
+    assert "defaultPipelineRoot" not in spec
+
+
+def test_reprune_pipeline_adds_the_comparison(tmp_path):
+    cfg = _cfg()
+    spec = _compile(tmp_path, cfg, kind="reprune")
+    tasks = _tasks(spec)
+    assert spec["pipelineInfo"]["name"] == "tdds-reprune"
+    diff = tasks["reprune-diff"]
+    assert diff["inputs"]["artifacts"]["selections"]["taskOutputArtifact"]["producerTask"] == "materialize-subset"
+    assert diff["inputs"]["parameters"]["parent_run_id"]["taskOutputParameter"]["producerTask"] == "open-run"
+    assert not diff.get("cachingOptions", {}).get("enableCache")
+    assert set(STAGES) <= set(tasks)
+
+
+def test_per_rate_params_make_separate_score_tasks():
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", [
+        "methods=[{name: tdds, params: {T: 6, W: 3}, per_rate: {0.9: {T: 3, W: 2}}}, {name: random}]"])
+    plan = pipeline_plan(cfg)
+    # one score task per distinct (method, params): TDDS has two settings under one row label
+    assert sorted(s["label"] for s in plan.scores) == ["random", "tdds[T=6,W=3]", "tdds[T=6,W=3]"]
+    tdds_params = sorted((s["params"]["T"], s["params"]["W"]) for s in plan.scores if s["spec"]["name"] == "tdds")
+    assert tdds_params == [(3, 2), (6, 3)]
+    assert len(plan.pairs) == 4 and len({p["score_key"] for p in plan.pairs}) == 3
+    by_rate = {float(p["rate"]): p["score_key"] for p in plan.pairs if p["label"].startswith("tdds")}
+    assert by_rate[0.5] != by_rate[0.9]
+
+
+def test_open_run_refuses_a_config_the_pipeline_was_not_built_for():
+    built = pipeline_plan(_cfg())
+    other = _cfg("selection.rates=[0.3]")
+    with pytest.raises(PipelineError, match="compile the pipeline again"):
+        open_run(other.to_json(), run_id="r1", plan_digest=built.digest())
+
+
+def test_cluster_env_refuses_secrets_and_sqlite():
+    cfg = _cfg()
+    env = cluster_env(cfg, {"AWS_ENDPOINT_URL": "http://minio.minio.svc:9000"},
+                      environ={"MLFLOW_TRACKING_URI": "http://mlflow:5000", "AWS_SECRET_ACCESS_KEY": "x", "HOME": "/root"})
+    assert env == {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "AWS_ENDPOINT_URL": "http://minio.minio.svc:9000"}
+    for bad in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        with pytest.raises(PipelineError, match="Kubernetes secret"):
+            cluster_env(cfg, {bad: "x"}, environ={})
+    with pytest.raises(PipelineError, match="MLflow server"):
+        cluster_env(cfg, environ={"MLFLOW_TRACKING_URI": "sqlite:///tmp/mlflow.db"})
+
+
+def test_cli_compile(tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "--config", str(REPO / "configs" / "quickstart.yaml"), "--set", f"pipeline.image={IMAGE}",
+                 "--out", str(out), "--pipeline", "reprune", "--env", "TDDS_S3_RETRIES=5"]) == 0
+    spec = yaml.safe_load(out.read_text())
+    assert spec["pipelineInfo"]["name"] == "tdds-reprune"
+    assert {"name": "TDDS_S3_RETRIES", "value": "5"} in spec["deploymentSpec"]["executors"]["exec-score"]["container"]["env"]
+    assert main(["compile", "--config", str(REPO / "configs" / "quickstart.yaml"), "--out", str(out),
+                 "--env", "AWS_SECRET_ACCESS_KEY=abc"]) == 2
+    assert "Kubernetes secret" in capsys.readouterr().err
+
+
+def test_normalize_cron():
+    assert normalize_cron("0 3 * * *") == "0 0 3 * * *"
+    assert normalize_cron("0 0 3 * * 1-5") == "0 0 3 * * 1-5"
+    with pytest.raises(PipelineError, match="cron fields"):
+        normalize_cron("3 * *")
+
+
+# ------------------------------------------------------------------------------------------ images
+def _pyproject_deps() -> dict[str, Requirement]:
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return {Requirement(d).name.lower(): Requirement(d) for d in data["project"]["dependencies"]}
+
+
+def _pins() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "docker" / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"unpinned requirement {line!r}"
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def test_image_installs_exactly_pyprojects_dependencies_pinned():
+    deps, pins = _pyproject_deps(), _pins()
+    assert set(pins) == set(deps)
+    for name, version in pins.items():
+        assert deps[name].specifier.contains(version, prereleases=True), f"{name}=={version} violates {deps[name]}"
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert "pip install -r docker/requirements.txt" in dockerfile
+    assert "pip install --no-deps ." in dockerfile
+    assert re.search(r"pip install --index-url \"\$\{TORCH_INDEX_URL\}\" .*\(torch\|torchvision\)==", dockerfile)
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    for pkg in packages:
+        assert f"COPY {pkg.rstrip('*')} {pkg.rstrip('*')}" in dockerfile
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert ".venv" in ignored and "runs" in ignored and ".git" in ignored
+
+
+# ------------------------------------------------------------------------------------------ cluster errors
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _FakeKfp(BaseHTTPRequestHandler):
+    """healthz answers like KFP (or with ``healthz_code``); every other call answers ``code``."""
+
+    code = 500
+    healthz_code = 200
+    seen: list
+
+    def _answer(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            self.rfile.read(n)
+        self.seen.append((self.command, self.path.split("?")[0]))
+        if self.path.startswith("/apis/v2beta1/healthz"):
+            code, body = self.healthz_code, {"commit_sha": "x", "tag_name": "2.5.0", "multi_user": False}
+        else:
+            code, body = self.code, {"error_message": "invalid pipeline spec", "message": "invalid pipeline spec"}
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def fake_kfp():
+    servers = []
+
+    def start(code: int, healthz_code: int = 200) -> tuple[str, list]:
+        seen: list = []
+        handler = type("H", (_FakeKfp,), {"code": code, "healthz_code": healthz_code, "seen": seen})
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}", seen
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def test_submit_to_a_closed_port_names_host_and_fix():
+    host = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(PipelineError) as e:
+        submit(_cfg(), host)
+    assert host in str(e.value) and "port-forward" in str(e.value) and "cannot reach" in str(e.value)
+    with pytest.raises(PipelineError, match="cannot reach"):
+        schedule(_cfg(), host, "0 3 * * *")
+
+
+@pytest.mark.parametrize("code,words", [(400, "rejected the request"), (403, "rejected the request"),
+                                        (500, "check its logs")])
+def test_submit_rejected_by_the_server(fake_kfp, code, words):
+    host, seen = fake_kfp(code)
+    with pytest.raises(PipelineError) as e:
+        submit(_cfg(), host, experiment="exp")
+    msg = str(e.value)
+    assert host in msg and f"HTTP {code}" in msg and words in msg and "invalid pipeline spec" in msg
+    assert ("GET", "/apis/v2beta1/healthz") in seen and any(p.startswith("/apis/v2beta1/experiments") for _, p in seen)
+
+
+def test_schedule_rejected_and_not_a_kfp_host(fake_kfp):
+    host, _ = fake_kfp(400)
+    with pytest.raises(PipelineError, match=r"scheduling tdds-reprune at .*HTTP 400"):
+        schedule(_cfg(), host, "0 3 * * *")
+    other, _ = fake_kfp(404, healthz_code=404)
+    with pytest.raises(PipelineError, match="not a reachable Kubeflow Pipelines v2 API"):
+        submit(_cfg(), other)
+    auth, _ = fake_kfp(401, healthz_code=401)
+    with pytest.raises(PipelineError, match="authenticate"):
+        submit(_cfg(), auth)
+
+
+def test_cli_submit_error_exit_code(capsys):
+    host = f"http://127.0.0.1:{_closed_port()}"
+    assert main(["submit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--host", host]) == 2
+    err = capsys.readouterr().err
+    assert host in err and "Traceback" not in err
