@@ -32,7 +32,7 @@ from .data.loader import ResidentLoader, epoch_seed, make_loader
 from .dynamics import DynamicsWriter
 from .errors import ArtifactError, ConfigError, ScoringError
 from .io import MANIFEST, atomic_torch_save, atomic_write_json, read_json, verify_manifest, write_manifest
-from .models import create_model
+from .models import create_model, is_model, list_models
 
 
 @dataclass
@@ -91,9 +91,17 @@ class TrainSpec:
         return d
 
 
+def check_arch(arch: str, field: str = "model.arch") -> None:
+    """Refuse an unregistered architecture before anything is written (ConfigError listing the known ones)."""
+    if not is_model(arch):
+        raise ConfigError(f"{field}: unknown architecture {arch!r}; use one of the known architectures: "
+                          f"{', '.join(list_models())} (see `tdds list`)")
+
+
 def full_data_spec(cfg: Config) -> TrainSpec:
     """The full-data run of ``cfg``: records dynamics as ``cfg.dynamics`` says."""
     t, d = cfg.train, cfg.dynamics
+    check_arch(cfg.model.arch)
     if d.record and t.drop_last:
         raise ConfigError("train.drop_last: dynamics need every sample in every epoch; set train.drop_last: false")
     return TrainSpec(arch=cfg.model.arch, model_options=dict(cfg.model.options), epochs=t.epochs, batch_size=t.batch_size,
@@ -126,6 +134,7 @@ def coreset_spec(cfg: Config, *, rate: float, positions: np.ndarray, weights: np
                  arch: str | None = None, seed: int | None = None) -> TrainSpec:
     """Training on a selection: Strategy E (same epochs) or P (same iterations as the full-data run)."""
     t, c = cfg.train, cfg.coreset
+    check_arch(arch or cfg.model.arch, "model.arch" if arch is None else "--arch / evaluate.archs")
     b = coreset_batch_size(cfg, rate)
     epochs = c.epochs or t.epochs
     iterations = None

@@ -180,13 +180,29 @@ def publish_report(cfg: Config, report_dir: Path) -> None:
     store.put_dir(report_dir, "report", overwrite=True)
 
 
+def check_grid(cfg: Config) -> None:
+    """Refuse, before any work, a grid whose methods, method options or evaluation architectures are
+    unknown (the error lists the known ones), so a typo does not surface after full-data training."""
+    from .engine import check_arch
+    from .scoring import resolve_params
+
+    for m in cfg.methods:
+        for rate in (m.rates or cfg.selection.rates):
+            resolve_params(m.name, **m.params_for(rate))
+    if cfg.evaluate.rates:
+        for arch in cfg.evaluate.archs:
+            check_arch(arch, "evaluate.archs")
+
+
 def run_grid(cfg: Config, *, tracker: Tracker | None = None, pipeline_run_id: str | None = None) -> GridResult:
     """Run the whole experiment of ``cfg`` (see module docstring); returns the rows and the table.
 
     The parent run is keyed by the config: rerunning a finished grid creates no new runs."""
+    check_grid(cfg)
     splits = create_dataset(cfg.data)
-    stages.claim_output(cfg)
+    # the tracker first: an unreachable tracking server fails before the output root is claimed
     tracker = tracker or make_tracker(cfg, cfg.output, pipeline_run_id=pipeline_run_id or uuid.uuid4().hex[:12])
+    stages.claim_output(cfg)
     rows: list[dict] = []
     name = run_name(STAGE_PIPELINE, method=cfg.name)
     key = run_key(name, splits.fingerprint, cfg.model_dump(mode="json", exclude={"tracking", "pipeline", "output"}))

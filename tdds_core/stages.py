@@ -155,9 +155,11 @@ IDENTITY_SECTIONS = ("data", "model", "train", "dynamics")
 def claim_output(cfg: Config) -> None:
     """Record which experiment an output root holds (``experiment.json``) and refuse a config whose
     data, model, training or dynamics settings differ: one root, one full-data run, never mixed.
-    Methods, rates, seeds and evaluation settings may change (the grid grows)."""
+    Methods, rates, seeds and evaluation settings may change (the grid grows). The full-data
+    settings are validated first, so a config that cannot run never claims the root."""
     import json
 
+    full_data_spec(cfg)  # ConfigError (unknown architecture, drop_last with dynamics) before anything is written
     ident = {k: getattr(cfg, k).model_dump(mode="json") for k in IDENTITY_SECTIONS}
     for k in ("train",):  # runtime settings do not change results
         for f in ("device", "progress", "eval_batch_size", "compile"):

@@ -202,6 +202,9 @@ def imagefolder(root: str, *, image_size: int = 32, channels: int = 3, test_perc
         raise DataError(f"imagefolder root {r} does not exist; set data.root to a folder of class folders.")
     test_dir = next((r / n for n in ("test", "val") if (r / n).is_dir()), None)
     if (r / "train").is_dir():
+        if test_dir is None:
+            raise DataError(f"imagefolder {r} has train/ but no test/ or val/ folder; add one with the same class "
+                            "folders, or put the class folders directly under data.root to split off a test set by hash.")
         train_map = _scan_classes(r / "train")
         test_map = _scan_classes(test_dir) if test_dir else {}
         classes = sorted(train_map)
