@@ -18,14 +18,14 @@ from typing import List, NamedTuple, Optional
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 
-def open_run(config_json: str, run_id: str, job_id: str, plan_digest: str
+def open_run(config_json: str, run_id: str, job_id: str, build: str
              ) -> NamedTuple("Opened", [("parent_run_id", str), ("fingerprint", str)]):
-    """Fingerprint the dataset and open the pipeline's parent MLflow run (never cached)."""
+    """Check the config, fingerprint the dataset and open the parent MLflow run (never cached)."""
     from collections import namedtuple
 
     from tdds_core import steps
 
-    parent_run_id, fingerprint = steps.open_run(config_json, run_id=run_id, job_id=job_id, plan_digest=plan_digest)
+    parent_run_id, fingerprint = steps.open_run(config_json, run_id=run_id, job_id=job_id, build=build)
     return namedtuple("Opened", ["parent_run_id", "fingerprint"])(parent_run_id, fingerprint)
 
 

@@ -24,11 +24,19 @@ Why it looks like this (kfp 2.17.3, checked under ``kfp.local`` and the compiler
   selection runs once, between the loops, and each loop reads one upstream artifact;
 * loop items that are dicts inside an exit handler compile into root inputs that do not exist, so
   items are JSON strings, parsed by the step;
+* an upstream task's parameter output consumed inside a loop is replaced by the loop item under
+  ``kfp.local`` (as are collected parameters), so inside loops there are only constants, the loop
+  item and upstream artifacts;
 * an exit task may not depend on other tasks, so close-run finds the parent run by the run id.
 
-Caching: stage tasks are cached (``pipeline.caching``) and take only the config, the dataset
-fingerprint (an output of the uncached open-run, so a new dataset version misses the cache) and
-upstream pointers, which hold no run-specific values; an unchanged rerun is served from the cache.
+Caching: stage tasks are cached (``pipeline.caching``). Their inputs are the part of the config
+the stage reads (:func:`tdds_core.steps.stage_config_json`, fixed when the pipeline is built, like
+the loops; open-run refuses a ``config_json`` the pipeline was not built from), the
+dataset fingerprint (so a new dataset version misses the cache) and upstream pointers, which hold
+no run-specific values: an unchanged rerun is served from the cache, and a grown config (another
+rate or method) re-runs only what depends on the change. Behind KFP's cache, every tdds stage
+reuses a finished artifact with the same content key, and every tracked stage a finished MLflow
+run with the same key.
 """
 
 from typing import Any, Mapping, Optional
@@ -37,7 +45,7 @@ from kfp import dsl
 
 from components import Components, make_components
 from tdds_core.config import Config
-from tdds_core.steps import PipelinePlan, pipeline_plan
+from tdds_core.steps import STAGE_SECTIONS, PipelinePlan, build_digest, pipeline_plan, stage_config_json
 
 __all__ = ["build_prune_pipeline", "build_reprune_pipeline", "PRUNE_NAME", "REPRUNE_NAME", "RETRY_BACKOFF"]
 
@@ -71,24 +79,26 @@ def _light(task: Any, cfg: Config, env: Mapping[str, str], *, cached: bool) -> A
 def _wire(cfg: Config, plan: PipelinePlan, c: Components, config_json: Any, run_id: Any,
           env: Mapping[str, str], *, reprune: bool) -> None:
     job_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    stage_cfg = {stage: stage_config_json(cfg, stage) for stage in STAGE_SECTIONS}
     closer = _light(c.close_run(config_json=config_json, run_id=run_id, job_id=job_id), cfg, env, cached=False)
     with dsl.ExitHandler(closer, name="tdds-run"):
-        opened = _light(c.open_run(config_json=config_json, run_id=run_id, job_id=job_id, plan_digest=plan.digest()),
+        opened = _light(c.open_run(config_json=config_json, run_id=run_id, job_id=job_id, build=build_digest(cfg)),
                         cfg, env, cached=False)
-        full = _training(c.train_full(config_json=config_json, fingerprint=opened.outputs["fingerprint"]), cfg, env)
+        full = _training(c.train_full(config_json=stage_cfg["train"], fingerprint=opened.outputs["fingerprint"]),
+                         cfg, env)
         with dsl.ParallelFor(plan.score_items, name="score-methods") as method:
-            scored = _light(c.score(config_json=config_json, method_json=method, train=full.outputs["model"]),
+            scored = _light(c.score(config_json=stage_cfg["score"], method_json=method, train=full.outputs["model"]),
                             cfg, env, cached=True)
-        chosen = _light(c.materialize_subset(config_json=config_json, train=full.outputs["model"],
+        chosen = _light(c.materialize_subset(config_json=stage_cfg["select"], train=full.outputs["model"],
                                              scores=dsl.Collected(scored.outputs["scores"])), cfg, env, cached=True)
         selections = chosen.outputs["selections"]
         with dsl.ParallelFor(plan.pair_items, name="method-rate-pairs") as pair:
-            coreset = _training(c.train_coreset(config_json=config_json, pair_json=pair, selections=selections),
+            coreset = _training(c.train_coreset(config_json=stage_cfg["coreset"], pair_json=pair, selections=selections),
                                 cfg, env)
         evaluation = {}
         if plan.evals:
             with dsl.ParallelFor(plan.eval_items, name="cross-arch") as item:
-                evaluated = _training(c.evaluate_cross_arch(config_json=config_json, item_json=item,
+                evaluated = _training(c.evaluate_cross_arch(config_json=stage_cfg["coreset"], item_json=item,
                                                             selections=selections), cfg, env)
             evaluation = {"evaluation": dsl.Collected(evaluated.outputs["metrics"])}
         if reprune:

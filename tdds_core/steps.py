@@ -42,7 +42,7 @@ from .errors import ArtifactError, ConfigError, DataError, PipelineError, Tracki
 
 __all__ = [
     "POINTER_FORMAT", "TAG_PIPELINE_KEY", "StepResult", "PipelinePlan", "ParentedTracker", "load_config_json",
-    "pipeline_plan", "pipeline_key", "pair_key", "open_run", "train_full", "score", "select", "train_coreset",
+    "pipeline_plan", "pipeline_key", "pair_key", "stage_config_json", "STAGE_SECTIONS", "build_digest", "open_run", "train_full", "score", "select", "train_coreset",
     "evaluate_cross_arch", "report", "close_run", "reprune", "emit", "read_pointer", "read_rows",
     "find_parent_run", "effective_run_id",
 ]
@@ -149,7 +149,27 @@ def pipeline_plan(cfg: Config) -> PipelinePlan:
 
 
 def pipeline_key(cfg: Config, fingerprint: str) -> str:
-    return config_digest({"config": cfg.model_dump(mode="json"), "fingerprint": fingerprint}, 20)
+    """How a stage finds the open parent run: the experiment (name, output root) and the dataset
+    version. Computable from every stage's config projection (:func:`stage_config_json`)."""
+    return config_digest({"name": cfg.name, "output": cfg.output, "fingerprint": fingerprint}, 20)
+
+
+# sections every stage reads, and the extra ones of each cached stage; the rest is reset to the
+# defaults in the stage's config so that e.g. a new pruning rate leaves train-full's cache key alone
+_COMMON_SECTIONS = ("name", "output", "data", "model", "train", "dynamics", "tracking")
+STAGE_SECTIONS = {"train": (), "score": (), "select": ("methods", "selection"), "coreset": ("coreset",)}
+
+
+def stage_config_json(cfg: Config, stage: str) -> str:
+    """``cfg`` as the JSON a cached stage gets: the sections it reads (``STAGE_SECTIONS``) as
+    configured, every other section at its default. KFP keys its cache on a task's inputs, so a
+    stage's key changes only when something it reads changes."""
+    if stage not in STAGE_SECTIONS:
+        raise PipelineError(f"unknown stage {stage!r}; one of {', '.join(STAGE_SECTIONS)}")
+    keep = set(_COMMON_SECTIONS) | set(STAGE_SECTIONS[stage])
+    data = cfg.model_dump(mode="json")
+    default = Config().model_dump(mode="json")
+    return json.dumps({k: (v if k in keep else default[k]) for k, v in data.items()}, sort_keys=True)
 
 
 def effective_run_id(run_id: str, job_id: str) -> str:
@@ -335,17 +355,25 @@ def _splits(cfg: Config, fingerprint: Optional[str] = None):
     return splits
 
 
-def open_run(config_json: str, *, run_id: str = "", job_id: str = "", plan_digest: str = "") -> tuple[str, str]:
-    """Validate the config against the plan the pipeline was built from, fingerprint the dataset
-    and open the parent MLflow run. Returns ``(parent_run_id or "", fingerprint)``."""
+def build_digest(cfg: Config) -> str:
+    """Digest of what a pipeline built from ``cfg`` bakes in: the plan and every stage's config."""
+    return config_digest({"plan": pipeline_plan(cfg).digest(),
+                          "stages": {s: stage_config_json(cfg, s) for s in STAGE_SECTIONS}}, 16)
+
+
+def open_run(config_json: str, *, run_id: str = "", job_id: str = "", build: str = "") -> tuple[str, str]:
+    """Check that the config is the one the pipeline was built from (``build`` =
+    :func:`build_digest`), fingerprint the dataset and open the parent MLflow run. Returns
+    ``(parent_run_id or "", fingerprint)``."""
     from .tracking import (STAGE_PIPELINE, TAG_CONFIG_NAME, TAG_FINGERPRINT, TAG_STAGE, flatten_params, make_tracker,
                            run_name)
     from .reprune import TAG_DATASET, dataset_identity
 
     cfg = load_config_json(config_json)
-    if plan_digest and pipeline_plan(cfg).digest() != plan_digest:
-        raise PipelineError("config_json names other methods, rates or evaluations than the pipeline was built for; "
-                            "compile the pipeline again from this config (tdds compile --config ...).")
+    if build and build_digest(cfg) != build:
+        raise PipelineError("config_json differs from the config the pipeline was built from (its loops and stage "
+                            "settings are fixed when it is built); compile the pipeline again from this config "
+                            "(tdds compile --config ...) instead of changing the parameter.")
     splits = _splits(cfg)
     fp = splits.fingerprint
     rid = effective_run_id(run_id, job_id)

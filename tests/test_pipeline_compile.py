@@ -18,7 +18,7 @@ from pipelines.run import cluster_env, compile_pipeline, normalize_cron, schedul
 from tdds_core.cli import main
 from tdds_core.config import load_config
 from tdds_core.errors import PipelineError
-from tdds_core.steps import open_run, pipeline_plan
+from tdds_core.steps import build_digest, load_config_json, open_run, pipeline_plan, stage_config_json
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "registry.example.com/ml/tdds:9.9.9"
@@ -94,8 +94,15 @@ def test_every_stage_is_a_component_and_a_task(prune):
 
 
 def test_edges(prune):
-    _, spec, tasks = prune
+    cfg, spec, tasks = prune
     assert _producers(tasks["train-full"]) == {"open-run"}
+    # each stage gets the part of the config it reads, fixed at build time
+    for stage, part in (("train-full", "train"), ("score", "score"), ("materialize-subset", "select"),
+                        ("train-coreset", "coreset"), ("evaluate-cross-arch", "coreset")):
+        given = tasks[stage]["inputs"]["parameters"]["config_json"]["runtimeValue"]["constant"]
+        assert given == stage_config_json(cfg, part), stage
+    for stage in ("open-run", "report", "close-run"):
+        assert tasks[stage]["inputs"]["parameters"]["config_json"]["componentInputParameter"].endswith("config_json")
     assert tasks["train-full"]["inputs"]["parameters"]["fingerprint"]["taskOutputParameter"]["outputParameterKey"] == "fingerprint"
     # score runs inside the methods loop and reads train-full's model (passed into the loop's DAG)
     assert tasks["score"]["_dag"] != "root"
@@ -221,11 +228,27 @@ def test_per_rate_params_make_separate_score_tasks():
     assert by_rate[0.5] != by_rate[0.9]
 
 
+def test_stage_configs_change_only_with_what_the_stage_reads():
+    base = _cfg()
+    grown = _cfg("selection.rates=[0.3, 0.5, 0.9]", "methods=[{name: random}]", "coreset.seeds=[1, 2]",
+                 "evaluate.archs=[vgg16_bn]", "pipeline.retries=0")
+    assert stage_config_json(base, "train") == stage_config_json(grown, "train")
+    assert stage_config_json(base, "score") == stage_config_json(grown, "score")
+    assert stage_config_json(base, "select") != stage_config_json(grown, "select")
+    assert stage_config_json(base, "coreset") != stage_config_json(grown, "coreset")
+    assert stage_config_json(base, "coreset") == stage_config_json(_cfg("selection.rates=[0.3]"), "coreset")
+    retrained = _cfg("train.epochs=3")
+    assert all(stage_config_json(base, s) != stage_config_json(retrained, s) for s in ("train", "score", "select", "coreset"))
+    # a projection is a valid config with the stage's sections as configured
+    c = load_config_json(stage_config_json(grown, "coreset"))
+    assert c.coreset.seeds == [1, 2] and c.train == grown.train and c.output == grown.output
+
+
 def test_open_run_refuses_a_config_the_pipeline_was_not_built_for():
-    built = pipeline_plan(_cfg())
-    other = _cfg("selection.rates=[0.3]")
-    with pytest.raises(PipelineError, match="compile the pipeline again"):
-        open_run(other.to_json(), run_id="r1", plan_digest=built.digest())
+    built = build_digest(_cfg())
+    for other in (_cfg("selection.rates=[0.3]"), _cfg("coreset.seeds=[7]"), _cfg("train.lr=0.2")):
+        with pytest.raises(PipelineError, match="compile the pipeline again"):
+            open_run(other.to_json(), run_id="r1", build=built)
 
 
 def test_cluster_env_refuses_secrets_and_sqlite():

@@ -1,0 +1,125 @@
+"""`tdds run` end to end on CPU: the tdds-prune pipeline through kfp.local on real Fashion-MNIST,
+tracking and artifacts read back afterwards, a second run served from the caches, and a failing
+task that ends the parent MLflow run FAILED through the exit handler."""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tdds_core.cli import main
+from tdds_core.report import rows_from_mlflow
+from tdds_core.selection import load_selection
+from tdds_core.steps import read_pointer
+
+REPO = Path(__file__).resolve().parents[1]
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+pytestmark = pytest.mark.slow
+
+TINY = ["data.train_subset=600", "data.test_subset=500", "train.epochs=2", "train.progress=false",
+        "methods=[{name: random}, {name: tdds, params: {T: 2, W: 2}}]", "selection.rates=[0.5]", "pipeline.retries=0"]
+_EXEC = re.compile(r"Executing task (?:\x1b\[[0-9;]*m)?'([a-z0-9-]+)'")
+
+
+@pytest.fixture(autouse=True)
+def _local_tracking(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def _run(out: Path, capfd, *extra: str) -> tuple[int, str]:
+    rc = main(["run", "--config", str(REPO / "configs" / "quickstart.yaml"), "--set", f"output={out}",
+               *[x for o in TINY + list(extra) for x in ("--set", o)]])
+    cap = capfd.readouterr()
+    return rc, cap.out + cap.err
+
+
+def _runs(out: Path) -> list:
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tdds-fashion-mnist")
+    return client.search_runs([exp.experiment_id], max_results=500)
+
+
+def _stage_counts(runs) -> Counter:
+    return Counter(r.data.tags.get("tdds.stage") for r in runs)
+
+
+def _mtimes(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_tdds_run_end_to_end_then_cached_rerun(tmp_path, capfd):
+    assert FMNIST.is_dir(), "Fashion-MNIST files missing: run ./scripts/setup.sh"
+    out = tmp_path / "out"
+    rc, log = _run(out, capfd)
+    assert rc == 0, log[-3000:]
+    executed = _EXEC.findall(log)
+    assert Counter(executed) == Counter({"open-run": 1, "train-full": 1, "score": 2, "materialize-subset": 1,
+                                         "train-coreset": 2, "report": 1, "close-run": 1})
+    assert "| random (baseline) |" in log and "tdds[T=2,W=2]" in log
+    assert f"mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}" in log
+
+    # MLflow: one parent per pipeline run, one child per stage, metrics on the training runs
+    runs = _runs(out)
+    assert _stage_counts(runs) == Counter({"pipeline": 1, "train-full": 1, "score": 2, "coreset": 2, "report": 1})
+    parent = next(r for r in runs if r.data.tags["tdds.stage"] == "pipeline")
+    assert parent.info.status == "FINISHED"
+    run_id = parent.data.tags["tdds.pipeline_run_id"]
+    assert run_id.startswith("local-") and run_id in log
+    for r in runs:
+        if r is not parent:
+            assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id, r.info.run_name
+            assert r.data.tags["tdds.pipeline_run_id"] == run_id
+            assert r.info.status == "FINISHED"
+    coreset = [r for r in runs if r.data.tags["tdds.stage"] == "coreset"]
+    assert sorted(r.data.tags["tdds.method"] for r in coreset) == ["random", "tdds[T=2,W=2]"]
+    for r in coreset:
+        assert r.data.tags["tdds.rate"] == "0.50"
+        assert 0 <= r.data.metrics["final_acc"] <= 100 and r.data.metrics["num_train"] == 300
+    rows = rows_from_mlflow(f"sqlite:///{out / 'mlflow.db'}", "tdds-fashion-mnist")
+    assert sorted((r["method"], r["rate"]) for r in rows) == [("full", None), ("random", 0.5), ("tdds[T=2,W=2]", 0.5)]
+    full_acc = next(r for r in rows if r["method"] == "full")["final_acc"]
+    assert full_acc > 20, "two epochs on 600 Fashion-MNIST images should beat chance (10%)"
+
+    # artifacts: the KFP selections artifact points at verified selection folders in the store
+    pointers = list((out / "kfp").rglob("materialize-subset*/selections"))
+    assert len(pointers) == 1
+    sels = read_pointer(pointers[0], "selections")
+    assert len(sels["items"]) == 2
+    fingerprint = parent.data.tags["tdds.fingerprint"]
+    for item in sels["items"].values():
+        folder = Path(item["uri"])
+        assert folder.parent == out / "selections"
+        sel = load_selection(folder, expected_fingerprint=fingerprint)
+        assert sel.num_selected == 300 == len(set(sel.ids))
+    for name in ("table.md", "table.csv", "accuracy_vs_rate.png", "rows.json"):
+        assert (out / "report" / name).is_file(), name
+    assert list((out / "kfp" / ".kfp_cache").glob("*.json")), "no KFP cache entries"
+    before = _mtimes(out / "coreset") | _mtimes(out / "train")
+
+    # a second run: every stage is a KFP cache hit; only the per-run tasks execute
+    rc, log2 = _run(out, capfd)
+    assert rc == 0, log2[-3000:]
+    assert sorted(_EXEC.findall(log2)) == ["close-run", "open-run", "report"]
+    runs2 = _runs(out)
+    assert _stage_counts(runs2) == Counter({"pipeline": 2, "train-full": 1, "score": 2, "coreset": 2, "report": 2})
+    parents = [r for r in runs2 if r.data.tags["tdds.stage"] == "pipeline"]
+    assert all(p.info.status == "FINISHED" for p in parents)
+    new_parent = next(p for p in parents if p.info.run_id != parent.info.run_id)
+    reports = [r for r in runs2 if r.data.tags["tdds.stage"] == "report"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in reports} == {parent.info.run_id, new_parent.info.run_id}
+    assert _mtimes(out / "coreset") | _mtimes(out / "train") == before, "a cached rerun rewrote training artifacts"
+
+
+def test_failing_task_fails_the_run_and_the_parent(tmp_path, capfd):
+    out = tmp_path / "out"
+    rc, log = _run(out, capfd, "model.arch=no_such_arch")
+    assert rc == 2
+    assert "tdds: error: the local prune pipeline failed" in log and "train-full" in log.split("tdds: error:")[-1]
+    executed = _EXEC.findall(log)
+    assert executed == ["open-run", "train-full", "close-run"]
+    runs = _runs(out)
+    parent = next(r for r in runs if r.data.tags["tdds.stage"] == "pipeline")
+    assert parent.info.status == "FAILED"
