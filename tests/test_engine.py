@@ -155,3 +155,15 @@ def test_real_fashion_mnist_dynamics(tmp_path):
         assert logits.shape == (1000, 10) and np.isfinite(logits).all()
     assert dyn.ids == s.train.ids and dyn.fingerprint == s.fingerprint
     assert dyn.features().shape == (1000, 128)
+
+
+def test_streamed_dataloader_path_equals_resident_path(tmp_path):
+    """Large datasets go through a DataLoader; on CPU it gives exactly the resident path's dynamics."""
+    a_cfg = cfg_(**{"data.resident": "always", "train.epochs": 2})
+    b_cfg = cfg_(**{"data.resident": "never", "data.num_workers": 0, "train.epochs": 2})
+    s = create_dataset(a_cfg.data)
+    train(s, full_data_spec(a_cfg), tmp_path / "a")
+    train(s, full_data_spec(b_cfg), tmp_path / "b")
+    da, db = open_dynamics(tmp_path / "a" / "dynamics"), open_dynamics(tmp_path / "b" / "dynamics")
+    for t in (0, 1):
+        assert np.array_equal(da.epoch(t), db.epoch(t))
