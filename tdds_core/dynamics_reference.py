@@ -44,12 +44,28 @@ def is_reference_folder(folder: str | os.PathLike) -> bool:
     return folder.is_dir() and any(_OUTPUT.match(p.name) for p in folder.iterdir())
 
 
-def _softmax(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    p = np.array(x, dtype=dtype, copy=True)
-    p -= p.max(axis=1, keepdims=True)
-    np.exp(p, out=p)
-    p /= p.sum(axis=1, keepdims=True)
-    return p
+def _softmax_rows(src: np.ndarray, out: np.ndarray, chunk_values: int = 1 << 16) -> np.ndarray:
+    """``out[i] = softmax(src[i])`` row by row (``exp(x - max) / sum``), in cache-sized chunks."""
+    import torch
+
+    rows = max(1, chunk_values // max(1, src.shape[1]))
+    o = torch.from_numpy(out)
+    for a in range(0, src.shape[0], rows):
+        x = o[a:a + rows]
+        x.copy_(torch.from_numpy(np.ascontiguousarray(src[a:a + rows])))
+        x.sub_(x.amax(dim=1, keepdim=True))
+        x.exp_()
+        x.div_(x.sum(dim=1, keepdim=True))
+    return out
+
+
+def _nonfinite_rows(x: np.ndarray) -> np.ndarray:
+    """bool per row: some value is NaN or +-inf (a float64 row sum of float16/32 values cannot overflow)."""
+    bad = ~np.isfinite(x.sum(axis=1, dtype=np.float64))
+    if bad.any() and x.dtype == np.float64:
+        rows = np.flatnonzero(bad)
+        bad[rows] = ~np.isfinite(x[rows]).all(axis=1)
+    return bad
 
 
 class ReferenceDynamics:
@@ -187,15 +203,26 @@ class ReferenceDynamics:
 
     def probabilities(self, t: int, *, dtype: str = "float64") -> np.ndarray:
         """The authors' ``[N, C]`` probability matrix of epoch ``t``: softmax per visit row, rows of
-        the same index summed, unvisited samples all zero."""
+        the same index summed, unvisited samples all zero. Rows whose logits hold NaN/Inf come out
+        as NaN (so the scorers' ``nan_policy`` sees them)."""
         out, idx = self.visits(t)
-        p = _softmax(out, np.dtype(dtype))
-        P = np.zeros((self.num_samples, self.num_classes), dtype=p.dtype)
-        counts = np.bincount(idx, minlength=self.num_samples)
-        if counts.max(initial=0) <= 1:
-            P[idx] = p
+        n, c = self.num_samples, self.num_classes
+        counts = np.bincount(idx, minlength=n)
+        P = np.empty((n, c), dtype=np.dtype(dtype))
+        if len(idx) == n and counts.max(initial=0) == 1:  # every sample visited once: gather, no scatter
+            row_of = np.empty(n, dtype=np.int64)
+            row_of[idx] = np.arange(n)
+            _softmax_rows(out[row_of], P)
         else:
-            np.add.at(P, idx, p)
+            P.fill(0.0)
+            once = counts[idx] == 1
+            P[idx[once]] = _softmax_rows(out[once], np.empty((int(once.sum()), c), dtype=P.dtype))
+            rep = ~once
+            if rep.any():
+                np.add.at(P, idx[rep], _softmax_rows(out[rep], np.empty((int(rep.sum()), c), dtype=P.dtype)))
+        bad = _nonfinite_rows(out)
+        if bad.any():
+            P[idx[bad]] = np.nan
         return P
 
     def iter_probs(self, start: int = 0, stop: Optional[int] = None, *, dtype: str = "float64") -> Iterator[tuple[int, np.ndarray]]:

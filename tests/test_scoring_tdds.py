@@ -186,9 +186,10 @@ def test_float32_compute_is_close_to_float64():
 def test_streaming_equals_one_shot_exactly():
     X, y = trajectory(23, 10, 57, 8)
     for kw in (dict(W=4), dict(W=10), dict(W=3, inner="loss"), dict(W=5, aggregate="mean", signed=True)):
-        stream = tdds_from_epochs((x for x in X), y, T=10, **kw)
         oneshot = tdds_from_array(X, y, **kw)
-        np.testing.assert_array_equal(stream, oneshot)
+        for block_rows, workers in ((None, None), (1, 1), (57 // 4, 2), (57 // 2, 3), (57 + 100, 2)):
+            stream = tdds_from_epochs((x for x in X), y, T=10, block_rows=block_rows, workers=workers, **kw)
+            np.testing.assert_array_equal(stream, oneshot)
 
 
 @pytest.mark.parametrize("block_rows", [1, 7, 29, 57, 157])

@@ -4,7 +4,7 @@ Scoring (TDDS) for Enhanced Dataset Pruning", CVPR 2024, arXiv:2311.13613).
 Default semantics are those of the authors' ``importance_evaluation.py`` (docs: tdds-facts.md).
 For epochs ``t = start .. start+T-1`` of the recorded trajectory:
 
-* ``p_t = softmax(logits_t)`` (float64 by default);
+* ``p_t = softmax(logits_t)`` (float64 by default; computed as ``exp(x - max) * (1 / sum)``);
 * inner depth, one term per consecutive pair:
   ``d_t = sum_c | p_{t+1,c} * (log(p_{t+1,c} + 1e-8) - log(p_{t,c} + 1e-8)) |``;
 * outer depth, one score per window start ``k = 0 .. T-W`` over the ``W-1`` terms
@@ -28,7 +28,10 @@ or ``CE_{t+1} - CE_t``), ``aggregate="mean"`` (simple average over windows inste
 """
 from __future__ import annotations
 
+import os
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, Iterable, Optional
 
 import numpy as np
@@ -36,7 +39,7 @@ import torch
 
 from ..errors import ScoringError
 from ._common import (EPS, EpochBlocks, NanGuard, NonFiniteError, blockable, check_labels, check_policy,
-                      contiguous_epochs, dynamics_labels, finish_skipped, split_item)
+                      contiguous_epochs, dynamics_labels, finish_skipped, finite_rows, split_item)
 from ._registry import register_method
 
 __all__ = ["tdds", "tdds_from_epochs", "tdds_from_array", "TddsAccumulator", "window_weights", "auto_block_rows"]
@@ -46,8 +49,9 @@ AGGREGATES = ("ema", "mean")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 INPUTS = ("logits", "probs")
 
-#: values per row block of the blocked path (rows = BLOCK_ELEMENTS // C): small enough to stay in cache
-BLOCK_ELEMENTS = 1 << 17
+#: values per row block of the blocked path (rows = BLOCK_ELEMENTS // C): a block's buffers stay in
+#: the L2 cache and torch runs each operation on it single-threaded (parallelism comes from workers)
+BLOCK_ELEMENTS = 1 << 16
 
 
 def _check_options(T: int, W: int, decay: float, inner: str, signed: bool, aggregate: str, dtype: str,
@@ -83,28 +87,80 @@ def window_weights(T: int, W: int, decay: float = 0.9, aggregate: str = "ema") -
     return [float(decay) * (1.0 - float(decay)) ** (T - W - k) for k in range(K)]
 
 
+def _rowsum(A: np.ndarray) -> np.ndarray:
+    """Sum over axis 0, adding rows one after the other (numpy's own reduction switches to pairwise
+    summation for a single column, which would make scores depend on the block size)."""
+    total = A[0].copy()
+    for r in range(1, A.shape[0]):
+        total += A[r]
+    return total
+
+
 def _window_score(D: np.ndarray) -> np.ndarray:
     """``[W-1, n]`` terms of one window (oldest first) -> L2 norm of their deviation from the mean."""
-    m = D.sum(axis=0) / D.shape[0]
+    m = _rowsum(D) / D.shape[0]
     dev = D - m
-    return np.sqrt((dev * dev).sum(axis=0))
+    return np.sqrt(_rowsum(dev * dev))
 
 
-def _as_tensor(x: Any, cdtype: torch.dtype) -> torch.Tensor:
+def _source_tensor(x: Any) -> torch.Tensor:
+    """A tensor view of ``x`` (copied only when numpy cannot share it safely)."""
     if isinstance(x, torch.Tensor):
-        return x.to(cdtype)
+        return x
     arr = np.asarray(x)
     if not arr.flags.writeable or not arr.flags.c_contiguous or arr.dtype.byteorder not in ("=", "|"):
         arr = np.array(arr, dtype=arr.dtype.newbyteorder("="), order="C", copy=True)
-    return torch.from_numpy(arr).to(cdtype)
+    return torch.from_numpy(arr)
+
+
+# -- the per-epoch kernel (shared by the streaming and the one-shot paths, so both compute the
+#    same numbers operation for operation) --------------------------------------------------------
+def _softmax_(x: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
+    """Row-wise softmax in place: ``exp(x - max) * (1 / sum(exp(x - max)))``."""
+    x.sub_(row_max)
+    x.exp_()
+    x.mul_(x.sum(dim=1, keepdim=True).reciprocal_())
+    return x
+
+
+def _log_eps(p: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = log(p + 1e-8)``."""
+    torch.add(p, EPS, out=out)
+    return out.log_()
+
+
+def _kl_term_(L_prev: torch.Tensor, L: torch.Tensor, p: torch.Tensor, signed: bool) -> torch.Tensor:
+    """``sum_c |p_c (L_c - Lprev_c)|`` per row (``signed``: without the absolute value).
+    Overwrites ``L_prev``. Uses ``|a b| = p |Lprev - L|`` for ``p >= 0``, exactly."""
+    L_prev.sub_(L)
+    if not signed:
+        L_prev.abs_()
+    L_prev.mul_(p)
+    d = L_prev.sum(dim=1)
+    return d.neg_() if signed else d
+
+
+def _row_range(x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    """``(row max [n, 1], finite [n] bool)``. The max propagates NaN and +inf and a float64 row
+    sum catches -inf, so one finite total means every value is finite (float16/float32 logits
+    cannot overflow it; otherwise the rows are checked value by value)."""
+    hi = x.amax(dim=1, keepdim=True)
+    rowsum = x.sum(dim=1, dtype=torch.float64).numpy()
+    if np.isfinite(hi.numpy().sum(dtype=np.float64) + rowsum.sum()):
+        return hi, np.ones(x.shape[0], dtype=bool)
+    finite = np.isfinite(hi.numpy()[:, 0]) & np.isfinite(rowsum)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        finite[rows] = torch.isfinite(x[torch.from_numpy(rows)]).all(dim=1).numpy()
+    return hi, finite
 
 
 class TddsAccumulator:
     """Streaming TDDS over one epoch at a time for a fixed set of ``n`` rows.
 
     Feed exactly ``T`` epochs with :meth:`update` (each ``[n, C]`` logits, or probabilities when
-    ``inputs="probs"``), then read :meth:`result`. Memory: the previous epoch's per-class state and
-    ``W-1`` terms per row, whatever ``T``.
+    ``inputs="probs"``), then read :meth:`result`. Memory: three ``[n, C]`` work buffers and
+    ``W-1`` terms per row, whatever ``T``. Inputs are never modified.
     """
 
     def __init__(self, num_rows: int, *, T: int, W: int, decay: float = 0.9, inner: str = "kl", signed: bool = False,
@@ -126,38 +182,66 @@ class TddsAccumulator:
         self.row_offset = int(row_offset)
         self.num_classes: Optional[int] = None
         self.seen = 0
-        self._prev: Any = None
+        self._x: Optional[torch.Tensor] = None  # this epoch's logits -> probabilities
+        self._stage: Optional[torch.Tensor] = None  # float32 staging for float16 input
+        self._L: Optional[torch.Tensor] = None  # this epoch's log(p + 1e-8)
+        self._L_prev: Optional[torch.Tensor] = None
+        self._prev_small: Optional[torch.Tensor] = None  # loss/el2n: last epoch's per-row value
         self._ring: deque = deque(maxlen=self.W - 1)
         self._k = 0
         self._acc = np.zeros(self.n, dtype=np.float64)
 
-    # -- per-epoch state and pair term -------------------------------------------------------
-    def _state(self, xt: torch.Tensor) -> tuple[Optional[torch.Tensor], torch.Tensor]:
-        p = torch.softmax(xt, dim=1) if self.inputs == "logits" else xt
-        if self.inner == "kl":
-            return p, torch.log(p + EPS)
+    # -- per-epoch kernel --------------------------------------------------------------------
+    def _load(self, x: Any, out: Optional[torch.Tensor], epoch: Any) -> torch.Tensor:
+        """Copy ``x`` into ``out`` (compute dtype), check it and zero skipped rows; -> probabilities."""
+        src = _source_tensor(x)
+        if out is None:
+            out = torch.empty(src.shape, dtype=self.cdtype)
+        if src.dtype == torch.float16 and self.cdtype == torch.float64:
+            # float16 -> float32 -> float64 is exact and twice as fast as the direct conversion
+            if self._stage is None or self._stage.shape != src.shape:
+                self._stage = torch.empty(src.shape, dtype=torch.float32)
+            src = self._stage.copy_(src)
+        out.copy_(src)
+        row_max, finite = _row_range(out)
+        if not finite.all():
+            bad = torch.from_numpy(self.guard.check(finite, epoch, report_offset=self.row_offset))
+            out[bad] = 0.0
+            row_max[bad] = 0.0
+        return _softmax_(out, row_max) if self.inputs == "logits" else out
+
+    def _small_state(self, p: torch.Tensor) -> torch.Tensor:
         assert self._y is not None
         if self.inner == "loss":
-            py = p.gather(1, self._y.view(-1, 1)).squeeze(1)
-            return None, torch.log(py + EPS)
+            return torch.log(p.gather(1, self._y.view(-1, 1)).squeeze(1) + EPS)
         q = p.clone()
         q[torch.arange(self.n), self._y] -= 1.0
-        return None, torch.sqrt((q * q).sum(dim=1))
+        return torch.sqrt((q * q).sum(dim=1))
 
-    def _pair(self, prev: tuple, cur: tuple) -> np.ndarray:
+    def _small_term(self, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+        if self.inner == "loss":
+            d = prev - cur  # CE_{t+1} - CE_t with CE = -log(p_y + 1e-8)
+            return d if self.signed else d.abs()
+        return cur  # el2n: the newer epoch's EL2N
+
+    def _term(self, x: Any, epoch: Any) -> Optional[np.ndarray]:
+        """Process one epoch; return the pair term with the previous epoch (None for the first)."""
+        p = self._x = self._load(x, self._x, epoch)
         if self.inner == "kl":
-            diff = cur[1] - prev[1]
-            if not self.signed:
-                diff.abs_()
-            diff.mul_(cur[0])
-            d = diff.sum(dim=1)
-        elif self.inner == "loss":
-            d = prev[1] - cur[1]  # CE_{t+1} - CE_t with CE = -log(p_y + 1e-8)
-            if not self.signed:
-                d = d.abs()
+            if self._L is None:
+                self._L = torch.empty_like(p)
+            _log_eps(p, self._L)
+            d = None
+            if self._L_prev is not None:
+                d = _kl_term_(self._L_prev, self._L, p, self.signed)
+            else:
+                self._L_prev = torch.empty_like(p)
+            self._L, self._L_prev = self._L_prev, self._L  # the used buffer becomes next epoch's L
         else:
-            d = cur[1]
-        return d.to(torch.float64).numpy()
+            cur = self._small_state(p)
+            d = None if self._prev_small is None else self._small_term(self._prev_small, cur)
+            self._prev_small = cur
+        return None if d is None else d.to(torch.float64).numpy()
 
     # -- public ------------------------------------------------------------------------------
     def update(self, x: Any, *, epoch: Any = None) -> None:
@@ -175,23 +259,13 @@ class TddsAccumulator:
                                    f"has {shape[1]} classes")
         elif shape[1] != self.num_classes:
             raise ScoringError(f"epoch {epoch} has {shape[1]} classes but earlier epochs had {self.num_classes}")
-        xt = _as_tensor(x, self.cdtype)
-        finite = torch.isfinite(xt.sum(dim=1, dtype=torch.float64))
-        if not bool(finite.all()):
-            rows = torch.nonzero(~finite).squeeze(1)
-            finite[rows] = torch.isfinite(xt[rows]).all(dim=1)
-        bad = self.guard.check(finite.numpy(), epoch, report_offset=self.row_offset) if not bool(finite.all()) else None
-        if bad is not None:
-            xt = xt.clone()
-            xt[torch.from_numpy(bad)] = 0.0
-        state = self._state(xt)
-        if self._prev is not None:
-            self._ring.append(self._pair(self._prev, state))
+        d = self._term(x, epoch)
+        if d is not None:
+            self._ring.append(d)
             if len(self._ring) == self.W - 1:
                 s = _window_score(np.stack(self._ring))
                 self._acc += self.weights[self._k] * s
                 self._k += 1
-        self._prev = state
         self.seen += 1
 
     @property
@@ -211,7 +285,8 @@ class TddsAccumulator:
 
 def tdds_from_epochs(epochs: Iterable[Any], labels: Optional[np.ndarray] = None, *, T: int, W: int = 10,
                      decay: float = 0.9, inner: str = "kl", signed: bool = False, aggregate: str = "ema",
-                     dtype: str = "float64", inputs: str = "logits", nan_policy: str = "raise") -> np.ndarray:
+                     dtype: str = "float64", inputs: str = "logits", nan_policy: str = "raise",
+                     block_rows: Optional[int] = None, workers: Optional[int] = None) -> np.ndarray:
     """TDDS from an iterable of epochs, streamed (the first ``T`` items are consumed).
 
     Parameters
@@ -219,10 +294,14 @@ def tdds_from_epochs(epochs: Iterable[Any], labels: Optional[np.ndarray] = None,
     epochs : iterable of array ``[N, C]`` or of ``(t, array)`` pairs
         Logits (any float dtype; converted to ``dtype`` before the softmax), or probabilities when
         ``inputs="probs"`` (rows need not sum to 1: the authors' per-index sums are used as given).
+        Never modified.
     labels : array ``(N,)`` of int, optional
         Needed for ``inner="loss"`` and ``inner="el2n"``; checked against N and C when given.
     T, W, decay, inner, signed, aggregate, dtype, nan_policy
         See the module docstring.
+    block_rows, workers : int, optional
+        Performance only: each epoch is processed in row blocks of ``block_rows`` (default
+        ``BLOCK_ELEMENTS // C``) by ``workers`` threads (default: the usable CPUs, at most 8).
 
     Returns
     -------
@@ -230,25 +309,49 @@ def tdds_from_epochs(epochs: Iterable[Any], labels: Optional[np.ndarray] = None,
         float64 ``(N,)``; higher = keep first. Samples with NaN/Inf inputs under
         ``nan_policy="skip"`` get ``-inf``.
     """
-    acc: Optional[TddsAccumulator] = None
+    _check_options(T, W, decay, inner, signed, aggregate, dtype, inputs)
+    check_policy(nan_policy)
+    opts = dict(T=int(T), W=int(W), decay=float(decay), inner=inner, signed=bool(signed), aggregate=aggregate,
+                dtype=dtype, inputs=inputs)
+    accs: list[TddsAccumulator] = []
+    spans: list[tuple[int, int]] = []
+    n = c = None
     it = iter(epochs)
-    for i in range(int(T)):
-        try:
-            item = next(it)
-        except StopIteration:
-            raise ScoringError(f"TDDS needs T={T} epochs but the input held only {i}; lower T or record more epochs") from None
-        t, arr = split_item(item, i)
-        if acc is None:
-            if len(getattr(arr, "shape", ())) != 2:
-                raise ScoringError(f"epoch {t}: expected a 2-D [N, C] array, got shape {getattr(arr, 'shape', None)}")
-            n, c = arr.shape
-            y = None if labels is None else check_labels(labels, n, c)
-            acc = TddsAccumulator(n, T=T, W=W, decay=decay, inner=inner, signed=signed, aggregate=aggregate,
-                                  dtype=dtype, inputs=inputs, labels=y, nan_policy=nan_policy)
-        acc.update(arr, epoch=t)
-    if acc is None:  # T < 1 is rejected by the accumulator; keep the message for T == 0
-        raise ScoringError(f"T must be an integer >= 2, got {T!r}")
-    return finish_skipped(acc.result(), acc.bad, "tdds")
+    nworkers = default_workers() if workers is None else int(workers)
+    with _torch_threads(1), ThreadPoolExecutor(max_workers=max(1, nworkers), thread_name_prefix="tdds") as pool:
+        for i in range(int(T)):
+            try:
+                item = next(it)
+            except StopIteration:
+                raise ScoringError(f"TDDS needs T={T} epochs but the input held only {i}; lower T or record more epochs") from None
+            t, arr = split_item(item, i)
+            shape = tuple(getattr(arr, "shape", ()))
+            if len(shape) != 2:
+                raise ScoringError(f"epoch {t}: expected a 2-D [N, C] array, got shape {shape or None}")
+            if n is None:
+                n, c = shape
+                y = None if labels is None else check_labels(labels, n, c)
+                rows = int(block_rows) if block_rows else auto_block_rows(n, c)
+                spans = [(a, min(n, a + rows)) for a in range(0, max(n, 1), rows)]
+                accs = [TddsAccumulator(b - a, labels=None if y is None else y[a:b], nan_policy=nan_policy, row_offset=a,
+                                        **opts) for a, b in spans]
+            elif shape[0] != n:
+                raise ScoringError(f"epoch {t} has {shape[0]} rows but earlier epochs had {n}")
+            elif shape[1] != c:
+                raise ScoringError(f"epoch {t} has {shape[1]} classes but earlier epochs had {c}")
+            try:
+                if nworkers <= 1 or len(accs) == 1:
+                    for acc, (a, b) in zip(accs, spans):
+                        acc.update(arr[a:b], epoch=t)
+                else:
+                    for f in [pool.submit(acc.update, arr[a:b], epoch=t) for acc, (a, b) in zip(accs, spans)]:
+                        f.result()
+            except NonFiniteError as e:  # report the whole epoch, not one block
+                bad_rows = ~finite_rows(np.asarray(arr))
+                raise NonFiniteError(t, int(bad_rows.sum()), int(np.flatnonzero(bad_rows)[0])) from e
+    scores = np.concatenate([acc.result() for acc in accs]) if accs else np.zeros(0)
+    bad = np.concatenate([acc.bad for acc in accs]) if accs else np.zeros(0, dtype=bool)
+    return finish_skipped(scores, bad, "tdds")
 
 
 def tdds_from_array(logits: np.ndarray, labels: Optional[np.ndarray] = None, *, W: int = 10, decay: float = 0.9,
@@ -264,16 +367,15 @@ def tdds_from_array(logits: np.ndarray, labels: Optional[np.ndarray] = None, *, 
     y = None if labels is None else check_labels(labels, n, c)
     acc = TddsAccumulator(n, T=T, W=W, decay=decay, inner=inner, signed=signed, aggregate=aggregate, dtype=dtype,
                           inputs=inputs, labels=y, nan_policy=nan_policy)
-    states = []
-    for t in range(T):  # the per-epoch state, computed exactly as the accumulator does
-        xt = _as_tensor(x[t], acc.cdtype)
-        finite = torch.isfinite(xt).all(dim=1).numpy()
-        bad = acc.guard.check(finite, t)
-        if bad is not None:
-            xt = xt.clone()
-            xt[torch.from_numpy(bad)] = 0.0
-        states.append(acc._state(xt))
-    D = np.stack([acc._pair(states[t], states[t + 1]) for t in range(T - 1)])  # [T-1, N]
+    # every epoch's state kept at once, then all T-1 terms, with the accumulator's own kernel
+    probs = [acc._load(x[t], None, t) for t in range(T)]
+    if inner == "kl":
+        logs = [_log_eps(p, torch.empty_like(p)) for p in probs]
+        terms = [_kl_term_(logs[t].clone(), logs[t + 1], probs[t + 1], acc.signed) for t in range(T - 1)]
+    else:
+        small = [acc._small_state(p) for p in probs]
+        terms = [acc._small_term(small[t], small[t + 1]) for t in range(T - 1)]
+    D = np.stack([d.to(torch.float64).numpy() for d in terms])  # [T-1, N]
     weights = window_weights(T, W, decay, aggregate)
     score = np.zeros(n, dtype=np.float64)
     for k, w in enumerate(weights):
@@ -290,7 +392,7 @@ def auto_block_rows(num_samples: int, num_classes: int) -> int:
 @register_method("tdds")
 def tdds(dynamics: Any, *, T: int = 30, W: int = 10, decay: float = 0.9, start: Optional[int] = None,
          inner: str = "kl", signed: bool = False, aggregate: str = "ema", dtype: str = "float64",
-         block_rows: Optional[int] = None, nan_policy: str = "raise") -> np.ndarray:
+         block_rows: Optional[int] = None, workers: Optional[int] = None, nan_policy: str = "raise") -> np.ndarray:
     """TDDS scores of every sample of ``dynamics`` (see the module docstring for the formula).
 
     Parameters
@@ -313,7 +415,9 @@ def tdds(dynamics: Any, *, T: int = 30, W: int = 10, decay: float = 0.9, start: 
     dtype : {"float64", "float32"}
         Compute precision (float32 is faster; scores then differ in the last digits).
     block_rows : int, optional
-        Rows per block for tdds folders (performance only; default about 131k values a block).
+        Rows per block for tdds folders (performance only; default ``BLOCK_ELEMENTS // C``).
+    workers : int, optional
+        Threads computing blocks in parallel (performance only; default: the usable CPUs, at most 8).
     nan_policy : {"raise", "skip"}
 
     Returns
@@ -323,35 +427,104 @@ def tdds(dynamics: Any, *, T: int = 30, W: int = 10, decay: float = 0.9, start: 
     """
     _check_options(T, W, decay, inner, signed, aggregate, dtype, "logits")
     check_policy(nan_policy)
-    if block_rows is not None and (isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) or block_rows < 1):
-        raise ScoringError(f"block_rows must be a positive integer, got {block_rows!r}")
+    for name, v in (("block_rows", block_rows), ("workers", workers)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise ScoringError(f"{name} must be a positive integer, got {v!r}")
     ts = contiguous_epochs(dynamics, start, int(T), method="tdds", what="T")
     labels = dynamics_labels(dynamics, required=inner != "kl", method=f"tdds with inner={inner!r}")
     opts = dict(T=int(T), W=int(W), decay=float(decay), inner=inner, signed=bool(signed), aggregate=aggregate, dtype=dtype)
 
+    perf = dict(block_rows=block_rows, workers=workers)
     iter_probs = getattr(dynamics, "iter_probs", None)
     if iter_probs is not None:  # the authors' layout: their per-index probability matrices
-        return tdds_from_epochs(iter_probs(ts[0], ts[-1] + 1), labels, inputs="probs", nan_policy=nan_policy, **opts)
+        return tdds_from_epochs(iter_probs(ts[0], ts[-1] + 1), labels, inputs="probs", nan_policy=nan_policy,
+                                **opts, **perf)
     if not blockable(dynamics):
-        return tdds_from_epochs(dynamics.iter_epochs(ts[0], ts[-1] + 1), labels, nan_policy=nan_policy, **opts)
+        return tdds_from_epochs(dynamics.iter_epochs(ts[0], ts[-1] + 1), labels, nan_policy=nan_policy, **opts, **perf)
 
     src = EpochBlocks(dynamics, ts)
+    return _tdds_blocked(src, ts, labels, opts, block_rows, workers, nan_policy)
+
+
+def _tdds_blocked(src: EpochBlocks, ts: list[int], labels: Optional[np.ndarray], opts: dict,
+                  block_rows: Optional[int], workers: Optional[int], nan_policy: str) -> np.ndarray:
+    """Row blocks of a tdds folder: the calling thread reads each block's rows of the T epochs in
+    file order (so the checksums are computed from these reads) while ``workers`` threads run the
+    accumulators; at most ``workers + 1`` blocks are in memory."""
     n = src.num_samples
     rows = int(block_rows) if block_rows else auto_block_rows(n, src.num_classes)
+    nworkers = default_workers() if workers is None else int(workers)
     scores = np.empty(n, dtype=np.float64)
     bad = np.zeros(n, dtype=bool)
-    for a in range(0, n, rows):
-        b = min(n, a + rows)
+
+    def work(a: int, b: int, blocks: list) -> None:
         acc = TddsAccumulator(b - a, labels=None if labels is None else labels[a:b], nan_policy=nan_policy,
                               row_offset=a, **opts)
-        for t in ts:
-            try:
-                acc.update(src.rows(t, a, b), epoch=t)
-            except NonFiniteError as e:  # a damaged file first; else report the whole epoch, not one block
-                src.check(t)
-                count, first = src.count_nonfinite(t)
-                raise NonFiniteError(t, count, first) from e
+        for t, arr in zip(ts, blocks):
+            acc.update(arr, epoch=t)
         scores[a:b] = acc.result()
         bad[a:b] = acc.bad
+
+    def settle(fut: Any) -> None:
+        try:
+            fut.result()
+        except NonFiniteError as e:  # a damaged file first; else report the whole epoch, not one block
+            src.check(e.epoch)
+            count, first = src.count_nonfinite(e.epoch)
+            raise NonFiniteError(e.epoch, count, first) from e
+
+    starts = range(0, n, rows)
+    with _torch_threads(1):  # one block = one thread; torch's own pool would only spin between small ops
+        _run_blocks(src, ts, starts, rows, n, nworkers, work, settle)
     src.finish()
     return finish_skipped(scores, bad, "tdds")
+
+
+@contextmanager
+def _torch_threads(k: int):
+    """Temporarily limit torch's intra-op threads (restored afterwards)."""
+    prev = torch.get_num_threads()
+    if prev != k:
+        torch.set_num_threads(k)
+    try:
+        yield
+    finally:
+        if prev != k:
+            torch.set_num_threads(prev)
+
+
+def _run_blocks(src: EpochBlocks, ts: list[int], starts: range, rows: int, n: int, nworkers: int, work: Any,
+                settle: Any) -> None:
+    if nworkers <= 1:
+        for a in starts:
+            b = min(n, a + rows)
+            fut: Future = Future()
+            try:
+                work(a, b, [src.rows(t, a, b) for t in ts])
+                fut.set_result(None)
+            except BaseException as e:  # noqa: BLE001 - re-raised by settle
+                fut.set_exception(e)
+            settle(fut)
+    else:
+        with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="tdds") as pool:
+            pending: deque = deque()
+            try:
+                for a in starts:
+                    b = min(n, a + rows)
+                    pending.append(pool.submit(work, a, b, [src.rows(t, a, b) for t in ts]))
+                    while len(pending) > nworkers:
+                        settle(pending.popleft())
+                while pending:
+                    settle(pending.popleft())
+            finally:
+                for f in pending:
+                    f.cancel()
+
+
+def default_workers() -> int:
+    """Threads for the blocked path: the CPUs this process may use, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
