@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -129,10 +130,10 @@ def run_local(cfg: Config, *, kind: str = "prune", run_id: Optional[str] = None)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                enable_caching=cfg.pipeline.caching, raise_on_error=True)
     pipeline = _builder(kind)(cfg)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _local_runner_fixes():
         # the cluster image name has no "python" in it, and GPU/cpu/memory requests do not apply here
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-        warnings.filterwarnings("ignore", message=".*ignored.*local.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         try:
             pipeline(config_json=cfg.to_json(), run_id=run_id)
         except RuntimeError as e:
@@ -149,6 +150,30 @@ def run_local(cfg: Config, *, kind: str = "prune", run_id: Optional[str] = None)
         experiment = default_experiment(cfg)
         parent = _parent_run(cfg, run_id)
     return LocalRunResult(run_id, cfg.output, str(root), tracking_uri, experiment, md, parent)
+
+
+@contextlib.contextmanager
+def _local_runner_fixes():
+    """Two gaps of kfp.local's subprocess runner, closed for the duration of a local run:
+
+    * it runs two loop iterations at once, each a process whose torch uses every core by default:
+      on a small machine the two fight (OpenMP threads spinning), so each task gets
+      ``cpu_count // 2`` threads (``OMP_NUM_THREADS``, unless you set it);
+    * it indents task logs by swapping ``builtins.print`` per task, which concurrent tasks leave
+      swapped: the original is put back afterwards.
+    """
+    import builtins
+
+    saved_print = builtins.print
+    set_threads = "OMP_NUM_THREADS" not in os.environ
+    if set_threads:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // 2))
+    try:
+        yield
+    finally:
+        builtins.print = saved_print
+        if set_threads:
+            os.environ.pop("OMP_NUM_THREADS", None)
 
 
 def _parent_run(cfg: Config, run_id: str) -> Optional[str]:
