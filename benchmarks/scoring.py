@@ -40,41 +40,36 @@ if str(ROOT) not in sys.path:
 IMAGENET_N, IMAGENET_C = 1_281_167, 1000
 
 
-# -- synthetic dynamics --------------------------------------------------------------------------
-def _epoch_logits(rng: np.random.Generator, base: np.ndarray, t: int, rows: slice) -> np.ndarray:
-    """Logits that sharpen over training, with noise: ``base * (1 + t/10) + N(0, 1)``."""
-    b = base[rows]
-    noise = rng.standard_normal(b.shape, dtype=np.float32)
-    noise += b * np.float32(1.0 + t / 10.0)
-    return noise
+# -- synthetic dynamics (written by a child process, so this process stays small: a forked child
+#    inherits its parent's peak RSS in ru_maxrss) ----------------------------------------------
+def _chunk_logits(seed: int, t: int, a: int, b: int, c: int) -> np.ndarray:
+    """Logits of rows a:b at epoch t that sharpen over training: ``base * (1 + t/10) + N(0, 1)``;
+    the base of a chunk is regenerated from its seed, so no [N, C] base is ever held."""
+    base = np.random.default_rng((seed, a)).standard_normal((b - a, c), dtype=np.float32)
+    x = np.random.default_rng((seed, t, a)).standard_normal((b - a, c), dtype=np.float32)
+    x += base * np.float32(1.0 + t / 10.0)
+    return x
 
 
-def make_tdds_folder(folder: Path, n: int, c: int, epochs: int, seed: int = 0, dtype: str = "float16") -> Path:
+def _make_tdds(folder: Path, n: int, c: int, epochs: int, seed: int, dtype: str) -> None:
     from tdds_core.dynamics import DynamicsWriter
 
-    if (folder / "manifest.json").is_file():
-        return folder
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, c, n)
+    labels = np.random.default_rng(seed).integers(0, c, n)
     w = DynamicsWriter(folder, ids=[str(i) for i in range(n)], labels=labels, num_classes=c,
                        fingerprint=f"bench-{n}-{c}-{epochs}-{seed}", dtype=dtype)
-    step = max(1, (1 << 24) // c)
-    base = rng.standard_normal((n, c), dtype=np.float32)
+    step = max(1, (1 << 22) // c)
     out = np.empty((n, c), dtype=np.dtype(dtype))
     for t in range(epochs):
-        for a in range(0, n, step):  # in row chunks: bounded float32 temporaries
-            out[a:a + step] = _epoch_logits(rng, base, t, slice(a, a + step))
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            out[a:b] = _chunk_logits(seed, t, a, b, c)
         w.write_epoch(t, out)
     w.finalize()
-    return folder
 
 
-def make_reference_folder(src: Path, folder: Path, epochs: int, seed: int = 1) -> Path:
-    """The same trajectory in the authors' layout: float32 logits in a random visit order."""
+def _make_reference(src: Path, folder: Path, epochs: int, seed: int) -> None:
     from tdds_core.dynamics import open_dynamics
 
-    if (folder / f"{epochs - 1}_Index.npy").is_file():
-        return folder
     folder.mkdir(parents=True, exist_ok=True)
     dyn = open_dynamics(src)
     rng = np.random.default_rng(seed)
@@ -83,6 +78,19 @@ def make_reference_folder(src: Path, folder: Path, epochs: int, seed: int = 1) -
         np.save(folder / f"{t}_Output.npy", dyn.epoch(t)[order].astype(np.float32))
         np.save(folder / f"{t}_Index.npy", order.astype(np.int64))
         np.save(folder / f"{t}_Loss.npy", np.zeros(dyn.num_samples, dtype=np.float32))
+
+
+def make_tdds_folder(folder: Path, n: int, c: int, epochs: int, seed: int = 0, dtype: str = "float16") -> Path:
+    if not (folder / "manifest.json").is_file():
+        run_child({"kind": "make_tdds", "folder": str(folder), "n": n, "c": c, "epochs": epochs, "seed": seed,
+                   "dtype": dtype})
+    return folder
+
+
+def make_reference_folder(src: Path, folder: Path, epochs: int, seed: int = 1) -> Path:
+    """The same trajectory in the authors' layout: float32 logits in a random visit order."""
+    if not (folder / f"{epochs - 1}_Index.npy").is_file():
+        run_child({"kind": "make_reference", "src": str(src), "folder": str(folder), "epochs": epochs, "seed": seed})
     return folder
 
 
@@ -131,7 +139,21 @@ def authors_procedure(folder: Path, T: int, W: int, decay: float) -> np.ndarray:
     return total
 
 
+def _vm_hwm_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def child(spec: dict) -> dict:
+    if spec["kind"] == "make_tdds":
+        _make_tdds(Path(spec["folder"]), spec["n"], spec["c"], spec["epochs"], spec["seed"], spec["dtype"])
+        return {}
+    if spec["kind"] == "make_reference":
+        _make_reference(Path(spec["src"]), Path(spec["folder"]), spec["epochs"], spec["seed"])
+        return {}
     import torch  # noqa: F401  (imported before measuring the import baseline)
 
     from tdds_core.dynamics_reference import ReferenceDynamics
@@ -153,7 +175,7 @@ def child(spec: dict) -> dict:
         raise ValueError(spec["kind"])
     wall, cpu = time.perf_counter() - t0, _cpu() - c0
     out = {"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "rss_before_mb": rss_before, "n": int(len(scores)), "checksum": float(np.sum(scores, dtype=np.float64))}
+           "vm_hwm_mb": _vm_hwm_mb(), "rss_before_mb": rss_before, "n": int(len(scores)), "checksum": float(np.sum(scores, dtype=np.float64))}
     if spec.get("save"):
         np.save(spec["save"], scores)
     return out
@@ -187,10 +209,10 @@ def machine() -> str:
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    import torch
+    from importlib.metadata import version
 
     return (f"{cpu}, {cores} cores, {mem}, no GPU used; Python {platform.python_version()}, "
-            f"numpy {np.__version__}, torch {torch.__version__}")
+            f"numpy {np.__version__}, torch {version('torch')}")
 
 
 def load() -> str:
@@ -205,12 +227,12 @@ def measure(spec: dict, repeat: int) -> dict:
     walls = sorted(r["wall_s"] for r in runs)
     best = min(runs, key=lambda r: r["wall_s"])
     return {**best, "wall_median_s": walls[len(walls) // 2], "runs": repeat,
-            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "vm_hwm_mb": max(r["vm_hwm_mb"] for r in runs)}
 
 
 def row(label: str, n: int, c: int, T: int, W: int, r: dict) -> str:
     return (f"| {label} | {n:,} | {c} | {T} | {W} | {r['wall_s']:.2f} | {r['wall_median_s']:.2f} | {r['cpu_s']:.2f} | "
-            f"{r['peak_rss_mb']:.0f} | {r['rss_before_mb']:.0f} |")
+            f"{r['peak_rss_mb']:.0f} | {r['vm_hwm_mb']:.0f} | {r['rss_before_mb']:.0f} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="tdds-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     repeat = args.repeat or (1 if args.quick else 3)
-    header = ("| case | N | C | T | W | wall best (s) | wall median (s) | CPU (s) | peak RSS (MB) | RSS after imports (MB) |\n"
-              "|---|---|---|---|---|---|---|---|---|---|")
+    header = ("| case | N | C | T | W | wall best (s) | wall median (s) | CPU (s) | peak RSS (MB) | VmHWM (MB) | RSS after imports (MB) |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|")
     print(f"# tdds scoring benchmark, {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}")
     print(f"machine: {machine()}")
     print(f"load average at start: {load()}")
@@ -309,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         if inet is not None:
             print(f"measured at ImageNet-1K size (T=4, W=3): {inet['wall_s']:.0f} s wall, peak RSS {inet['peak_rss_mb']:.0f} MB")
         print(f"load average at end: {load()}")
+        print(f"this driver's own peak RSS (inherited by the forked cases' ru_maxrss): "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)

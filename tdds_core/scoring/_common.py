@@ -297,6 +297,7 @@ class EpochBlocks:
                 raise ArtifactError(f"{path} has shape {r.shape}, manifest says ({self.num_samples}, "
                                     f"{self.num_classes}); delete it and rerun training.")
             self.readers[int(t)] = r
+        self.itemsize = max((r.dtype.itemsize for r in self.readers.values()), default=4)
 
     def rows(self, t: int, a: int, b: int) -> np.ndarray:
         return self.readers[int(t)].rows(a, b)

@@ -52,6 +52,8 @@ INPUTS = ("logits", "probs")
 #: values per row block of the blocked path (rows = BLOCK_ELEMENTS // C): a block's buffers stay in
 #: the L2 cache and torch runs each operation on it single-threaded (parallelism comes from workers)
 BLOCK_ELEMENTS = 1 << 16
+#: bytes of stored logits read ahead for one block (all T epochs of its rows)
+PREFETCH_BYTES = 1 << 22
 
 
 def _check_options(T: int, W: int, decay: float, inner: str, signed: bool, aggregate: str, dtype: str,
@@ -141,26 +143,23 @@ def _kl_term_(L_prev: torch.Tensor, L: torch.Tensor, p: torch.Tensor, signed: bo
 
 
 def _row_range(x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-    """``(row max [n, 1], finite [n] bool)``. The max propagates NaN and +inf and a float64 row
-    sum catches -inf, so one finite total means every value is finite (float16/float32 logits
-    cannot overflow it; otherwise the rows are checked value by value)."""
+    """``(row max [n, 1], finite [n] bool)``. The max propagates NaN and +inf and the float64 sum
+    of the block catches -inf, so one finite total means every value is finite (float16/float32
+    logits cannot overflow it); otherwise the rows are checked value by value."""
     hi = x.amax(dim=1, keepdim=True)
-    rowsum = x.sum(dim=1, dtype=torch.float64).numpy()
-    if np.isfinite(hi.numpy().sum(dtype=np.float64) + rowsum.sum()):
+    if np.isfinite(float(x.sum(dtype=torch.float64)) + float(hi.sum(dtype=torch.float64))):
         return hi, np.ones(x.shape[0], dtype=bool)
-    finite = np.isfinite(hi.numpy()[:, 0]) & np.isfinite(rowsum)
-    if not finite.all():
-        rows = np.flatnonzero(~finite)
-        finite[rows] = torch.isfinite(x[torch.from_numpy(rows)]).all(dim=1).numpy()
-    return hi, finite
+    return hi, torch.isfinite(x).all(dim=1).numpy()
 
 
 class TddsAccumulator:
     """Streaming TDDS over one epoch at a time for a fixed set of ``n`` rows.
 
     Feed exactly ``T`` epochs with :meth:`update` (each ``[n, C]`` logits, or probabilities when
-    ``inputs="probs"``), then read :meth:`result`. Memory: three ``[n, C]`` work buffers and
-    ``W-1`` terms per row, whatever ``T``. Inputs are never modified.
+    ``inputs="probs"``), then read :meth:`result`. Memory, whatever ``T``: three ``[n, C]`` work
+    buffers in the compute dtype (this epoch's probabilities, its log-probabilities and the previous
+    epoch's), a float32 staging buffer for float16 input, and ``W-1`` terms per row. Inputs are
+    never modified.
     """
 
     def __init__(self, num_rows: int, *, T: int, W: int, decay: float = 0.9, inner: str = "kl", signed: bool = False,
@@ -385,8 +384,14 @@ def tdds_from_array(logits: np.ndarray, labels: Optional[np.ndarray] = None, *, 
     return finish_skipped(score, acc.bad, "tdds")
 
 
-def auto_block_rows(num_samples: int, num_classes: int) -> int:
-    return max(1, min(int(num_samples), BLOCK_ELEMENTS // max(1, int(num_classes))))
+def auto_block_rows(num_samples: int, num_classes: int, epochs: int = 1, itemsize: int = 0) -> int:
+    """Rows per block: ``BLOCK_ELEMENTS // C``, and no more than fit ``PREFETCH_BYTES`` when a block
+    of ``epochs`` epochs (``itemsize`` bytes a value) is read ahead, so memory stays flat in T."""
+    c = max(1, int(num_classes))
+    rows = BLOCK_ELEMENTS // c
+    if itemsize:
+        rows = min(rows, PREFETCH_BYTES // (int(epochs) * c * int(itemsize)))
+    return max(1, min(int(num_samples), rows))
 
 
 @register_method("tdds")
@@ -450,9 +455,10 @@ def _tdds_blocked(src: EpochBlocks, ts: list[int], labels: Optional[np.ndarray],
                   block_rows: Optional[int], workers: Optional[int], nan_policy: str) -> np.ndarray:
     """Row blocks of a tdds folder: the calling thread reads each block's rows of the T epochs in
     file order (so the checksums are computed from these reads) while ``workers`` threads run the
-    accumulators; at most ``workers + 1`` blocks are in memory."""
+    accumulators; at most ``workers + 1`` blocks (each at most ``PREFETCH_BYTES`` of logits) are in
+    memory."""
     n = src.num_samples
-    rows = int(block_rows) if block_rows else auto_block_rows(n, src.num_classes)
+    rows = int(block_rows) if block_rows else auto_block_rows(n, src.num_classes, len(ts), src.itemsize)
     nworkers = default_workers() if workers is None else int(workers)
     scores = np.empty(n, dtype=np.float64)
     bad = np.zeros(n, dtype=bool)
