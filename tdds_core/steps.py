@@ -5,24 +5,27 @@ the work itself is done by :mod:`tdds_core.stages` and the ``tracked_*`` functio
 
 What flows between the pipeline's tasks
 ---------------------------------------
-* The config travels as one JSON string (``Config.to_json()``), validated by every step.
+* The config travels as one JSON string parameter (``Config.to_json()``), validated by
+  :func:`open_run`; each cached stage gets the part of it that it reads
+  (:func:`stage_config_json`, fixed when the pipeline is built), so KFP's cache key of a stage
+  changes only when something the stage reads changes.
 * Every stage artifact lives in tdds's own store under ``cfg.output`` (local folder or ``s3://``) at
   its content/config-derived key. A KFP output artifact holds only a small JSON *pointer* to it
   (``{"format": "tdds-pointer/1", "kind", "uri", "key", "fingerprint", ...}``, also copied into the
   artifact's metadata), and a Metrics artifact holds the result rows (JSON) plus ``final_acc`` /
-  ``best_acc`` logged as KFP metrics. Pointers hold no run-specific values, so KFP's cache keys
-  (which include upstream artifacts) stay stable from run to run.
-* Where KFP cannot pass a collected artifact list into another loop (its compiler refuses
-  ``dsl.Collected`` of artifacts inside a ``ParallelFor``), the pointer also travels as a string.
+  ``best_acc`` logged as KFP metrics. Pointers hold no run-specific values, so the cache keys of
+  downstream tasks (which include upstream artifacts) stay stable from run to run.
+* :func:`select` materializes every (method, rate) selection in one task and points to all of them
+  (``kind: selections``); the pair and cross-architecture loops pick their item from it.
 
 Parent and child MLflow runs
 ----------------------------
 :func:`open_run` (not cached) loads the dataset, computes its fingerprint and creates the parent run
 ``pipeline/<name>`` (RUNNING, tagged with the pipeline run id and the *pipeline key*: a digest of
-the config and the fingerprint). Cached stage tasks must not take per-run inputs (that would defeat
-the cache), so a stage finds its parent by the pipeline key (newest RUNNING parent) and starts its
-child run with ``parent=`` (:class:`ParentedTracker`). A stage KFP serves from its cache does not
-run, and a stage whose finished MLflow run already exists (same ``tdds.key``) reuses it; either
+the experiment name, the output root and the dataset fingerprint). Cached stage tasks must not
+take per-run inputs (that would defeat the cache), so a stage finds its parent by the pipeline key
+(the newest RUNNING one; two such pipelines running at once would share it) and starts its child
+run with ``parent=`` (:class:`ParentedTracker`). A stage KFP serves from its cache does not run, and a stage whose finished MLflow run already exists (same ``tdds.key``) reuses it; either
 way no duplicate child appears. :func:`report` (not cached) logs the table into a ``report`` child
 and ends the parent FINISHED; :func:`close_run` (the exit handler) ends it FAILED if the pipeline
 stopped before that.
