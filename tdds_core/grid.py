@@ -224,6 +224,8 @@ def run_grid(cfg: Config, *, tracker: Tracker | None = None, pipeline_run_id: st
                     rows.append(tracked_coreset(cfg, tracker, splits, sel, label=label, method_name=m.name, rate=rate, seed=seed))
                 if _evaluated(cfg, m, label, rate):
                     for arch in cfg.evaluate.archs:
+                        if arch == cfg.model.arch:
+                            continue  # the coreset row above is this architecture's row
                         rows.append(tracked_coreset(cfg, tracker, splits, sel, label=label, method_name=m.name, rate=rate,
                                                     seed=cfg.coreset.seeds[0], arch=arch, stage=STAGE_EVALUATE))
         report_dir = _report_dir(cfg)

@@ -1,0 +1,32 @@
+"""The GPU suite's reduced CPU mode runs end to end (so the script cannot rot) and publishes its own figures."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_gpu_suite_smoke_mode(tmp_path):
+    out = tmp_path / "suite"
+    env = {"PYTHON": sys.executable, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TDDS_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "--smoke", "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    thr = json.loads((out / "throughput.json").read_text())
+    assert thr["engine_capture_img_s"] > 0 and thr["reference_img_s"] > 0 and "speedup_vs_reference" in thr
+    grid = json.loads((out / "grid_time.json").read_text())
+    assert grid["wall_s"] > 0
+    bench = (out / "docs" / "BENCHMARKS.md").read_text()
+    results = (out / "docs" / "RESULTS.md").read_text()
+    # the documents hold the figures the suite printed, not retyped ones
+    assert f"{thr['engine_capture_img_s']:,.1f}" in bench
+    assert (out / "grid" / "report" / "table.md").read_text().strip() in results
+    assert f"{grid['wall_s']:.0f} s" in results
+    assert (out / "docs" / "results_smoke_accuracy_vs_rate.png").stat().st_size > 1000
+    # the smoke grid has the cross-architecture row for TDDS and Random at 70%
+    table = (out / "grid" / "report" / "table.csv").read_text()
+    assert "tdds" in table and "random" in table and "resnet18" in table
