@@ -30,7 +30,7 @@ def _local_tracking(monkeypatch):
 
 
 def _run(out: Path, capfd, *extra: str) -> tuple[int, str]:
-    rc = main(["run", "--config", str(REPO / "configs" / "quickstart.yaml"), "--set", f"output={out}",
+    rc = main(["run", "--config", str(REPO / "configs" / "quickstart.yaml"), "--out", str(out),
                *[x for o in TINY + list(extra) for x in ("--set", o)]])
     cap = capfd.readouterr()
     return rc, cap.out + cap.err

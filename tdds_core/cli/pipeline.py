@@ -29,6 +29,7 @@ def register(sub) -> None:
     add_config_args(r)
     r.add_argument("--pipeline", choices=["prune", "reprune"], default="prune",
                    help="prune (default) or reprune (also record how each coreset changed since the previous dataset version).")
+    r.add_argument("--out", help="Output root (local folder or s3://bucket/prefix); default: the config's output.")
     r.set_defaults(func=run_cmd)
 
     c = sub.add_parser("compile", help="Compile the pipeline for a config to KFP v2 YAML.")
@@ -60,7 +61,10 @@ def register(sub) -> None:
 def _cfg(args):
     from ..config import load_config
 
-    return load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
+    if getattr(args, "out", None) and args.func is run_cmd:
+        cfg.output = args.out
+    return cfg
 
 
 def _env(items: list[str]) -> dict[str, str]:
