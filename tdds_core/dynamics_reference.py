@@ -17,7 +17,8 @@ order, the MEAN of the visits for a duplicated index and NaN rows for unvisited 
 scorers report under their ``nan_policy``).
 
 The layout has no labels, ids or fingerprint: pass ``labels`` (``--labels FILE``) for methods that
-need them; ids are the indices as strings; the fingerprint is derived from N, C and the labels.
+need them; ids are the indices as strings; the fingerprint is derived from N, C and the first
+epoch's ``_Index.npy`` (so it identifies the recording whether or not labels are given).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from .errors import ArtifactError, ScoringError
-from .io import MANIFEST, load_npy
+from .io import MANIFEST, load_npy, sha256_file
 
 __all__ = ["ReferenceDynamics", "open_reference_dynamics", "open_any_dynamics", "is_reference_folder"]
 
@@ -81,7 +82,7 @@ class ReferenceDynamics:
         N when no labels are given (default: the number of rows of the first epoch, as the
         authors' code assumes).
     fingerprint : str, optional
-        Dataset fingerprint to report (default: derived from N, C and the labels).
+        Dataset fingerprint to report (default: derived from N, C and the first epoch's visit order).
     """
 
     format = FORMAT
@@ -140,9 +141,9 @@ class ReferenceDynamics:
         return load_npy(self.folder / name, mmap=mmap)
 
     def _derive_fingerprint(self) -> str:
+        """N, C and the first epoch's visit order: identifies this recording, with or without labels."""
         h = hashlib.sha256(json.dumps({"format": FORMAT, "N": self.num_samples, "C": self.num_classes}).encode())
-        if self._labels is not None:
-            h.update(self._labels.tobytes())
+        h.update(sha256_file(self.folder / f"{self.epochs[0]}_Index.npy").encode())
         return "ref-" + h.hexdigest()[:16]
 
     def _check_epoch(self, t: int) -> None:

@@ -148,6 +148,11 @@ def test_reference_format_with_labels(tmp_path, capsys):
     rc, _, _ = run(capsys, "select", "--scores", tmp_path / "a.npy", "--rate", 0.5, "--dynamics", ref, "--labels", labels,
                    "--out", tmp_path / "sel")
     assert rc == 0 and load_selection(tmp_path / "sel").labels is not None
+    # scored without labels (TDDS needs none), selected class-balanced with them: same recording
+    rc, _, err = run(capsys, "select", "--scores", tmp_path / "t.npy", "--rate", 0.5, "--class-balanced", "--dynamics", ref,
+                     "--labels", labels, "--out", tmp_path / "bal")
+    assert rc == 0, err
+    assert load_selection(tmp_path / "bal", expected_fingerprint=side["fingerprint"]).class_balanced
 
 
 def test_nan_policy_flag(tmp_path, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
@@ -240,13 +241,15 @@ class _NpyRows:
             raise ArtifactError(f"{self.path} is truncated ({size} of {self.data_end} bytes); delete it and rerun training.")
         self._hash = hashlib.sha256(header) if hash_rows else None
         self._next = 0
+        self._fd: Optional[int] = None
 
     def rows(self, a: int, b: int) -> np.ndarray:
-        count = (b - a) * self.shape[1]
-        with open(self.path, "rb") as f:
-            f.seek(self.offset + a * self.row_bytes)
-            arr = np.fromfile(f, dtype=self.dtype, count=count)
-        if arr.size != count:
+        arr = np.empty((b - a) * self.shape[1], dtype=self.dtype)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        want = arr.nbytes
+        got = os.preadv(self._fd, [memoryview(arr).cast("B")], self.offset + a * self.row_bytes) if want else 0
+        if got != want:
             raise ArtifactError(f"{self.path} is truncated; delete it and rerun training.")
         if self._hash is not None:
             if a == self._next:
@@ -255,6 +258,17 @@ class _NpyRows:
             else:  # out-of-order reads: fall back to hashing the file at the end
                 self._hash = None
         return arr.reshape(b - a, self.shape[1])
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:  # pragma: no cover - safety net; EpochBlocks.close() is the normal path
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def sha256(self) -> str:
         """SHA-256 of the whole file: from the in-order reads when they covered every row, else by
@@ -320,17 +334,24 @@ class EpochBlocks:
         for t in self.readers:
             self.check(t)
 
+    def close(self) -> None:
+        for r in self.readers.values():
+            r.close()
+
     def count_nonfinite(self, t: int) -> tuple[int, int]:
         """(count, first row) of rows with NaN/Inf in epoch ``t``, scanning it in blocks."""
         count, first = 0, -1
         r = self.readers[int(t)]
         scan = _NpyRows(r.path)
-        for a, b in row_chunks(self.num_samples, self.num_classes):
-            bad = ~finite_rows(scan.rows(a, b))
-            if bad.any():
-                if first < 0:
-                    first = a + int(np.flatnonzero(bad)[0])
-                count += int(bad.sum())
+        try:
+            for a, b in row_chunks(self.num_samples, self.num_classes):
+                bad = ~finite_rows(scan.rows(a, b))
+                if bad.any():
+                    if first < 0:
+                        first = a + int(np.flatnonzero(bad)[0])
+                    count += int(bad.sum())
+        finally:
+            scan.close()
         return count, first
 
 

@@ -480,9 +480,12 @@ def _tdds_blocked(src: EpochBlocks, ts: list[int], labels: Optional[np.ndarray],
             raise NonFiniteError(e.epoch, count, first) from e
 
     starts = range(0, n, rows)
-    with _torch_threads(1):  # one block = one thread; torch's own pool would only spin between small ops
-        _run_blocks(src, ts, starts, rows, n, nworkers, work, settle)
-    src.finish()
+    try:
+        with _torch_threads(1):  # one block = one thread; torch's own pool would only spin between small ops
+            _run_blocks(src, ts, starts, rows, n, nworkers, work, settle)
+        src.finish()
+    finally:
+        src.close()
     return finish_skipped(scores, bad, "tdds")
 
 
