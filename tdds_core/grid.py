@@ -57,7 +57,7 @@ def tracked_train_full(cfg: Config, tracker: Tracker, splits: Splits) -> stages.
     with tracker.start_run(name, key=key, tags=tags) as run:
         out = stages.train_full(cfg, splits=splits, on_epoch=None if run.reused else _epoch_logger(tracker))
         if not run.reused:
-            tracker.log_params({k: v for k, v in cfg.flat().items() if not k.startswith(("methods", "pipeline"))})
+            tracker.log_params({k: v for k, v in cfg.flat().items() if k.split(".", 1)[0] in stages.IDENTITY_SECTIONS})
             tracker.log_metrics(_result_metrics(out.result))
             tracker.set_tags({TAG_ARTIFACT_URI: out.uri})
             tracker.log_input_dataset(cfg.data.name, splits.fingerprint, source=str(cfg.data.root or cfg.data.name))
@@ -68,7 +68,7 @@ def tracked_train_full(cfg: Config, tracker: Tracker, splits: Splits) -> stages.
 
 def tracked_score(cfg: Config, tracker: Tracker, splits: Splits, train_uri: str, method: MethodSpec,
                   params: dict) -> stages.StageOutput:
-    label = _label(method, params)
+    label = method_label(method, params)
     name = run_name(STAGE_SCORE, method=label)
     key = run_key(name, splits.fingerprint, {"train": train_uri, "method": method.name, "params": params})
     tags = {TAG_STAGE: STAGE_SCORE, TAG_METHOD: label, TAG_METHOD_NAME: method.name, TAG_FINGERPRINT: splits.fingerprint}
@@ -128,7 +128,7 @@ def tracked_coreset(cfg: Config, tracker: Tracker, splits: Splits, selection: st
     return row
 
 
-def _label(method: MethodSpec, params: dict) -> str:
+def method_label(method: MethodSpec, params: dict) -> str:
     if method.label:
         return method.label
     if params == method.params or method.per_rate:
@@ -219,10 +219,10 @@ def run_grid(cfg: Config, *, tracker: Tracker | None = None, pipeline_run_id: st
                 params = m.params_for(rate)
                 sc = tracked_score(cfg, tracker, splits, full.uri, m, params)
                 sel = stages.select(cfg, full.uri, sc.uri, rate)
-                label = _label(m, params)
+                label = method_label(m, params)
                 for seed in cfg.coreset.seeds:
                     rows.append(tracked_coreset(cfg, tracker, splits, sel, label=label, method_name=m.name, rate=rate, seed=seed))
-                if _evaluated(cfg, m, label, rate):
+                if is_evaluated(cfg, m, label, rate):
                     for arch in cfg.evaluate.archs:
                         if arch == cfg.model.arch:
                             continue  # the coreset row above is this architecture's row
@@ -235,7 +235,7 @@ def run_grid(cfg: Config, *, tracker: Tracker | None = None, pipeline_run_id: st
     return GridResult(rows, report_dir, md, run_id)
 
 
-def _evaluated(cfg: Config, m: MethodSpec, label: str, rate: float) -> bool:
+def is_evaluated(cfg: Config, m: MethodSpec, label: str, rate: float) -> bool:
     return any(abs(rate - r) < 1e-9 for r in cfg.evaluate.rates) and (m.name in cfg.evaluate.methods or label in cfg.evaluate.methods)
 
 

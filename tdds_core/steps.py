@@ -138,14 +138,15 @@ def pipeline_plan(cfg: Config) -> PipelinePlan:
     for m in cfg.methods:
         for rate in (m.rates or cfg.selection.rates):
             params = m.params_for(rate)
-            label = grid._label(m, params)
+            label = grid.method_label(m, params)
             skey = f"{_slug(label)}-{config_digest({'name': m.name, 'params': params, 'label': label}, 8)}"
             scores.setdefault(skey, {"key": skey, "label": label, "spec": m.model_dump(mode="json"), "params": params})
             pk = pair_key(skey, rate)
             pairs.setdefault(pk, {"key": pk, "score_key": skey, "rate": repr(float(rate)), "label": label})
-            if grid._evaluated(cfg, m, label, rate):
+            if grid.is_evaluated(cfg, m, label, rate):
                 for arch in cfg.evaluate.archs:
-                    evals.setdefault((pk, arch), {"key": pk, "arch": arch})
+                    if arch != cfg.model.arch:  # as the grid: that row is the coreset row itself
+                        evals.setdefault((pk, arch), {"key": pk, "arch": arch})
     if not pairs:
         raise ConfigError("the config names no (method, pruning rate) pair; set methods and selection.rates")
     return PipelinePlan(list(scores.values()), list(pairs.values()), list(evals.values()))
