@@ -9,8 +9,10 @@ The authors' ``train.py`` saves, for every epoch ``t``, three files in one folde
 Their ``importance_evaluation.py`` soft-maxes each visit row and adds the rows into an ``[N, C]``
 matrix by index (``index_add``): rows sharing an index are SUMMED (after the softmax) and samples
 that were not visited keep an all-zero probability row. :meth:`ReferenceDynamics.probabilities`
-builds exactly that matrix, and the TDDS scorer consumes it directly (``iter_probs``), so TDDS of a
-reference folder follows the authors' semantics.
+builds exactly that matrix, and the TDDS scorer consumes it (``iter_tdds_inputs``: for an epoch
+that visits every sample exactly once the matrix is the softmax of the logits in sample order, so
+those logits are handed over and soft-maxed by the scorer), so TDDS of a reference folder follows
+the authors' semantics.
 
 Methods that need logits use :meth:`ReferenceDynamics.epoch` / ``iter_epochs``: logits in sample
 order, the MEAN of the visits for a duplicated index and NaN rows for unvisited samples (which the
@@ -225,6 +227,25 @@ class ReferenceDynamics:
         if bad.any():
             P[idx[bad]] = np.nan
         return P
+
+    def tdds_input(self, t: int) -> tuple[str, np.ndarray]:
+        """What TDDS needs of epoch ``t``, cheaply: when every sample was visited exactly once the
+        authors' matrix is just the softmax of the logits in sample order, so ``("logits", X)`` is
+        returned for the scorer to soft-max; otherwise ``("probs", probabilities(t))``."""
+        out, idx = self.visits(t)
+        if len(idx) == self.num_samples and np.bincount(idx, minlength=self.num_samples).max(initial=0) == 1:
+            row_of = np.empty(self.num_samples, dtype=np.int64)
+            row_of[idx] = np.arange(self.num_samples)
+            return "logits", out[row_of]
+        return "probs", self.probabilities(t)
+
+    def iter_tdds_inputs(self, start: int = 0, stop: Optional[int] = None) -> Iterator[tuple[int, np.ndarray, str]]:
+        """Yield ``(t, array, kind)`` from :meth:`tdds_input` for recorded epochs ``start <= t < stop``."""
+        for t in self.epochs:
+            if t < start or (stop is not None and t >= stop):
+                continue
+            kind, arr = self.tdds_input(t)
+            yield t, arr, kind
 
     def iter_probs(self, start: int = 0, stop: Optional[int] = None, *, dtype: str = "float64") -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(t, probabilities [N, C])`` for recorded epochs ``start <= t < stop``."""

@@ -243,6 +243,23 @@ def test_reference_layout_matches_authors_procedure(tmp_path):
     assert got.std() > 0
 
 
+def test_reference_layout_mixing_clean_and_messy_epochs(tmp_path):
+    """Epochs that visit every sample once are soft-maxed by the scorer, the others come as the
+    authors' summed matrices; both kinds in one trajectory give the authors' numbers."""
+    rng = np.random.default_rng(47)
+    X, _ = trajectory(47, 7, 26, 4)
+    outputs, indexes = messy_visits(rng, X, n_dup=0)
+    messy_o, messy_i = messy_visits(rng, X, n_dup=3)
+    for t in (2, 5):
+        outputs[t], indexes[t] = messy_o[t], messy_i[t]
+    dyn = ReferenceDynamics(write_reference(tmp_path / "ref", outputs, indexes))
+    assert [dyn.tdds_input(t)[0] for t in range(7)] == ["logits", "logits", "probs", "logits", "logits", "probs", "logits"]
+    got = compute_scores("tdds", dyn, T=7, W=3)
+    np.testing.assert_allclose(got, authors_procedure(outputs, indexes, 26, T=7, W=3), rtol=1e-10, atol=1e-12)
+    via_matrices = tdds_from_epochs(dyn.iter_probs(0, 7), T=7, W=3, inputs="probs")
+    np.testing.assert_allclose(got, via_matrices, rtol=1e-12, atol=1e-14)
+
+
 def test_reference_layout_with_fewer_rows_than_samples(tmp_path):
     rng = np.random.default_rng(43)
     X, y = trajectory(43, 6, 25, 4)

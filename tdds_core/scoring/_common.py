@@ -28,11 +28,11 @@ CHUNK_ELEMENTS = 1 << 21
 class NonFiniteError(ScoringError):
     """NaN/Inf in the scoring inputs of one epoch (``nan_policy="raise"``)."""
 
-    def __init__(self, epoch: Any, count: int, first: int, what: str = "logits", scope: str = ""):
+    def __init__(self, epoch: Any, count: int, first: int, what: str = "logits"):
         self.epoch, self.count, self.first, self.what = epoch, int(count), int(first), what
         where = f"epoch {epoch}" if epoch is not None else "the input"
         super().__init__(
-            f"{where}{scope}: {count} sample{'s' if count != 1 else ''} with NaN/Inf {what} (first: sample {first}); "
+            f"{where}: {count} sample{'s' if count != 1 else ''} with NaN/Inf {what} (first: sample {first}); "
             "the training run diverged or the file is damaged. Rerun training, or pass nan_policy='skip' "
             "(CLI: --nan-policy skip) to give those samples the lowest score."
         )

@@ -191,7 +191,7 @@ class TddsAccumulator:
         self._acc = np.zeros(self.n, dtype=np.float64)
 
     # -- per-epoch kernel --------------------------------------------------------------------
-    def _load(self, x: Any, out: Optional[torch.Tensor], epoch: Any) -> torch.Tensor:
+    def _load(self, x: Any, out: Optional[torch.Tensor], epoch: Any, inputs: Optional[str] = None) -> torch.Tensor:
         """Copy ``x`` into ``out`` (compute dtype), check it and zero skipped rows; -> probabilities."""
         src = _source_tensor(x)
         if out is None:
@@ -207,7 +207,7 @@ class TddsAccumulator:
             bad = torch.from_numpy(self.guard.check(finite, epoch, report_offset=self.row_offset))
             out[bad] = 0.0
             row_max[bad] = 0.0
-        return _softmax_(out, row_max) if self.inputs == "logits" else out
+        return _softmax_(out, row_max) if (inputs or self.inputs) == "logits" else out
 
     def _small_state(self, p: torch.Tensor) -> torch.Tensor:
         assert self._y is not None
@@ -223,9 +223,9 @@ class TddsAccumulator:
             return d if self.signed else d.abs()
         return cur  # el2n: the newer epoch's EL2N
 
-    def _term(self, x: Any, epoch: Any) -> Optional[np.ndarray]:
+    def _term(self, x: Any, epoch: Any, inputs: Optional[str] = None) -> Optional[np.ndarray]:
         """Process one epoch; return the pair term with the previous epoch (None for the first)."""
-        p = self._x = self._load(x, self._x, epoch)
+        p = self._x = self._load(x, self._x, epoch, inputs)
         if self.inner == "kl":
             if self._L is None:
                 self._L = torch.empty_like(p)
@@ -243,8 +243,11 @@ class TddsAccumulator:
         return None if d is None else d.to(torch.float64).numpy()
 
     # -- public ------------------------------------------------------------------------------
-    def update(self, x: Any, *, epoch: Any = None) -> None:
-        """Add the next epoch (``[n, C]``)."""
+    def update(self, x: Any, *, epoch: Any = None, inputs: Optional[str] = None) -> None:
+        """Add the next epoch (``[n, C]``); ``inputs`` ("logits"/"probs") overrides the
+        accumulator's kind for this epoch."""
+        if inputs is not None and inputs not in INPUTS:
+            raise ScoringError(f"inputs must be one of {', '.join(INPUTS)}, got {inputs!r}")
         if self.seen >= self.T:
             raise ScoringError(f"TDDS already received its T={self.T} epochs")
         epoch = self.seen if epoch is None else epoch
@@ -258,7 +261,7 @@ class TddsAccumulator:
                                    f"has {shape[1]} classes")
         elif shape[1] != self.num_classes:
             raise ScoringError(f"epoch {epoch} has {shape[1]} classes but earlier epochs had {self.num_classes}")
-        d = self._term(x, epoch)
+        d = self._term(x, epoch, inputs)
         if d is not None:
             self._ring.append(d)
             if len(self._ring) == self.W - 1:
@@ -290,10 +293,10 @@ def tdds_from_epochs(epochs: Iterable[Any], labels: Optional[np.ndarray] = None,
 
     Parameters
     ----------
-    epochs : iterable of array ``[N, C]`` or of ``(t, array)`` pairs
+    epochs : iterable of array ``[N, C]``, of ``(t, array)`` pairs or of ``(t, array, kind)`` triples
         Logits (any float dtype; converted to ``dtype`` before the softmax), or probabilities when
         ``inputs="probs"`` (rows need not sum to 1: the authors' per-index sums are used as given).
-        Never modified.
+        A triple's ``kind`` ("logits" or "probs") overrides ``inputs`` for that epoch. Never modified.
     labels : array ``(N,)`` of int, optional
         Needed for ``inner="loss"`` and ``inner="el2n"``; checked against N and C when given.
     T, W, decay, inner, signed, aggregate, dtype, nan_policy
@@ -323,7 +326,11 @@ def tdds_from_epochs(epochs: Iterable[Any], labels: Optional[np.ndarray] = None,
                 item = next(it)
             except StopIteration:
                 raise ScoringError(f"TDDS needs T={T} epochs but the input held only {i}; lower T or record more epochs") from None
-            t, arr = split_item(item, i)
+            kind = None
+            if isinstance(item, tuple) and len(item) == 3:
+                t, arr, kind = item
+            else:
+                t, arr = split_item(item, i)
             shape = tuple(getattr(arr, "shape", ()))
             if len(shape) != 2:
                 raise ScoringError(f"epoch {t}: expected a 2-D [N, C] array, got shape {shape or None}")
@@ -341,9 +348,9 @@ def tdds_from_epochs(epochs: Iterable[Any], labels: Optional[np.ndarray] = None,
             try:
                 if nworkers <= 1 or len(accs) == 1:
                     for acc, (a, b) in zip(accs, spans):
-                        acc.update(arr[a:b], epoch=t)
+                        acc.update(arr[a:b], epoch=t, inputs=kind)
                 else:
-                    for f in [pool.submit(acc.update, arr[a:b], epoch=t) for acc, (a, b) in zip(accs, spans)]:
+                    for f in [pool.submit(acc.update, arr[a:b], epoch=t, inputs=kind) for acc, (a, b) in zip(accs, spans)]:
                         f.result()
             except NonFiniteError as e:  # report the whole epoch, not one block
                 bad_rows = ~finite_rows(np.asarray(arr))
@@ -403,9 +410,10 @@ def tdds(dynamics: Any, *, T: int = 30, W: int = 10, decay: float = 0.9, start: 
     Parameters
     ----------
     dynamics : Dynamics or ReferenceDynamics
-        Per-epoch ``[N, C]`` logits. For the authors' layout (``ReferenceDynamics``) the per-epoch
-        probability matrices are built as the authors do (softmax per visit, summed by sample index,
-        zero rows for unvisited samples) and used directly.
+        Per-epoch ``[N, C]`` logits. For the authors' layout (``ReferenceDynamics``) each epoch's
+        probability matrix is the authors' one (softmax per visit, summed by sample index, zero rows
+        for unvisited samples; for an epoch that visits every sample once, simply the softmax of its
+        logits in sample order).
     T : int
         Trajectory length: epochs ``start .. start+T-1`` (all must be recorded). Default 30.
     W : int
@@ -440,9 +448,9 @@ def tdds(dynamics: Any, *, T: int = 30, W: int = 10, decay: float = 0.9, start: 
     opts = dict(T=int(T), W=int(W), decay=float(decay), inner=inner, signed=bool(signed), aggregate=aggregate, dtype=dtype)
 
     perf = dict(block_rows=block_rows, workers=workers)
-    iter_probs = getattr(dynamics, "iter_probs", None)
-    if iter_probs is not None:  # the authors' layout: their per-index probability matrices
-        return tdds_from_epochs(iter_probs(ts[0], ts[-1] + 1), labels, inputs="probs", nan_policy=nan_policy,
+    iter_inputs = getattr(dynamics, "iter_tdds_inputs", None)
+    if iter_inputs is not None:  # the authors' layout: their per-index probabilities (see ReferenceDynamics)
+        return tdds_from_epochs(iter_inputs(ts[0], ts[-1] + 1), labels, inputs="probs", nan_policy=nan_policy,
                                 **opts, **perf)
     if not blockable(dynamics):
         return tdds_from_epochs(dynamics.iter_epochs(ts[0], ts[-1] + 1), labels, nan_policy=nan_policy, **opts, **perf)
