@@ -42,7 +42,7 @@ PY
 
 echo "== 1. training throughput"
 if [ "$MODE" = smoke ]; then
-  "$PY" benchmarks/train_throughput.py --device cpu --arch small_cnn --n 300 --epochs 1 --json "$OUT/throughput.json"
+  "$PY" benchmarks/train_throughput.py --device cpu --arch small_cnn --n 300 --epochs 1 --repeat 1 --json "$OUT/throughput.json"
 else
   "$PY" benchmarks/train_throughput.py --arch resnet18 --n 20000 --epochs 2 --json "$OUT/throughput.json"
 fi
