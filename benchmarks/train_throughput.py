@@ -19,7 +19,6 @@ import tempfile
 import time
 from datetime import date
 
-import numpy as np
 import torch
 
 

@@ -22,7 +22,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
 from tdds_core.config import Config
 from tdds_core.errors import PipelineError

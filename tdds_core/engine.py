@@ -13,7 +13,6 @@ Outputs in ``out_dir``: ``run.json`` (spec and digest; a folder holding another 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import random

@@ -16,7 +16,6 @@ the work, so reruns and interrupted grids continue where they stopped.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -38,7 +38,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from .config import Config, MethodSpec, config_digest, parse_config
 from .errors import ArtifactError, ConfigError, DataError, PipelineError, TrackingError

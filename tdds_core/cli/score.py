@@ -122,7 +122,6 @@ def _read_sidecar(scores_path: Path) -> Optional[dict]:
 
 
 def run_select(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from ..dynamics_reference import open_any_dynamics
     from ..errors import ArtifactError, ScoringError
