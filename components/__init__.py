@@ -14,7 +14,8 @@ from . import stages
 __all__ = ["Components", "make_components", "GPU_STAGES", "CPU_STAGES", "stages"]
 
 GPU_STAGES = ("train_full", "train_coreset", "evaluate_cross_arch")
-CPU_STAGES = ("open_run", "score", "materialize_subset", "report", "close_run", "reprune_diff")
+CPU_STAGES = ("open_run", "score", "collect_scores", "materialize_subset", "collect_selections", "report", "close_run",
+              "reprune_diff")
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,9 @@ class Components:
     open_run: Any
     train_full: Any
     score: Any
+    collect_scores: Any
     materialize_subset: Any
+    collect_selections: Any
     train_coreset: Any
     evaluate_cross_arch: Any
     report: Any

@@ -44,14 +44,29 @@ def score(config_json: str, method_json: str, train: Input[Model], scores: Outpu
                artifact=scores)
 
 
-def materialize_subset(config_json: str, train: Input[Model], scores: Input[List[Artifact]],
+def collect_scores(scores: Input[List[Artifact]], score_set: Output[Artifact]):
+    """Fan-in after the score loop: one pointer to every method setting's scores."""
+    from tdds_core import steps
+
+    steps.emit(steps.collect([steps.read_pointer(s.path) for s in scores], "score-set"), artifact=score_set)
+
+
+def materialize_subset(config_json: str, rate_json: str, train: Input[Model], score_set: Input[Artifact],
                        selections: Output[Dataset], counts: Output[Metrics]):
-    """Keep the most important samples: the selection (coreset ids, weights) of every (method, rate)."""
+    """Keep the most important samples at one pruning rate: the selection (coreset ids, weights) of
+    every method setting (an item of the rate loop)."""
     from tdds_core import steps
 
     result = steps.select(config_json, train_pointer=steps.read_pointer(train.path),
-                          score_pointers=[steps.read_pointer(s.path) for s in scores])
+                          scores=steps.read_pointer(score_set.path), rate_json=rate_json)
     steps.emit(result, artifact=selections, metrics=counts)
+
+
+def collect_selections(selections: Input[List[Dataset]], merged: Output[Dataset]):
+    """Fan-in after the rate loop: one pointer to the selection of every (method, rate) pair."""
+    from tdds_core import steps
+
+    steps.emit(steps.collect([steps.read_pointer(s.path) for s in selections], "selections"), artifact=merged)
 
 
 def train_coreset(config_json: str, pair_json: str, selections: Input[Dataset], model: Output[Model],

@@ -7,12 +7,14 @@ computed from the config when the pipeline is built (:func:`tdds_core.steps.pipe
     open-run                  not cached: dataset fingerprint, parent MLflow run
     train-full                GPU, retries: model + dynamics, metrics
     ParallelFor methods       score (one task per method setting, in parallel)
-    materialize-subset        dsl.Collected(scores) -> the selection of every (method, rate)
+    collect-scores            dsl.Collected(scores) -> one pointer to every setting's scores
+    ParallelFor rates         materialize-subset (one task per pruning rate): the selection of every setting
+    collect-selections        dsl.Collected(selections) -> one pointer to every (method, rate) selection
     ParallelFor pairs         train-coreset: ONE flat loop over the precomputed (method x rate) pairs
     ParallelFor eval items    evaluate-cross-arch: (evaluated pair x architecture), only when configured
     report                    not cached: dsl.Collected(metrics) -> table, plot, MLflow; ends the parent run
 
-``tdds-reprune`` is the same DAG plus ``reprune-diff`` (not cached) after the selections: how each
+``tdds-reprune`` is the same DAG plus ``reprune-diff`` (not cached) after collect-selections: how each
 coreset changed against the previous dataset version (:mod:`tdds_core.reprune`).
 
 Why it looks like this (kfp 2.17.3, checked under ``kfp.local`` and the compiler):
@@ -21,7 +23,8 @@ Why it looks like this (kfp 2.17.3, checked under ``kfp.local`` and the compiler
   flat, precomputed list;
 * the compiler refuses ``dsl.Collected`` of artifacts inside another loop, and a collected
   parameter list consumed inside another loop arrives with wrong values under ``kfp.local``; so
-  selection runs once, between the loops, and each loop reads one upstream artifact;
+  each fan-in goes through a small collect task outside the loops, and each loop reads one
+  upstream artifact;
 * loop items that are dicts inside an exit handler compile into root inputs that do not exist, so
   items are JSON strings, parsed by the step;
 * an upstream task's parameter output consumed inside a loop is replaced by the loop item under
@@ -89,9 +92,14 @@ def _wire(cfg: Config, plan: PipelinePlan, c: Components, config_json: Any, run_
         with dsl.ParallelFor(plan.score_items, name="score-methods") as method:
             scored = _light(c.score(config_json=stage_cfg["score"], method_json=method, train=full.outputs["model"]),
                             cfg, env, cached=True)
-        chosen = _light(c.materialize_subset(config_json=stage_cfg["select"], train=full.outputs["model"],
-                                             scores=dsl.Collected(scored.outputs["scores"])), cfg, env, cached=True)
-        selections = chosen.outputs["selections"]
+        score_set = _light(c.collect_scores(scores=dsl.Collected(scored.outputs["scores"])), cfg, env, cached=True)
+        with dsl.ParallelFor(plan.rate_items, name="pruning-rates") as rate:
+            chosen = _light(c.materialize_subset(config_json=stage_cfg["select"], rate_json=rate,
+                                                 train=full.outputs["model"], score_set=score_set.outputs["score_set"]),
+                            cfg, env, cached=True)
+        merged = _light(c.collect_selections(selections=dsl.Collected(chosen.outputs["selections"])), cfg, env,
+                        cached=True)
+        selections = merged.outputs["merged"]
         with dsl.ParallelFor(plan.pair_items, name="method-rate-pairs") as pair:
             coreset = _training(c.train_coreset(config_json=stage_cfg["coreset"], pair_json=pair, selections=selections),
                                 cfg, env)

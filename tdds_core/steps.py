@@ -15,8 +15,12 @@ What flows between the pipeline's tasks
   artifact's metadata), and a Metrics artifact holds the result rows (JSON) plus ``final_acc`` /
   ``best_acc`` logged as KFP metrics. Pointers hold no run-specific values, so the cache keys of
   downstream tasks (which include upstream artifacts) stay stable from run to run.
-* :func:`select` materializes every (method, rate) selection in one task and points to all of them
-  (``kind: selections``); the pair and cross-architecture loops pick their item from it.
+* :func:`collect` merges the pointers of a loop's outputs into one (``kind: score-set`` after the
+  score loop, ``kind: selections`` after the rate loop): kfp 2.17 cannot feed a collected artifact
+  list into a task inside another loop, so each fan-in goes through one small task.
+* :func:`select` materializes the selections of one pruning rate (one task per rate, every method
+  setting) and points to them (``kind: selections``); the pair and cross-architecture loops pick
+  their item from the merged selections.
 
 Parent and child MLflow runs
 ----------------------------
@@ -45,7 +49,8 @@ from .errors import ArtifactError, ConfigError, DataError, PipelineError, Tracki
 
 __all__ = [
     "POINTER_FORMAT", "TAG_PIPELINE_KEY", "StepResult", "PipelinePlan", "ParentedTracker", "load_config_json",
-    "pipeline_plan", "pipeline_key", "pair_key", "stage_config_json", "STAGE_SECTIONS", "build_digest", "open_run", "train_full", "score", "select", "train_coreset",
+    "pipeline_plan", "pipeline_key", "pair_key", "stage_config_json", "STAGE_SECTIONS", "build_digest", "open_run",
+    "train_full", "score", "collect", "select", "train_coreset",
     "evaluate_cross_arch", "report", "close_run", "reprune", "emit", "read_pointer", "read_rows",
     "find_parent_run", "effective_run_id",
 ]
@@ -97,6 +102,7 @@ class PipelinePlan:
     """The loop items of the pipeline, computed from the config when the pipeline is built.
 
     ``scores``: one per distinct (method, params) setting, ``{"key", "label", "spec", "params"}``;
+    ``rates``: one per distinct pruning rate, ``{"rate", "pairs"}`` (the pair keys at that rate);
     ``pairs``: one per (setting, rate), ``{"key", "score_key", "rate", "label"}``; ``evals``: one per
     (evaluated pair, architecture), ``{"key", "arch"}``. The pipeline loops over their JSON strings
     (``*_items``): KFP turns numbers in loop items into floats, and dict items inside an exit
@@ -107,6 +113,13 @@ class PipelinePlan:
     pairs: list[dict]
     evals: list[dict]
 
+    @property
+    def rates(self) -> list[dict]:
+        by_rate: dict[str, list[str]] = {}
+        for p in self.pairs:
+            by_rate.setdefault(p["rate"], []).append(p["key"])
+        return [{"rate": r, "pairs": keys} for r, keys in sorted(by_rate.items(), key=lambda kv: float(kv[0]))]
+
     @staticmethod
     def _items(xs: list[dict]) -> list[str]:
         return [json.dumps(x, sort_keys=True) for x in xs]
@@ -114,6 +127,10 @@ class PipelinePlan:
     @property
     def score_items(self) -> list[str]:
         return self._items(self.scores)
+
+    @property
+    def rate_items(self) -> list[str]:
+        return self._items(self.rates)
 
     @property
     def pair_items(self) -> list[str]:
@@ -431,17 +448,60 @@ def score(config_json: str, *, method_json: str, train_pointer: Mapping) -> Step
                                method=m.name, params=item["params"], train_uri=tp["uri"]))
 
 
-def select(config_json: str, *, train_pointer: Mapping, score_pointers: Sequence[Mapping | str]) -> StepResult:
-    """Materialize the selection of every (score setting, rate) pair of the plan; the result points
-    to all of them (``{"kind": "selections", "items": {pair key: selection pointer}}``)."""
+def collect(pointers: Sequence[Mapping | str], kind: str) -> StepResult:
+    """Merge the pointers a loop produced into one (a fan-in): ``kind="score-set"`` merges ``scores``
+    pointers by score key, ``kind="selections"`` merges the items of per-rate ``selections``
+    pointers by pair key. All must share one dataset fingerprint; a key seen twice is an error."""
+    member = {"score-set": "scores", "selections": "selections"}
+    if kind not in member:
+        raise PipelineError(f"collect: unknown kind {kind!r}; one of {', '.join(member)}")
+    ps = [read_pointer(x, member[kind]) for x in pointers]
+    if not ps:
+        raise ArtifactError(f"collect: no {member[kind]} outputs to merge; the loop before this task ran no iteration.")
+    fingerprints = {p["fingerprint"] for p in ps}
+    if len(fingerprints) != 1:
+        raise ArtifactError(f"collect: the {member[kind]} outputs come from {len(fingerprints)} dataset versions; "
+                            "rerun the pipeline on one version.")
+    items: dict[str, dict] = {}
+    for p in ps:
+        for key, item in ({p["score_key"]: p} if kind == "score-set" else p.get("items", {})).items():
+            if key in items and items[key] != item:
+                raise ArtifactError(f"collect: two different {member[kind]} outputs for {key!r}; the pipeline was "
+                                    "built from another config: compile it again.")
+            items[key] = item
+    first = ps[0]
+    # the merged pointer names the folder its items live in (score/) or the nominal selections/
+    up = (lambda v: v.rstrip("/").rsplit("/", 1)[0]) if kind == "score-set" else (lambda v: v)
+    pointer = {"format": POINTER_FORMAT, "kind": kind, "uri": up(first["uri"]), "key": up(first["key"]),
+               "fingerprint": first["fingerprint"], "items": dict(sorted(items.items()))}
+    if "train_uri" in first:
+        pointer["train_uri"] = first["train_uri"]
+    return StepResult(pointer, metrics={"items": float(len(items))})
+
+
+def select(config_json: str, *, train_pointer: Mapping, scores: Mapping | str | Sequence[Mapping | str],
+           rate_json: Optional[str] = None) -> StepResult:
+    """Materialize the selections of one pruning rate (``rate_json``: a ``rates`` item of the plan;
+    None: every pair of the plan) from the score pointers (a ``score-set`` pointer or a list of
+    ``scores`` pointers); the result points to them (``{"kind": "selections", "items": {pair key:
+    selection pointer}}``)."""
     from . import stages
     from .io import read_manifest
 
     cfg = load_config_json(config_json)
     tp = read_pointer(train_pointer, "train")
-    by_key = {p["score_key"]: p for p in (read_pointer(x, "scores") for x in score_pointers)}
+    if isinstance(scores, (str, os.PathLike, Mapping)):
+        scores = list(read_pointer(scores, "score-set")["items"].values())
+    by_key = {p["score_key"]: p for p in (read_pointer(x, "scores") for x in scores)}
+    pairs = pipeline_plan(cfg).pairs
+    if rate_json is not None:
+        item = _pair(rate_json, field="pairs")
+        wanted = set(item["pairs"])
+        pairs = [p for p in pairs if p["key"] in wanted]
+        if len(pairs) != len(wanted):
+            raise PipelineError(f"rate item {rate_json!r} names pairs this config does not have; compile the pipeline again.")
     items, metrics = {}, {}
-    for pair in pipeline_plan(cfg).pairs:
+    for pair in pairs:
         sp = by_key.get(pair["score_key"])
         if sp is None:
             raise ArtifactError(f"no scores for {pair['label']!r} among the collected score outputs; the pipeline "
@@ -466,13 +526,15 @@ def _pick(selections: Mapping | str, pair: str) -> dict:
     return read_pointer(item, "selection")
 
 
-def _pair(pair_json: str) -> dict:
+def _pair(item_json: str, field: str = "key") -> dict:
+    """A loop item (JSON) of the plan; ``field`` must be in it."""
     try:
-        pair = json.loads(pair_json)
-        pair["key"]
+        item = json.loads(item_json)
+        item[field]
     except (TypeError, ValueError, KeyError):
-        raise PipelineError(f"loop item {pair_json!r} is not a pair of the pipeline plan; compile the pipeline again.") from None
-    return pair
+        raise PipelineError(f"loop item {item_json!r} is not an item of the pipeline plan; compile the pipeline "
+                            "again.") from None
+    return item
 
 
 def _mean(xs: Sequence[float]) -> float:

@@ -23,8 +23,8 @@ from tdds_core.steps import build_digest, load_config_json, open_run, pipeline_p
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "registry.example.com/ml/tdds:9.9.9"
 GPU_IMAGE = "registry.example.com/ml/tdds-cuda:9.9.9"
-STAGES = ("open-run", "train-full", "score", "materialize-subset", "train-coreset", "evaluate-cross-arch", "report",
-          "close-run")
+STAGES = ("open-run", "train-full", "score", "collect-scores", "materialize-subset", "collect-selections",
+          "train-coreset", "evaluate-cross-arch", "report", "close-run")
 TRAINING = ("train-full", "train-coreset", "evaluate-cross-arch")
 
 
@@ -108,17 +108,29 @@ def test_edges(prune):
     assert tasks["score"]["_dag"] != "root"
     loop_in = _dag_inputs(spec, tasks["score"]["_dag"])
     assert any("train-full-model" in k for k in loop_in)
-    # materialize-subset collects every score output and reads train-full's model
-    assert _producers(tasks["materialize-subset"]) >= {"train-full"}
-    scores_in = tasks["materialize-subset"]["inputs"]["artifacts"]["scores"]
-    assert scores_in["taskOutputArtifact"]["outputArtifactKey"].startswith("pipelinechannel--score-scores")
-    # train-coreset / evaluate-cross-arch sit in their own loops, fed materialize-subset's selections
+    # collect-scores fans the score loop in; materialize-subset runs in the rate loop and reads
+    # train-full's model and collect-scores' pointer (both passed into the loop's DAG)
+    assert tasks["collect-scores"]["_dag"] == tasks["train-full"]["_dag"]
+    fan_in = tasks["collect-scores"]["inputs"]["artifacts"]["scores"]["taskOutputArtifact"]
+    assert fan_in["outputArtifactKey"].startswith("pipelinechannel--score-scores")
+    assert fan_in["producerTask"] == tasks["score"]["_dag"].removeprefix("comp-")
+    rate_dag = tasks["materialize-subset"]["_dag"]
+    assert rate_dag not in ("root", tasks["score"]["_dag"], tasks["train-full"]["_dag"])
+    rate_in = _dag_inputs(spec, rate_dag)
+    assert any("train-full-model" in k for k in rate_in) and any("collect-scores-score_set" in k for k in rate_in)
+    rate_loop = next(t for t in tasks.values() if t["componentRef"]["name"] == rate_dag)
+    assert _producers(rate_loop) == {"train-full", "collect-scores"}
+    # collect-selections fans the rate loop in
+    fan_in = tasks["collect-selections"]["inputs"]["artifacts"]["selections"]["taskOutputArtifact"]
+    assert fan_in["outputArtifactKey"].startswith("pipelinechannel--materialize-subset-selections")
+    assert fan_in["producerTask"] == rate_dag.removeprefix("comp-")
+    # train-coreset / evaluate-cross-arch sit in their own loops, fed collect-selections' pointer
     for stage in ("train-coreset", "evaluate-cross-arch"):
         dag = tasks[stage]["_dag"]
-        assert dag not in ("root", tasks["score"]["_dag"])
-        assert any("materialize-subset-selections" in k for k in _dag_inputs(spec, dag)), stage
+        assert dag not in ("root", tasks["score"]["_dag"], rate_dag)
+        assert any("collect-selections-merged" in k for k in _dag_inputs(spec, dag)), stage
         loop_task = next(t for t in tasks.values() if t["componentRef"]["name"] == dag)
-        assert "materialize-subset" in _producers(loop_task)
+        assert _producers(loop_task) == {"collect-selections"}
     assert tasks["train-coreset"]["_dag"] != tasks["evaluate-cross-arch"]["_dag"]
     # report collects full, coreset and evaluation metrics and the parent run id
     rep = tasks["report"]["inputs"]
@@ -141,6 +153,11 @@ def test_loops_iterate_over_the_precomputed_plan(prune):
     score_items = items_of[tasks["score"]["_dag"]]
     pair_items = items_of[tasks["train-coreset"]["_dag"]]
     eval_items = items_of[tasks["evaluate-cross-arch"]["_dag"]]
+    rate_items = items_of[tasks["materialize-subset"]["_dag"]]
+    # ONE materialize task per pruning rate, naming the pairs it selects
+    assert [float(r["rate"]) for r in rate_items] == sorted(cfg.selection.rates)
+    assert sorted(k for r in rate_items for k in r["pairs"]) == sorted(p["key"] for p in pair_items)
+    assert all(p["rate"] == r["rate"] for r in rate_items for p in pair_items if p["key"] in r["pairs"])
     assert [x["label"] for x in score_items] == ["random", "el2n[k=3]", "forgetting", "tdds[T=6,W=3,decay=0.9]"]
     # ONE flat loop over method x rate pairs (no nested loops)
     assert len(pair_items) == len(cfg.methods) * len(cfg.selection.rates) == 8
@@ -184,7 +201,8 @@ def test_images_and_caching_and_env(prune):
         # the image holds kfp and tdds: no pip install at task start
         assert "pip install" not in " ".join(c["command"]), stage
         assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.mlflow.svc:5000"} in c["env"], stage
-    for stage in ("train-full", "score", "materialize-subset", "train-coreset", "evaluate-cross-arch"):
+    for stage in ("train-full", "score", "collect-scores", "materialize-subset", "collect-selections", "train-coreset",
+                  "evaluate-cross-arch"):
         assert tasks[stage]["cachingOptions"].get("enableCache") is True, stage
     for stage in ("open-run", "report", "close-run"):
         assert not tasks[stage].get("cachingOptions", {}).get("enableCache"), stage
@@ -210,7 +228,7 @@ def test_reprune_pipeline_adds_the_comparison(tmp_path):
     tasks = _tasks(spec)
     assert spec["pipelineInfo"]["name"] == "tdds-reprune"
     diff = tasks["reprune-diff"]
-    assert diff["inputs"]["artifacts"]["selections"]["taskOutputArtifact"]["producerTask"] == "materialize-subset"
+    assert diff["inputs"]["artifacts"]["selections"]["taskOutputArtifact"]["producerTask"] == "collect-selections"
     assert diff["inputs"]["parameters"]["parent_run_id"]["taskOutputParameter"]["producerTask"] == "open-run"
     assert not diff.get("cachingOptions", {}).get("enableCache")
     assert set(STAGES) <= set(tasks)

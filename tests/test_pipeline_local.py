@@ -20,7 +20,7 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.slow
 
 TINY = ["data.train_subset=600", "data.test_subset=500", "train.epochs=2", "train.progress=false",
-        "methods=[{name: random}, {name: tdds, params: {T: 2, W: 2}}]", "selection.rates=[0.5]", "pipeline.retries=0"]
+        "methods=[{name: random}, {name: tdds, params: {T: 2, W: 2}}]", "selection.rates=[0.5, 0.7]", "pipeline.retries=0"]
 _EXEC = re.compile(r"Executing task (?:\x1b\[[0-9;]*m)?'([a-z0-9-]+)'")
 
 
@@ -56,14 +56,15 @@ def test_tdds_run_end_to_end_then_cached_rerun(tmp_path, capfd):
     rc, log = _run(out, capfd)
     assert rc == 0, log[-3000:]
     executed = _EXEC.findall(log)
-    assert Counter(executed) == Counter({"open-run": 1, "train-full": 1, "score": 2, "materialize-subset": 1,
-                                         "train-coreset": 2, "report": 1, "close-run": 1})
+    assert Counter(executed) == Counter({"open-run": 1, "train-full": 1, "score": 2, "collect-scores": 1,
+                                         "materialize-subset": 2, "collect-selections": 1, "train-coreset": 4,
+                                         "report": 1, "close-run": 1})
     assert "| random (baseline) |" in log and "tdds[T=2,W=2]" in log
     assert f"mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}" in log
 
     # MLflow: one parent per pipeline run, one child per stage, metrics on the training runs
     runs = _runs(out)
-    assert _stage_counts(runs) == Counter({"pipeline": 1, "train-full": 1, "score": 2, "coreset": 2, "report": 1})
+    assert _stage_counts(runs) == Counter({"pipeline": 1, "train-full": 1, "score": 2, "coreset": 4, "report": 1})
     parent = next(r for r in runs if r.data.tags["tdds.stage"] == "pipeline")
     assert parent.info.status == "FINISHED"
     run_id = parent.data.tags["tdds.pipeline_run_id"]
@@ -74,26 +75,32 @@ def test_tdds_run_end_to_end_then_cached_rerun(tmp_path, capfd):
             assert r.data.tags["tdds.pipeline_run_id"] == run_id
             assert r.info.status == "FINISHED"
     coreset = [r for r in runs if r.data.tags["tdds.stage"] == "coreset"]
-    assert sorted(r.data.tags["tdds.method"] for r in coreset) == ["random", "tdds[T=2,W=2]"]
+    assert sorted((r.data.tags["tdds.method"], r.data.tags["tdds.rate"]) for r in coreset) == [
+        ("random", "0.50"), ("random", "0.70"), ("tdds[T=2,W=2]", "0.50"), ("tdds[T=2,W=2]", "0.70")]
     for r in coreset:
-        assert r.data.tags["tdds.rate"] == "0.50"
-        assert 0 <= r.data.metrics["final_acc"] <= 100 and r.data.metrics["num_train"] == 300
+        assert 0 <= r.data.metrics["final_acc"] <= 100
+        assert r.data.metrics["num_train"] == {"0.50": 300, "0.70": 180}[r.data.tags["tdds.rate"]]
     rows = rows_from_mlflow(f"sqlite:///{out / 'mlflow.db'}", "tdds-fashion-mnist")
-    assert sorted((r["method"], r["rate"]) for r in rows) == [("full", None), ("random", 0.5), ("tdds[T=2,W=2]", 0.5)]
+    assert sorted((r["method"], r["rate"] or 0) for r in rows) == [
+        ("full", 0), ("random", 0.5), ("random", 0.7), ("tdds[T=2,W=2]", 0.5), ("tdds[T=2,W=2]", 0.7)]
     full_acc = next(r for r in rows if r["method"] == "full")["final_acc"]
     assert full_acc > 20, "two epochs on 600 Fashion-MNIST images should beat chance (10%)"
 
-    # artifacts: the KFP selections artifact points at verified selection folders in the store
-    pointers = list((out / "kfp").rglob("materialize-subset*/selections"))
+    # artifacts: one selections artifact per rate (each task got its own loop item), merged into
+    # one that points at verified selection folders in the store
+    per_rate = [read_pointer(p, "selections") for p in (out / "kfp").rglob("materialize-subset*/selections")]
+    assert sorted(sorted({i["rate"] for i in p["items"].values()}) for p in per_rate) == [[0.5], [0.7]]
+    assert all(len(p["items"]) == 2 for p in per_rate)
+    pointers = list((out / "kfp").rglob("collect-selections*/merged"))
     assert len(pointers) == 1
     sels = read_pointer(pointers[0], "selections")
-    assert len(sels["items"]) == 2
+    assert sels["items"] == {k: v for p in per_rate for k, v in p["items"].items()}
     fingerprint = parent.data.tags["tdds.fingerprint"]
     for item in sels["items"].values():
         folder = Path(item["uri"])
         assert folder.parent == out / "selections"
         sel = load_selection(folder, expected_fingerprint=fingerprint)
-        assert sel.num_selected == 300 == len(set(sel.ids))
+        assert sel.num_selected == {0.5: 300, 0.7: 180}[item["rate"]] == len(set(sel.ids))
     for name in ("table.md", "table.csv", "accuracy_vs_rate.png", "rows.json"):
         assert (out / "report" / name).is_file(), name
     assert list((out / "kfp" / ".kfp_cache").glob("*.json")), "no KFP cache entries"
@@ -104,7 +111,7 @@ def test_tdds_run_end_to_end_then_cached_rerun(tmp_path, capfd):
     assert rc == 0, log2[-3000:]
     assert sorted(_EXEC.findall(log2)) == ["close-run", "open-run", "report"]
     runs2 = _runs(out)
-    assert _stage_counts(runs2) == Counter({"pipeline": 2, "train-full": 1, "score": 2, "coreset": 2, "report": 2})
+    assert _stage_counts(runs2) == Counter({"pipeline": 2, "train-full": 1, "score": 2, "coreset": 4, "report": 2})
     parents = [r for r in runs2 if r.data.tags["tdds.stage"] == "pipeline"]
     assert all(p.info.status == "FINISHED" for p in parents)
     new_parent = next(p for p in parents if p.info.run_id != parent.info.run_id)
