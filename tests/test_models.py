@@ -36,3 +36,16 @@ def test_unknown_architecture_lists_known():
 def test_unknown_option():
     with pytest.raises(ConfigError, match="has no option 'depth'"):
         create_model("small_cnn", num_classes=10, depth=3)
+
+
+def test_importing_the_library_leaves_torchvision_unloaded():
+    # every KFP task is a new process: torchvision is imported only when a torchvision architecture
+    # is built, not by `import tdds_core.engine` (the small CNN and the pipeline steps do not need it)
+    import subprocess
+    import sys
+
+    code = ("import sys, tdds_core.engine, tdds_core.steps, tdds_core.stages, tdds_core.scoring; "
+            "from tdds_core.models import create_model; create_model('small_cnn', num_classes=3); "
+            "assert 'torchvision' not in sys.modules, 'torchvision imported'; "
+            "create_model('resnet18', num_classes=3); assert 'torchvision' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

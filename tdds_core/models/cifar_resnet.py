@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from . import Classifier, register_model
+
+
+def _block(name: str) -> type[nn.Module]:
+    """torchvision's ``BasicBlock`` or ``Bottleneck``, imported on first use (torchvision adds ~1 s to
+    every process that imports tdds)."""
+    from torchvision.models import resnet
+
+    return getattr(resnet, name)
 
 
 def _stage(block, in_planes: int, planes: int, blocks: int, stride: int) -> tuple[nn.Sequential, int]:
@@ -36,14 +43,14 @@ def _cifar_resnet(block, layers: list[int], num_classes: int, in_channels: int) 
 
 @register_model
 def resnet18(num_classes: int, in_channels: int = 3, image_size: int = 32) -> Classifier:
-    return _cifar_resnet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels)
+    return _cifar_resnet(_block("BasicBlock"), [2, 2, 2, 2], num_classes, in_channels)
 
 
 @register_model
 def resnet34(num_classes: int, in_channels: int = 3, image_size: int = 32) -> Classifier:
-    return _cifar_resnet(BasicBlock, [3, 4, 6, 3], num_classes, in_channels)
+    return _cifar_resnet(_block("BasicBlock"), [3, 4, 6, 3], num_classes, in_channels)
 
 
 @register_model
 def resnet50(num_classes: int, in_channels: int = 3, image_size: int = 32) -> Classifier:
-    return _cifar_resnet(Bottleneck, [3, 4, 6, 3], num_classes, in_channels)
+    return _cifar_resnet(_block("Bottleneck"), [3, 4, 6, 3], num_classes, in_channels)

@@ -5,10 +5,18 @@ CIFAR versions in the dataset-pruning literature do. ImageNet models (``*_imagen
 are torchvision's standard definitions (no pretrained weights are loaded)."""
 from __future__ import annotations
 
+from types import ModuleType
+
 from torch import nn
-from torchvision import models as tvm
 
 from . import Classifier, register_model
+
+
+def _tvm() -> ModuleType:
+    """``torchvision.models``, imported on first use (it adds ~1 s to every process that imports tdds)."""
+    from torchvision import models
+
+    return models
 
 
 def _first_conv(conv: nn.Conv2d, in_channels: int, stride: int | None = None) -> nn.Conv2d:
@@ -19,7 +27,7 @@ def _first_conv(conv: nn.Conv2d, in_channels: int, stride: int | None = None) ->
 @register_model
 def vgg16_bn(num_classes: int, in_channels: int = 3, image_size: int = 32) -> Classifier:
     """VGG-16 with batch norm (Simonyan & Zisserman 2015); CIFAR head: global pool + one linear layer."""
-    m = tvm.vgg16_bn(weights=None)
+    m = _tvm().vgg16_bn(weights=None)
     feats = m.features
     feats[0] = _first_conv(feats[0], in_channels)
     if image_size < 32:  # keep at least a 1x1 map after the five max-pools
@@ -30,7 +38,7 @@ def vgg16_bn(num_classes: int, in_channels: int = 3, image_size: int = 32) -> Cl
 @register_model
 def mobilenet_v2(num_classes: int, in_channels: int = 3, image_size: int = 32) -> Classifier:
     """MobileNet-v2 (Sandler et al. 2018); stride-1 stem for small images."""
-    m = tvm.mobilenet_v2(weights=None, num_classes=num_classes)
+    m = _tvm().mobilenet_v2(weights=None, num_classes=num_classes)
     small = image_size <= 64
     m.features[0][0] = _first_conv(m.features[0][0], in_channels, 1 if small else None)
     if small:  # the first bottleneck stage with stride 2 runs at stride 1 too (CIFAR adaptation)
@@ -42,7 +50,7 @@ def mobilenet_v2(num_classes: int, in_channels: int = 3, image_size: int = 32) -
 @register_model
 def shufflenet_v2(num_classes: int, in_channels: int = 3, image_size: int = 32) -> Classifier:
     """ShuffleNet-v2 x1.0 (Ma et al. 2018); stride-1 stem and no max-pool for small images."""
-    m = tvm.shufflenet_v2_x1_0(weights=None, num_classes=num_classes)
+    m = _tvm().shufflenet_v2_x1_0(weights=None, num_classes=num_classes)
     small = image_size <= 64
     m.conv1[0] = _first_conv(m.conv1[0], in_channels, 1 if small else None)
     maxpool = nn.Identity() if small else m.maxpool
@@ -60,13 +68,13 @@ def _imagenet_resnet(fn, num_classes: int, in_channels: int) -> Classifier:
 @register_model
 def resnet34_imagenet(num_classes: int, in_channels: int = 3, image_size: int = 224) -> Classifier:
     """Standard ResNet-34 (7x7 stride-2 stem, max-pool), the paper's ImageNet-1K model."""
-    return _imagenet_resnet(tvm.resnet34, num_classes, in_channels)
+    return _imagenet_resnet(_tvm().resnet34, num_classes, in_channels)
 
 
 @register_model
 def resnet50_imagenet(num_classes: int, in_channels: int = 3, image_size: int = 224) -> Classifier:
     """Standard ResNet-50 for ImageNet-sized input."""
-    return _imagenet_resnet(tvm.resnet50, num_classes, in_channels)
+    return _imagenet_resnet(_tvm().resnet50, num_classes, in_channels)
 
 
 class _SwinFeatures(nn.Module):
@@ -81,6 +89,6 @@ class _SwinFeatures(nn.Module):
 @register_model
 def swin_t(num_classes: int, in_channels: int = 3, image_size: int = 224) -> Classifier:
     """Swin-T (Liu et al. 2021), the paper's second ImageNet-1K model (torchvision definition)."""
-    m = tvm.swin_t(weights=None, num_classes=num_classes)
+    m = _tvm().swin_t(weights=None, num_classes=num_classes)
     m.features[0][0] = _first_conv(m.features[0][0], in_channels)
     return Classifier(_SwinFeatures(m), m.head)
