@@ -239,3 +239,12 @@ def test_moderate_nan_features():
     with pytest.warns(RuntimeWarning):
         s = moderate_from_features(f, np.zeros(4, int), nan_policy="skip")
     assert s[1] == -np.inf
+
+
+@pytest.mark.parametrize("fn,name", [(aum_from_epochs, "aum"), (el2n_from_epochs, "el2n"),
+                                     (forgetting_from_epochs, "forgetting")])
+def test_no_epochs_is_an_error(fn, name):
+    with pytest.raises(ScoringError, match=f"{name} needs at least one epoch of logits"):
+        fn(iter([]), np.zeros(3, int))
+    with pytest.raises(ScoringError, match="dyn_unc needs at least width=2 epochs but got 1"):
+        dyn_unc_from_epochs([np.zeros((3, 2))], np.zeros(3, int), width=2)

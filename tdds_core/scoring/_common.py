@@ -9,7 +9,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -105,6 +105,39 @@ def row_chunks(n: int, c: int, elements: int = CHUNK_ELEMENTS) -> Iterator[tuple
     step = max(1, elements // max(1, c))
     for a in range(0, n, step):
         yield a, min(n, a + step)
+
+
+def guarded_rows(x: np.ndarray, guard: "NanGuard", fn: Callable[[np.ndarray, int, int], np.ndarray], *,
+                 epoch: Any, out_dtype: Any = np.float64) -> np.ndarray:
+    """``fn(block, a, b)`` over row blocks of one epoch's logits ``x`` ``[N, C]``, assembled into one
+    ``(N,)`` array of ``out_dtype``. Each block is float64 with its non-finite rows set to 0 after
+    ``guard`` checked them (it raises under ``nan_policy="raise"``)."""
+    n, c = x.shape
+    out = np.empty(n, dtype=out_dtype)
+    for a, b in row_chunks(n, c):
+        blk = np.asarray(x[a:b], dtype=np.float64)
+        bad = guard.check(finite_rows(blk), epoch, at=a)
+        if bad is not None:
+            blk = blk.copy()
+            blk[bad] = 0.0
+        out[a:b] = fn(blk, a, b)
+    return out
+
+
+def per_epoch_rows(epochs: Iterable[Any], labels: Any, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
+                   nan_policy: str, method: str, out_dtype: Any = np.float64) -> Iterator[tuple[np.ndarray, "NanGuard"]]:
+    """For each epoch of ``[N, C]`` logits (arrays or ``(t, array)`` pairs), ``fn(block, labels of
+    the block)`` per sample (see :func:`guarded_rows`), yielded with the run's :class:`NanGuard`
+    (``guard.bad``: the rows skipped so far). ScoringError when there is no epoch at all."""
+    y = guard = None
+    for t, x in stream_chunks(epochs):
+        n, c = x.shape
+        if y is None:
+            y = check_labels(labels, n, c)
+            guard = NanGuard(n, nan_policy)
+        yield guarded_rows(x, guard, lambda blk, a, b: fn(blk, y[a:b]), epoch=t, out_dtype=out_dtype), guard
+    if y is None:
+        raise ScoringError(f"{method} needs at least one epoch of logits")
 
 
 def split_item(item: Any, default_epoch: int) -> tuple[Any, np.ndarray]:

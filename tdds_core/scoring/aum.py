@@ -13,8 +13,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from ..errors import ScoringError
-from ._common import (NanGuard, check_labels, dynamics_labels, finish_skipped, finite_rows, iter_selected, row_chunks,
-                      select_epochs, stream_chunks)
+from ._common import dynamics_labels, finish_skipped, iter_selected, per_epoch_rows, select_epochs
 from ._registry import register_method
 
 __all__ = ["margins", "aum_from_epochs", "aum"]
@@ -44,24 +43,9 @@ def aum_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, nan_policy: st
     np.ndarray
         float64 ``(N,)``; higher AUM = keep first (the TDDS paper's direction).
     """
-    y = guard = total = None
-    E = 0
-    for t, x in stream_chunks(epochs):
-        n, c = x.shape
-        if y is None:
-            y = check_labels(labels, n, c)
-            guard = NanGuard(n, nan_policy)
-            total = np.zeros(n, dtype=np.float64)
-        for a, b in row_chunks(n, c):
-            blk = np.asarray(x[a:b], dtype=np.float64)
-            bad = guard.check(finite_rows(blk), t, at=a)
-            if bad is not None:
-                blk = blk.copy()
-                blk[bad] = 0.0
-            total[a:b] += margins(blk, y[a:b])
-        E += 1
-    if y is None:
-        raise ScoringError("aum needs at least one epoch of logits")
+    total, E = 0.0, 0
+    for margin, guard in per_epoch_rows(epochs, labels, margins, nan_policy=nan_policy, method="aum"):
+        total, E = total + margin, E + 1
     return finish_skipped(total / E, guard.bad, "aum")
 
 

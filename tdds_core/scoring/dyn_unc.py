@@ -15,8 +15,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from ..errors import ScoringError
-from ._common import (NanGuard, check_labels, dynamics_labels, finish_skipped, finite_rows, iter_selected, row_chunks,
-                      select_epochs, softmax64, stream_chunks)
+from ._common import dynamics_labels, finish_skipped, iter_selected, per_epoch_rows, select_epochs, softmax64
 from ._registry import register_method
 
 __all__ = ["dyn_unc_from_epochs", "dyn_unc"]
@@ -26,6 +25,11 @@ def _check_width(width: Any) -> int:
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 2:
         raise ScoringError(f"dyn_unc: width (window in epochs) must be an integer >= 2, got {width!r}")
     return int(width)
+
+
+def _true_class_probs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``softmax(x)[i, y_i]`` per row of float64 logits ``x`` ``[n, C]``."""
+    return softmax64(x)[np.arange(len(y)), y]
 
 
 def dyn_unc_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, width: int = 10,
@@ -45,27 +49,13 @@ def dyn_unc_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, width: int
         float64 ``(N,)`` >= 0; higher = keep first.
     """
     width = _check_width(width)
-    y = guard = total = None
     ring: deque = deque(maxlen=width)
-    K = E = 0
-    for t, x in stream_chunks(epochs):
-        n, c = x.shape
-        if y is None:
-            y = check_labels(labels, n, c)
-            guard = NanGuard(n, nan_policy)
-            total = np.zeros(n, dtype=np.float64)
-        py = np.empty(n, dtype=np.float64)
-        for a, b in row_chunks(n, c):
-            blk = np.asarray(x[a:b], dtype=np.float64)
-            bad = guard.check(finite_rows(blk), t, at=a)
-            if bad is not None:
-                blk = blk.copy()
-                blk[bad] = 0.0
-            py[a:b] = softmax64(blk)[np.arange(b - a), y[a:b]]
+    total, K, E = 0.0, 0, 0
+    for py, guard in per_epoch_rows(epochs, labels, _true_class_probs, nan_policy=nan_policy, method="dyn_unc"):
         ring.append(py)
         E += 1
         if len(ring) == width:
-            total += np.stack(ring).std(axis=0, ddof=1)
+            total = total + np.stack(ring).std(axis=0, ddof=1)
             K += 1
     if K == 0:
         raise ScoringError(f"dyn_unc needs at least width={width} epochs but got {E}; lower width or record more epochs")

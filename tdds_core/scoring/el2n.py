@@ -11,11 +11,17 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from ..errors import ScoringError
-from ._common import (NanGuard, check_labels, dynamics_labels, finish_skipped, finite_rows, iter_selected, row_chunks,
-                      select_epochs, softmax64, stream_chunks)
+from ._common import dynamics_labels, finish_skipped, iter_selected, per_epoch_rows, select_epochs, softmax64
 from ._registry import register_method
 
 __all__ = ["el2n_from_epochs", "el2n"]
+
+
+def _error_norms(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``||softmax(x) - onehot(y)||_2`` per row of float64 logits ``x`` ``[n, C]``."""
+    p = softmax64(x)
+    p[np.arange(len(y)), y] -= 1.0
+    return np.sqrt((p * p).sum(axis=1))
 
 
 def el2n_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, nan_policy: str = "raise") -> np.ndarray:
@@ -31,26 +37,9 @@ def el2n_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, nan_policy: s
     np.ndarray
         float64 ``(N,)`` in ``[0, sqrt(2)]``; higher = keep first.
     """
-    y = guard = total = None
-    E = 0
-    for t, x in stream_chunks(epochs):
-        n, c = x.shape
-        if y is None:
-            y = check_labels(labels, n, c)
-            guard = NanGuard(n, nan_policy)
-            total = np.zeros(n, dtype=np.float64)
-        for a, b in row_chunks(n, c):
-            blk = np.asarray(x[a:b], dtype=np.float64)
-            bad = guard.check(finite_rows(blk), t, at=a)
-            if bad is not None:
-                blk = blk.copy()
-                blk[bad] = 0.0
-            p = softmax64(blk)
-            p[np.arange(b - a), y[a:b]] -= 1.0
-            total[a:b] += np.sqrt((p * p).sum(axis=1))
-        E += 1
-    if y is None:
-        raise ScoringError("el2n needs at least one epoch of logits")
+    total, E = 0.0, 0
+    for err, guard in per_epoch_rows(epochs, labels, _error_norms, nan_policy=nan_policy, method="el2n"):
+        total, E = total + err, E + 1
     return finish_skipped(total / E, guard.bad, "el2n")
 
 

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import ScoringError
-from ._common import NanGuard, finish_skipped, finite_rows, row_chunks
+from ._common import NanGuard, finish_skipped, guarded_rows
 from ._registry import register_method
 
 __all__ = ["entropy_from_logits", "entropy"]
@@ -45,16 +45,8 @@ def entropy_from_logits(logits: np.ndarray, *, nan_policy: str = "raise", epoch:
     x = np.asarray(logits)
     if x.ndim != 2 or x.shape[1] < 1:
         raise ScoringError(f"expected [N, C] logits, got shape {x.shape}")
-    n, c = x.shape
-    guard = NanGuard(n, nan_policy)
-    out = np.empty(n, dtype=np.float64)
-    for a, b in row_chunks(n, c):
-        blk = np.asarray(x[a:b], dtype=np.float64)
-        bad = guard.check(finite_rows(blk), epoch, at=a)
-        if bad is not None:
-            blk = blk.copy()
-            blk[bad] = 0.0
-        out[a:b] = _entropy_rows(blk)
+    guard = NanGuard(x.shape[0], nan_policy)
+    out = guarded_rows(x, guard, lambda blk, a, b: _entropy_rows(blk), epoch=epoch)
     return finish_skipped(out, guard.bad, "entropy")
 
 

@@ -14,12 +14,15 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
-from ..errors import ScoringError
-from ._common import (NanGuard, check_labels, dynamics_labels, finish_skipped, finite_rows, iter_selected, row_chunks,
-                      select_epochs, stream_chunks)
+from ._common import dynamics_labels, finish_skipped, iter_selected, per_epoch_rows, select_epochs
 from ._registry import register_method
 
 __all__ = ["forgetting_from_epochs", "forgetting"]
+
+
+def _correct(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """bool per row: the arg-max of logits ``x`` ``[n, C]`` is the label."""
+    return x.argmax(axis=1) == y
 
 
 def forgetting_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, nan_policy: str = "raise") -> np.ndarray:
@@ -36,33 +39,16 @@ def forgetting_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, nan_pol
         float64 ``(N,)``: number of correct-to-incorrect transitions; ``E + 1`` for samples never
         classified correctly. Higher = keep first.
     """
-    y: Optional[np.ndarray] = None
-    guard: Optional[NanGuard] = None
     prev: Optional[np.ndarray] = None
-    count = learned = None
-    E = 0
-    for t, x in stream_chunks(epochs):
-        n, c = x.shape
-        if y is None:
-            y = check_labels(labels, n, c)
-            guard = NanGuard(n, nan_policy)
-            count = np.zeros(n, dtype=np.int64)
-            learned = np.zeros(n, dtype=bool)
-        correct = np.empty(n, dtype=bool)
-        for a, b in row_chunks(n, c):
-            blk = np.asarray(x[a:b])
-            bad = guard.check(finite_rows(blk), t, at=a)
-            if bad is not None:
-                blk = np.where(bad[:, None], 0, blk)
-            correct[a:b] = blk.argmax(axis=1) == y[a:b]
-        learned |= correct
+    count, learned, E = 0, False, 0
+    for correct, guard in per_epoch_rows(epochs, labels, _correct, nan_policy=nan_policy, method="forgetting",
+                                         out_dtype=bool):
+        learned = learned | correct
         if prev is not None:
-            count += prev & ~correct
+            count = count + (prev & ~correct)
         prev = correct
         E += 1
-    if y is None:
-        raise ScoringError("forgetting needs at least one epoch of logits")
-    score = count.astype(np.float64)
+    score = np.zeros(len(prev), dtype=np.float64) + count
     score[~learned] = E + 1
     return finish_skipped(score, guard.bad, "forgetting")
 
