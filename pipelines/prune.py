@@ -37,9 +37,12 @@ the stage reads (:func:`tdds_core.steps.stage_config_json`, fixed when the pipel
 the loops; open-run refuses a ``config_json`` the pipeline was not built from), the
 dataset fingerprint (so a new dataset version misses the cache) and upstream pointers, which hold
 no run-specific values: an unchanged rerun is served from the cache, and a grown config (another
-rate or method) re-runs only what depends on the change. Behind KFP's cache, every tdds stage
-reuses a finished artifact with the same content key, and every tracked stage a finished MLflow
-run with the same key.
+rate or method) re-runs only what depends on the change: with one more rate, training and scoring
+and the other rates' materialize tasks are cache hits. KFP keys a task on where its upstream
+artifacts are, so the tasks after a fan-in that changed (the coreset loop after
+collect-selections) execute again; behind KFP's cache, every tdds stage reuses a finished artifact
+with the same content key, and every tracked stage a finished MLflow run with the same key, so
+they only look their result up.
 """
 
 from typing import Any, Mapping, Optional

@@ -102,7 +102,7 @@ class PipelinePlan:
     """The loop items of the pipeline, computed from the config when the pipeline is built.
 
     ``scores``: one per distinct (method, params) setting, ``{"key", "label", "spec", "params"}``;
-    ``rates``: one per distinct pruning rate, ``{"rate", "pairs"}`` (the pair keys at that rate);
+    ``rates``: one per distinct pruning rate, ``{"rate", "pairs"}`` (the pairs at that rate, as above);
     ``pairs``: one per (setting, rate), ``{"key", "score_key", "rate", "label"}``; ``evals``: one per
     (evaluated pair, architecture), ``{"key", "arch"}``. The pipeline loops over their JSON strings
     (``*_items``): KFP turns numbers in loop items into floats, and dict items inside an exit
@@ -115,10 +115,10 @@ class PipelinePlan:
 
     @property
     def rates(self) -> list[dict]:
-        by_rate: dict[str, list[str]] = {}
+        by_rate: dict[str, list[dict]] = {}
         for p in self.pairs:
-            by_rate.setdefault(p["rate"], []).append(p["key"])
-        return [{"rate": r, "pairs": keys} for r, keys in sorted(by_rate.items(), key=lambda kv: float(kv[0]))]
+            by_rate.setdefault(p["rate"], []).append(p)
+        return [{"rate": r, "pairs": ps} for r, ps in sorted(by_rate.items(), key=lambda kv: float(kv[0]))]
 
     @staticmethod
     def _items(xs: list[dict]) -> list[str]:
@@ -178,7 +178,10 @@ def pipeline_key(cfg: Config, fingerprint: str) -> str:
 # sections every stage reads, and the extra ones of each cached stage; the rest is reset to the
 # defaults in the stage's config so that e.g. a new pruning rate leaves train-full's cache key alone
 _COMMON_SECTIONS = ("name", "output", "data", "model", "train", "dynamics", "tracking")
-STAGE_SECTIONS = {"train": (), "score": (), "select": ("methods", "selection"), "coreset": ("coreset",)}
+STAGE_SECTIONS = {"train": (), "score": (), "select": ("selection",), "coreset": ("coreset",)}
+# fields of a kept section that the stage does not read (its loop item carries them): a new pruning
+# rate leaves the materialize tasks of the other rates cached
+_STAGE_UNREAD = {"select": {"selection": ("rates",)}}
 
 
 def stage_config_json(cfg: Config, stage: str) -> str:
@@ -190,7 +193,10 @@ def stage_config_json(cfg: Config, stage: str) -> str:
     keep = set(_COMMON_SECTIONS) | set(STAGE_SECTIONS[stage])
     data = cfg.model_dump(mode="json")
     default = Config().model_dump(mode="json")
-    return json.dumps({k: (v if k in keep else default[k]) for k, v in data.items()}, sort_keys=True)
+    out = {k: (v if k in keep else default[k]) for k, v in data.items()}
+    for section, fields in _STAGE_UNREAD.get(stage, {}).items():
+        out[section] = {**out[section], **{f: default[section][f] for f in fields}}
+    return json.dumps(out, sort_keys=True)
 
 
 def effective_run_id(run_id: str, job_id: str) -> str:
@@ -481,10 +487,11 @@ def collect(pointers: Sequence[Mapping | str], kind: str) -> StepResult:
 
 def select(config_json: str, *, train_pointer: Mapping, scores: Mapping | str | Sequence[Mapping | str],
            rate_json: Optional[str] = None) -> StepResult:
-    """Materialize the selections of one pruning rate (``rate_json``: a ``rates`` item of the plan;
-    None: every pair of the plan) from the score pointers (a ``score-set`` pointer or a list of
-    ``scores`` pointers); the result points to them (``{"kind": "selections", "items": {pair key:
-    selection pointer}}``)."""
+    """Materialize the selections of one pruning rate (``rate_json``: a ``rates`` item of the plan,
+    which names its pairs, so the config needs only its ``selection`` options; None: every pair of
+    the config's plan) from the score pointers (a ``score-set`` pointer or a list of ``scores``
+    pointers); the result points to them (``{"kind": "selections", "items": {pair key: selection
+    pointer}}``)."""
     from . import stages
     from .io import read_manifest
 
@@ -493,13 +500,9 @@ def select(config_json: str, *, train_pointer: Mapping, scores: Mapping | str | 
     if isinstance(scores, (str, os.PathLike, Mapping)):
         scores = list(read_pointer(scores, "score-set")["items"].values())
     by_key = {p["score_key"]: p for p in (read_pointer(x, "scores") for x in scores)}
-    pairs = pipeline_plan(cfg).pairs
-    if rate_json is not None:
-        item = _pair(rate_json, field="pairs")
-        wanted = set(item["pairs"])
-        pairs = [p for p in pairs if p["key"] in wanted]
-        if len(pairs) != len(wanted):
-            raise PipelineError(f"rate item {rate_json!r} names pairs this config does not have; compile the pipeline again.")
+    pairs = pipeline_plan(cfg).pairs if rate_json is None else _pair(rate_json, field="pairs")["pairs"]
+    if not all(isinstance(p, dict) and {"key", "score_key", "rate"} <= p.keys() for p in pairs):
+        raise PipelineError(f"rate item {rate_json!r} does not list the pipeline plan's pairs; compile the pipeline again.")
     items, metrics = {}, {}
     for pair in pairs:
         sp = by_key.get(pair["score_key"])

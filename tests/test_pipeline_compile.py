@@ -156,8 +156,8 @@ def test_loops_iterate_over_the_precomputed_plan(prune):
     rate_items = items_of[tasks["materialize-subset"]["_dag"]]
     # ONE materialize task per pruning rate, naming the pairs it selects
     assert [float(r["rate"]) for r in rate_items] == sorted(cfg.selection.rates)
-    assert sorted(k for r in rate_items for k in r["pairs"]) == sorted(p["key"] for p in pair_items)
-    assert all(p["rate"] == r["rate"] for r in rate_items for p in pair_items if p["key"] in r["pairs"])
+    assert sorted(p["key"] for r in rate_items for p in r["pairs"]) == sorted(p["key"] for p in pair_items)
+    assert all(p["rate"] == r["rate"] and p in pair_items for r in rate_items for p in r["pairs"])
     assert [x["label"] for x in score_items] == ["random", "el2n[k=3]", "forgetting", "tdds[T=6,W=3,decay=0.9]"]
     # ONE flat loop over method x rate pairs (no nested loops)
     assert len(pair_items) == len(cfg.methods) * len(cfg.selection.rates) == 8
@@ -253,7 +253,8 @@ def test_stage_configs_change_only_with_what_the_stage_reads():
                  "evaluate.archs=[vgg16_bn]", "pipeline.retries=0")
     assert stage_config_json(base, "train") == stage_config_json(grown, "train")
     assert stage_config_json(base, "score") == stage_config_json(grown, "score")
-    assert stage_config_json(base, "select") != stage_config_json(grown, "select")
+    assert stage_config_json(base, "select") == stage_config_json(grown, "select")   # the rate items name the pairs
+    assert stage_config_json(base, "select") != stage_config_json(_cfg("selection.class_balanced=true"), "select")
     assert stage_config_json(base, "coreset") != stage_config_json(grown, "coreset")
     assert stage_config_json(base, "coreset") == stage_config_json(_cfg("selection.rates=[0.3]"), "coreset")
     retrained = _cfg("train.epochs=3")

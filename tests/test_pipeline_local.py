@@ -119,6 +119,18 @@ def test_tdds_run_end_to_end_then_cached_rerun(tmp_path, capfd):
     assert {r.data.tags["mlflow.parentRunId"] for r in reports} == {parent.info.run_id, new_parent.info.run_id}
     assert _mtimes(out / "coreset") | _mtimes(out / "train") == before, "a cached rerun rewrote training artifacts"
 
+    # a third run with one more pruning rate: the other rates' materialize tasks stay cached; the
+    # coreset tasks run again after the new fan-in but reuse every finished coreset (no new MLflow run)
+    rc, log3 = _run(out, capfd, "selection.rates=[0.5, 0.7, 0.9]")
+    assert rc == 0, log3[-3000:]
+    assert Counter(_EXEC.findall(log3)) == Counter({"open-run": 1, "materialize-subset": 1, "collect-selections": 1,
+                                                    "train-coreset": 6, "report": 1, "close-run": 1})
+    runs3 = _runs(out)
+    assert _stage_counts(runs3) == Counter({"pipeline": 3, "train-full": 1, "score": 2, "coreset": 6, "report": 3})
+    after = _mtimes(out / "coreset") | _mtimes(out / "train")
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert len(after) > len(before)
+
 
 def test_failing_task_fails_the_run_and_the_parent(tmp_path, capfd):
     out = tmp_path / "out"

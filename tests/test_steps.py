@@ -37,8 +37,9 @@ def trained(tmp_path_factory):
 def test_plan_has_one_rate_item_per_rate(trained):
     cfg, plan, _, _ = trained
     # random at 0.25 and 0.5, tdds (its own rates) only at 0.25
-    assert [(r["rate"], sorted(k.split("-")[0] for k in r["pairs"])) for r in plan.rates] == [
-        ("0.25", ["random", "tdds"]), ("0.5", ["random"])]
+    assert [(r["rate"], sorted(p["label"] for p in r["pairs"])) for r in plan.rates] == [
+        ("0.25", ["random", "tdds[T=2,W=2]"]), ("0.5", ["random"])]
+    assert sorted(p["key"] for r in plan.rates for p in r["pairs"]) == sorted(p["key"] for p in plan.pairs)
     assert [json.loads(x) for x in plan.rate_items] == plan.rates
 
 
@@ -50,7 +51,7 @@ def test_collect_scores_then_one_selection_per_rate(trained, tmp_path):
     select_cfg = steps.stage_config_json(cfg, "select")
     per_rate = [steps.select(select_cfg, train_pointer=train, scores=score_set, rate_json=item)
                 for item in plan.rate_items]
-    assert [sorted(r.pointer["items"]) for r in per_rate] == [sorted(r["pairs"]) for r in plan.rates]
+    assert [sorted(r.pointer["items"]) for r in per_rate] == [sorted(p["key"] for p in r["pairs"]) for r in plan.rates]
     for result, item in zip(per_rate, plan.rates):
         for p in result.pointer["items"].values():
             assert p["rate"] == float(item["rate"])
@@ -61,8 +62,8 @@ def test_collect_scores_then_one_selection_per_rate(trained, tmp_path):
     assert merged["kind"] == "selections" and merged["train_uri"] == train["uri"]
     assert merged["items"] == {k: v for r in per_rate for k, v in r.pointer["items"].items()}
     assert sorted(merged["items"]) == sorted(p["key"] for p in plan.pairs)
-    # a list of score pointers (the old, single-task form) gives the same selections
-    everything = steps.select(select_cfg, train_pointer=train, scores=scores)
+    # every pair of the (whole) config's plan in one call, from a list of score pointers: the same
+    everything = steps.select(cfg.to_json(), train_pointer=train, scores=scores)
     assert everything.pointer["items"] == merged["items"]
     # a coreset step finds its pair in the merged pointer
     pair = next(p for p in plan.pairs if p["label"] == "tdds[T=2,W=2]")
@@ -86,10 +87,21 @@ def test_collect_and_select_refuse_what_does_not_fit(trained):
         steps.collect([train], "score-set")
     select_cfg = steps.stage_config_json(cfg, "select")
     score_set = steps.collect(scores, "score-set").pointer
-    with pytest.raises(PipelineError, match="compile the pipeline again"):
+    with pytest.raises(PipelineError, match="does not list the pipeline plan's pairs; compile the pipeline again"):
         steps.select(select_cfg, train_pointer=train, scores=score_set, rate_json=json.dumps({"rate": "0.7", "pairs": ["x@p0.70"]}))
     with pytest.raises(PipelineError, match="not an item of the pipeline plan"):
         steps.select(select_cfg, train_pointer=train, scores=score_set, rate_json="0.5")
     only_random = steps.collect([s for s in scores if s["method"] == "random"], "score-set").pointer
     with pytest.raises(ArtifactError, match="no scores for 'tdds"):
         steps.select(select_cfg, train_pointer=train, scores=only_random, rate_json=plan.rate_items[0])
+
+
+def test_select_config_ignores_rates_and_methods(trained):
+    # materialize's cache key: the selection options only; the loop item names the pairs
+    cfg, plan, _, _ = trained
+    grown = cfg.model_copy(update={"selection": cfg.selection.model_copy(update={"rates": [0.25, 0.5, 0.75]}),
+                                   "methods": cfg.methods[:1]})
+    assert steps.stage_config_json(grown, "select") == steps.stage_config_json(cfg, "select")
+    assert steps.pipeline_plan(grown).rate_items[:1] != plan.rate_items[:1]    # 0.25 lost its tdds pair
+    balanced = cfg.model_copy(update={"selection": cfg.selection.model_copy(update={"class_balanced": True})})
+    assert steps.stage_config_json(balanced, "select") != steps.stage_config_json(cfg, "select")
