@@ -47,13 +47,13 @@ class NoiseConfig(_Strict):
 class DataConfig(_Strict):
     """Which dataset, where it lives and how it is served."""
 
-    name: str = Field("fashion-mnist", description="Registered dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder, synthetic.")
-    root: Optional[str] = Field(None, description="Folder with the dataset files; None = the dataset's default folder.")
+    name: str = Field("fashion-mnist", description="Registered dataset: fashion-mnist, mnist, cifar10, cifar100, imagefolder, manifest, synthetic.")
+    root: Optional[str] = Field(None, description="Folder with the dataset files (manifest: the manifest file or folder, local or s3://); None = the dataset's default folder.")
     download: bool = Field(False, description="Allow torchvision to download CIFAR when it is missing.")
     train_subset: Optional[int] = Field(None, gt=0, description="Use a seeded, class-stratified subset of this many training samples (quick runs).")
     test_subset: Optional[int] = Field(None, gt=0, description="Use a seeded subset of this many test samples.")
     subset_seed: int = Field(0, description="Seed for train_subset/test_subset.")
-    image_size: Optional[int] = Field(None, gt=0, description="Resize side for imagefolder datasets (default 32 for small, 224 for large).")
+    image_size: Optional[int] = Field(None, gt=0, description="Resize side for imagefolder and manifest datasets (default 32).")
     resident: Literal["auto", "always", "never"] = Field(
         "auto", description="Serve the training set from a device-resident uint8 tensor (auto: when it fits)."
     )

@@ -1,6 +1,7 @@
 """Re-pruning a dataset that grows: how the coreset of the newest version differs from the last one.
 
-Sample ids are stable (the relative path for an imagefolder, the index for fixed datasets), so two
+Sample ids are stable (the relative path for an imagefolder, the ``id`` column for a manifest, the
+index for fixed datasets), so two
 selections made on two versions of a dataset can be compared id by id::
 
     diff = compare_selections(previous_ids, current_ids, previous_universe=previous_dataset_ids)

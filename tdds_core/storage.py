@@ -26,6 +26,8 @@ Tuning (environment, or keyword arguments of :func:`open_store`):
 * ``TDDS_S3_RETRIES`` (default 3): attempts of each operation by tdds, each with botocore's own
   retries (``AWS_MAX_ATTEMPTS``, default 2) and exponential backoff in between; after them a
   StorageError names the endpoint and what to check;
+* ``TDDS_S3_MAX_POOL`` (default 32): connections one S3 client keeps open (parallel downloads of
+  a manifest dataset's images use up to this many);
 * ``TDDS_CACHE`` (default ``~/.cache/tdds``): where :func:`local_copy` keeps downloaded artifacts.
 
 Stage helpers::
@@ -543,6 +545,7 @@ class S3Store(Store):
                 cfg = BotoConfig(
                     retries={"max_attempts": max_attempts, "mode": "standard"},
                     connect_timeout=self.connect_timeout_s, read_timeout=self.read_timeout_s,
+                    max_pool_connections=max(10, _env_int("TDDS_S3_MAX_POOL", 32)),
                     s3={"addressing_style": "path"} if self.endpoint_url else None,
                 )
                 client = session.client("s3", endpoint_url=self.endpoint_url, region_name=region, config=cfg)

@@ -65,3 +65,47 @@ def make_imagefolder(root: Path, classes=("cat", "dog"), per_class: int = 4, spl
                 Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(p)
                 made.append(str(p.relative_to(root)))
     return made
+
+
+def make_manifest(root: Path, classes=("cat", "dog"), per_class: int = 4, start: int = 0, size: int = 8,
+                  name: str = "manifest.csv", split: str | None = None, seed: int = 0) -> list[dict]:
+    """Write ``root/images/<class>/<n>.png`` and append one row per image to the manifest
+    ``root/<name>`` (CSV with header ``id,label,path[,split]`` or JSONL objects; created when absent).
+    Ids are ``<class>/<n>``; paths are relative to the manifest. Returns the new rows."""
+    import csv
+    import json
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed + start)
+    rows = []
+    for c in classes:
+        d = root / "images" / c
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + per_class):
+            rel = f"images/{c}/{i:03d}.png"
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / rel)
+            rows.append({"id": f"{c}/{i:03d}", "label": c, "path": rel, **({"split": split} if split is not None else {})})
+    path = root / name
+    new = not path.exists()
+    cols = ["id", "label", "path"] + (["split"] if split is not None else [])
+    with open(path, "a", newline="") as f:
+        if name.endswith(".jsonl"):
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        else:
+            w = csv.DictWriter(f, fieldnames=cols)
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+    return rows
+
+
+def upload_tree(client, folder: Path, bucket: str, prefix: str) -> list[str]:
+    """Upload every file under ``folder`` to ``s3://bucket/prefix/<relative path>``; returns the keys."""
+    keys = []
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file():
+            key = f"{prefix.strip('/')}/{p.relative_to(folder).as_posix()}"
+            client.upload_file(str(p), bucket, key)
+            keys.append(key)
+    return keys

@@ -5,6 +5,7 @@ import numpy as np
 
 from ..config import DataConfig
 from . import datasets as _datasets  # noqa: F401  (registers the datasets)
+from . import manifest as _manifest  # noqa: F401  (registers the manifest dataset)
 from .base import ArrayDataset, Splits, call_dataset_fn, fingerprint, list_datasets, register_dataset
 from .noise import apply_noise
 
@@ -32,7 +33,7 @@ def create_dataset(cfg: DataConfig) -> Splits:
     """Load the configured dataset, take subsets, inject noise, validate labels and ids.
 
     ``splits.info`` records ``noisy_mask`` (bool ``[N]``) and ``noise`` when noise was injected."""
-    splits = call_dataset_fn(cfg.name, cfg.root, cfg.download, dict(cfg.options, **({"image_size": cfg.image_size} if cfg.image_size and cfg.name == "imagefolder" else {})))
+    splits = call_dataset_fn(cfg.name, cfg.root, cfg.download, dict(cfg.options, **({"image_size": cfg.image_size} if cfg.image_size and cfg.name in ("imagefolder", "manifest") else {})))
     if cfg.train_subset:
         splits.train = splits.train.subset(stratified_subset(splits.train.labels, cfg.train_subset, cfg.subset_seed))
     if cfg.test_subset:
