@@ -476,7 +476,7 @@ def collect(pointers: Sequence[Mapping | str], kind: str) -> StepResult:
                                     "built from another config: compile it again.")
             items[key] = item
     first = ps[0]
-    # the merged pointer names the folder its items live in (score/) or the nominal selections/
+    # the merged pointer names the folder its items live in (scores/) or the nominal selections/
     up = (lambda v: v.rstrip("/").rsplit("/", 1)[0]) if kind == "score-set" else (lambda v: v)
     pointer = {"format": POINTER_FORMAT, "kind": kind, "uri": up(first["uri"]), "key": up(first["key"]),
                "fingerprint": first["fingerprint"], "items": dict(sorted(items.items()))}

@@ -79,6 +79,13 @@ def test_imagefolder_empty(tmp_path):
         create_dataset(DataConfig(name="imagefolder", root=str(tmp_path)))
 
 
+def test_imagefolder_undecodable_image_is_named(tmp_path):
+    make_imagefolder(tmp_path, per_class=2)
+    (tmp_path / "train" / "cat" / "999.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"image .*train/cat/999\.png cannot be decoded .*replace the image or remove the file"):
+        create_dataset(DataConfig(name="imagefolder", root=str(tmp_path)))
+
+
 def test_unknown_dataset_and_option():
     with pytest.raises(ConfigError, match="known datasets: .*fashion-mnist"):
         create_dataset(DataConfig(name="svhn"))

@@ -173,7 +173,11 @@ def _scan_classes(folder: Path) -> dict[str, list[Path]]:
     return out
 
 
-def _decode(paths: list[Path], size: int, channels: int) -> np.ndarray:
+def _decode(paths: list[Path], size: int, channels: int, *, describe=None,
+            fix: str = "replace the image or remove the file") -> np.ndarray:
+    """Decode and resize images to uint8 ``[len(paths), channels, size, size]``. A file that does not
+    decode is a DataError naming it (``describe(i)``, when given, names sample ``i`` instead) and
+    ``fix``."""
     from PIL import Image
     from tqdm.auto import tqdm
 
@@ -184,7 +188,8 @@ def _decode(paths: list[Path], size: int, channels: int) -> np.ndarray:
                 im = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
                 a = np.asarray(im, dtype=np.uint8)
         except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
-            raise DataError(f"cannot decode image {p} ({e}); remove or replace the file.") from e
+            what = describe(i) if describe else f"image {p}"
+            raise DataError(f"{what} cannot be decoded ({str(e)[:200]}); {fix}.") from e
         out[i] = a[None] if channels == 1 else a.transpose(2, 0, 1)
     return out
 

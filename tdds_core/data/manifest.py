@@ -511,21 +511,15 @@ def manifest(root: Optional[str] = None, *, image_size: int = 32, channels: int 
         except StorageError as e:
             raise StorageError(f"fetching the images of manifest {uri}: {e}") from None
     files = [local_of[s] if s.startswith("s3://") else Path(s) for s in sources]
-    where = {str(f): (r, s) for f, r, s in zip(files, rows, sources)}
 
     is_test = [r.split == "test" or (r.split == "" and _stable_bucket(r.id) < test_percent) for r in rows]
 
     def build(pos: list[int]) -> ArrayDataset:
         if pos:
-            try:
-                imgs = _decode([files[i] for i in pos], image_size, channels)
-            except DataError as e:
-                hit = next(((r, s) for f, (r, s) in where.items() if f"cannot decode image {f} (" in str(e)), None)
-                if hit is None:
-                    raise
-                r, s = hit
-                raise DataError(f"manifest {uri} line {r.line}: image {s} of id {r.id!r} cannot be decoded "
-                                f"({str(e.__cause__ or e)[:200]}); replace the image or remove the row.") from None
+            imgs = _decode([files[i] for i in pos], image_size, channels,
+                           describe=lambda j: (f"manifest {uri} line {rows[pos[j]].line}: image {sources[pos[j]]} "
+                                               f"of id {rows[pos[j]].id!r}"),
+                           fix="replace the image or remove the row")
         else:
             imgs = np.zeros((0, channels, image_size, image_size), np.uint8)
         return ArrayDataset(imgs, np.array([cidx[rows[i].label] for i in pos], dtype=np.int64),
