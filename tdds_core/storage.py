@@ -58,7 +58,7 @@ from .errors import ArtifactError, StorageError
 from .io import MANIFEST, read_manifest, sha256_bytes, sha256_file, verify_manifest, write_manifest
 
 __all__ = [
-    "Store", "LocalStore", "S3Store", "TransferStats", "open_store", "split_uri", "validate_key", "parent_and_key",
+    "Store", "LocalStore", "S3Store", "ObjectMissing", "TransferStats", "open_store", "split_uri", "validate_key", "parent_and_key",
     "artifact_key", "is_complete", "local_copy", "staged_output", "cache_root", "redact_url",
     "ENV_MULTIPART_THRESHOLD", "ENV_MULTIPART_CHUNKSIZE", "ENV_RETRIES", "ENV_CACHE",
 ]
@@ -573,8 +573,13 @@ class S3Store(Store):
         return full_key
 
     # -- errors and retries --
+    def call(self, what: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T:
+        """Run ``fn`` (a boto3 call on :attr:`client`) with bounded retries and backoff; a failure
+        becomes one StorageError naming ``what``, the endpoint and the fix. With ``missing_ok`` a
+        missing object or bucket raises :class:`ObjectMissing` instead."""
+        return self._call(what, fn, missing_ok=missing_ok)
+
     def _call(self, what: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T:
-        """Run ``fn`` with bounded retries and backoff; translate failures into one clear error."""
         last: Optional[BaseException] = None
         for attempt in range(1, self.retries + 1):
             try:
@@ -582,7 +587,7 @@ class S3Store(Store):
             except Exception as e:  # noqa: BLE001 - classified below
                 kind, code = self._classify(e)
                 if kind == "missing" and missing_ok:
-                    raise _Missing() from None
+                    raise ObjectMissing() from None
                 if kind != "retry":
                     raise self._fatal(what, kind, code, e) from None
                 last = e
@@ -658,7 +663,7 @@ class S3Store(Store):
         try:
             return self._call(f"HEAD s3://{self.bucket}/{full}",
                               lambda: self.client.head_object(Bucket=self.bucket, Key=full), missing_ok=True)
-        except _Missing:
+        except ObjectMissing:
             return None
 
     def _remote_sha256(self, key: str) -> Optional[str]:
@@ -720,8 +725,8 @@ class S3Store(Store):
             self._call("delete", lambda b=batch: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": b}))
 
 
-class _Missing(Exception):
-    pass
+class ObjectMissing(Exception):
+    """Raised by :meth:`S3Store.call` with ``missing_ok=True`` when the object or bucket is not there."""
 
 
 def _short(e: Optional[BaseException]) -> str:

@@ -92,13 +92,13 @@ def _s3_store(bucket: str):
 
 
 def _s3_call(store: Any, what: str, fn, missing: str):
-    """``store._call`` (bounded retries, errors that name the endpoint and the fix); a missing
+    """``store.call`` (bounded retries, errors that name the endpoint and the fix); a missing
     object or bucket raises DataError(``missing``)."""
-    from ..storage import _Missing
+    from ..storage import ObjectMissing
 
     try:
-        return store._call(what, fn, missing_ok=True)
-    except _Missing:
+        return store.call(what, fn, missing_ok=True)
+    except ObjectMissing:
         raise DataError(missing) from None
 
 
