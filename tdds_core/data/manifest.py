@@ -337,6 +337,9 @@ def _cached(local: Path, etag: str, size: int) -> bool:
 
 
 def _write_atomic(dst: Path, data: bytes) -> None:
+    """Temp file + rename, without the fsync of :func:`tdds_core.io.atomic_write_bytes`: this is a
+    cache of many small images, and a file torn by a crash fails the size check against its sidecar
+    and is downloaded again."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
     try:
