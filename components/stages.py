@@ -9,6 +9,10 @@ Each function validates nothing itself and decides nothing: it makes one call in
 already holds kfp and tdds). KFP copies a function's source into the task, so every import is
 inside the function.
 
+The cached stages take ``context`` and ignore it: it is part of KFP's cache key, naming the store
+and the tracker the task writes to (:func:`pipelines.run.cache_context`), so a run against another
+store or MLflow never reuses a cached task whose artifacts and runs live elsewhere.
+
 Outputs: ``Model`` / ``Dataset`` / ``Artifact`` hold a JSON pointer to the artifact in tdds's
 store (``cfg.output``); ``Metrics`` hold the result rows and log ``final_acc`` / ``best_acc``.
 """
@@ -29,14 +33,14 @@ def open_run(config_json: str, run_id: str, job_id: str, build: str
     return namedtuple("Opened", ["parent_run_id", "fingerprint"])(parent_run_id, fingerprint)
 
 
-def train_full(config_json: str, fingerprint: str, model: Output[Model], metrics: Output[Metrics]):
+def train_full(config_json: str, context: str, fingerprint: str, model: Output[Model], metrics: Output[Metrics]):
     """Full-data training with dynamics capture."""
     from tdds_core import steps
 
     steps.emit(steps.train_full(config_json, fingerprint=fingerprint), artifact=model, metrics=metrics)
 
 
-def score(config_json: str, method_json: str, train: Input[Model], scores: Output[Artifact]):
+def score(config_json: str, context: str, method_json: str, train: Input[Model], scores: Output[Artifact]):
     """Score every sample with one method setting (an item of the score loop)."""
     from tdds_core import steps
 
@@ -51,7 +55,7 @@ def collect_scores(scores: Input[List[Artifact]], score_set: Output[Artifact]):
     steps.emit(steps.collect([steps.read_pointer(s.path) for s in scores], "score-set"), artifact=score_set)
 
 
-def materialize_subset(config_json: str, rate_json: str, train: Input[Model], score_set: Input[Artifact],
+def materialize_subset(config_json: str, context: str, rate_json: str, train: Input[Model], score_set: Input[Artifact],
                        selections: Output[Dataset], counts: Output[Metrics]):
     """Keep the most important samples at one pruning rate: the selection (coreset ids, weights) of
     every method setting (an item of the rate loop)."""
@@ -69,7 +73,7 @@ def collect_selections(selections: Input[List[Dataset]], merged: Output[Dataset]
     steps.emit(steps.collect([steps.read_pointer(s.path) for s in selections], "selections"), artifact=merged)
 
 
-def train_coreset(config_json: str, pair_json: str, selections: Input[Dataset], model: Output[Model],
+def train_coreset(config_json: str, context: str, pair_json: str, selections: Input[Dataset], model: Output[Model],
                   metrics: Output[Metrics]):
     """Importance-weighted training on one (method, rate) selection, every seed of coreset.seeds."""
     from tdds_core import steps
@@ -78,7 +82,7 @@ def train_coreset(config_json: str, pair_json: str, selections: Input[Dataset], 
                artifact=model, metrics=metrics)
 
 
-def evaluate_cross_arch(config_json: str, item_json: str, selections: Input[Dataset], model: Output[Model],
+def evaluate_cross_arch(config_json: str, context: str, item_json: str, selections: Input[Dataset], model: Output[Model],
                         metrics: Output[Metrics]):
     """Train another architecture on the selection of one (method, rate) pair."""
     from tdds_core import steps

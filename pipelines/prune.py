@@ -51,7 +51,8 @@ from kfp import dsl
 
 from components import Components, make_components
 from tdds_core.config import Config
-from tdds_core.steps import STAGE_SECTIONS, PipelinePlan, build_digest, pipeline_plan, stage_config_json
+from tdds_core.plan import STAGE_READS
+from tdds_core.steps import PipelinePlan, build_digest, pipeline_plan, stage_config_json
 
 __all__ = ["build_prune_pipeline", "build_reprune_pipeline", "PRUNE_NAME", "REPRUNE_NAME", "RETRY_BACKOFF"]
 
@@ -83,33 +84,33 @@ def _light(task: Any, cfg: Config, env: Mapping[str, str], *, cached: bool) -> A
 
 
 def _wire(cfg: Config, plan: PipelinePlan, c: Components, config_json: Any, run_id: Any,
-          env: Mapping[str, str], *, reprune: bool) -> None:
+          env: Mapping[str, str], *, reprune: bool, context: str) -> None:
     job_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    stage_cfg = {stage: stage_config_json(cfg, stage) for stage in STAGE_SECTIONS}
+    stage_cfg = {stage: stage_config_json(cfg, stage) for stage in STAGE_READS}
     closer = _light(c.close_run(config_json=config_json, run_id=run_id, job_id=job_id), cfg, env, cached=False)
     with dsl.ExitHandler(closer, name="tdds-run"):
         opened = _light(c.open_run(config_json=config_json, run_id=run_id, job_id=job_id, build=build_digest(cfg)),
                         cfg, env, cached=False)
-        full = _training(c.train_full(config_json=stage_cfg["train"], fingerprint=opened.outputs["fingerprint"]),
+        full = _training(c.train_full(config_json=stage_cfg["train-full"], context=context, fingerprint=opened.outputs["fingerprint"]),
                          cfg, env)
         with dsl.ParallelFor(plan.score_items, name="score-methods") as method:
-            scored = _light(c.score(config_json=stage_cfg["score"], method_json=method, train=full.outputs["model"]),
+            scored = _light(c.score(config_json=stage_cfg["score"], context=context, method_json=method, train=full.outputs["model"]),
                             cfg, env, cached=True)
         score_set = _light(c.collect_scores(scores=dsl.Collected(scored.outputs["scores"])), cfg, env, cached=True)
         with dsl.ParallelFor(plan.rate_items, name="pruning-rates") as rate:
-            chosen = _light(c.materialize_subset(config_json=stage_cfg["select"], rate_json=rate,
+            chosen = _light(c.materialize_subset(config_json=stage_cfg["select"], context=context, rate_json=rate,
                                                  train=full.outputs["model"], score_set=score_set.outputs["score_set"]),
                             cfg, env, cached=True)
         merged = _light(c.collect_selections(selections=dsl.Collected(chosen.outputs["selections"])), cfg, env,
                         cached=True)
         selections = merged.outputs["merged"]
         with dsl.ParallelFor(plan.pair_items, name="method-rate-pairs") as pair:
-            coreset = _training(c.train_coreset(config_json=stage_cfg["coreset"], pair_json=pair, selections=selections),
+            coreset = _training(c.train_coreset(config_json=stage_cfg["coreset"], context=context, pair_json=pair, selections=selections),
                                 cfg, env)
         evaluation = {}
         if plan.evals:
             with dsl.ParallelFor(plan.eval_items, name="cross-arch") as item:
-                evaluated = _training(c.evaluate_cross_arch(config_json=stage_cfg["coreset"], item_json=item,
+                evaluated = _training(c.evaluate_cross_arch(config_json=stage_cfg["coreset"], context=context, item_json=item,
                                                             selections=selections), cfg, env)
             evaluation = {"evaluation": dsl.Collected(evaluated.outputs["metrics"])}
         if reprune:
@@ -120,28 +121,31 @@ def _wire(cfg: Config, plan: PipelinePlan, c: Components, config_json: Any, run_
                cfg, env, cached=False)
 
 
-def _build(cfg: Config, name: str, description: str, env: Optional[Mapping[str, str]], reprune: bool):
+def _build(cfg: Config, name: str, description: str, env: Optional[Mapping[str, str]], reprune: bool,
+           context: str):
     plan = pipeline_plan(cfg)
     comps = make_components(cfg.pipeline.image, cfg.pipeline.gpu_image)
     env = dict(env or {})
 
     @dsl.pipeline(name=name, description=description, pipeline_root=cfg.pipeline.pipeline_root)
     def pipeline(config_json: str = cfg.to_json(), run_id: str = ""):
-        _wire(cfg, plan, comps, config_json, run_id, env, reprune=reprune)
+        _wire(cfg, plan, comps, config_json, run_id, env, reprune=reprune, context=context)
 
     return pipeline
 
 
-def build_prune_pipeline(cfg: Config, *, env: Optional[Mapping[str, str]] = None):
+def build_prune_pipeline(cfg: Config, *, env: Optional[Mapping[str, str]] = None, context: str = ""):
     """``tdds-prune`` for ``cfg``: parameters ``config_json`` (default: ``cfg.to_json()``) and
     ``run_id`` (default "": KFP's job id). ``env``: non-secret environment variables every task
-    gets (e.g. MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL); secrets come from Kubernetes secrets."""
+    gets (e.g. MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL); secrets come from Kubernetes secrets.
+    ``context``: the store and tracker the tasks write to (:func:`pipelines.run.cache_context`), part
+    of every cached task's key."""
     return _build(cfg, PRUNE_NAME, "TDDS dataset pruning: train-full -> score -> select -> train-coreset -> report",
-                  env, reprune=False)
+                  env, reprune=False, context=context)
 
 
-def build_reprune_pipeline(cfg: Config, *, env: Optional[Mapping[str, str]] = None):
+def build_reprune_pipeline(cfg: Config, *, env: Optional[Mapping[str, str]] = None, context: str = ""):
     """``tdds-reprune`` for ``cfg``: ``tdds-prune`` on the dataset's newest version plus the
     comparison of every coreset with the previous version's (recorded in MLflow)."""
     return _build(cfg, REPRUNE_NAME, "TDDS re-pruning of a growing dataset: prune its newest version and record "
-                  "how each coreset changed (kept, dropped, new ids, Jaccard)", env, reprune=True)
+                  "how each coreset changed (kept, dropped, new ids, Jaccard)", env, reprune=True, context=context)

@@ -28,7 +28,7 @@ from tdds_core.config import Config
 from tdds_core.errors import PipelineError
 
 __all__ = ["compile_pipeline", "run_local", "submit", "schedule", "check_host", "LocalRunResult", "cluster_env",
-           "normalize_cron", "SECRET_ENV", "PIPELINES", "local_pipeline_root"]
+           "normalize_cron", "SECRET_ENV", "PIPELINES", "local_pipeline_root", "cache_context", "drop_stale_cache"]
 
 PIPELINES = ("prune", "reprune")
 # never baked into a compiled pipeline: these come from Kubernetes secrets (docs/CLUSTER.md)
@@ -79,7 +79,7 @@ def compile_pipeline(cfg: Config, path: str | os.PathLike, *, kind: str = "prune
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pipeline = _builder(kind)(cfg, env=env)
+    pipeline = _builder(kind)(cfg, env=env, context=cache_context(cfg, {**os.environ, **(env or {})}))
     try:
         compiler.Compiler().compile(pipeline, str(path))
     except Exception as e:  # noqa: BLE001 - kfp raises many types
@@ -99,17 +99,68 @@ class LocalRunResult:
     parent_run_id: Optional[str] = None
 
 
-def local_pipeline_root(cfg: Config) -> Path:
-    """``<output>/kfp`` for a local output; ``$TDDS_CACHE/kfp/<name>`` for an S3 output."""
-    if cfg.output.startswith("s3://"):
-        from tdds_core.storage import cache_root
+def cache_context(cfg: Config, environ: Optional[Mapping[str, str]] = None) -> str:
+    """Where a run's tasks write, as one digest: the store's identity (``output`` and the S3
+    endpoint of ``environ``) and the tracker's (tracking URI and experiment). Every cached task takes
+    it as an input and the local cache folder is named by it, so a cached result is reused only
+    against the store and tracker that hold its artifacts and runs."""
+    from tdds_core.config import config_digest
+    from tdds_core.storage import is_remote, open_store
+    from tdds_core.tracking import default_experiment, default_tracking_uri, tracker_identity
 
-        return cache_root() / "kfp" / cfg.name
-    return Path(cfg.output) / "kfp"
+    environ = os.environ if environ is None else environ
+    endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+    store = open_store(cfg.output, endpoint_url=endpoint) if is_remote(cfg.output) and endpoint else open_store(cfg.output)
+    tracker = "none"
+    if cfg.tracking.enabled:
+        uri = cfg.tracking.uri or environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(cfg.output)
+        tracker = tracker_identity(uri, default_experiment(cfg))
+    return config_digest({"store": store.identity, "tracker": tracker}, 16)
+
+
+def local_pipeline_root(cfg: Config, context: Optional[str] = None) -> Path:
+    """``<output>/kfp/<context>`` for a local output, ``$TDDS_CACHE/kfp/<name>-<context>`` for an S3
+    output (``context``: :func:`cache_context`); kfp.local keeps its cache in ``.kfp_cache`` there."""
+    from tdds_core.storage import cache_root, is_remote
+
+    context = context or cache_context(cfg)
+    if is_remote(cfg.output):
+        return cache_root() / "kfp" / f"{cfg.name}-{context}"
+    return Path(cfg.output) / "kfp" / context
+
+
+def drop_stale_cache(cfg: Config, root: Path) -> list[str]:
+    """Remove the entries of the local KFP cache under ``root`` whose outputs name work that the
+    configured store or tracker no longer holds (a deleted or expired prefix, a new tracking
+    store): the task runs again and recreates it instead of reporting it done. Returns the removed
+    entries' files."""
+    from tdds_core.steps import POINTER_FORMAT, missing_work
+    from tdds_core.storage import open_store
+    from tdds_core.tracking import make_tracker
+
+    cache = root / ".kfp_cache"
+    entries = sorted(cache.glob("*.json")) if cache.is_dir() else []
+    if not entries:
+        return []
+    store, tracker = open_store(cfg.output), make_tracker(cfg, cfg.output)
+    dropped = []
+    for entry in entries:
+        try:
+            outputs = json.loads(entry.read_text())
+        except (OSError, json.JSONDecodeError):
+            outputs = None
+        pointers = [v.get("metadata") or {} for v in (outputs or {}).values() if isinstance(v, dict)]
+        if outputs is None or any(p.get("format") == POINTER_FORMAT and missing_work(p, cfg.output, store, tracker)
+                                  for p in pointers):
+            entry.unlink(missing_ok=True)
+            dropped.append(str(entry))
+    return dropped
 
 
 def _absolute_output(cfg: Config) -> Config:
-    if cfg.output.startswith("s3://"):
+    from tdds_core.storage import is_remote
+
+    if is_remote(cfg.output):
         return cfg
     return cfg.model_copy(update={"output": str(Path(cfg.output).expanduser().absolute())})
 
@@ -124,12 +175,15 @@ def run_local(cfg: Config, *, kind: str = "prune", run_id: Optional[str] = None)
     from tdds_core.tracking import default_experiment, default_tracking_uri
 
     cfg = _absolute_output(cfg)
-    root = local_pipeline_root(cfg)
+    context = cache_context(cfg)
+    root = local_pipeline_root(cfg, context)
     root.mkdir(parents=True, exist_ok=True)
+    if cfg.pipeline.caching:
+        drop_stale_cache(cfg, root)
     run_id = run_id or f"local-{uuid.uuid4().hex[:12]}"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                enable_caching=cfg.pipeline.caching, raise_on_error=True)
-    pipeline = _builder(kind)(cfg)
+    pipeline = _builder(kind)(cfg, context=context)
     with warnings.catch_warnings(), _local_runner_fixes():
         # the cluster image name has no "python" in it, and GPU/cpu/memory requests do not apply here
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
@@ -184,7 +238,7 @@ def _parent_run(cfg: Config, run_id: str) -> Optional[str]:
     for status in ("FINISHED", "FAILED", "RUNNING"):
         run = find_parent_run(tracker, run_id=run_id, status=status)
         if run is not None:
-            return run.info.run_id
+            return run.id
     return None
 
 

@@ -74,11 +74,14 @@ class TrainSpec:
     resident_max_bytes: int = 4 << 30
     num_workers: int = 2
 
-    _RUNTIME = ("device", "amp", "channels_last", "compile", "eval_batch_size", "progress", "resident",
-                "resident_max_bytes", "num_workers")
-
     def digest(self, fingerprint: str) -> str:
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in self._RUNTIME}
+        """Digest of what changes the numbers: runtime fields (:mod:`tdds_core.plan`) left out, the
+        numerics settings by their effective values on this machine."""
+        from .plan import runtime_spec_fields
+
+        skip = set(runtime_spec_fields()) | {"device", "amp", "channels_last", "compile"}
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        d["numerics"] = effective_numerics(self.device, self.amp, self.channels_last, self.compile)
         d["fingerprint"] = fingerprint
         return config_digest(d, 16)
 
@@ -88,6 +91,15 @@ class TrainSpec:
             if d[k] is not None:
                 d[k] = f"<{len(d[k])} values>"
         return d
+
+
+def effective_numerics(device: str, amp: str, channels_last: bool, compile: bool) -> dict:
+    """What the numerics settings do on this machine: the device class, and bf16 autocast,
+    channels_last and torch.compile as applied (CUDA only)."""
+    dev = resolve_device(device).type
+    cuda = dev == "cuda"
+    return {"device": dev, "bf16": cuda and amp in ("auto", "bf16"), "channels_last": cuda and bool(channels_last),
+            "compile": cuda and bool(compile)}
 
 
 def check_arch(arch: str, field: str = "model.arch") -> None:

@@ -19,16 +19,18 @@ from typing import Any
 
 import numpy as np
 
+from . import plan as P
 from . import stages
-from .config import Config, MethodSpec
+from .config import Config
 from .data import Splits, create_dataset
 from .engine import coreset_batch_size
 from .io import atomic_write_text
+from .storage import is_remote
 from .tracking import (METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_ITERATIONS, METRIC_NOISY_KEPT, METRIC_NUM_TRAIN,
                        METRIC_WALL_S, STAGE_CORESET, STAGE_EVALUATE, STAGE_PIPELINE, STAGE_SCORE,
                        STAGE_TRAIN_FULL, TAG_ARCH, TAG_ARTIFACT_URI, TAG_FINGERPRINT, TAG_METHOD,
                        TAG_METHOD_NAME, TAG_RATE, TAG_SEED, TAG_STAGE, NullTracker, Tracker, format_rate,
-                       log_score_run, log_selection, make_tracker, run_key, run_name)
+                       log_score_run, log_selection, make_tracker, run_name)
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +50,24 @@ def _result_metrics(res) -> dict[str, float]:
     return m
 
 
+def result_row(method: str, rate: float | None, seed: int, arch: str, res, uri: str | None = None) -> dict:
+    """One row of the results table from a training result."""
+    row = {"method": method, "rate": rate, "seed": seed, "arch": arch, "final_acc": res.final_acc,
+           "best_acc": res.best_acc, "num_train": res.num_train, "iterations": res.iterations, "wall_s": res.wall_s}
+    if uri is not None:
+        row["uri"] = uri
+    return row
+
+
 def tracked_train_full(cfg: Config, tracker: Tracker, splits: Splits) -> stages.StageOutput:
     name = run_name(STAGE_TRAIN_FULL, arch=cfg.model.arch, seed=cfg.train.seed)
-    key = run_key(name, splits.fingerprint, {"data": cfg.data.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
-                                             "train": cfg.train.model_dump(mode="json"), "dynamics": cfg.dynamics.model_dump(mode="json")})
+    key = P.run_key_of(STAGE_TRAIN_FULL, cfg.output, P.train_key(cfg, splits.fingerprint))
     tags = {TAG_STAGE: STAGE_TRAIN_FULL, TAG_METHOD: "full", TAG_ARCH: cfg.model.arch, TAG_SEED: cfg.train.seed,
             TAG_FINGERPRINT: splits.fingerprint}
     with tracker.start_run(name, key=key, tags=tags) as run:
         out = stages.train_full(cfg, splits=splits, on_epoch=None if run.reused else _epoch_logger(tracker))
         if not run.reused:
-            tracker.log_params({k: v for k, v in cfg.flat().items() if k.split(".", 1)[0] in stages.IDENTITY_SECTIONS})
+            tracker.log_params(P.identity(cfg, "train-full"))
             tracker.log_metrics(_result_metrics(out.result))
             tracker.set_tags({TAG_ARTIFACT_URI: out.uri})
             tracker.log_input_dataset(cfg.data.name, splits.fingerprint, source=str(cfg.data.root or cfg.data.name))
@@ -66,16 +76,16 @@ def tracked_train_full(cfg: Config, tracker: Tracker, splits: Splits) -> stages.
     return out
 
 
-def tracked_score(cfg: Config, tracker: Tracker, splits: Splits, train_uri: str, method: MethodSpec,
-                  params: dict) -> stages.StageOutput:
-    label = method_label(method, params)
+def tracked_score(cfg: Config, tracker: Tracker, splits: Splits, train_uri: str, item: P.ScoreItem) -> stages.StageOutput:
+    """Score one method setting of the plan inside its child run."""
+    m, params, label = item.method, item.params, item.label
     name = run_name(STAGE_SCORE, method=label)
-    key = run_key(name, splits.fingerprint, {"train": train_uri, "method": method.name, "params": params})
-    tags = {TAG_STAGE: STAGE_SCORE, TAG_METHOD: label, TAG_METHOD_NAME: method.name, TAG_FINGERPRINT: splits.fingerprint}
+    key = P.run_key_of(STAGE_SCORE, cfg.output, P.score_key(train_uri, m.name, params))
+    tags = {TAG_STAGE: STAGE_SCORE, TAG_METHOD: label, TAG_METHOD_NAME: m.name, TAG_FINGERPRINT: splits.fingerprint}
     with tracker.start_run(name, key=key, tags=tags) as run:
-        out = stages.score(cfg, train_uri, method.model_copy(update={"label": label}), params, splits=splits)
+        out = stages.score(cfg, train_uri, m.model_copy(update={"label": label}), params, splits=splits)
         if not run.reused:
-            tracker.log_params({"method": method.name, **{f"param.{k}": v for k, v in params.items()}})
+            tracker.log_params({"method": m.name, **{f"param.{k}": v for k, v in params.items()}})
             tracker.set_tags({TAG_ARTIFACT_URI: out.uri})
             scores, _ = stages.load_scores(out.local)
             log_score_run(tracker, scores, method=label, labels=splits.train.labels, images=splits.train.images,
@@ -92,17 +102,16 @@ def noisy_kept(splits: Splits, indices: np.ndarray) -> float | None:
     return float(mask[np.asarray(indices, dtype=np.int64)].sum() / mask.sum())
 
 
-def tracked_coreset(cfg: Config, tracker: Tracker, splits: Splits, selection: stages.StageOutput, *, label: str,
-                    method_name: str, rate: float, seed: int, arch: str | None = None,
-                    stage: str = STAGE_CORESET) -> dict:
-    """Train on a selection inside a child run; returns the result row."""
+def tracked_coreset(cfg: Config, tracker: Tracker, splits: Splits, selection: stages.StageOutput, pair: P.PairItem, *,
+                    seed: int, arch: str | None = None, stage: str = STAGE_CORESET) -> dict:
+    """Train on the selection of one plan pair inside a child run; returns the result row."""
     from .selection import load_selection
 
     arch = arch or cfg.model.arch
+    label, rate = pair.score.label, pair.rate
     name = run_name(stage, method=label, rate=rate, arch=arch, seed=seed)
-    key = run_key(name, splits.fingerprint, {"selection": selection.uri, "coreset": cfg.coreset.model_dump(mode="json"),
-                                             "train": cfg.train.model_dump(mode="json"), "arch": arch, "seed": seed})
-    tags = {TAG_STAGE: stage, TAG_METHOD: label, TAG_METHOD_NAME: method_name, TAG_RATE: format_rate(rate),
+    key = P.run_key_of(stage, cfg.output, P.coreset_key(cfg, selection.uri, arch, seed))
+    tags = {TAG_STAGE: stage, TAG_METHOD: label, TAG_METHOD_NAME: pair.score.method.name, TAG_RATE: format_rate(rate),
             TAG_ARCH: arch, TAG_SEED: seed, TAG_FINGERPRINT: splits.fingerprint}
     sel = load_selection(stages.fetch(selection.uri), expected_fingerprint=splits.fingerprint)
     kept_noisy = noisy_kept(splits, sel.indices)
@@ -120,20 +129,10 @@ def tracked_coreset(cfg: Config, tracker: Tracker, splits: Splits, selection: st
             tracker.set_tags({TAG_ARTIFACT_URI: out.uri})
             log_selection(tracker, stages.fetch(selection.uri), splits.fingerprint, dataset_name=cfg.data.name,
                           selection_uri=selection.uri)
-    r = out.result
-    row = {"method": label, "rate": rate, "seed": seed, "arch": arch, "final_acc": r.final_acc, "best_acc": r.best_acc,
-           "num_train": r.num_train, "iterations": r.iterations, "wall_s": r.wall_s, "uri": out.uri}
+    row = result_row(label, rate, seed, arch, out.result, out.uri)
     if kept_noisy is not None:
         row["noisy_kept"] = kept_noisy
     return row
-
-
-def method_label(method: MethodSpec, params: dict) -> str:
-    if method.label:
-        return method.label
-    if params == method.params or method.per_rate:
-        return method.display
-    return MethodSpec(name=method.name, params=params).display
 
 
 @dataclass
@@ -164,7 +163,7 @@ def write_report(cfg: Config, rows: list[dict], tracker: Tracker, out_dir: Path)
 
 def publish_report(cfg: Config, report_dir: Path) -> None:
     """Upload the report to ``<output>/report`` when the output is on S3 and the table changed."""
-    if not stages.is_remote(cfg.output):
+    if not is_remote(cfg.output):
         return
     import json
 
@@ -186,9 +185,8 @@ def check_grid(cfg: Config) -> None:
     from .engine import check_arch
     from .scoring import resolve_params
 
-    for m in cfg.methods:
-        for rate in (m.rates or cfg.selection.rates):
-            resolve_params(m.name, **m.params_for(rate))
+    for item in P.Plan.from_config(cfg).scores:
+        resolve_params(item.method.name, **item.params)
     if cfg.evaluate.rates:
         for arch in cfg.evaluate.archs:
             check_arch(arch, "evaluate.archs")
@@ -197,37 +195,26 @@ def check_grid(cfg: Config) -> None:
 def run_grid(cfg: Config, *, tracker: Tracker | None = None, pipeline_run_id: str | None = None) -> GridResult:
     """Run the whole experiment of ``cfg`` (see module docstring); returns the rows and the table.
 
-    The parent run is keyed by the config: rerunning a finished grid creates no new runs."""
+    The parent run is keyed by the config's identity: rerunning a finished grid creates no new runs."""
     check_grid(cfg)
+    plan = P.Plan.from_config(cfg)
     splits = create_dataset(cfg.data)
     # the tracker first: an unreachable tracking server fails before the output root is claimed
     tracker = tracker or make_tracker(cfg, cfg.output, pipeline_run_id=pipeline_run_id or uuid.uuid4().hex[:12])
     stages.claim_output(cfg)
-    rows: list[dict] = []
     name = run_name(STAGE_PIPELINE, method=cfg.name)
-    key = run_key(name, splits.fingerprint, cfg.model_dump(mode="json", exclude={"tracking", "pipeline", "output"}))
+    key = P.run_key_of(STAGE_PIPELINE, cfg.output, P.experiment_key(cfg, splits.fingerprint))
     with tracker.start_run(name, key=key, tags={TAG_STAGE: STAGE_PIPELINE, TAG_FINGERPRINT: splits.fingerprint}) as parent:
         if not parent.reused:
             tracker.log_params(cfg.flat())
         full = tracked_train_full(cfg, tracker, splits)
-        r = full.result
-        rows.append({"method": "full", "rate": None, "seed": cfg.train.seed, "arch": cfg.model.arch,
-                     "final_acc": r.final_acc, "best_acc": r.best_acc, "num_train": r.num_train,
-                     "iterations": r.iterations, "wall_s": r.wall_s})
-        for m in cfg.methods:
-            for rate in (m.rates or cfg.selection.rates):
-                params = m.params_for(rate)
-                sc = tracked_score(cfg, tracker, splits, full.uri, m, params)
-                sel = stages.select(cfg, full.uri, sc.uri, rate)
-                label = method_label(m, params)
-                for seed in cfg.coreset.seeds:
-                    rows.append(tracked_coreset(cfg, tracker, splits, sel, label=label, method_name=m.name, rate=rate, seed=seed))
-                if is_evaluated(cfg, m, label, rate):
-                    for arch in cfg.evaluate.archs:
-                        if arch == cfg.model.arch:
-                            continue  # the coreset row above is this architecture's row
-                        rows.append(tracked_coreset(cfg, tracker, splits, sel, label=label, method_name=m.name, rate=rate,
-                                                    seed=cfg.coreset.seeds[0], arch=arch, stage=STAGE_EVALUATE))
+        rows = [result_row("full", None, cfg.train.seed, cfg.model.arch, full.result)]
+        scored = {it.key: tracked_score(cfg, tracker, splits, full.uri, it) for it in plan.scores}
+        chosen = {p.key: stages.select(cfg, full.uri, scored[p.score.key].uri, p.rate, label=p.score.label)
+                  for p in plan.pairs}
+        rows += [tracked_coreset(cfg, tracker, splits, chosen[c.pair.key], c.pair, seed=c.seed) for c in plan.coresets]
+        rows += [tracked_coreset(cfg, tracker, splits, chosen[e.pair.key], e.pair, seed=e.seed, arch=e.arch,
+                                 stage=STAGE_EVALUATE) for e in plan.evals]
         report_dir = _report_dir(cfg)
         md = write_report(cfg, rows, tracker, report_dir)
         publish_report(cfg, report_dir)
@@ -235,13 +222,10 @@ def run_grid(cfg: Config, *, tracker: Tracker | None = None, pipeline_run_id: st
     return GridResult(rows, report_dir, md, run_id)
 
 
-def is_evaluated(cfg: Config, m: MethodSpec, label: str, rate: float) -> bool:
-    return any(abs(rate - r) < 1e-9 for r in cfg.evaluate.rates) and (m.name in cfg.evaluate.methods or label in cfg.evaluate.methods)
-
-
 def _report_dir(cfg: Config) -> Path:
-    if stages.is_remote(cfg.output):
+    if is_remote(cfg.output):
         from .storage import cache_root
 
         return cache_root() / "reports" / cfg.name
     return Path(cfg.output) / "report"
+

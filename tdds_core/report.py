@@ -12,8 +12,13 @@ A *result row* is one trained model::
 
 :func:`build_table` aggregates rows over seeds per (method, rate, arch); :func:`to_csv`,
 :func:`to_markdown` and :func:`plot_accuracy_vs_rate` render it; :func:`rows_from_mlflow` reads the
-rows back from the finished coreset / evaluate / train-full runs of an MLflow experiment (tag and
-metric names: the ``TAG_*`` / ``METRIC_*`` constants of :mod:`tdds_core.tracking`).
+rows back from the finished coreset / evaluate / train-full runs of an MLflow experiment (through
+:meth:`tdds_core.tracking.MlflowTracker.find_runs`; tag and metric names: the ``TAG_*`` / ``METRIC_*``
+constants of :mod:`tdds_core.tracking`).
+
+This module owns the plots (matplotlib, loaded lazily, Agg canvas, no pyplot): the accuracy-vs-rate
+plot and the score-stage figures :func:`score_histogram_figure` / :func:`extremes_grid_figure`
+that :func:`tdds_core.tracking.log_score_run` logs.
 
 Standard deviations are sample standard deviations over seeds (``ddof=1``); 0 for a single seed.
 """
@@ -29,11 +34,10 @@ from typing import Any, Iterable, Optional, Sequence
 from .errors import TrackingError
 from .tracking import (METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_ITERATIONS, METRIC_NOISY_KEPT, METRIC_NUM_TRAIN,
                        METRIC_WALL_S, STAGE_CORESET, STAGE_EVALUATE, STAGE_TRAIN_FULL, TAG_ARCH, TAG_METHOD,
-                       TAG_RATE, TAG_SEED, TAG_STAGE, format_rate)
-from .storage import redact_url
+                       TAG_RATE, TAG_SEED, TAG_STAGE, MlflowTracker, format_rate)
 
 __all__ = ["build_table", "to_csv", "to_markdown", "plot_accuracy_vs_rate", "rows_from_mlflow", "full_accuracy",
-           "FULL_METHOD", "TABLE_COLUMNS"]
+           "score_histogram_figure", "extremes_grid_figure", "FULL_METHOD", "TABLE_COLUMNS"]
 
 FULL_METHOD = "full"
 _STATS = ("final_acc", "best_acc", "noisy_kept", "num_train", "iterations", "wall_s")
@@ -248,68 +252,115 @@ def rows_from_mlflow(tracking_uri: str, experiment: str,
     ``wall_s``; plus ``stage`` and ``run_id``. Runs without ``final_acc`` are left out; for the same
     (stage, method, rate, arch, seed) the newest run wins.
     """
-    from .tracking import _probe_server
-
-    if tracking_uri.startswith(("http://", "https://")):
-        _probe_server(tracking_uri, 3, 3.0)
-    elif tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):])
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
         if not db.is_file():
             raise TrackingError(
                 f"no MLflow database at {db}; run the grid first, or pass --tracking-uri / --config naming the "
                 "tracking store the runs were logged to."
             )
-    try:
-        from mlflow import MlflowClient
-    except ImportError as e:  # pragma: no cover
-        raise TrackingError("reading results from MLflow needs mlflow: pip install mlflow") from e
-    client = MlflowClient(tracking_uri=tracking_uri)
-    try:
-        exp = client.get_experiment_by_name(experiment)
-    except Exception as e:  # noqa: BLE001
-        raise TrackingError(f"cannot read MLflow at {redact_url(tracking_uri)}: {type(e).__name__}: {str(e)[:300]}") from None
-    if exp is None:
-        names = [e.name for e in client.search_experiments(max_results=50)]
-        raise TrackingError(
-            f"MLflow experiment {experiment!r} not found at {redact_url(tracking_uri)} (found: {', '.join(names) or 'none'}); "
-            "pass --experiment (default tdds-<dataset>) or --tracking-uri."
-        )
+    tracker = MlflowTracker(tracking_uri, experiment, create_experiment=False)
     newest: dict[tuple, tuple[int, dict]] = {}
     for stage in stages:
-        token = None
-        while True:
-            page = client.search_runs(
-                [exp.experiment_id],
-                filter_string=f"tags.`{TAG_STAGE}` = '{stage}' and attributes.status = 'FINISHED'",
-                max_results=1000, page_token=token,
-            )
-            for run in page:
-                tags, metrics = run.data.tags, run.data.metrics
-                if METRIC_FINAL_ACC not in metrics:
-                    continue
-                rate = _num(tags.get(TAG_RATE))
-                seed = tags.get(TAG_SEED)
-                row = {
-                    "method": tags.get(TAG_METHOD) or (FULL_METHOD if stage == STAGE_TRAIN_FULL else "?"),
-                    "rate": rate,
-                    "seed": int(seed) if seed not in (None, "") else None,
-                    "arch": tags.get(TAG_ARCH, ""),
-                    "final_acc": metrics.get(METRIC_FINAL_ACC),
-                    "best_acc": metrics.get(METRIC_BEST_ACC),
-                    "noisy_kept": metrics.get(METRIC_NOISY_KEPT),
-                    "num_train": metrics.get(METRIC_NUM_TRAIN),
-                    "iterations": metrics.get(METRIC_ITERATIONS),
-                    "wall_s": metrics.get(METRIC_WALL_S),
-                    "stage": stage,
-                    "run_id": run.info.run_id,
-                }
-                if stage == STAGE_TRAIN_FULL:
-                    row["method"], row["rate"] = FULL_METHOD, None
-                key = (stage, row["method"], row["rate"], row["arch"], row["seed"])
-                start = run.info.start_time or 0
-                if key not in newest or start > newest[key][0]:
-                    newest[key] = (start, row)
-            token = page.token
-            if not token:
-                break
+        for run in tracker.find_runs(tags={TAG_STAGE: stage}, status="FINISHED", max_results=_ALL_RUNS, order="oldest"):
+            tags, metrics = run.tags, run.metrics
+            if METRIC_FINAL_ACC not in metrics:
+                continue
+            seed = tags.get(TAG_SEED)
+            row = {
+                "method": tags.get(TAG_METHOD) or (FULL_METHOD if stage == STAGE_TRAIN_FULL else "?"),
+                "rate": _num(tags.get(TAG_RATE)),
+                "seed": int(seed) if seed not in (None, "") else None,
+                "arch": tags.get(TAG_ARCH, ""),
+                "final_acc": metrics.get(METRIC_FINAL_ACC),
+                "best_acc": metrics.get(METRIC_BEST_ACC),
+                "noisy_kept": metrics.get(METRIC_NOISY_KEPT),
+                "num_train": metrics.get(METRIC_NUM_TRAIN),
+                "iterations": metrics.get(METRIC_ITERATIONS),
+                "wall_s": metrics.get(METRIC_WALL_S),
+                "stage": stage,
+                "run_id": run.id,
+            }
+            if stage == STAGE_TRAIN_FULL:
+                row["method"], row["rate"] = FULL_METHOD, None
+            key = (stage, row["method"], row["rate"], row["arch"], row["seed"])
+            if key not in newest or run.start_time > newest[key][0]:
+                newest[key] = (run.start_time, row)
     return [row for _, row in sorted(newest.values(), key=lambda x: x[0])]
+
+
+_ALL_RUNS = 10 ** 9   # find_runs limit that means "every run" (it pages through them)
+
+
+# ------------------------------------------------------------------------------ score-stage figures
+def _figure(width: float, height: float) -> Any:
+    """A bare matplotlib Figure (no pyplot, no display needed)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100)
+
+
+def _image_for_display(img: Any) -> tuple[Any, Optional[str]]:
+    """One image ``[C, H, W]`` (or ``[H, W]`` / ``[H, W, C]``) -> an array imshow takes, and a cmap."""
+    import numpy as np
+
+    a = np.asarray(img)
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4):
+        a = np.transpose(a, (1, 2, 0))
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.dtype != np.uint8:
+        lo, hi = float(np.min(a)), float(np.max(a))
+        a = ((a - lo) / (hi - lo + 1e-12) * 255).astype(np.uint8)
+    return a, ("gray" if a.ndim == 2 else None)
+
+
+def score_histogram_figure(scores: Any, *, method: str = "", bins: int = 50) -> Any:
+    """A matplotlib Figure: histogram of the finite ``scores`` (higher = keep first)."""
+    import numpy as np
+
+    s = np.asarray(scores, dtype=np.float64)
+    fig = _figure(6, 4)
+    ax = fig.add_subplot(1, 1, 1)
+    finite = s[np.isfinite(s)]
+    ax.hist(finite, bins=bins, color="#3b6ea8")
+    ax.set_xlabel("score (higher = keep first)")
+    ax.set_ylabel("samples")
+    ax.set_title(f"{method} scores (N={len(s)})" if method else f"scores (N={len(s)})")
+    fig.tight_layout()
+    return fig
+
+
+def extremes_grid_figure(images: Any, labels: Any, scores: Any, *, class_names: Optional[Sequence[str]] = None,
+                         k: int = 16, method: str = "") -> Any:
+    """A figure with the ``k`` most important (highest score) images on top and the ``k`` least
+    important below, each titled with its label and score. ``images``: uint8 ``[N, C, H, W]``."""
+    import numpy as np
+
+    s = np.asarray(scores, dtype=np.float64)
+    n = len(s)
+    k = max(1, min(int(k), n))
+    order = np.argsort(-s, kind="stable")
+    groups = [("most important", order[:k]), ("least important", order[::-1][:k])]
+    cols = min(k, 8)
+    rows_per = int(math.ceil(k / cols))
+    fig = _figure(1.6 * cols, 1.9 * rows_per * 2 + 0.6)
+    for g, (title, idx) in enumerate(groups):
+        for j, i in enumerate(idx):
+            ax = fig.add_subplot(rows_per * 2, cols, g * rows_per * cols + j + 1)
+            img, cmap = _image_for_display(images[int(i)])
+            if cmap:
+                ax.imshow(img, cmap=cmap, vmin=0, vmax=255)
+            else:
+                ax.imshow(img)
+            lab = int(np.asarray(labels)[int(i)]) if labels is not None else None
+            name = class_names[lab] if (class_names is not None and lab is not None and 0 <= lab < len(class_names)) else lab
+            ax.set_title(f"{name}\n{s[int(i)]:.3g}", fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(title, fontsize=7)
+    fig.suptitle(f"{method}: top = most important, bottom = least important" if method
+                 else "top = most important, bottom = least important", fontsize=9)
+    fig.tight_layout()
+    return fig

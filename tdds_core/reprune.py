@@ -174,31 +174,21 @@ def find_previous_selection(tracker: Any, output: str, *, dataset: str, label: s
                             fingerprint: str) -> Optional[PreviousSelection]:
     """The selection of the newest other version of ``dataset`` for one method label and rate.
 
-    With an MLflow tracker: the newest FINISHED run tagged ``tdds.stage=reprune``, ``tdds.dataset``,
+    With tracking on (:meth:`~tdds_core.tracking.Tracker.find_runs`): the newest FINISHED run tagged ``tdds.stage=reprune``, ``tdds.dataset``,
     ``tdds.method`` and ``tdds.rate`` as given and a ``tdds.fingerprint`` other than
     ``fingerprint``. Otherwise (or when MLflow has none): the newest entry of the store history
     ``reprune/...`` under ``output`` with another fingerprint. None when there is no earlier version.
     """
     from .tracking import TAG_FINGERPRINT, TAG_METHOD, TAG_RATE, TAG_STAGE, format_rate
 
-    client = getattr(tracker, "client", None)
-    if getattr(tracker, "enabled", False) and client is not None:
-        flt = (f"tags.`{TAG_STAGE}` = '{STAGE_REPRUNE}' and tags.`{TAG_DATASET}` = '{_q(dataset)}' and "
-               f"tags.`{TAG_METHOD}` = '{_q(label)}' and tags.`{TAG_RATE}` = '{format_rate(rate)}' and "
-               "attributes.status = 'FINISHED'")
-        try:
-            runs = client.search_runs([tracker.experiment_id], filter_string=flt, max_results=200,
-                                      order_by=["attributes.start_time DESC"])
-        except Exception as e:  # noqa: BLE001 - MlflowException, HTTP errors
-            from .errors import TrackingError
-
-            raise TrackingError(f"cannot search MLflow for the previous version of {dataset}: {type(e).__name__}: "
-                                f"{str(e)[:300]}; check tracking.uri / MLFLOW_TRACKING_URI.") from None
+    if getattr(tracker, "enabled", False):
+        runs = tracker.find_runs(tags={TAG_STAGE: STAGE_REPRUNE, TAG_DATASET: dataset, TAG_METHOD: label,
+                                       TAG_RATE: format_rate(rate)}, status="FINISHED", max_results=200)
         for run in runs:
-            tags = run.data.tags
+            tags = run.tags
             if tags.get(TAG_FINGERPRINT) and tags.get(TAG_FINGERPRINT) != fingerprint and tags.get(TAG_SELECTION_URI):
                 return PreviousSelection(tags[TAG_FINGERPRINT], tags[TAG_SELECTION_URI], tags.get(TAG_TRAIN_URI, ""),
-                                         f"mlflow:{run.info.run_id}")
+                                         f"mlflow:{run.id}")
     from .storage import open_store
 
     store = open_store(output)
@@ -216,12 +206,6 @@ def find_previous_selection(tracker: Any, output: str, *, dataset: str, label: s
         return None
     e = best[2]
     return PreviousSelection(e["fingerprint"], e["selection_uri"], e.get("train_uri", ""), f"store:{best[1]}", e)
-
-
-def _q(s: str) -> str:
-    if "'" in s or "\\" in s:
-        raise ValueError(f"{s!r}: quotes and backslashes cannot be searched in MLflow tags")
-    return s
 
 
 # ------------------------------------------------------------------------------------------ record

@@ -16,18 +16,19 @@ the work, so reruns and interrupted grids continue where they stopped.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from . import plan as P
 from .config import Config, MethodSpec, config_digest
 from .data import Splits, create_dataset
 from .engine import TrainResult, coreset_spec, full_data_spec, load_result, train
 from .errors import ArtifactError
 from .io import atomic_save_npy, atomic_write_json, load_npy, read_json, verify_manifest, write_manifest
+from .storage import is_remote, join_uri
 
 
 @dataclass
@@ -40,20 +41,6 @@ class StageOutput:
 
 
 # ------------------------------------------------------------------------------------------ locations
-def is_remote(uri: str) -> bool:
-    return uri.startswith("s3://")
-
-
-def join_uri(root: str, key: str) -> str:
-    if is_remote(root):
-        return root.rstrip("/") + "/" + key
-    return str(Path(root) / key)
-
-
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "x"
-
-
 def _work_dir(uri: str) -> Path:
     """Where a stage writes before publishing: the folder itself when local, a cache folder for S3
     (so an interrupted S3 run resumes from its local checkpoint on the same machine)."""
@@ -148,23 +135,16 @@ def fetch(uri: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ output root
-IDENTITY_SECTIONS = ("data", "model", "train", "dynamics")
-
-
 def claim_output(cfg: Config) -> None:
     """Record which experiment an output root holds (``experiment.json``) and refuse a config whose
-    data, model, training or dynamics settings differ: one root, one full-data run, never mixed.
-    Methods, rates, seeds and evaluation settings may change (the grid grows). The full-data
-    settings are validated first, so a config that cannot run never claims the root."""
+    full-data identity (:func:`tdds_core.plan.claim_identity`) differs: one root, one full-data run,
+    never mixed. Methods, rates, seeds and evaluation settings may change (the grid grows); runtime
+    settings may change freely. The full-data settings are validated first, so a config that cannot
+    run never claims the root."""
     import json
 
     full_data_spec(cfg)  # ConfigError (unknown architecture, drop_last with dynamics) before anything is written
-    ident = {k: getattr(cfg, k).model_dump(mode="json") for k in IDENTITY_SECTIONS}
-    for k in ("train",):  # runtime settings do not change results
-        for f in ("device", "progress", "eval_batch_size", "compile"):
-            ident[k].pop(f, None)
-    for f in ("num_workers", "resident", "resident_max_bytes"):
-        ident["data"].pop(f, None)
+    ident = P.claim_identity(cfg)
     digest = config_digest(ident)
     key = "experiment.json"
     body = {"name": cfg.name, "digest": digest, "identity": ident}
@@ -200,8 +180,7 @@ def train_full(cfg: Config, *, splits: Splits | None = None, on_epoch: Callable[
     splits = splits or create_dataset(cfg.data)
     spec = full_data_spec(cfg)
     claim_output(cfg)
-    key = f"train/{splits.fingerprint[:12]}-{spec.digest(splits.fingerprint)[:12]}"
-    uri = join_uri(cfg.output, key)
+    uri = join_uri(cfg.output, P.train_key(cfg, splits.fingerprint))
     done = _existing(uri)
     if done is not None:
         return StageOutput(uri, done, load_result(done), reused=True)
@@ -221,9 +200,7 @@ def score(cfg: Config, train_uri: str, method: MethodSpec | str, params: dict | 
 
     m = method if isinstance(method, MethodSpec) else MethodSpec(name=method)
     params = dict(m.params if params is None else params)
-    train_key = train_uri.rstrip("/").rsplit("/", 1)[-1]
-    digest = config_digest({"train": train_key, "method": m.name, "params": params, "nan_policy": nan_policy})
-    uri = join_uri(cfg.output, f"scores/{_slug(m.name)}-{digest}")
+    uri = join_uri(cfg.output, P.score_key(train_uri, m.name, params, nan_policy))
     done = _existing(uri)
     if done is not None:
         return StageOutput(uri, done, reused=True, info=read_json(done / "score.json"))
@@ -259,9 +236,7 @@ def select(cfg: Config, train_uri: str, scores_uri: str, rate: float, *, label: 
     scores_dir = fetch(scores_uri)
     scores, info = load_scores(scores_dir)
     label = label or info.get("label") or info["method"]
-    digest = config_digest({"scores": scores_uri.rstrip("/").rsplit("/", 1)[-1], "rate": float(rate),
-                            "class_balanced": cfg.selection.class_balanced})
-    uri = join_uri(cfg.output, f"selections/{_slug(label)}-p{rate:.2f}-{digest}")
+    uri = join_uri(cfg.output, P.selection_key(cfg, scores_uri, label, rate))
     done = _existing(uri)
     if done is not None:
         return StageOutput(uri, done, reused=True, info={"label": label, "method": info["method"], "rate": rate})
@@ -289,8 +264,7 @@ def train_coreset(cfg: Config, selection_uri: str, *, arch: str | None = None, s
     sel = load_selection(sel_dir, expected_fingerprint=splits.fingerprint)
     spec = coreset_spec(cfg, rate=sel.rate, positions=sel.indices, weights=sel.weights, num_full=len(splits.train),
                         arch=arch, seed=seed)
-    sel_name = selection_uri.rstrip("/").rsplit("/", 1)[-1]
-    uri = join_uri(cfg.output, f"coreset/{sel_name}/{_slug(spec.arch)}-s{spec.seed}-{spec.digest(splits.fingerprint)[:12]}")
+    uri = join_uri(cfg.output, P.coreset_key(cfg, selection_uri, spec.arch, spec.seed))
     done = _existing(uri)
     if done is not None:
         return StageOutput(uri, done, load_result(done), reused=True)

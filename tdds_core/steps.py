@@ -39,20 +39,20 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from .config import Config, MethodSpec, config_digest, parse_config
-from .errors import ArtifactError, ConfigError, DataError, PipelineError, TrackingError
+from .errors import ArtifactError, ConfigError, DataError, PipelineError
+from .plan import PairItem, ScoreItem, slug as _slug
 
 __all__ = [
     "POINTER_FORMAT", "TAG_PIPELINE_KEY", "StepResult", "PipelinePlan", "ParentedTracker", "load_config_json",
-    "pipeline_plan", "pipeline_key", "pair_key", "stage_config_json", "STAGE_SECTIONS", "build_digest", "open_run",
+    "pipeline_plan", "pipeline_key", "stage_config_json", "build_digest", "open_run",
     "train_full", "score", "collect", "select", "train_coreset",
     "evaluate_cross_arch", "report", "close_run", "reprune", "emit", "read_pointer", "read_rows",
-    "find_parent_run", "effective_run_id",
+    "find_parent_run", "effective_run_id", "missing_work",
 ]
 
 POINTER_FORMAT = "tdds-pointer/1"
@@ -83,17 +83,6 @@ def load_config_json(config_json: str) -> Config:
         raise ConfigError("config_json must hold a JSON object (the config's sections), not "
                           f"{type(data).__name__}")
     return parse_config(data, source="(pipeline parameter config_json)")
-
-
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "x"
-
-
-def pair_key(score_key: str, rate: float) -> str:
-    """Key of one (score setting, pruning rate) pair: ``<score key>@p<rate>``."""
-    from .tracking import format_rate
-
-    return f"{score_key}@p{format_rate(float(rate))}"
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -145,28 +134,15 @@ class PipelinePlan:
 
 
 def pipeline_plan(cfg: Config) -> PipelinePlan:
-    """Score settings, (setting, rate) pairs and cross-architecture items of ``cfg`` (same rules as
-    :func:`tdds_core.grid.run_grid`: a method's ``rates`` and ``per_rate`` params are honoured)."""
-    from . import grid
+    """The loop items of :meth:`tdds_core.plan.Plan.from_config` as the pipeline's JSON items."""
+    from .plan import Plan
 
-    scores: dict[str, dict] = {}
-    pairs: dict[str, dict] = {}
-    evals: dict[tuple, dict] = {}
-    for m in cfg.methods:
-        for rate in (m.rates or cfg.selection.rates):
-            params = m.params_for(rate)
-            label = grid.method_label(m, params)
-            skey = f"{_slug(label)}-{config_digest({'name': m.name, 'params': params, 'label': label}, 8)}"
-            scores.setdefault(skey, {"key": skey, "label": label, "spec": m.model_dump(mode="json"), "params": params})
-            pk = pair_key(skey, rate)
-            pairs.setdefault(pk, {"key": pk, "score_key": skey, "rate": repr(float(rate)), "label": label})
-            if grid.is_evaluated(cfg, m, label, rate):
-                for arch in cfg.evaluate.archs:
-                    if arch != cfg.model.arch:  # as the grid: that row is the coreset row itself
-                        evals.setdefault((pk, arch), {"key": pk, "arch": arch})
-    if not pairs:
-        raise ConfigError("the config names no (method, pruning rate) pair; set methods and selection.rates")
-    return PipelinePlan(list(scores.values()), list(pairs.values()), list(evals.values()))
+    plan = Plan.from_config(cfg)
+    scores = [{"key": it.key, "label": it.label, "spec": it.method.model_dump(mode="json"), "params": it.params}
+              for it in plan.scores]
+    pairs = [{"key": p.key, "score_key": p.score.key, "rate": repr(p.rate), "label": p.score.label} for p in plan.pairs]
+    evals = [{"key": e.pair.key, "arch": e.arch} for e in plan.evals]
+    return PipelinePlan(scores, pairs, evals)
 
 
 def pipeline_key(cfg: Config, fingerprint: str) -> str:
@@ -175,28 +151,14 @@ def pipeline_key(cfg: Config, fingerprint: str) -> str:
     return config_digest({"name": cfg.name, "output": cfg.output, "fingerprint": fingerprint}, 20)
 
 
-# sections every stage reads, and the extra ones of each cached stage; the rest is reset to the
-# defaults in the stage's config so that e.g. a new pruning rate leaves train-full's cache key alone
-_COMMON_SECTIONS = ("name", "output", "data", "model", "train", "dynamics", "tracking")
-STAGE_SECTIONS = {"train": (), "score": (), "select": ("selection",), "coreset": ("coreset",)}
-# fields of a kept section that the stage does not read (its loop item carries them): a new pruning
-# rate leaves the materialize tasks of the other rates cached
-_STAGE_UNREAD = {"select": {"selection": ("rates",)}}
-
-
 def stage_config_json(cfg: Config, stage: str) -> str:
-    """``cfg`` as the JSON a cached stage gets: the sections it reads (``STAGE_SECTIONS``) as
-    configured, every other section at its default. KFP keys its cache on a task's inputs, so a
-    stage's key changes only when something it reads changes."""
-    if stage not in STAGE_SECTIONS:
-        raise PipelineError(f"unknown stage {stage!r}; one of {', '.join(STAGE_SECTIONS)}")
-    keep = set(_COMMON_SECTIONS) | set(STAGE_SECTIONS[stage])
-    data = cfg.model_dump(mode="json")
-    default = Config().model_dump(mode="json")
-    out = {k: (v if k in keep else default[k]) for k, v in data.items()}
-    for section, fields in _STAGE_UNREAD.get(stage, {}).items():
-        out[section] = {**out[section], **{f: default[section][f] for f in fields}}
-    return json.dumps(out, sort_keys=True)
+    """``cfg`` as the JSON a cached stage task gets (:func:`tdds_core.plan.stage_config`)."""
+    from .plan import stage_config
+
+    try:
+        return stage_config(cfg, stage).to_json()
+    except ConfigError as e:
+        raise PipelineError(str(e)) from None
 
 
 def effective_run_id(run_id: str, job_id: str) -> str:
@@ -228,42 +190,22 @@ class ParentedTracker:
         return getattr(self._tracker, name)
 
 
-def _mlflow(tracker: Any, what: str, fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except TrackingError:
-        raise
-    except Exception as e:  # noqa: BLE001 - MlflowException, HTTP and database errors
-        msg = (str(e).splitlines() or [type(e).__name__])[0][:300]
-        raise TrackingError(f"MLflow {what} failed at {getattr(tracker, 'uri_label', '?')}: {type(e).__name__}: {msg}; "
-                            "check that the tracking server is up and MLFLOW_TRACKING_URI / tracking.uri.") from None
-
-
-def _search(tracker: Any, flt: str, max_results: int = 1) -> list:
-    return _mlflow(tracker, "run search", tracker.client.search_runs, [tracker.experiment_id], filter_string=flt,
-                   max_results=max_results, order_by=["attributes.start_time DESC"])
-
-
-def _tracks(tracker: Any) -> bool:
-    return bool(getattr(tracker, "enabled", False)) and getattr(tracker, "client", None) is not None
-
-
 def find_parent_run(tracker: Any, *, pipeline_key_value: Optional[str] = None,
                     run_id: Optional[str] = None, status: str = "RUNNING") -> Optional[Any]:
-    """The newest pipeline parent run (an ``mlflow.entities.Run``) with the given pipeline key or
-    pipeline run id and ``status``, or None."""
+    """The newest pipeline parent run (a :class:`~tdds_core.tracking.RunRecord`) with the given
+    pipeline key or pipeline run id and ``status``, or None."""
     from .tracking import STAGE_PIPELINE, TAG_PIPELINE_RUN, TAG_STAGE
 
-    if not _tracks(tracker):
+    if not tracker.enabled:
         return None
-    flt = f"tags.`{TAG_STAGE}` = '{STAGE_PIPELINE}' and attributes.status = '{status}'"
+    tags = {TAG_STAGE: STAGE_PIPELINE}
     if pipeline_key_value:
-        flt += f" and tags.`{TAG_PIPELINE_KEY}` = '{pipeline_key_value}'"
+        tags[TAG_PIPELINE_KEY] = pipeline_key_value
     if run_id:
         if "'" in run_id:
             raise PipelineError(f"pipeline run id {run_id!r} contains a quote")
-        flt += f" and tags.`{TAG_PIPELINE_RUN}` = '{run_id}'"
-    runs = _search(tracker, flt)
+        tags[TAG_PIPELINE_RUN] = run_id
+    runs = tracker.find_runs(tags=tags, status=status, max_results=1)
     return runs[0] if runs else None
 
 
@@ -276,19 +218,18 @@ def _stage_tracker(cfg: Config, fingerprint: str) -> Any:
     parent = find_parent_run(tracker, pipeline_key_value=pipeline_key(cfg, fingerprint))
     if parent is None:
         return tracker
-    rid = parent.data.tags.get(TAG_PIPELINE_RUN)
+    rid = parent.tags.get(TAG_PIPELINE_RUN)
     if rid:
         tracker.default_tags[TAG_PIPELINE_RUN] = rid
-    return ParentedTracker(tracker, parent.info.run_id)
+    return ParentedTracker(tracker, parent.id)
 
 
 def _attached_tracker(cfg: Config, parent_run_id: str) -> Any:
     from .tracking import TAG_PIPELINE_RUN, make_tracker
 
     tracker = make_tracker(cfg, cfg.output)
-    if parent_run_id and _tracks(tracker):
-        parent = _mlflow(tracker, "run read", tracker.client.get_run, parent_run_id)
-        rid = parent.data.tags.get(TAG_PIPELINE_RUN)
+    if parent_run_id and tracker.enabled:
+        rid = tracker.get_run(parent_run_id).tags.get(TAG_PIPELINE_RUN)
         if rid:
             tracker.default_tags[TAG_PIPELINE_RUN] = rid
     return ParentedTracker(tracker, parent_run_id or None)
@@ -328,6 +269,30 @@ def read_pointer(source: str | os.PathLike | Mapping, kind: Optional[str] = None
     if kind and p.get("kind") != kind:
         raise ArtifactError(f"expected a {kind!r} pointer, got {p.get('kind')!r} ({p['uri']}); check the pipeline wiring.")
     return p
+
+
+def missing_work(pointer: Mapping, output: str, store: Any, tracker: Any) -> list[str]:
+    """What a pointer (a cached task's output) names that is gone: artifacts not complete in
+    ``store`` and, for tracked stages, runs with no finished run in ``tracker``. A cache entry whose
+    pointer names missing work must not be trusted."""
+    from . import plan as P
+    from .tracking import STAGE_CORESET, STAGE_EVALUATE, STAGE_SCORE, STAGE_TRAIN_FULL
+
+    kind = pointer.get("kind")
+    if kind in ("score-set", "selections"):
+        return [m for item in pointer.get("items", {}).values() for m in missing_work(item, output, store, tracker)]
+    stage = {"train": STAGE_TRAIN_FULL, "scores": STAGE_SCORE, "selection": None,
+             "coreset": STAGE_EVALUATE if "arch" in pointer else STAGE_CORESET}.get(kind)
+    if kind not in ("train", "scores", "selection", "coreset"):
+        return []
+    missing = []
+    for uri in pointer.get("uris") or [pointer["uri"]]:
+        key = _rel_key(output, uri)
+        if not store.is_complete(key):
+            missing.append(uri)
+        elif stage and tracker.enabled and tracker.find_finished_run(P.run_key_of(stage, output, key)) is None:
+            missing.append(f"{stage} run of {uri}")
+    return missing
 
 
 def read_rows(path: str | os.PathLike) -> list[dict]:
@@ -384,15 +349,17 @@ def _splits(cfg: Config, fingerprint: Optional[str] = None):
 
 def build_digest(cfg: Config) -> str:
     """Digest of what a pipeline built from ``cfg`` bakes in: the plan and every stage's config."""
+    from .plan import STAGE_READS
+
     return config_digest({"plan": pipeline_plan(cfg).digest(),
-                          "stages": {s: stage_config_json(cfg, s) for s in STAGE_SECTIONS}}, 16)
+                          "stages": {s: stage_config_json(cfg, s) for s in STAGE_READS}}, 16)
 
 
 def open_run(config_json: str, *, run_id: str = "", job_id: str = "", build: str = "") -> tuple[str, str]:
     """Check that the config is the one the pipeline was built from (``build`` =
     :func:`build_digest`), fingerprint the dataset and open the parent MLflow run. Returns
     ``(parent_run_id or "", fingerprint)``."""
-    from .tracking import (STAGE_PIPELINE, TAG_CONFIG_NAME, TAG_FINGERPRINT, TAG_STAGE, flatten_params, make_tracker,
+    from .tracking import (STAGE_PIPELINE, TAG_CONFIG_NAME, TAG_FINGERPRINT, TAG_STAGE, make_tracker,
                            run_name)
     from .reprune import TAG_DATASET, dataset_identity
 
@@ -405,24 +372,18 @@ def open_run(config_json: str, *, run_id: str = "", job_id: str = "", build: str
     fp = splits.fingerprint
     rid = effective_run_id(run_id, job_id)
     tracker = make_tracker(cfg, cfg.output, pipeline_run_id=rid)
-    if not _tracks(tracker):
+    if not tracker.enabled:
         return "", fp
     existing = find_parent_run(tracker, run_id=rid)   # a retried open-run: keep the same parent
     if existing is not None:
-        return existing.info.run_id, fp
-    from mlflow.entities import Param
-
-    tags = dict(tracker.default_tags)
-    tags.update({TAG_STAGE: STAGE_PIPELINE, TAG_PIPELINE_KEY: pipeline_key(cfg, fp), TAG_FINGERPRINT: fp,
-                 TAG_DATASET: dataset_identity(cfg.data), TAG_CONFIG_NAME: cfg.name})
-    run = _mlflow(tracker, "run creation", tracker.client.create_run, tracker.experiment_id,
-                  run_name=run_name(STAGE_PIPELINE, method=cfg.name), tags=tags)
-    rid_ml = run.info.run_id
-    params = [Param(k, v) for k, v in sorted(flatten_params(cfg.flat()).items())]
-    for i in range(0, len(params), 100):
-        _mlflow(tracker, "log_params", tracker.client.log_batch, rid_ml, params=params[i:i + 100])
-    _mlflow(tracker, "log_dict", tracker.client.log_dict, rid_ml, cfg.model_dump(mode="json"), "config.json")
-    return rid_ml, fp
+        return existing.id, fp
+    tags = {TAG_STAGE: STAGE_PIPELINE, TAG_PIPELINE_KEY: pipeline_key(cfg, fp), TAG_FINGERPRINT: fp,
+            TAG_DATASET: dataset_identity(cfg.data), TAG_CONFIG_NAME: cfg.name}
+    parent = tracker.create_run(run_name(STAGE_PIPELINE, method=cfg.name), tags=tags)
+    with tracker.attach(parent):
+        tracker.log_params(cfg.flat())
+        tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
+    return parent, fp
 
 
 def train_full(config_json: str, *, fingerprint: str) -> StepResult:
@@ -449,7 +410,8 @@ def score(config_json: str, *, method_json: str, train_pointer: Mapping) -> Step
     item = json.loads(method_json)
     m = MethodSpec.model_validate(item["spec"])
     splits = _splits(cfg, tp["fingerprint"])
-    out = grid.tracked_score(cfg, _stage_tracker(cfg, tp["fingerprint"]), splits, tp["uri"], m, item["params"])
+    out = grid.tracked_score(cfg, _stage_tracker(cfg, tp["fingerprint"]), splits, tp["uri"],
+                             ScoreItem(item["key"], item["label"], m, item["params"]))
     return StepResult(_pointer(cfg, "scores", out.uri, tp["fingerprint"], score_key=item["key"], label=item["label"],
                                method=m.name, params=item["params"], train_uri=tp["uri"]))
 
@@ -540,6 +502,12 @@ def _pair(item_json: str, field: str = "key") -> dict:
     return item
 
 
+def _pair_item(sp: Mapping) -> PairItem:
+    """The plan pair a selection pointer stands for (label, method and rate are all a coreset run needs)."""
+    score = ScoreItem(sp["pair_key"].rsplit("@", 1)[0], sp["label"], MethodSpec(name=sp["method"]), {})
+    return PairItem(sp["pair_key"], score, float(sp["rate"]))
+
+
 def _mean(xs: Sequence[float]) -> float:
     xs = [x for x in xs if x is not None]
     return sum(xs) / len(xs) if xs else float("nan")
@@ -555,11 +523,9 @@ def train_coreset(config_json: str, *, selections: Mapping | str, pair_json: str
     splits = _splits(cfg, sp["fingerprint"])
     tracker = _stage_tracker(cfg, sp["fingerprint"])
     sel = stages.StageOutput(sp["uri"], stages.fetch(sp["uri"]))
-    rows = []
-    for seed in cfg.coreset.seeds:
-        row = grid.tracked_coreset(cfg, tracker, splits, sel, label=sp["label"], method_name=sp["method"],
-                                   rate=float(sp["rate"]), seed=seed)
-        rows.append({**row, "stage": "coreset"})
+    pair = _pair_item(sp)
+    rows = [{**grid.tracked_coreset(cfg, tracker, splits, sel, pair, seed=seed), "stage": "coreset"}
+            for seed in cfg.coreset.seeds]
     metrics = {"final_acc": _mean([r["final_acc"] for r in rows]), "best_acc": _mean([r["best_acc"] for r in rows]),
                "rate": float(sp["rate"]), "num_train": float(rows[0]["num_train"])}
     if len(rows) > 1:
@@ -580,9 +546,8 @@ def evaluate_cross_arch(config_json: str, *, selections: Mapping | str, item_jso
     sp = _pick(selections, item["key"])
     splits = _splits(cfg, sp["fingerprint"])
     sel = stages.StageOutput(sp["uri"], stages.fetch(sp["uri"]))
-    row = grid.tracked_coreset(cfg, _stage_tracker(cfg, sp["fingerprint"]), splits, sel, label=sp["label"],
-                               method_name=sp["method"], rate=float(sp["rate"]), seed=cfg.coreset.seeds[0], arch=arch,
-                               stage=STAGE_EVALUATE)
+    row = grid.tracked_coreset(cfg, _stage_tracker(cfg, sp["fingerprint"]), splits, sel, _pair_item(sp),
+                               seed=cfg.coreset.seeds[0], arch=arch, stage=STAGE_EVALUATE)
     row = {**row, "stage": "evaluate"}
     return StepResult(_pointer(cfg, "coreset", row["uri"], sp["fingerprint"], label=sp["label"], rate=float(sp["rate"]),
                                arch=arch, selection_uri=sp["uri"]), [row],
@@ -609,8 +574,8 @@ def report(config_json: str, *, parent_run_id: str, rows: Sequence[dict], out_di
     atomic_write_json(out / "rows.json", _clean(rows))
     (out / "manifest.json").unlink(missing_ok=True)
     open_store(cfg.output).put_dir(out, "report", overwrite=True)
-    if parent_run_id and _tracks(tracker):
-        _mlflow(tracker, "run termination", tracker.client.set_terminated, parent_run_id, "FINISHED")
+    if parent_run_id and tracker.enabled:
+        tracker.terminate(parent_run_id, "FINISHED")
     best = [r for r in rows if r.get("rate") is not None and r.get("final_acc") is not None]
     metrics = {"rows": float(len(rows))}
     if best:
@@ -633,12 +598,12 @@ def close_run(config_json: str, *, run_id: str = "", job_id: str = "") -> str:
     cfg = load_config_json(config_json)
     rid = effective_run_id(run_id, job_id)
     tracker = make_tracker(cfg, cfg.output)
-    if not _tracks(tracker):
+    if not tracker.enabled:
         return ""
     parent = find_parent_run(tracker, run_id=rid)
     if parent is None:
         return "FINISHED"
-    _mlflow(tracker, "run termination", tracker.client.set_terminated, parent.info.run_id, "FAILED")
+    tracker.terminate(parent.id, "FAILED")
     return "FAILED"
 
 

@@ -8,10 +8,16 @@ Artifacts are folders with a ``manifest.json`` (see :mod:`tdds_core.io`). ``put_
 file and the manifest **last**; ``get_dir`` refuses a prefix without a manifest and checks every
 file's SHA-256 against it, so a reader sees an artifact complete or not at all. A prefix that is
 already complete is not uploaded again (``put_dir`` returns ``False``): with content/config-derived
-keys (:func:`artifact_key`) a rerun finds and reuses finished work.
+keys a rerun finds and reuses finished work.
 
-S3 goes through boto3 (imported lazily). Endpoint, region and credentials come from the standard
-AWS environment and config files, so AWS, MinIO and moto all work:
+Object metadata comes as :class:`ObjectInfo` (key, size, ETag, SHA-256 when known, modification
+time) from :meth:`Store.head` and :meth:`Store.list_info`; :meth:`Store.fetch` downloads one object
+in one request and returns the ObjectInfo of the bytes it wrote (for caches of many small objects,
+such as the images of a manifest dataset).
+
+S3 goes through boto3, imported lazily: this is the only module of ``tdds_core`` that imports
+boto3 or botocore (``tests/test_storage.py`` checks it). Endpoint, region and credentials come from
+the standard AWS environment and config files, so AWS, MinIO and moto all work:
 
 * endpoint: ``AWS_ENDPOINT_URL_S3``, then ``AWS_ENDPOINT_URL``, then ``MLFLOW_S3_ENDPOINT_URL``
   (none = AWS itself); a custom endpoint uses path-style addressing;
@@ -30,12 +36,12 @@ Tuning (environment, or keyword arguments of :func:`open_store`):
   a manifest dataset's images use up to this many);
 * ``TDDS_CACHE`` (default ``~/.cache/tdds``): where :func:`local_copy` keeps downloaded artifacts.
 
-Stage helpers::
+Helpers::
 
-    with staged_output(out_uri) as folder:     # a local folder to write into
-        ...write files (optionally write_manifest(folder, **meta) yourself)...
-    # clean exit: manifest written if missing, then uploaded / renamed into place, manifest last
-
+    is_remote("s3://b/runs")                   # True: the one test for S3 URIs
+    join_uri(root, "scores/tdds-ab12")         # a key under an output root (local path or s3://)
+    store_identity(uri)                        # where a store is ("file:/abs" / "s3:<endpoint>/<bucket>/<prefix>"),
+                                               # for cache keys; contacts nothing
     folder = local_copy(in_uri)                # local path as is; S3: cached, checksum-verified copy
 """
 from __future__ import annotations
@@ -51,16 +57,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ArtifactError, StorageError
 from .io import MANIFEST, read_manifest, sha256_bytes, sha256_file, verify_manifest, write_manifest
 
 __all__ = [
-    "Store", "LocalStore", "S3Store", "ObjectMissing", "TransferStats", "open_store", "split_uri", "validate_key", "parent_and_key",
-    "artifact_key", "is_complete", "local_copy", "staged_output", "cache_root", "redact_url",
-    "ENV_MULTIPART_THRESHOLD", "ENV_MULTIPART_CHUNKSIZE", "ENV_RETRIES", "ENV_CACHE",
+    "Store", "LocalStore", "S3Store", "ObjectInfo", "TransferStats", "open_store", "split_uri", "validate_key",
+    "parent_and_key", "is_remote", "join_uri", "store_identity", "is_complete", "local_copy", "cache_root", "redact_url",
+    "ENV_MULTIPART_THRESHOLD", "ENV_MULTIPART_CHUNKSIZE", "ENV_RETRIES", "ENV_MAX_POOL", "ENV_CACHE",
 ]
 
 log = logging.getLogger(__name__)
@@ -68,10 +74,12 @@ log = logging.getLogger(__name__)
 ENV_MULTIPART_THRESHOLD = "TDDS_S3_MULTIPART_THRESHOLD"
 ENV_MULTIPART_CHUNKSIZE = "TDDS_S3_MULTIPART_CHUNKSIZE"
 ENV_RETRIES = "TDDS_S3_RETRIES"
+ENV_MAX_POOL = "TDDS_S3_MAX_POOL"
 ENV_CACHE = "TDDS_CACHE"
 DEFAULT_MULTIPART_THRESHOLD = 64 << 20
 DEFAULT_MULTIPART_CHUNKSIZE = 16 << 20
 DEFAULT_RETRIES = 3
+DEFAULT_MAX_POOL = 32
 SHA_META = "sha256"  # S3 user metadata key (x-amz-meta-sha256) holding each object's SHA-256
 
 T = TypeVar("T")
@@ -106,20 +114,6 @@ def _join_keys(*parts: str) -> str:
     return "/".join(p for p in out if p)
 
 
-def artifact_key(stage: str, fingerprint: str, params: dict) -> str:
-    """Content/config-derived key of a stage's artifact: ``{stage}/{fingerprint[:12]}-{digest}``.
-
-    ``digest`` is :func:`tdds_core.config.config_digest` of ``params`` (everything that changes the
-    output). The same inputs give the same key, so a rerun finds the finished artifact and skips.
-    """
-    from .config import config_digest
-
-    validate_key(stage)
-    if not fingerprint:
-        raise StorageError("artifact_key needs the dataset fingerprint; pass the fingerprint of the dataset the stage read")
-    return validate_key(f"{stage}/{str(fingerprint)[:12]}-{config_digest(params)}")
-
-
 def redact_url(url: Optional[str]) -> str:
     """``url`` without any ``user:password@`` part (for messages and logs)."""
     if not url:
@@ -136,11 +130,24 @@ def redact_url(url: Optional[str]) -> str:
     return url
 
 
+def is_remote(uri: str | os.PathLike) -> bool:
+    """True for an S3 URI (``s3://bucket/...``); False for a local path or ``file://`` URI."""
+    return isinstance(uri, str) and uri.startswith("s3://")
+
+
+def join_uri(root: str, key: str) -> str:
+    """``key`` under the output root ``root``: ``s3://b/runs`` + ``a/b`` -> ``s3://b/runs/a/b``;
+    a local root -> ``str(Path(root) / key)``. ``key`` is not validated (see :func:`validate_key`)."""
+    if is_remote(root):
+        return root.rstrip("/") + "/" + key
+    return str(Path(root) / key)
+
+
 def split_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b`` -> (``s3``, ``bucket/a/b``); a local path -> (``file``, absolute path)."""
     if not isinstance(uri, str) or not uri:
         raise StorageError(f"invalid storage URI {uri!r}; use a local folder or s3://bucket/prefix")
-    if uri.startswith("s3://"):
+    if is_remote(uri):
         rest = uri[len("s3://"):].strip("/")
         if not rest:
             raise StorageError(f"storage URI {uri!r} names no bucket; use s3://bucket/prefix")
@@ -164,20 +171,50 @@ class TransferStats:
     dirs_skipped: int = 0
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object, from :meth:`Store.head`, :meth:`Store.list_info` or :meth:`Store.fetch`.
+
+    ``key``: relative to the store's root. ``size``: bytes. ``etag``: changes whenever the content
+    is rewritten (S3: the ETag without quotes; local: ``"<mtime_ns>-<inode>-<size>"``). ``sha256``: hex
+    digest from the object's metadata (S3 ``x-amz-meta-sha256``, written by this module) when known,
+    else None (always None from a listing, and for local files). ``last_modified``: POSIX timestamp.
+    """
+
+    key: str
+    size: int
+    etag: str
+    sha256: Optional[str] = None
+    last_modified: float = 0.0
+
+
 # --------------------------------------------------------------------------------------------- base
 class Store:
     """A place for artifacts: the shared logic over a few backend primitives.
 
     Public methods take keys relative to the store's root (see :func:`validate_key`).
+    ``max_parallel`` is how many transfers are worth running on the store at once (S3: the client's
+    connection pool); callers that download in threads cap their workers with it.
     """
 
     uri: str
+    max_parallel: int = DEFAULT_MAX_POOL
 
     def __init__(self) -> None:
         self.stats = TransferStats()
 
+    @property
+    def identity(self) -> str:
+        """Where the store is, as a stable string for cache keys: ``file:<resolved root>`` or
+        ``s3:<endpoint without credentials, or aws>/<bucket>/<prefix>``. Contacts nothing."""
+        raise NotImplementedError
+
     # -- backend primitives (implemented by LocalStore / S3Store) --
     def _exists(self, key: str) -> bool: raise NotImplementedError
+    def _info(self, key: str) -> Optional[ObjectInfo]: raise NotImplementedError
+    def _list_info(self, prefix: str, recursive: bool) -> list[ObjectInfo]: raise NotImplementedError
+    def _fetch(self, key: str, local: Path) -> Optional[ObjectInfo]: raise NotImplementedError
+    def _root_exists(self) -> bool: raise NotImplementedError
     def _put_file(self, local: Path, key: str, sha256: str) -> None: raise NotImplementedError
     def _get_file(self, key: str, local: Path) -> None: raise NotImplementedError
     def _put_bytes(self, key: str, data: bytes) -> None: raise NotImplementedError
@@ -196,6 +233,36 @@ class Store:
 
     def exists(self, key: str) -> bool:
         return self._exists(validate_key(key))
+
+    def head(self, key: str) -> Optional[ObjectInfo]:
+        """The :class:`ObjectInfo` of ``key``, or None when there is no such object (on S3 also when
+        the bucket is missing: :meth:`root_exists` tells the two apart)."""
+        return self._info(validate_key(key))
+
+    def list_info(self, prefix: str = "", *, recursive: bool = True) -> list[ObjectInfo]:
+        """An :class:`ObjectInfo` per object under the folder ``prefix`` (``""``: the whole store),
+        sorted by key; ``recursive=False``: only the objects directly in it (S3: one ``/`` level)."""
+        infos = self._list_info(validate_key(prefix.rstrip("/"), allow_root=True), recursive)
+        return sorted(infos, key=lambda i: i.key)
+
+    def fetch(self, key: str, local: str | os.PathLike) -> Optional[ObjectInfo]:
+        """Download ``key`` to ``local`` in one request and return the :class:`ObjectInfo` of the bytes
+        written (ETag and size from the same response, so a cache entry matches what it holds); None
+        (nothing written) when the object does not exist.
+
+        For caches of many small objects (safe to call from threads): the object is read into memory
+        and written with temp file + rename but without fsync. Artifacts go through :meth:`get_file`
+        / :meth:`get_dir` (multipart, fsync, checksums)."""
+        info = self._fetch(validate_key(key), Path(local))
+        if info is not None:
+            self.stats.files_downloaded += 1
+            self.stats.bytes_downloaded += info.size
+        return info
+
+    def root_exists(self) -> bool:
+        """True when the store's container exists: the root folder (local) or the bucket (S3; a
+        prefix exists as soon as an object is under it)."""
+        return self._root_exists()
 
     def put_file(self, local: str | os.PathLike, key: str) -> None:
         local = Path(local)
@@ -362,6 +429,30 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
             raise
 
 
+def _atomic_write(dst: Path, write: Callable[[Any], Any], *, fsync: bool = True) -> None:
+    """Write ``dst`` through ``write(file)`` into a temporary sibling renamed into place; an OSError
+    becomes a StorageError naming the file and the fix. ``fsync=False`` for caches (a file torn by a
+    crash is caught by its reader's size / checksum check)."""
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    except OSError as e:
+        raise StorageError(f"cannot write {dst}: {e}; check the folder's permissions and free space") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise StorageError(f"cannot write {dst}: {e}; check the folder's permissions and free space") from e
+        raise
+
+
 # --------------------------------------------------------------------------------------------- local
 class LocalStore(Store):
     """A folder on this machine. Writes go to a temporary file beside the target and are renamed."""
@@ -373,6 +464,10 @@ class LocalStore(Store):
 
     def __repr__(self) -> str:
         return f"LocalStore({self.uri!r})"
+
+    @property
+    def identity(self) -> str:
+        return "file:" + str(self.root.resolve())
 
     def path(self, key: str) -> Path:
         """Local path of ``key``."""
@@ -390,23 +485,7 @@ class LocalStore(Store):
             self._write(dst, lambda f: shutil.copyfileobj(fin, f, 1 << 20))
 
     def _write(self, dst: Path, write: Callable[[Any], Any]) -> None:
-        try:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-        except OSError as e:
-            raise StorageError(f"cannot write {dst}: {e}; check the folder's permissions and free space") from e
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dst)
-        except BaseException as e:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            if isinstance(e, OSError):
-                raise StorageError(f"cannot write {dst}: {e}; check the folder's permissions and free space") from e
-            raise
+        _atomic_write(dst, write, fsync=True)
 
     def _get_file(self, key: str, local: Path) -> None:
         src = self.path(key)
@@ -432,9 +511,51 @@ class LocalStore(Store):
             return []
         out = []
         for p in base.rglob("*"):
-            if p.is_file() and not (p.name.startswith(".") and p.name.endswith((".tmp", ".part"))):
+            if p.is_file() and not _is_temp_name(p.name):
                 out.append(p.relative_to(self.root).as_posix())
         return out
+
+    def _stat_info(self, key: str, p: Path) -> Optional[ObjectInfo]:
+        try:
+            st = p.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not p.is_file():
+            return None
+        return ObjectInfo(key, st.st_size, _local_etag(st), None, st.st_mtime)
+
+    def _info(self, key: str) -> Optional[ObjectInfo]:
+        return self._stat_info(key, self.path(key))
+
+    def _list_info(self, prefix: str, recursive: bool) -> list[ObjectInfo]:
+        base = self.path(prefix)
+        if not base.is_dir():
+            return []
+        out = []
+        for p in (base.rglob("*") if recursive else base.iterdir()):
+            if not _is_temp_name(p.name):
+                info = self._stat_info(p.relative_to(self.root).as_posix(), p)
+                if info is not None:
+                    out.append(info)
+        return out
+
+    def _fetch(self, key: str, local: Path) -> Optional[ObjectInfo]:
+        src = self.path(key)
+        if src == local.absolute():
+            return self._info(key)
+        try:
+            fin = open(src, "rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        except OSError as e:
+            raise StorageError(f"cannot read {src}: {e}; check the file's permissions") from e
+        with fin:
+            st = os.fstat(fin.fileno())  # of the file being copied, even if it is replaced meanwhile
+            _atomic_write(local, lambda f: shutil.copyfileobj(fin, f, 1 << 20), fsync=False)
+        return ObjectInfo(key, st.st_size, _local_etag(st), None, st.st_mtime)
+
+    def _root_exists(self) -> bool:
+        return self.root.is_dir()
 
     def _delete(self, keys: list[str]) -> None:
         for k in keys:
@@ -444,6 +565,17 @@ class LocalStore(Store):
     def _remote_sha256(self, key: str) -> Optional[str]:
         p = self.path(key)
         return sha256_file(p) if p.is_file() else None
+
+
+def _local_etag(st: os.stat_result) -> str:
+    """ETag of a local file: ``<mtime_ns>-<inode>-<size>``. Every write replaces the file (a new
+    inode), so a rewrite changes it even within the file system's timestamp granularity."""
+    return f"{st.st_mtime_ns}-{st.st_ino}-{st.st_size}"
+
+
+def _is_temp_name(name: str) -> bool:
+    """A temporary file of an unfinished write (``.<name>.XXXX.tmp`` / ``.part``), never listed."""
+    return name.startswith(".") and name.endswith((".tmp", ".part"))
 
 
 # --------------------------------------------------------------------------------------------- S3
@@ -514,6 +646,7 @@ class S3Store(Store):
         self.backoff_s = float(backoff_s)
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
+        self.max_parallel = max(10, _env_int(ENV_MAX_POOL, DEFAULT_MAX_POOL))
         self._client = None
         self._transfer_config = None
 
@@ -523,6 +656,11 @@ class S3Store(Store):
     @property
     def endpoint_label(self) -> str:
         return redact_url(self.endpoint_url) if self.endpoint_url else "AWS S3 (no AWS_ENDPOINT_URL set)"
+
+    @property
+    def identity(self) -> str:
+        endpoint = redact_url(self.endpoint_url).rstrip("/") if self.endpoint_url else "aws"
+        return f"s3:{endpoint}/{self.bucket}/{self.prefix}"
 
     # -- client --
     @property
@@ -537,7 +675,7 @@ class S3Store(Store):
             region = self.region or session.region_name or "us-east-1"
             max_attempts = _env_int("AWS_MAX_ATTEMPTS", 2)
             cache_key = (self.endpoint_url, region, max_attempts, self.connect_timeout_s, self.read_timeout_s,
-                         os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                         self.max_parallel, os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"),
                          os.environ.get("AWS_SESSION_TOKEN"), os.environ.get("AWS_PROFILE"))
             cache_key = tuple(hashlib.sha256(str(v).encode()).hexdigest() for v in cache_key)
             client = _CLIENTS.get(cache_key)
@@ -545,7 +683,7 @@ class S3Store(Store):
                 cfg = BotoConfig(
                     retries={"max_attempts": max_attempts, "mode": "standard"},
                     connect_timeout=self.connect_timeout_s, read_timeout=self.read_timeout_s,
-                    max_pool_connections=max(10, _env_int("TDDS_S3_MAX_POOL", 32)),
+                    max_pool_connections=self.max_parallel,
                     s3={"addressing_style": "path"} if self.endpoint_url else None,
                 )
                 client = session.client("s3", endpoint_url=self.endpoint_url, region_name=region, config=cfg)
@@ -573,13 +711,11 @@ class S3Store(Store):
         return full_key
 
     # -- errors and retries --
-    def call(self, what: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T:
+    def _call(self, what: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T:
         """Run ``fn`` (a boto3 call on :attr:`client`) with bounded retries and backoff; a failure
         becomes one StorageError naming ``what``, the endpoint and the fix. With ``missing_ok`` a
-        missing object or bucket raises :class:`ObjectMissing` instead."""
-        return self._call(what, fn, missing_ok=missing_ok)
-
-    def _call(self, what: str, fn: Callable[[], T], *, missing_ok: bool = False) -> T:
+        missing object (or a 404 without a code, e.g. HEAD of a missing bucket) raises
+        :class:`_ObjectMissing` instead."""
         last: Optional[BaseException] = None
         for attempt in range(1, self.retries + 1):
             try:
@@ -587,7 +723,7 @@ class S3Store(Store):
             except Exception as e:  # noqa: BLE001 - classified below
                 kind, code = self._classify(e)
                 if kind == "missing" and missing_ok:
-                    raise ObjectMissing() from None
+                    raise _ObjectMissing() from None
                 if kind != "retry":
                     raise self._fatal(what, kind, code, e) from None
                 last = e
@@ -656,21 +792,54 @@ class S3Store(Store):
 
     # -- primitives --
     def _exists(self, key: str) -> bool:
-        return self._head(key) is not None
+        return self._info(key) is not None
 
-    def _head(self, key: str) -> Optional[dict]:
+    @staticmethod
+    def _object_info(key: str, r: dict, size: Optional[int] = None) -> ObjectInfo:
+        """An ObjectInfo from a HEAD / GET response or a listing entry (``Size``, ``ETag``, ...)."""
+        modified = r.get("LastModified")
+        return ObjectInfo(
+            key=key,
+            size=int(size if size is not None else r.get("ContentLength", r.get("Size", 0)) or 0),
+            etag=str(r.get("ETag") or "").strip('"'),
+            sha256=(r.get("Metadata") or {}).get(SHA_META),
+            last_modified=modified.timestamp() if hasattr(modified, "timestamp") else 0.0,
+        )
+
+    def _info(self, key: str) -> Optional[ObjectInfo]:
         full = self._full(key)
         try:
-            return self._call(f"HEAD s3://{self.bucket}/{full}",
+            head = self._call(f"HEAD s3://{self.bucket}/{full}",
                               lambda: self.client.head_object(Bucket=self.bucket, Key=full), missing_ok=True)
-        except ObjectMissing:
+        except _ObjectMissing:
             return None
+        return self._object_info(key, head)
 
     def _remote_sha256(self, key: str) -> Optional[str]:
-        head = self._head(key)
-        if head is None:
+        info = self._info(key)
+        return info.sha256 if info is not None else None
+
+    def _root_exists(self) -> bool:
+        try:
+            self._call(f"HEAD bucket s3://{self.bucket}", lambda: self.client.head_bucket(Bucket=self.bucket),
+                       missing_ok=True)
+        except _ObjectMissing:
+            return False
+        return True
+
+    def _fetch(self, key: str, local: Path) -> Optional[ObjectInfo]:
+        full = self._full(key)
+
+        def run() -> tuple[bytes, dict]:
+            r = self.client.get_object(Bucket=self.bucket, Key=full)
+            return r["Body"].read(), r  # read inside the retried call: a cut body is fetched again
+
+        try:
+            body, r = self._call(f"download of s3://{self.bucket}/{full}", run, missing_ok=True)
+        except _ObjectMissing:
             return None
-        return (head.get("Metadata") or {}).get(SHA_META)
+        _atomic_write(local, lambda f: f.write(body), fsync=False)
+        return self._object_info(key, r, size=len(body))
 
     def _put_file(self, local: Path, key: str, sha256: str) -> None:
         full = self._full(key)
@@ -703,16 +872,22 @@ class S3Store(Store):
                           lambda: self.client.get_object(Bucket=self.bucket, Key=full)["Body"].read())
 
     def _list(self, prefix: str) -> list[str]:
+        return [info.key for info in self._list_info(prefix, True)]
+
+    def _list_info(self, prefix: str, recursive: bool) -> list[ObjectInfo]:
         full = self._full(prefix)
         search = full + "/" if full else ""
+        extra = {} if recursive else {"Delimiter": "/"}
 
-        def run() -> list[str]:
-            keys = []
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=search):
-                keys.extend(obj["Key"] for obj in page.get("Contents", []) or [])
-            return keys
+        def run() -> list[dict]:
+            objs = []
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=search,
+                                                                              **extra):
+                objs.extend(page.get("Contents", []) or [])
+            return objs
 
-        return [self._rel(k) for k in self._call(f"listing of s3://{self.bucket}/{search}", run)]
+        objs = self._call(f"listing of s3://{self.bucket}/{search}", run)
+        return [self._object_info(self._rel(o["Key"]), o) for o in objs]
 
     def _delete(self, keys: list[str]) -> None:
         for i in range(0, len(keys), 1000):
@@ -725,8 +900,8 @@ class S3Store(Store):
             self._call("delete", lambda b=batch: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": b}))
 
 
-class ObjectMissing(Exception):
-    """Raised by :meth:`S3Store.call` with ``missing_ok=True`` when the object or bucket is not there."""
+class _ObjectMissing(Exception):
+    """Raised by :meth:`S3Store._call` with ``missing_ok=True`` when the object (or bucket) is not there."""
 
 
 def _short(e: Optional[BaseException]) -> str:
@@ -750,6 +925,13 @@ def open_store(uri: str, **options: Any) -> Store:
             validate_key(prefix)
         return S3Store(bucket, prefix, **options)
     return LocalStore(rest)
+
+
+def store_identity(uri: str, **options: Any) -> str:
+    """:attr:`Store.identity` of ``open_store(uri, **options)``: where ``uri``'s store is
+    (``file:<resolved path>`` or ``s3:<endpoint or aws>/<bucket>/<prefix>``), for cache keys.
+    Pure: builds the store without contacting its endpoint."""
+    return open_store(uri, **options).identity
 
 
 def _parent_and_key(uri: str, **options: Any) -> tuple[Store, str]:
@@ -782,7 +964,7 @@ def cache_root() -> Path:
 
 
 def _cache_dir(store: S3Store, key: str) -> Path:
-    tag = hashlib.sha256(f"{store.endpoint_url or 'aws'}|s3://{store.bucket}/{key}".encode()).hexdigest()[:16]
+    tag = hashlib.sha256(f"{store.identity}|{key}".encode()).hexdigest()[:16]
     return cache_root() / "s3" / store.bucket / tag / key.rsplit("/", 1)[-1]
 
 
@@ -805,13 +987,13 @@ def local_copy(uri: str, **options: Any) -> Path:
     if store.is_complete(key):
         store.get_dir(key, dst)
         return dst
-    head = store._head(key)
+    head = store.head(key)
     if head is None:
         raise ArtifactError(
             f"{uri} does not exist or is incomplete (no {MANIFEST}) at S3 endpoint {store.endpoint_label}; "
             "rerun the stage that writes it."
         )
-    want = (head.get("Metadata") or {}).get(SHA_META)
+    want = head.sha256
     if dst.is_file() and want and sha256_file(dst) == want:
         return dst
     store.get_file(key, dst)
@@ -819,49 +1001,3 @@ def local_copy(uri: str, **options: Any) -> Path:
         dst.unlink()
         raise ArtifactError(f"{uri} is corrupt: its SHA-256 does not match the one stored with it; rewrite it.")
     return dst
-
-
-@contextlib.contextmanager
-def staged_output(uri: str, *, overwrite: bool = False, **options: Any) -> Iterator[Path]:
-    """Yield a local folder to write an artifact into; publish it at ``uri`` on a clean exit.
-
-    Local ``uri``: the folder is a temporary sibling (``.<name>.XXXX.staging``) renamed into place at
-    the end. S3 ``uri``: the folder is a temporary one under ``$TDDS_CACHE``; it is uploaded with
-    :meth:`Store.put_dir` (manifest last) and then kept as the cached copy for :func:`local_copy`.
-    Either way a ``manifest.json`` is written first if the body did not write one. On an exception
-    the folder is deleted and nothing is published. When ``uri`` already holds a complete artifact
-    it is kept (first writer wins; a warning is logged) unless ``overwrite``.
-    """
-    scheme, rest = split_uri(uri)
-    if scheme == "file":
-        final = Path(rest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
-    else:
-        store, key = _parent_and_key(uri, **options)
-        assert isinstance(store, S3Store)
-        staging = cache_root() / "staging"
-        staging.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix="out-", dir=staging))
-    try:
-        yield tmp
-        if not (tmp / MANIFEST).is_file():
-            write_manifest(tmp)
-        if scheme == "file":
-            if (final / MANIFEST).is_file() and not overwrite:
-                log.warning("%s is already complete; keeping it and discarding the new output", final)
-            else:
-                verify_manifest(tmp)
-                _swap_into_place(tmp, final)  # an incomplete leftover at ``final`` is replaced
-        else:
-            uploaded = store.put_dir(tmp, key, overwrite=overwrite)
-            if not uploaded:
-                log.warning("%s is already complete; keeping it and discarding the new output", uri)
-            dst = _cache_dir(store, key)
-            if uploaded and not dst.exists():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                with contextlib.suppress(OSError):
-                    os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

@@ -20,6 +20,14 @@ Runs::
   key exists it is returned with ``reused=True``, no new run is created and every log call inside it is
   a no-op (a reused run is read-only). A FAILED or KILLED earlier run does not count.
 * Runs end FINISHED on a clean exit, FAILED on an exception, KILLED on Ctrl-C.
+* Reading back: ``find_runs(tags=..., status=...)`` and ``get_run(id)`` return :class:`RunRecord` objects.
+* A run that outlives one process (the pipeline's parent run): ``rid = create_run(name)`` leaves it
+  RUNNING; any process attaches to it (``with tracker.attach(rid): tracker.log_params(...)``) and one
+  ends it (``tracker.terminate(rid, "FAILED")``).
+* ``identity`` names the store and experiment (``sqlite:/abs/mlflow.db#tdds-cifar10``) for cache keys.
+
+This is the only module of :mod:`tdds_core` that imports mlflow; the figures it logs are built by
+:mod:`tdds_core.report` (which owns matplotlib).
 
 Names and tags the report reads back (:func:`tdds_core.report.rows_from_mlflow`) are the constants
 below. Accuracies (``final_acc``, ``best_acc``) are logged in **percent** (0..100).
@@ -30,10 +38,10 @@ messages are shown without any ``user:password@`` part.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 import subprocess
 import threading
@@ -47,11 +55,13 @@ from typing import Any, Iterator, Mapping, Optional, Protocol, Sequence, runtime
 
 from . import __version__
 from .errors import ArtifactError, TrackingError
-from .storage import redact_url
+from .plan import format_rate
+from .storage import is_remote, redact_url
 
 __all__ = [
-    "Tracker", "RunHandle", "MlflowTracker", "NullTracker", "make_tracker", "default_tracking_uri",
-    "default_experiment", "run_name", "run_key", "format_rate", "code_version", "git_sha", "flatten_params",
+    "Tracker", "RunHandle", "RunRecord", "RUN_STATUSES", "MlflowTracker", "NullTracker", "make_tracker",
+    "default_tracking_uri", "default_experiment", "tracker_identity", "run_name", "run_key", "format_rate",
+    "code_version", "git_sha", "flatten_params",
     "log_score_run", "log_selection",
     # tags, stages, metrics
     "TAG_KEY", "TAG_STAGE", "TAG_METHOD", "TAG_METHOD_NAME", "TAG_RATE", "TAG_ARCH", "TAG_SEED",
@@ -102,18 +112,12 @@ METRIC_WALL_S = "wall_s"            # wall-clock seconds of the stage
 MAX_PARAM_VALUE_LENGTH = 6000       # MLflow's limit (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
 MAX_PARAM_KEY_LENGTH = 250
 MAX_DIGEST_LENGTH = 36              # MLflow's dataset digest column
+RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")   # MLflow's run states
+END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+SEARCH_PAGE_SIZE = 1000             # runs per search request (find_runs pages beyond it)
 
 
 # ---------------------------------------------------------------- names
-def format_rate(rate: Optional[float]) -> str:
-    """``0.7`` -> ``"0.70"`` (two decimals unless more are needed); None -> ``""``."""
-    if rate is None:
-        return ""
-    r = float(rate)
-    s = f"{r:.2f}"
-    return s if abs(float(s) - r) < 1e-12 else repr(r)
-
-
 def run_name(stage: str, *, method: Optional[str] = None, rate: Optional[float] = None,
              arch: Optional[str] = None, seed: Optional[int] = None) -> str:
     """Run name that lines runs up in MLflow's compare view: ``coreset/tdds/p0.70/resnet18/s42``,
@@ -202,9 +206,36 @@ class RunHandle:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """A stored run as read back: ``start_time`` in ms since the epoch, ``metrics`` the latest values."""
+
+    id: str
+    name: str
+    status: str
+    start_time: int
+    parent_id: Optional[str] = None
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _check_status(status: str, allowed: Sequence[str] = RUN_STATUSES) -> str:
+    if status not in allowed:
+        raise TrackingError(f"run status {status!r} is not one of {', '.join(allowed)}; pass one of those (upper case)")
+    return status
+
+
+def _check_order(order: str) -> str:
+    if order not in ("newest", "oldest"):
+        raise TrackingError(f"run order {order!r} is unknown; pass order='newest' or order='oldest'")
+    return order
+
+
 @runtime_checkable
 class Tracker(Protocol):
-    """What the stages and the grid call. Log calls go to the innermost active run."""
+    """What the stages and the grid call. Log calls go to the innermost active run (the innermost
+    ``start_run`` or ``attach`` block)."""
 
     enabled: bool
 
@@ -220,6 +251,16 @@ class Tracker(Protocol):
                           tags: Optional[Mapping[str, str]] = None) -> None: ...
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
     def find_finished_run(self, key: str) -> Optional[str]: ...
+    def has_finished_run(self, key: str) -> bool: ...
+    def find_runs(self, *, tags: Mapping[str, str] = {}, status: Optional[str] = None,
+                  max_results: int = 1000, order: str = "newest") -> list[RunRecord]: ...
+    def get_run(self, run_id: str) -> RunRecord: ...
+    def create_run(self, name: str, *, tags: Optional[Mapping[str, Any]] = None,
+                   parent: Optional[str] = None) -> str: ...
+    def attach(self, run_id: str) -> contextlib.AbstractContextManager[RunHandle]: ...
+    def terminate(self, run_id: str, status: str = "FINISHED") -> None: ...
+    @property
+    def identity(self) -> str: ...
     @property
     def active_run(self) -> Optional[RunHandle]: ...
 
@@ -237,6 +278,7 @@ class NullTracker:
     def __init__(self) -> None:
         self._stack = _RunStack()
         self._n = 0
+        self._created: dict[str, RunRecord] = {}
 
     @contextlib.contextmanager
     def start_run(self, name: str, *, parent: "RunHandle | str | None" = None,
@@ -265,6 +307,54 @@ class NullTracker:
                           tags: Optional[Mapping[str, str]] = None) -> None: pass
     def set_tags(self, tags: Mapping[str, Any]) -> None: pass
     def find_finished_run(self, key: str) -> Optional[str]: return None
+    def has_finished_run(self, key: str) -> bool: return False
+
+    @property
+    def identity(self) -> str:
+        """``"none"``: nothing is stored."""
+        return "none"
+
+    def find_runs(self, *, tags: Mapping[str, str] = {}, status: Optional[str] = None,
+                  max_results: int = 1000, order: str = "newest") -> list[RunRecord]:
+        """Always empty (nothing is stored); the arguments are still checked."""
+        if status is not None:
+            _check_status(status)
+        _check_order(order)
+        return []
+
+    def create_run(self, name: str, *, tags: Optional[Mapping[str, Any]] = None,
+                   parent: Optional[str] = None) -> str:
+        """A ``null-...`` id, known to :meth:`get_run` of this instance (RUNNING until terminated)."""
+        self._n += 1
+        rid = f"null-{self._n}"
+        self._created[rid] = RunRecord(rid, name, "RUNNING", int(time.time() * 1000), parent,
+                                       {str(k): str(v) for k, v in (tags or {}).items() if v is not None})
+        return rid
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """A run made by :meth:`create_run` of this instance; any other id is a TrackingError."""
+        try:
+            return self._created[run_id]
+        except KeyError:
+            raise TrackingError(f"run {run_id!r} does not exist: tracking is off (tracking.enabled: false), "
+                                "nothing is stored; enable tracking to read runs back") from None
+
+    @contextlib.contextmanager
+    def attach(self, run_id: str) -> Iterator[RunHandle]:
+        """Nest log calls under ``run_id`` (they do nothing)."""
+        rec = self._created.get(run_id)
+        run = RunHandle(id=run_id, name=rec.name if rec else "", parent_id=rec.parent_id if rec else None)
+        self._stack.runs.append(run)
+        try:
+            yield run
+        finally:
+            self._stack.runs.pop()
+
+    def terminate(self, run_id: str, status: str = "FINISHED") -> None:
+        _check_status(status, END_STATUSES)
+        rec = self._created.get(run_id)
+        if rec is not None:
+            self._created[run_id] = dataclasses.replace(rec, status=status)
 
 
 # ---------------------------------------------------------------- MLflow
@@ -279,13 +369,18 @@ class MlflowTracker:
 
     ``artifact_location`` is used only when the experiment is created here (default: the server's
     or the store's own; for the SQLite default :func:`make_tracker` passes ``<output>/mlartifacts``).
+    ``create_experiment=False`` (readers such as the report): a missing experiment is a TrackingError
+    that lists the experiments the store has.
+
+    ``client`` (the ``MlflowClient``) is internal: other modules use the methods below.
     """
 
     enabled = True
+    _page_size = SEARCH_PAGE_SIZE   # runs per search request in find_runs
 
     def __init__(self, tracking_uri: str, experiment: str, *, default_tags: Optional[Mapping[str, Any]] = None,
                  artifact_location: Optional[str] = None, connect_retries: int = 3, connect_timeout_s: float = 3.0,
-                 http_retries: int = 2, http_timeout_s: int = 30):
+                 http_retries: int = 2, http_timeout_s: int = 30, create_experiment: bool = True):
         if not tracking_uri:
             raise TrackingError("no MLflow tracking URI; set tracking.uri or MLFLOW_TRACKING_URI, or use the SQLite default")
         self.tracking_uri = tracking_uri
@@ -306,7 +401,7 @@ class MlflowTracker:
         except ImportError as e:  # pragma: no cover - mlflow is a dependency
             raise TrackingError("MLflow tracking needs mlflow: pip install mlflow (or set tracking.enabled: false)") from e
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_id = self._ensure_experiment(experiment, artifact_location)
+        self.experiment_id = self._ensure_experiment(experiment, artifact_location, create_experiment)
 
     def __repr__(self) -> str:
         return f"MlflowTracker({self.uri_label!r}, experiment={self.experiment_name!r})"
@@ -314,6 +409,12 @@ class MlflowTracker:
     @property
     def uri_label(self) -> str:
         return redact_url(self.tracking_uri)
+
+    @property
+    def identity(self) -> str:
+        """Where the runs live, stable across processes: ``sqlite:<resolved db path>#<experiment>``
+        (relative paths and symlinks resolved), ``<URL without credentials>#<experiment>`` for a server."""
+        return tracker_identity(self.tracking_uri, self.experiment_name)
 
     # -- plumbing --
     def _call(self, what: str, fn, *args, **kwargs):
@@ -325,22 +426,33 @@ class MlflowTracker:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             if len(msg) > 400:
                 msg = msg[:397] + "..."
+            if getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+                raise TrackingError(
+                    f"MLflow {what} failed at {self.uri_label}: {msg}; check the run id and that tracking.uri / "
+                    "MLFLOW_TRACKING_URI name the store the run was logged to."
+                ) from None
             raise TrackingError(
                 f"MLflow {what} failed at {self.uri_label}: {type(e).__name__}: {msg}; check that the tracking "
                 "server is up (or the SQLite file is writable) and tracking.uri / MLFLOW_TRACKING_URI."
             ) from None
 
-    def _ensure_experiment(self, name: str, artifact_location: Optional[str]) -> str:
+    def _ensure_experiment(self, name: str, artifact_location: Optional[str], create: bool = True) -> str:
         exp = self._call("experiment lookup", self.client.get_experiment_by_name, name)
+        if exp is None and not create:
+            found = self._call("experiment listing", self.client.search_experiments, max_results=50)
+            names = ", ".join(e.name for e in found) or "none"
+            raise TrackingError(
+                f"MLflow experiment {name!r} not found at {self.uri_label} (found: {names}); pass --experiment / "
+                "tracking.experiment (default tdds-<dataset>) or the tracking URI the runs were logged to."
+            )
         if exp is None:
             try:
-                return self.client.create_experiment(name, artifact_location=artifact_location)
-            except Exception:  # noqa: BLE001 - created concurrently by another process?
+                return self._call("experiment creation", self.client.create_experiment, name,
+                                  artifact_location=artifact_location)
+            except TrackingError:  # created concurrently by another process?
                 exp = self._call("experiment lookup", self.client.get_experiment_by_name, name)
                 if exp is None:
-                    self._call("experiment creation", self.client.create_experiment, name,
-                               artifact_location=artifact_location)
-                    exp = self._call("experiment lookup", self.client.get_experiment_by_name, name)
+                    raise
         if exp.lifecycle_stage == "deleted":
             raise TrackingError(
                 f"MLflow experiment {name!r} at {self.uri_label} is deleted; restore it "
@@ -408,13 +520,77 @@ class MlflowTracker:
 
     def find_finished_run(self, key: str) -> Optional[str]:
         """Id of the newest FINISHED run of this experiment tagged ``tdds.key = key``, else None."""
-        _check_key(key)
-        runs = self._call(
-            "run search", self.client.search_runs, [self.experiment_id],
-            filter_string=f"tags.`{TAG_KEY}` = '{key}' and attributes.status = 'FINISHED'",
-            max_results=1, order_by=["attributes.start_time DESC"],
-        )
-        return runs[0].info.run_id if runs else None
+        runs = self.find_runs(tags={TAG_KEY: _check_key(key)}, status="FINISHED", max_results=1)
+        return runs[0].id if runs else None
+
+    def has_finished_run(self, key: str) -> bool:
+        """Whether a FINISHED run of this experiment carries ``tdds.key = key``."""
+        return self.find_finished_run(key) is not None
+
+    def find_runs(self, *, tags: Mapping[str, str] = {}, status: Optional[str] = None,
+                  max_results: int = 1000, order: str = "newest") -> list[RunRecord]:
+        """Runs of this experiment whose tags equal ``tags`` (all of them) and whose status is
+        ``status`` (any when None), newest (or oldest) first by start time, at most ``max_results``
+        (any number: fetched in pages of 1000). Deleted runs are left out."""
+        _check_order(order)
+        if max_results < 1:
+            raise TrackingError(f"max_results must be >= 1, got {max_results}")
+        clauses = [f"tags.`{_filter_key(k)}` = '{_filter_value(k, v)}'" for k, v in tags.items()]
+        if status is not None:
+            clauses.append(f"attributes.status = '{_check_status(status)}'")
+        flt = " and ".join(clauses)
+        order_by = ["attributes.start_time " + ("DESC" if order == "newest" else "ASC")]
+        out: list[RunRecord] = []
+        token: Optional[str] = None
+        while len(out) < max_results:
+            page = self._call("run search", self.client.search_runs, [self.experiment_id], filter_string=flt,
+                              max_results=min(self._page_size, max_results - len(out)), order_by=order_by,
+                              page_token=token)
+            out.extend(_record(r) for r in page)
+            token = page.token
+            if not token or not page:
+                break
+        return out
+
+    def get_run(self, run_id: str) -> RunRecord:
+        """The run ``run_id`` (any experiment of this store); a TrackingError when it does not exist."""
+        return _record(self._call("run read", self.client.get_run, _check_run_id(run_id)))
+
+    def create_run(self, name: str, *, tags: Optional[Mapping[str, Any]] = None,
+                   parent: Optional[str] = None) -> str:
+        """Create a run that stays RUNNING after this call (e.g. a pipeline's parent run, ended by another
+        process with :meth:`terminate`). Gets ``default_tags`` like :meth:`start_run`; a child of
+        ``parent`` when given (never of the active run). Returns its id."""
+        all_tags = dict(self.default_tags)
+        all_tags.update({str(k): str(v) for k, v in (tags or {}).items() if v is not None})
+        if parent is not None:
+            all_tags[TAG_PARENT_RUN] = _check_run_id(parent)
+        run = self._call("run creation", self.client.create_run, self.experiment_id, run_name=name, tags=all_tags)
+        return run.info.run_id
+
+    @contextlib.contextmanager
+    def attach(self, run_id: str) -> Iterator[RunHandle]:
+        """Make the existing run ``run_id`` the active run for the log calls in the block (runs started
+        inside become its children). The run is not ended on exit, whatever happens in the block."""
+        run = self._call("run read", self.client.get_run, _check_run_id(run_id))
+        rec, exp_id = _record(run), run.info.experiment_id
+        if exp_id != self.experiment_id:
+            raise TrackingError(
+                f"MLflow run {rec.id} belongs to experiment id {exp_id}, not to {self.experiment_name!r} "
+                f"(id {self.experiment_id}) at {self.uri_label}; use the tracking.experiment the run was created with."
+            )
+        handle = RunHandle(id=rec.id, name=rec.name, key=rec.tags.get(TAG_KEY), parent_id=rec.parent_id,
+                           experiment_id=exp_id, tags=dict(rec.tags))
+        self._stack.runs.append(handle)
+        try:
+            yield handle
+        finally:
+            self._stack.runs.pop()
+
+    def terminate(self, run_id: str, status: str = "FINISHED") -> None:
+        """End the run ``run_id`` with ``status`` (FINISHED, FAILED or KILLED)."""
+        _check_status(status, END_STATUSES)
+        self._call("run termination", self.client.set_terminated, _check_run_id(run_id), status)
 
     # -- logging --
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -509,6 +685,59 @@ class MlflowTracker:
                    datasets=[DatasetInput(ds._to_mlflow_entity(), tags=input_tags)])
 
 
+def _filter_key(key: str) -> str:
+    if not key or any(c in key for c in "`'\"\n\r"):
+        raise TrackingError(f"tag name {key!r} cannot be searched in MLflow (backquote, quote or newline); "
+                            "use letters, digits and . _ - / in tag names")
+    return key
+
+
+def _filter_value(key: str, value: Any) -> str:
+    v = str(value)
+    if any(c in v for c in "'\"\n\r"):
+        raise TrackingError(f"tag {key}={v!r} cannot be searched in MLflow: the value contains a quote or a newline; "
+                            "use values without quotes (e.g. rename the dataset root or the method label)")
+    return v
+
+
+def _check_run_id(run_id: str) -> str:
+    if not run_id or not isinstance(run_id, str) or any(c in run_id for c in "'\"/\\ \n"):
+        raise TrackingError(f"invalid MLflow run id {run_id!r}: pass the id a run was created with (32 hex digits)")
+    return run_id
+
+
+def _record(run: Any) -> RunRecord:
+    """An ``mlflow.entities.Run`` -> :class:`RunRecord`."""
+    info, data = run.info, run.data
+    tags = dict(data.tags)
+    return RunRecord(id=info.run_id, name=info.run_name or tags.get("mlflow.runName", ""), status=info.status,
+                     start_time=int(info.start_time or 0), parent_id=tags.get(TAG_PARENT_RUN), tags=tags,
+                     params=dict(data.params), metrics={k: float(v) for k, v in data.metrics.items()})
+
+
+def tracker_identity(tracking_uri: str, experiment: str) -> str:
+    """:attr:`MlflowTracker.identity` without connecting: ``sqlite:<resolved db path>#<experiment>``
+    or ``<URL without credentials>#<experiment>`` (a disabled tracker's identity is ``"none"``)."""
+    return f"{_store_identity(tracking_uri)}#{experiment}"
+
+
+def _store_identity(uri: str) -> str:
+    """The tracking store of ``uri`` as a stable string: SQLite/file stores by resolved path, anything
+    else (a server, a database URL) by its URL without credentials and trailing slash."""
+    if uri.startswith("sqlite:///"):
+        db = uri[len("sqlite:///"):].split("?", 1)[0]
+        if not db or db.startswith(":memory:"):
+            return "sqlite::memory:"
+        return "sqlite:" + str(Path(db).resolve())
+    if uri.startswith("file:"):
+        from urllib.parse import unquote, urlsplit
+
+        return "file:" + str(Path(unquote(urlsplit(uri).path)).resolve())
+    if "://" not in uri:
+        return "file:" + str(Path(uri).expanduser().resolve())
+    return redact_url(uri).rstrip("/")
+
+
 def _dataset_source(source: str) -> Any:
     """An ``mlflow.data`` source for a path / s3:// / http(s) URI; any other string is recorded as is."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -568,7 +797,7 @@ def _probe_server(uri: str, retries: int, timeout_s: float) -> None:
 def default_tracking_uri(output_root: str) -> str:
     """``sqlite:///<output root>/mlflow.db``; an S3 output root keeps the SQLite file in ``$TDDS_CACHE``
     (a cluster run should name a tracking server instead)."""
-    if str(output_root).startswith("s3://"):
+    if is_remote(str(output_root)):
         from .storage import cache_root
 
         return "sqlite:///" + str((cache_root() / "mlflow.db").absolute())
@@ -595,7 +824,7 @@ def make_tracker(cfg: Any, output_root: Optional[str] = None, *, pipeline_run_id
     uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(output_root)
     artifact_location = None
     if uri.startswith("sqlite:///") and not cfg.tracking.uri and not os.environ.get("MLFLOW_TRACKING_URI"):
-        if output_root.startswith("s3://"):
+        if is_remote(output_root):
             artifact_location = output_root.rstrip("/") + "/mlartifacts"
         else:
             artifact_location = (Path(output_root).expanduser().absolute() / "mlartifacts").as_uri()
@@ -609,83 +838,13 @@ def make_tracker(cfg: Any, output_root: Optional[str] = None, *, pipeline_run_id
 
 
 # ---------------------------------------------------------------- helpers for the grid
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=100)
-
-
-def _image_for_display(img: Any) -> tuple[Any, Optional[str]]:
-    """One image ``[C, H, W]`` (or ``[H, W]`` / ``[H, W, C]``) -> an array imshow takes, and a cmap."""
-    import numpy as np
-
-    a = np.asarray(img)
-    if a.ndim == 3 and a.shape[0] in (1, 3, 4):
-        a = np.transpose(a, (1, 2, 0))
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.dtype != np.uint8:
-        lo, hi = float(np.min(a)), float(np.max(a))
-        a = ((a - lo) / (hi - lo + 1e-12) * 255).astype(np.uint8)
-    return a, ("gray" if a.ndim == 2 else None)
-
-
-def score_histogram_figure(scores: Any, *, method: str = "", bins: int = 50) -> Any:
-    import numpy as np
-
-    s = np.asarray(scores, dtype=np.float64)
-    fig = _figure(6, 4)
-    ax = fig.add_subplot(1, 1, 1)
-    finite = s[np.isfinite(s)]
-    ax.hist(finite, bins=bins, color="#3b6ea8")
-    ax.set_xlabel("score (higher = keep first)")
-    ax.set_ylabel("samples")
-    ax.set_title(f"{method} scores (N={len(s)})" if method else f"scores (N={len(s)})")
-    fig.tight_layout()
-    return fig
-
-
-def extremes_grid_figure(images: Any, labels: Any, scores: Any, *, class_names: Optional[Sequence[str]] = None,
-                         k: int = 16, method: str = "") -> Any:
-    """A figure with the ``k`` most important (highest score) images on top and the ``k`` least
-    important below, each titled with its label and score. ``images``: uint8 ``[N, C, H, W]``."""
-    import numpy as np
-
-    s = np.asarray(scores, dtype=np.float64)
-    n = len(s)
-    k = max(1, min(int(k), n))
-    order = np.argsort(-s, kind="stable")
-    groups = [("most important", order[:k]), ("least important", order[::-1][:k])]
-    cols = min(k, 8)
-    rows_per = int(math.ceil(k / cols))
-    fig = _figure(1.6 * cols, 1.9 * rows_per * 2 + 0.6)
-    for g, (title, idx) in enumerate(groups):
-        for j, i in enumerate(idx):
-            ax = fig.add_subplot(rows_per * 2, cols, g * rows_per * cols + j + 1)
-            img, cmap = _image_for_display(images[int(i)])
-            if cmap:
-                ax.imshow(img, cmap=cmap, vmin=0, vmax=255)
-            else:
-                ax.imshow(img)
-            lab = int(np.asarray(labels)[int(i)]) if labels is not None else None
-            name = class_names[lab] if (class_names is not None and lab is not None and 0 <= lab < len(class_names)) else lab
-            ax.set_title(f"{name}\n{s[int(i)]:.3g}", fontsize=7)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                ax.set_ylabel(title, fontsize=7)
-    fig.suptitle(f"{method}: top = most important, bottom = least important" if method
-                 else "top = most important, bottom = least important", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
 def log_score_run(tracker: "Tracker", scores: Any, *, method: str, labels: Any = None, images: Any = None,
                   class_names: Optional[Sequence[str]] = None, k: int = 16, bins: int = 50) -> dict[str, float]:
     """Log a score stage into the active run: summary metrics (``score_mean``, ``score_std``,
     ``score_min``, ``score_max``), ``scores/histogram.png`` and, when ``images`` (uint8
     ``[N, C, H, W]``) and ``labels`` are given, ``scores/extremes.png`` with the ``k`` most and least
-    important images titled with class name and score. Returns the summary."""
+    important images titled with class name and score (figures from :mod:`tdds_core.report`). Returns
+    the summary."""
     import numpy as np
 
     s = np.asarray(scores, dtype=np.float64)
@@ -700,6 +859,8 @@ def log_score_run(tracker: "Tracker", scores: Any, *, method: str, labels: Any =
     }
     if not tracker.enabled:
         return summary
+    from .report import extremes_grid_figure, score_histogram_figure  # report owns matplotlib
+
     tracker.log_metrics(summary)
     tracker.log_figure(score_histogram_figure(s, method=method, bins=bins), "scores/histogram.png")
     if images is not None and labels is not None:

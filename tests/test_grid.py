@@ -73,3 +73,43 @@ def test_coreset_on_real_fashion_mnist_beats_chance(tmp_path):
     core = [r for r in res.rows if r["rate"] == 0.5][0]
     assert core["num_train"] == 600
     assert core["final_acc"] > 40.0  # chance is 10%
+
+
+def _store_files(out) -> dict:
+    """Every artifact file of the store (not the MLflow database, reports or caches) -> mtime."""
+    skip = ("mlflow.db", "mlartifacts", "report", "kfp")
+    return {p: p.stat().st_mtime_ns for p in out.rglob("*")
+            if p.is_file() and not any(part in skip for part in p.relative_to(out).parts[:1])}
+
+
+def _runs(db) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id], max_results=1000)]
+
+
+def test_runtime_fields_reuse_every_artifact_and_run_identity_fields_make_new_ones(tmp_path):
+    out = tmp_path / "out"
+    base = {**SYN, "output": str(out), "tracking": {"enabled": True}}
+    first = run_grid(parse_config(base))
+    files, runs = _store_files(out), _runs(out / "mlflow.db")
+    assert len(runs) == 1 + 1 + 2 + 2          # parent, train-full, 2 score runs, 2 coreset runs
+    # runtime settings: progress bars, eval batch size, loader workers, residency, numerics that a CPU does not apply
+    runtime = {**base, "train": {**SYN["train"], "progress": True, "eval_batch_size": 7, "amp": "off",
+                                 "channels_last": False},
+               "data": {**SYN["data"], "num_workers": 0, "resident": "never"}}
+    second = run_grid(parse_config(runtime))
+    assert _store_files(out) == files, "a runtime setting rewrote an artifact"
+    assert len(_runs(out / "mlflow.db")) == len(runs), "a runtime setting opened new MLflow runs"
+    assert [r["final_acc"] for r in second.rows] == [r["final_acc"] for r in first.rows]
+    # an identity setting of the coreset stage: new coreset artifacts and runs, the rest reused
+    ident = {**base, "coreset": {"batch_size": 8}}
+    run_grid(parse_config(ident))
+    now = _store_files(out)
+    assert all(now[p] == t for p, t in files.items())
+    new = [p for p in now if p not in files]
+    assert new and all(p.relative_to(out).parts[0] == "coreset" for p in new)
+    grown = _runs(out / "mlflow.db")
+    added = {r.data.tags["tdds.stage"] for r in grown if r.info.run_id not in {x.info.run_id for x in runs}}
+    assert added == {"pipeline", "coreset"}

@@ -97,7 +97,7 @@ def test_edges(prune):
     cfg, spec, tasks = prune
     assert _producers(tasks["train-full"]) == {"open-run"}
     # each stage gets the part of the config it reads, fixed at build time
-    for stage, part in (("train-full", "train"), ("score", "score"), ("materialize-subset", "select"),
+    for stage, part in (("train-full", "train-full"), ("score", "score"), ("materialize-subset", "select"),
                         ("train-coreset", "coreset"), ("evaluate-cross-arch", "coreset")):
         given = tasks[stage]["inputs"]["parameters"]["config_json"]["runtimeValue"]["constant"]
         assert given == stage_config_json(cfg, part), stage
@@ -251,14 +251,14 @@ def test_stage_configs_change_only_with_what_the_stage_reads():
     base = _cfg()
     grown = _cfg("selection.rates=[0.3, 0.5, 0.9]", "methods=[{name: random}]", "coreset.seeds=[1, 2]",
                  "evaluate.archs=[vgg16_bn]", "pipeline.retries=0")
-    assert stage_config_json(base, "train") == stage_config_json(grown, "train")
+    assert stage_config_json(base, "train-full") == stage_config_json(grown, "train-full")
     assert stage_config_json(base, "score") == stage_config_json(grown, "score")
     assert stage_config_json(base, "select") == stage_config_json(grown, "select")   # the rate items name the pairs
     assert stage_config_json(base, "select") != stage_config_json(_cfg("selection.class_balanced=true"), "select")
     assert stage_config_json(base, "coreset") != stage_config_json(grown, "coreset")
     assert stage_config_json(base, "coreset") == stage_config_json(_cfg("selection.rates=[0.3]"), "coreset")
     retrained = _cfg("train.epochs=3")
-    assert all(stage_config_json(base, s) != stage_config_json(retrained, s) for s in ("train", "score", "select", "coreset"))
+    assert all(stage_config_json(base, s) != stage_config_json(retrained, s) for s in ("train-full", "score", "select", "coreset"))
     # a projection is a valid config with the stage's sections as configured
     c = load_config_json(stage_config_json(grown, "coreset"))
     assert c.coreset.seeds == [1, 2] and c.train == grown.train and c.output == grown.output

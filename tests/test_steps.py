@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
     cfg = parse_config({**CFG, "output": str(tmp_path_factory.mktemp("out"))})
     config_json = cfg.to_json()
     _, fingerprint = steps.open_run(config_json, run_id="r1")
-    train = steps.train_full(steps.stage_config_json(cfg, "train"), fingerprint=fingerprint)
+    train = steps.train_full(steps.stage_config_json(cfg, "train-full"), fingerprint=fingerprint)
     plan = steps.pipeline_plan(cfg)
     scores = [steps.score(steps.stage_config_json(cfg, "score"), method_json=item, train_pointer=train.pointer).pointer
               for item in plan.score_items]

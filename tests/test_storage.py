@@ -16,9 +16,9 @@ import pytest
 
 from fixtures_servers import FAKE_SECRET_KEY, TcpRelay, s3_client, start_moto
 from tdds_core.errors import ArtifactError, StorageError
-from tdds_core.io import MANIFEST, read_manifest, sha256_file, write_manifest
-from tdds_core.storage import (LocalStore, S3Store, artifact_key, is_complete, local_copy, open_store, parent_and_key, split_uri,
-                               staged_output, validate_key)
+from tdds_core.io import MANIFEST, read_manifest, sha256_bytes, sha256_file, write_manifest
+from tdds_core.storage import (LocalStore, ObjectInfo, S3Store, is_complete, is_remote, join_uri, local_copy, open_store,
+                               parent_and_key, split_uri, store_identity, validate_key)
 
 BUCKET = "tdds-store-tests"
 
@@ -74,7 +74,7 @@ def store(request, tmp_path):
 
 # ------------------------------------------------------------------------------------ both backends
 def test_import_does_not_load_boto3():
-    code = "import sys, tdds_core.storage, tdds_core.tracking, tdds_core.report; " \
+    code = "import sys, tdds_core.storage, tdds_core.tracking, tdds_core.report, tdds_core.data.manifest; " \
            "bad = [m for m in ('boto3', 'botocore', 'mlflow', 'matplotlib') if m in sys.modules]; print(bad); " \
            "sys.exit(1 if bad else 0)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -103,6 +103,93 @@ def test_round_trip_files_and_bytes(store, tmp_path):
         store.get_bytes("a/none.json")
     assert store.delete("a") == 2
     assert store.list("a") == []
+
+
+def test_head_list_info_and_fetch(store, tmp_path):
+    assert store.head("d/a.bin") is None
+    assert store.list_info("d") == [] and store.list_info() == []
+    store.put_bytes("d/a.bin", b"one")
+    store.put_bytes("d/b.bin", b"bee" * 100)
+    store.put_bytes("d/sub/c.bin", b"c")
+    store.put_bytes("e.bin", b"e")
+    a = store.head("d/a.bin")
+    assert isinstance(a, ObjectInfo) and a.key == "d/a.bin" and a.size == 3 and a.etag
+    assert '"' not in a.etag and a.last_modified > time.time() - 3600
+    # S3 keeps the SHA-256 written with the object; a local file has no metadata (not hashed by head)
+    assert a.sha256 == (sha256_bytes(b"one") if isinstance(store, S3Store) else None)
+    assert store.head("d") is None and store.head("d/missing.bin") is None
+    # a listing gives the same size and ETag as head (no SHA-256: listings carry no metadata)
+    infos = store.list_info("d")
+    assert [i.key for i in infos] == ["d/a.bin", "d/b.bin", "d/sub/c.bin"]
+    assert (infos[0].size, infos[0].etag) == (a.size, a.etag) and infos[1].size == 300
+    assert all(i.sha256 is None for i in infos)
+    assert [i.key for i in store.list_info("d/", recursive=False)] == ["d/a.bin", "d/b.bin"]
+    assert [i.key for i in store.list_info("", recursive=False)] == ["e.bin"]
+    assert [i.key for i in store.list_info()] == ["d/a.bin", "d/b.bin", "d/sub/c.bin", "e.bin"]
+    assert store.list_info("nothing") == [] and store.list_info("d/a") == []
+    # rewritten with other content (same size): another ETag, in head, listing and fetch
+    store.put_bytes("d/a.bin", b"two")
+    a2 = store.head("d/a.bin")
+    assert a2.etag != a.etag and a2.size == 3
+    assert store.list_info("d")[0].etag == a2.etag
+    got = store.fetch("d/a.bin", tmp_path / "cache" / "d" / "a.bin")
+    assert (tmp_path / "cache" / "d" / "a.bin").read_bytes() == b"two"
+    assert got is not None and (got.key, got.size, got.etag) == ("d/a.bin", 3, a2.etag)
+    assert store.stats.files_downloaded == 1 and store.stats.bytes_downloaded == 3
+    # a missing object: None and nothing written
+    assert store.fetch("d/none.bin", tmp_path / "cache" / "none.bin") is None
+    assert not (tmp_path / "cache" / "none.bin").exists()
+    with pytest.raises(StorageError):
+        store.head("../x")
+    assert store.root_exists()
+
+
+def test_local_store_info_details(tmp_path):
+    st = open_store(str(tmp_path / "s"))
+    assert not st.root_exists()
+    st.put_bytes("x.bin", b"12345")
+    assert st.root_exists()
+    (tmp_path / "s" / ".x.bin.abc.tmp").write_bytes(b"half-written")   # an unfinished write: never listed
+    (tmp_path / "s" / "sub").mkdir()
+    assert [i.key for i in st.list_info()] == ["x.bin"]
+    stat = (tmp_path / "s" / "x.bin").stat()
+    assert st.head("x.bin") == ObjectInfo("x.bin", 5, f"{stat.st_mtime_ns}-{stat.st_ino}-5", None, stat.st_mtime)
+    assert st.head("sub") is None
+    # fetch onto itself is a no-op that still reports the object
+    assert st.fetch("x.bin", tmp_path / "s" / "x.bin") == st.head("x.bin")
+
+
+def test_is_remote_and_join_uri(tmp_path):
+    assert is_remote("s3://b/p") and is_remote("s3://b")
+    assert not is_remote(str(tmp_path)) and not is_remote("file:///x") and not is_remote("gs://b") and not is_remote(tmp_path)
+    assert join_uri("s3://b/runs/", "score/k1") == "s3://b/runs/score/k1" == join_uri("s3://b/runs", "score/k1")
+    assert join_uri(str(tmp_path), "score/k1") == str(tmp_path / "score" / "k1")
+
+
+def test_local_identity(tmp_path, monkeypatch):
+    (tmp_path / "a" / "x").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    monkeypatch.chdir(tmp_path)
+    ident = open_store(str(tmp_path / "a")).identity
+    assert ident == "file:" + str((tmp_path / "a").resolve())
+    # the same folder however it is spelled: relative, with '..', file://, through a symlink
+    for same in ("a", "a/x/..", f"file://{tmp_path / 'a'}", str(tmp_path / "link")):
+        assert open_store(same).identity == ident, same
+        assert store_identity(same) == ident, same
+    assert store_identity(str(tmp_path / "b")) != ident and store_identity("a/x") != ident
+
+
+def test_identity_needs_no_network(monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")   # nothing listens there
+    t0 = time.monotonic()
+    st = open_store("s3://b/p")
+    assert st.identity == "s3:http://127.0.0.1:9/b/p" == store_identity("s3://b/p/")
+    assert st._client is None and time.monotonic() - t0 < 1
+    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(k, raising=False)
+    assert store_identity("s3://b/p") == "s3:aws/b/p" and store_identity("s3://b") == "s3:aws/b/"
 
 
 def test_put_dir_get_dir_round_trip_and_reuse(store, tmp_path):
@@ -183,18 +270,6 @@ def test_key_validation_accepts_nested_names():
     assert validate_key("", allow_root=True) == ""
 
 
-def test_artifact_key_is_content_and_config_derived():
-    fp = "0123456789abcdef0123"
-    k1 = artifact_key("score", fp, {"method": "tdds", "T": 30, "W": 10})
-    k2 = artifact_key("score", fp, {"W": 10, "T": 30, "method": "tdds"})
-    k3 = artifact_key("score", fp, {"method": "tdds", "T": 30, "W": 5})
-    k4 = artifact_key("score", "ffff" + fp, {"method": "tdds", "T": 30, "W": 10})
-    assert k1 == k2 and k1 != k3 and k1 != k4
-    assert k1.startswith("score/0123456789ab-")
-    with pytest.raises(StorageError):
-        artifact_key("../x", fp, {})
-
-
 def test_uri_parsing(tmp_path):
     assert split_uri("s3://b/p/q") == ("s3", "b/p/q")
     assert split_uri(f"file://{tmp_path}") == ("file", str(tmp_path))
@@ -221,29 +296,14 @@ def test_local_writes_are_atomic_and_leave_no_temp_files(tmp_path):
     assert [p.name for p in (tmp_path / "s" / "x").iterdir()] == ["y.bin"]
 
 
-def test_staged_output_local(tmp_path):
+def test_local_is_complete_and_local_copy(tmp_path):
     final = tmp_path / "out" / "score" / "k1"
-    with pytest.raises(RuntimeError):
-        with staged_output(str(final)) as folder:
-            (folder / "scores.npy").write_bytes(b"partial")
-            raise RuntimeError("stage crashed")
-    assert not final.exists()
-    assert not list((tmp_path / "out" / "score").iterdir())  # the staging folder is gone too
     assert not is_complete(str(final))
-    with staged_output(str(final)) as folder:
-        assert folder != final and folder.parent == final.parent
-        np.save(folder / "scores.npy", np.arange(5.0))
+    make_artifact(final, manifest=False)
+    assert not is_complete(str(final))              # files without a manifest: not finished
+    write_manifest(final)
     assert is_complete(str(final))
-    assert read_manifest(final)["files"]["scores.npy"]["sha256"] == sha256_file(final / "scores.npy")
-    assert local_copy(str(final)) == final
-    # a second writer keeps the finished artifact unless overwrite
-    with staged_output(str(final)) as folder:
-        np.save(folder / "scores.npy", np.arange(7.0))
-    assert np.load(final / "scores.npy").shape == (5,)
-    with staged_output(str(final), overwrite=True) as folder:
-        np.save(folder / "scores.npy", np.arange(7.0))
-    assert np.load(final / "scores.npy").shape == (7,)
-    assert sorted(p.name for p in final.parent.iterdir()) == ["k1"]
+    assert local_copy(str(final)) == final          # a local artifact is used where it is
 
 
 # ------------------------------------------------------------------------------------ S3 backend
@@ -282,23 +342,23 @@ def test_s3_manifest_is_uploaded_last(bucket, s3_server_process, tmp_path):
     assert set(listed["files"]) == set(names) - {MANIFEST}
 
 
-def test_s3_local_copy_and_staged_output(bucket, s3_server, tmp_path, cache, monkeypatch):
-    uri = f"s3://{bucket}/stage-out/score/k1"
-    with pytest.raises(ValueError):
-        with staged_output(uri) as folder:
-            (folder / "scores.npy").write_bytes(b"x")
-            raise ValueError("crash")
+def test_s3_local_copy(bucket, s3_server, tmp_path, cache, monkeypatch):
+    uri = f"s3://{bucket}/copy-src/score/k1"
     assert not is_complete(uri)
-    assert open_store(f"s3://{bucket}/stage-out").list("score") == []
-    with staged_output(uri) as folder:
-        np.save(folder / "scores.npy", np.arange(10.0))
-        write_manifest(folder, method="tdds")
+    with pytest.raises(ArtifactError, match="does not exist or is incomplete"):
+        local_copy(uri)
+    src = tmp_path / "art"
+    src.mkdir()
+    np.save(src / "scores.npy", np.arange(10.0))
+    write_manifest(src, method="tdds")
+    assert open_store(f"s3://{bucket}/copy-src").put_dir(src, "score/k1") is True
     assert is_complete(uri)
-    assert not any((cache / "staging").iterdir())
-    # local_copy: cached (staged_output left its folder as the cache), verified, no download
+    # local_copy: downloaded into the cache and verified; a second call finds it intact and downloads nothing
     path = local_copy(uri)
     assert path.is_relative_to(cache)
-    assert np.load(path / "scores.npy").tolist() == list(np.arange(10.0))
+    same_tree(src, path)
+    mtime = (path / "scores.npy").stat().st_mtime_ns
+    assert local_copy(uri) == path and (path / "scores.npy").stat().st_mtime_ns == mtime
     # a fresh cache downloads and verifies every file
     monkeypatch.setenv("TDDS_CACHE", str(tmp_path / "cache2"))
     path2 = local_copy(uri)
@@ -309,12 +369,12 @@ def test_s3_local_copy_and_staged_output(bucket, s3_server, tmp_path, cache, mon
     path3 = local_copy(uri)
     assert np.load(path3 / "scores.npy").tolist() == list(np.arange(10.0))
     # a single file (no manifest) is verified against the SHA-256 stored with it
-    st = open_store(f"s3://{bucket}/stage-out")
+    st = open_store(f"s3://{bucket}/copy-src")
     st.put_bytes("model.pt", b"weights" * 10)
-    f = local_copy(f"s3://{bucket}/stage-out/model.pt")
+    f = local_copy(f"s3://{bucket}/copy-src/model.pt")
     assert f.read_bytes() == b"weights" * 10
     with pytest.raises(ArtifactError, match="does not exist"):
-        local_copy(f"s3://{bucket}/stage-out/nothing-here")
+        local_copy(f"s3://{bucket}/copy-src/nothing-here")
 
 
 def test_s3_missing_bucket_is_a_clear_error(s3_server, tmp_path):
@@ -353,6 +413,44 @@ def own_moto(tmp_path):
     server = start_moto(tmp_path / "own-moto")
     yield server
     server.stop()
+
+
+def test_s3_identity_names_endpoint_bucket_and_prefix(bucket, s3_server, own_moto):
+    """Two servers holding the same bucket and key are two places: their identities and data differ."""
+    s3_client(own_moto.url).create_bucket(Bucket=bucket)
+    here = open_store(f"s3://{bucket}/ident")                       # AWS_ENDPOINT_URL = the session's server
+    there = open_store(f"s3://{bucket}/ident", endpoint_url=own_moto.url)
+    here.put_bytes("k.bin", b"here")
+    there.put_bytes("k.bin", b"there!")
+    assert here.head("k.bin").size == 4 and there.head("k.bin").size == 6
+    assert here.head("k.bin").etag != there.head("k.bin").etag
+    assert here.identity == f"s3:{s3_server}/{bucket}/ident"
+    assert there.identity == f"s3:{own_moto.url}/{bucket}/ident"
+    # the same place, however it is named
+    for same in (open_store(f"s3://{bucket}/ident/"), S3Store(bucket, "ident"), S3Store(bucket, "/ident/"),
+                 open_store(f"s3://{bucket}/ident", endpoint_url=s3_server + "/")):
+        assert same.identity == here.identity
+        assert same.head("k.bin").etag == here.head("k.bin").etag
+    assert store_identity(f"s3://{bucket}/ident") == here.identity
+    assert store_identity(f"s3://{bucket}/ident", endpoint_url=own_moto.url) == there.identity
+    # credentials in the endpoint URL are left out: they do not change where the store is
+    creds = s3_server.replace("http://", "http://user:pass-word@")
+    assert store_identity(f"s3://{bucket}/ident", endpoint_url=creds) == here.identity
+    assert "pass-word" not in store_identity(f"s3://{bucket}/ident", endpoint_url=creds)
+    # another bucket, another prefix, the bucket root
+    assert len({here.identity, there.identity, store_identity(f"s3://other-{bucket}/ident"),
+                store_identity(f"s3://{bucket}/ident2"), store_identity(f"s3://{bucket}/ident/sub"),
+                store_identity(f"s3://{bucket}")}) == 6
+    assert here.identity != open_store(str(Path("ident").absolute())).identity
+
+
+def test_s3_missing_bucket_head_and_root_exists(s3_server, bucket):
+    st = open_store("s3://no-such-bucket-ident/p")
+    assert st.head("k") is None                      # HEAD cannot tell a missing bucket ...
+    assert not st.root_exists()                      # ... root_exists can
+    assert open_store(f"s3://{bucket}/never-written").root_exists()
+    with pytest.raises(StorageError, match=r"bucket 'no-such-bucket-ident' does not exist at endpoint .*create it"):
+        st.list_info()
 
 
 def test_s3_server_down_before_upload(own_moto, tmp_path, caplog):

@@ -19,8 +19,8 @@ from tdds_core.io import atomic_save_npy, write_manifest
 from tdds_core.tracking import (MAX_PARAM_VALUE_LENGTH, METRIC_BEST_ACC, METRIC_FINAL_ACC, STAGE_CORESET,
                                 STAGE_PIPELINE, TAG_ARCH, TAG_CODE_VERSION, TAG_FINGERPRINT, TAG_KEY, TAG_METHOD,
                                 TAG_PARENT_RUN, TAG_PIPELINE_RUN, TAG_RATE, TAG_SEED, TAG_SELECTION_SHA256, TAG_STAGE,
-                                MlflowTracker, NullTracker, Tracker, flatten_params, format_rate, log_score_run,
-                                log_selection, make_tracker, run_key, run_name)
+                                MlflowTracker, NullTracker, RunRecord, Tracker, flatten_params, format_rate,
+                                log_score_run, log_selection, make_tracker, run_key, run_name, tracker_identity)
 
 FP = "fp0123456789abcdef0123456789abcdef0123456789abcdef"  # longer than MLflow's 36-char digest
 
@@ -316,3 +316,189 @@ def test_no_credential_in_params_tags_artifacts_or_logs(mlflow_server, s3_server
     for blob in logs:
         assert FAKE_SECRET_KEY not in blob
     assert parent.id in "".join(texts)
+
+
+# ------------------------------------------------------------------------------------ read back, cross-process runs
+@pytest.fixture
+def fresh_tracker(tmp_path):
+    """A tracker on its own SQLite file and experiment."""
+    return MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", f"find-{uuid.uuid4().hex[:6]}",
+                         default_tags={TAG_PIPELINE_RUN: "pr-find"})
+
+
+def test_find_runs_filters_by_tags_and_status(fresh_tracker):
+    t = fresh_tracker
+    with t.start_run("pipeline/f", tags={TAG_STAGE: STAGE_PIPELINE}) as parent:
+        for i, (method, rate) in enumerate((("tdds", "0.70"), ("tdds", "0.30"), ("random", "0.70"))):
+            with t.start_run(f"coreset/{method}/p{rate}", tags={TAG_STAGE: STAGE_CORESET, TAG_METHOD: method,
+                                                                TAG_RATE: rate, TAG_SEED: i}):
+                t.log_params({"i": i})
+                t.log_metrics({METRIC_FINAL_ACC: 50.0 + i})
+                t.log_metrics({METRIC_FINAL_ACC: 60.0 + i})   # the latest value is the one read back
+        with pytest.raises(RuntimeError):
+            with t.start_run("coreset/tdds/p0.70",
+                             tags={TAG_STAGE: STAGE_CORESET, TAG_METHOD: "tdds", TAG_RATE: "0.70"}):
+                raise RuntimeError("crash")
+    running = t.create_run("coreset/tdds/p0.70", tags={TAG_STAGE: STAGE_CORESET, TAG_METHOD: "tdds", TAG_RATE: "0.70"})
+
+    (r,) = t.find_runs(tags={TAG_STAGE: STAGE_CORESET, TAG_METHOD: "tdds", TAG_RATE: "0.70"}, status="FINISHED")
+    assert isinstance(r, RunRecord)
+    assert (r.name, r.status, r.parent_id) == ("coreset/tdds/p0.70", "FINISHED", parent.id)
+    assert r.tags[TAG_SEED] == "0" and r.tags[TAG_PIPELINE_RUN] == "pr-find" and r.params == {"i": "0"}
+    assert r.metrics == {METRIC_FINAL_ACC: 60.0} and r.start_time > 1_600_000_000_000
+    tdds_70 = t.find_runs(tags={TAG_METHOD: "tdds", TAG_RATE: "0.70"})
+    assert [x.status for x in tdds_70] == ["RUNNING", "FAILED", "FINISHED"]          # newest first
+    assert [x.status for x in t.find_runs(tags={TAG_METHOD: "tdds", TAG_RATE: "0.70"}, order="oldest")] == [
+        "FINISHED", "FAILED", "RUNNING"]
+    assert [x.id for x in t.find_runs(tags={TAG_METHOD: "tdds"}, status="RUNNING")] == [running]
+    assert [x.id for x in t.find_runs(status="FAILED")] == [tdds_70[1].id]
+    assert len(t.find_runs()) == 6 and len(t.find_runs(max_results=2)) == 2
+    assert len(t.find_runs(tags={TAG_STAGE: STAGE_CORESET}, status="FINISHED")) == 3
+    assert t.find_runs(tags={TAG_METHOD: "el2n"}) == []
+    assert t.get_run(r.id) == r
+    # values MLflow's filter handles as they are
+    with t.start_run("odd", tags={"test.path": "C:\\data\\pets 2%_x"}):
+        pass
+    assert len(t.find_runs(tags={"test.path": "C:\\data\\pets 2%_x"})) == 1
+    assert t.find_runs(tags={"test.path": "C:\\data\\pets 2__x"}) == []       # no LIKE wildcards
+
+
+def test_find_runs_refuses_quotes_and_bad_arguments(fresh_tracker):
+    t = fresh_tracker
+    with pytest.raises(TrackingError, match=r"tdds\.dataset=\"imagefolder:/data/o'brien\".*quote.*without quotes"):
+        t.find_runs(tags={TAG_STAGE: "reprune", "tdds.dataset": "imagefolder:/data/o'brien"})
+    with pytest.raises(TrackingError, match="quote"):
+        t.find_runs(tags={TAG_METHOD: 'say "hi"'})
+    with pytest.raises(TrackingError, match="tag name"):
+        t.find_runs(tags={"a`b": "x"})
+    with pytest.raises(TrackingError, match="run status 'DONE' .*FINISHED"):
+        t.find_runs(status="DONE")
+    with pytest.raises(TrackingError, match="order='newest'"):
+        t.find_runs(order="latest")
+    with pytest.raises(TrackingError, match="KILLED"):
+        t.terminate(t.create_run("x"), "RUNNING")
+    with pytest.raises(TrackingError, match="not found.*run id"):
+        t.get_run("0123456789abcdef0123456789abcdef")
+    with pytest.raises(TrackingError, match="invalid MLflow run id"):
+        t.get_run("' or 1=1")
+
+
+def test_find_runs_pages_through_results(fresh_tracker):
+    t = fresh_tracker
+    ids = [t.create_run(f"r{i}", tags={"test.page": "yes"}) for i in range(7)]
+    t._page_size = 2     # the real page size is 1000; small pages make the test quick
+    assert [r.id for r in t.find_runs(tags={"test.page": "yes"}, order="oldest", max_results=100)] == ids
+    assert [r.id for r in t.find_runs(tags={"test.page": "yes"}, max_results=5)] == ids[::-1][:5]
+    assert len(t.find_runs(tags={"test.page": "yes"}, max_results=2)) == 2
+
+
+def test_create_attach_terminate_across_two_trackers(tmp_path, monkeypatch):
+    """One process creates the pipeline's parent run, another logs into it and a third ends it
+    (three trackers on the same SQLite file, one through a relative path)."""
+    monkeypatch.chdir(tmp_path)
+    exp = f"x-{uuid.uuid4().hex[:6]}"
+    opener = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", exp, default_tags={TAG_PIPELINE_RUN: "pr-x"})
+    rid = opener.create_run("pipeline/x", tags={TAG_STAGE: STAGE_PIPELINE, "none": None})
+    assert opener.active_run is None
+    worker = MlflowTracker("sqlite:///mlflow.db", exp)
+    rec = worker.get_run(rid)
+    assert (rec.status, rec.name, rec.parent_id) == ("RUNNING", "pipeline/x", None)
+    assert rec.tags[TAG_PIPELINE_RUN] == "pr-x" and rec.tags[TAG_STAGE] == STAGE_PIPELINE and "none" not in rec.tags
+    with worker.attach(rid) as handle:
+        assert handle.id == rid and worker.active_run.id == rid
+        worker.log_params({"a": 1})
+        worker.log_metrics({"m": 2.0})
+        worker.log_dict({"k": "v"}, "config.json")
+        with worker.start_run("score/tdds") as child:
+            assert child.parent_id == rid
+    assert worker.active_run is None
+    with pytest.raises(RuntimeError):
+        with worker.attach(rid):
+            raise RuntimeError("a step failed")
+    assert opener.get_run(rid).status == "RUNNING"          # attach never ends the run
+    sub = opener.create_run("reprune/x", parent=rid)
+    assert worker.get_run(sub).parent_id == rid and worker.get_run(child.id).parent_id == rid
+    closer = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", exp)
+    closer.terminate(rid, "FAILED")
+    done = worker.get_run(rid)
+    assert done.status == "FAILED" and done.params == {"a": "1"} and done.metrics == {"m": 2.0}
+    assert [r.id for r in closer.find_runs(tags={TAG_STAGE: STAGE_PIPELINE}, status="FAILED")] == [rid]
+    other = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", exp + "-other")
+    with pytest.raises(TrackingError, match="belongs to experiment"):
+        with other.attach(rid):
+            pass
+    with pytest.raises(TrackingError, match="not found"):
+        with worker.attach("0123456789abcdef0123456789abcdef"):
+            pass
+
+
+def test_has_finished_run(fresh_tracker):
+    t = fresh_tracker
+    key = run_key("score/hf", FP, {"u": uuid.uuid4().hex})
+    assert not t.has_finished_run(key)
+    with t.start_run("score/hf", key=key):
+        assert not t.has_finished_run(key)
+    assert t.has_finished_run(key) and t.find_finished_run(key) is not None
+
+
+def test_identity_names_store_and_experiment(tmp_path, monkeypatch, server_tracker, mlflow_server):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    monkeypatch.chdir(tmp_path)
+    absolute = MlflowTracker(f"sqlite:///{tmp_path / 'a' / 'mlflow.db'}", "exp1")
+    relative = MlflowTracker("sqlite:///a/mlflow.db", "exp1")
+    dotted = MlflowTracker("sqlite:///./link/../a/mlflow.db", "exp1")
+    via_link = MlflowTracker("sqlite:///link/mlflow.db", "exp1")
+    want = f"sqlite:{(tmp_path / 'a' / 'mlflow.db').resolve()}#exp1"
+    assert absolute.identity == relative.identity == dotted.identity == via_link.identity == want
+    assert MlflowTracker("sqlite:///a/mlflow.db", "exp2").identity == want[:-1] + "2"
+    assert MlflowTracker("sqlite:///b/mlflow.db", "exp1").identity != want
+    assert server_tracker.identity == f"{mlflow_server.rstrip('/')}#{server_tracker.experiment_name}"
+    assert MlflowTracker(mlflow_server + "/", server_tracker.experiment_name).identity == server_tracker.identity
+    assert NullTracker().identity == "none"
+    # without connecting (cache keys of a pipeline that has not started yet)
+    assert tracker_identity("sqlite:///a/mlflow.db", "exp1") == want
+    assert tracker_identity(mlflow_server, server_tracker.experiment_name) == server_tracker.identity
+    assert tracker_identity("https://alice:s3cretpw@mlflow.example.org:8443/", "e") == "https://mlflow.example.org:8443#e"
+
+
+def test_null_tracker_read_back_api():
+    t = NullTracker()
+    assert t.find_runs(tags={TAG_STAGE: "x"}, status="FINISHED") == [] and not t.has_finished_run("k")
+    rid = t.create_run("pipeline/n", tags={TAG_STAGE: STAGE_PIPELINE})
+    assert rid.startswith("null-") and t.get_run(rid).status == "RUNNING"
+    with t.attach(rid) as run:
+        assert run.id == rid and t.active_run.id == rid
+        t.log_params({"a": 1})
+        with t.start_run("child") as child:
+            assert child.parent_id == rid
+    assert t.active_run is None
+    t.terminate(rid, "FINISHED")
+    assert t.get_run(rid).status == "FINISHED"
+    with pytest.raises(TrackingError, match="tracking is off"):
+        t.get_run("abc")
+    with pytest.raises(TrackingError, match="run status"):
+        t.find_runs(status="done")
+
+
+def test_mlflow_tracker_satisfies_the_protocol(fresh_tracker):
+    assert isinstance(fresh_tracker, Tracker)
+    names = ("find_runs", "get_run", "create_run", "attach", "terminate", "identity", "has_finished_run")
+    assert all(n in Tracker.__dict__ for n in names)
+
+
+PACKAGE = Path(__file__).resolve().parents[1] / "tdds_core"
+
+
+def test_tracking_imports_no_matplotlib_and_report_reprune_use_no_client():
+    import ast
+    import subprocess
+    import sys
+
+    for name in ("report.py", "reprune.py"):
+        tree = ast.parse((PACKAGE / name).read_text())
+        assert not [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "client"], name
+    code = ("import sys, tdds_core.tracking, tdds_core.report, tdds_core.reprune; "
+            "print(sorted(m for m in ('mlflow', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

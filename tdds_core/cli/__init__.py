@@ -1,12 +1,15 @@
 """The ``tdds`` command line. Each module in this package adds its subcommands through a
 ``register(subparsers)`` function; modules are discovered automatically, so a new command is one
-new file. Errors a user can fix (:class:`~tdds_core.errors.TddsError`) print one message and exit 2."""
+new file. Packages that build on the library add commands through the ``tdds.commands`` entry-point
+group (``pipelines.cli:register`` adds run/compile/submit/schedule), so the library never imports
+them. Errors a user can fix (:class:`~tdds_core.errors.TddsError`) print one message and exit 2."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import pkgutil
 import sys
+from importlib.metadata import entry_points
 
 from ..errors import TddsError
 
@@ -22,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(sub)
+    for ep in sorted(entry_points(group="tdds.commands"), key=lambda e: e.name):
+        ep.load()(sub)
     return parser
 
 

@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import StorageError
     from ..io import atomic_write_text
     from ..report import build_table, plot_accuracy_vs_rate, rows_from_mlflow, to_csv, to_markdown
+    from ..storage import is_remote
     from ..tracking import default_experiment, default_tracking_uri
 
     cfg = load_config(args.config, args.overrides)
@@ -35,11 +36,11 @@ def run(args: argparse.Namespace) -> int:
     experiment = args.experiment or default_experiment(cfg)
     out = args.out
     if out is None:
-        if cfg.output.startswith("s3://"):
+        if is_remote(cfg.output):
             out = "report"
         else:
             out = str(Path(cfg.output) / "report")
-    if out.startswith("s3://"):
+    if is_remote(out):
         raise StorageError("--out must be a local folder; copy the report to S3 afterwards if you need it there")
     rows = rows_from_mlflow(uri, experiment)
     table = build_table(rows)

@@ -36,10 +36,11 @@ labels) changes when rows are appended; existing rows keep their ids and labels.
 
 Images on S3 are listed once per bucket under their common prefix (sizes and ETags, one request
 per 1,000 objects) and downloaded in parallel (``workers`` threads) into
-``$TDDS_CACHE/manifest/<digest of endpoint and bucket>/<key>``, each with a small ETag sidecar: an
-image cached with the same size and ETag is not fetched again, so a grown manifest downloads only
-its new images. ``splits.info`` records ``downloaded``, ``cached`` (S3 objects reused from the
-cache), ``local`` (local images) and ``rows``.
+``$TDDS_CACHE/manifest/<digest of the bucket's store identity (endpoint and bucket)>/<key>``, each
+with a small ETag sidecar: an image cached with the same size and ETag is not fetched again, so a
+grown manifest downloads only its new images. ``splits.info`` records ``downloaded``, ``cached``
+(S3 objects reused from the cache), ``local`` (local images) and ``rows``. All S3 access goes
+through :class:`tdds_core.storage.Store` (``root_exists``, ``list_info``, ``get_bytes``, ``fetch``).
 """
 from __future__ import annotations
 
@@ -55,13 +56,17 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, StorageError
+from ..errors import ArtifactError, ConfigError, DataError, StorageError
+from ..storage import cache_root, is_remote, open_store, validate_key
 from .base import ArrayDataset, Splits, register_dataset
 from .datasets import IMAGE_EXTS, _decode, _stable_bucket
+
+if TYPE_CHECKING:
+    from ..storage import ObjectInfo, S3Store
 
 __all__ = ["manifest", "ManifestRow", "read_manifest_rows", "resolve_manifest", "MANIFEST_EXTS"]
 
@@ -85,31 +90,17 @@ class ManifestRow:
 
 
 # ------------------------------------------------------------------------------------------ S3 helpers
-def _s3_store(bucket: str):
-    from ..storage import S3Store
-
-    return S3Store(bucket, "")
-
-
-def _s3_call(store: Any, what: str, fn, missing: str):
-    """``store.call`` (bounded retries, errors that name the endpoint and the fix); a missing
-    object or bucket raises DataError(``missing``)."""
-    from ..storage import ObjectMissing
-
-    try:
-        return store.call(what, fn, missing_ok=True)
-    except ObjectMissing:
-        raise DataError(missing) from None
+def _s3_store(bucket: str) -> S3Store:
+    """The store of a whole bucket (keys are full object keys); contacts nothing yet."""
+    return open_store(f"s3://{bucket}")  # type: ignore[return-value]
 
 
-def _no_bucket(store: Any, uri: str) -> str:
-    return (f"S3 bucket {store.bucket!r} (of {uri}) does not exist at endpoint {store.endpoint_label}; create it "
-            f"(aws s3 mb s3://{store.bucket}), upload the data, or fix data.root / the manifest's path column.")
-
-
-def _check_bucket(store: Any, uri: str) -> None:
-    _s3_call(store, f"HEAD bucket s3://{store.bucket}", lambda: store.client.head_bucket(Bucket=store.bucket),
-             _no_bucket(store, uri))
+def _check_bucket(store: S3Store, uri: str) -> None:
+    """DataError naming the bucket, the endpoint and the fix when ``store``'s bucket is missing."""
+    if not store.root_exists():
+        raise DataError(f"S3 bucket {store.bucket!r} (of {uri}) does not exist at endpoint {store.endpoint_label}; "
+                        f"create it (aws s3 mb s3://{store.bucket}), upload the data, or fix data.root / the "
+                        "manifest's path column.")
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -134,26 +125,22 @@ def resolve_manifest(root: str) -> str:
     root = root.strip()
     if root.startswith("file://"):
         root = root[len("file://"):]
-    if root.startswith("s3://"):
+    if is_remote(root):
         bucket, key = _split_s3(root)
         if _is_manifest_name(key):
             return root
         if key and not root.endswith("/"):
             raise ConfigError(f"data.root {root!r}: a manifest must end in .csv or .jsonl; for 'the newest manifest "
                               f"in a prefix' end the URI with '/' (s3://{bucket}/{key}/).")
+        try:
+            validate_key(key.rstrip("/"), allow_root=True)
+        except StorageError:
+            raise ConfigError(f"data.root {root!r}: the S3 prefix has an empty, '.' or '..' part; name the prefix "
+                              f"that holds the manifests, e.g. s3://{bucket}/manifests/.") from None
         store = _s3_store(bucket)
         _check_bucket(store, root)
         prefix = key
-
-        def run() -> list[str]:
-            names = []
-            for page in store.client.get_paginator("list_objects_v2").paginate(
-                    Bucket=bucket, Prefix=prefix, Delimiter="/"):
-                names.extend(o["Key"] for o in page.get("Contents", []) or [])
-            return names
-
-        keys = [k for k in _s3_call(store, f"listing of s3://{bucket}/{prefix}", run, _no_bucket(store, root))
-                if _is_manifest_name(k[len(prefix):])]
+        keys = [i.key for i in store.list_info(prefix, recursive=False) if _is_manifest_name(i.key[len(prefix):])]
         if not keys:
             raise DataError(f"data.root {root}: the prefix holds no manifest (*.csv or *.jsonl directly under it) at "
                             f"endpoint {store.endpoint_label}; upload one (e.g. {root}v0001.csv) or point data.root "
@@ -177,14 +164,15 @@ def resolve_manifest(root: str) -> str:
 
 
 def _read_manifest_bytes(uri: str) -> bytes:
-    if uri.startswith("s3://"):
+    if is_remote(uri):
         bucket, key = _split_s3(uri)
         store = _s3_store(bucket)
         _check_bucket(store, uri)
-        return _s3_call(store, f"download of {uri}",
-                        lambda: store.client.get_object(Bucket=bucket, Key=key)["Body"].read(),
-                        f"manifest {uri} does not exist at endpoint {store.endpoint_label}; upload it or fix "
-                        f"data.root (see what is there: aws s3 ls s3://{bucket}/{posixpath.dirname(key)}/).")
+        try:
+            return store.get_bytes(key)
+        except ArtifactError:  # the object is missing (the bucket is there)
+            raise DataError(f"manifest {uri} does not exist at endpoint {store.endpoint_label}; upload it or fix "
+                            f"data.root (see what is there: aws s3 ls s3://{bucket}/{posixpath.dirname(key)}/).") from None
     p = Path(uri)
     if not p.is_file():
         raise DataError(f"manifest {p} does not exist; create it ({_FORMAT}) or fix data.root.")
@@ -279,14 +267,14 @@ def _parse_jsonl(text: str, uri: str) -> list[tuple[int, dict]]:
 # ------------------------------------------------------------------------------------------ image locations
 def _base_of(manifest_uri: str) -> str:
     """The folder / prefix relative paths start from: the manifest's own."""
-    if manifest_uri.startswith("s3://"):
+    if is_remote(manifest_uri):
         return manifest_uri.rsplit("/", 1)[0] + "/"
     return str(Path(manifest_uri).parent)
 
 
 def _resolve(path: str, base: str, row: ManifestRow, uri: str) -> str:
     """An image location: ``s3://bucket/key`` or an absolute local path."""
-    if path.startswith("s3://"):
+    if is_remote(path):
         bucket, key = _split_s3(path)
         if not key or key.endswith("/"):
             raise DataError(f"manifest {uri} line {row.line}: path {path!r} of id {row.id!r} names no object; "
@@ -299,7 +287,7 @@ def _resolve(path: str, base: str, row: ManifestRow, uri: str) -> str:
                         "use a path relative to the manifest, an absolute local path or s3://bucket/key.")
     if os.path.isabs(path):
         return os.path.normpath(path)
-    if base.startswith("s3://"):
+    if is_remote(base):
         bucket, prefix = _split_s3(base)
         key = posixpath.normpath(posixpath.join(prefix, path))
         if key.startswith("..") or key == ".":
@@ -317,10 +305,9 @@ def _missing_hint(path: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ S3 images -> cache
-def _cache_dir(store: Any) -> Path:
-    from ..storage import cache_root
-
-    tag = hashlib.sha256(f"{store.endpoint_url or 'aws'}|{store.bucket}".encode()).hexdigest()[:16]
+def _cache_dir(store: S3Store) -> Path:
+    """``$TDDS_CACHE/manifest/<digest of the store's identity>``: one folder per endpoint and bucket."""
+    tag = hashlib.sha256(store.identity.encode()).hexdigest()[:16]
     return cache_root() / "manifest" / tag
 
 
@@ -362,26 +349,22 @@ def _fetch_s3(images: dict[str, list[tuple[str, ManifestRow]]], workers: int, ur
     per ``s3://`` URI, downloaded count, reused count)."""
     from tqdm.auto import tqdm
 
-    from ..storage import validate_key
-
     local: dict[str, Path] = {}
-    todo: list[tuple[Any, str, Path, ManifestRow]] = []
+    todo: list[tuple[S3Store, str, Path, ManifestRow]] = []
     reused = 0
     for bucket, items in images.items():
         store = _s3_store(bucket)
+        for key, row in items:
+            try:
+                validate_key(key)
+            except StorageError:
+                raise DataError(f"manifest {uri} line {row.line}: image key {key!r} of id {row.id!r} has an empty, "
+                                "'.' or '..' part and cannot be cached; rename the object.") from None
         _check_bucket(store, f"s3://{bucket}/{items[0][0]}")
         base = _cache_dir(store)
         keys = sorted({k for k, _ in items})
         prefix = _common_prefix(keys)
-
-        def run(prefix=prefix, store=store) -> dict[str, tuple[str, int]]:
-            found = {}
-            for page in store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix):
-                for o in page.get("Contents", []) or []:
-                    found[o["Key"]] = (str(o.get("ETag", "")), int(o.get("Size", 0)))
-            return found
-
-        listing = _s3_call(store, f"listing of s3://{bucket}/{prefix}", run, _no_bucket(store, f"s3://{bucket}/{prefix}"))
+        listing: dict[str, ObjectInfo] = {i.key: i for i in store.list_info(prefix)}
         seen: set[str] = set()
         for key, row in items:
             u = f"s3://{bucket}/{key}"
@@ -391,35 +374,23 @@ def _fetch_s3(images: dict[str, list[tuple[str, ManifestRow]]], workers: int, ur
             if key not in listing:
                 raise DataError(f"manifest {uri} line {row.line}: image {u} of id {row.id!r} does not exist at endpoint "
                                 f"{store.endpoint_label}; upload it or fix the row's path{_missing_hint(key)}.")
-            try:
-                validate_key(key)
-            except StorageError:
-                raise DataError(f"manifest {uri} line {row.line}: image key {key!r} of id {row.id!r} has an empty, "
-                                "'.' or '..' part and cannot be cached; rename the object.") from None
             dst = base / key
             local[u] = dst
-            etag, size = listing[key]
-            if _cached(dst, etag, size):
+            if _cached(dst, listing[key].etag, listing[key].size):
                 reused += 1
             else:
                 todo.append((store, key, dst, row))
     if todo:
-        client0 = todo[0][0].client
-        pool = max(1, getattr(client0.meta.config, "max_pool_connections", 10) or 10)
-        n_workers = max(1, min(int(workers), pool, len(todo)))
+        n_workers = max(1, min(int(workers), todo[0][0].max_parallel, len(todo)))
         bar = tqdm(total=len(todo), desc="downloading images", unit="img", leave=False, disable=len(todo) < 2000)
 
-        def get(store: Any, key: str, dst: Path, row: ManifestRow) -> None:
-            def fetch() -> tuple[bytes, str]:
-                r = store.client.get_object(Bucket=store.bucket, Key=key)
-                return r["Body"].read(), str(r.get("ETag", ""))
-
-            body, etag = _s3_call(store, f"download of s3://{store.bucket}/{key}", fetch,
-                                  f"manifest {uri} line {row.line}: image s3://{store.bucket}/{key} of id {row.id!r} "
-                                  f"disappeared at endpoint {store.endpoint_label}; upload it or fix the row's path.")
+        def get(store: S3Store, key: str, dst: Path, row: ManifestRow) -> None:
+            got = store.fetch(key, dst)
+            if got is None:
+                raise DataError(f"manifest {uri} line {row.line}: image s3://{store.bucket}/{key} of id {row.id!r} "
+                                f"disappeared at endpoint {store.endpoint_label}; upload it or fix the row's path.")
             try:
-                _write_atomic(dst, body)
-                _write_atomic(_sidecar(dst), json.dumps({"etag": etag, "size": len(body)}).encode())
+                _write_atomic(_sidecar(dst), json.dumps({"etag": got.etag, "size": got.size}).encode())
             except OSError as e:
                 raise StorageError(f"cannot write {dst} into the image cache ({e}); check free space and permissions "
                                    "of $TDDS_CACHE (default ~/.cache/tdds).") from None
@@ -498,7 +469,7 @@ def manifest(root: Optional[str] = None, *, image_size: int = 32, channels: int 
     s3_items: dict[str, list[tuple[str, ManifestRow]]] = {}
     n_local = 0
     for src, r in zip(sources, rows):
-        if src.startswith("s3://"):
+        if is_remote(src):
             b, k = _split_s3(src)
             s3_items.setdefault(b, []).append((k, r))
         else:
@@ -513,7 +484,7 @@ def manifest(root: Optional[str] = None, *, image_size: int = 32, channels: int 
             local_of, downloaded, reused = _fetch_s3(s3_items, workers, uri)
         except StorageError as e:
             raise StorageError(f"fetching the images of manifest {uri}: {e}") from None
-    files = [local_of[s] if s.startswith("s3://") else Path(s) for s in sources]
+    files = [local_of[s] if is_remote(s) else Path(s) for s in sources]
 
     is_test = [r.split == "test" or (r.split == "" and _stable_bucket(r.id) < test_percent) for r in rows]
 

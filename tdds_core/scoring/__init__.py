@@ -6,25 +6,36 @@
 Every method takes a dynamics object (``tdds_core.dynamics.Dynamics`` or
 ``tdds_core.dynamics_reference.ReferenceDynamics``) plus keyword-only options and returns float64
 ``(N,)`` scores in sample order where a higher score means keep first. Each method module also
-exposes the pure array-level function it is built on (``tdds_from_epochs``, ``aum_from_epochs``, ...).
-"""
-from ._registry import (MethodInfo, compute_scores, get_method, get_sampler, is_method, list_methods, method_options,
-                        register_method, resolve_params)
-from . import aum, ccs, dyn_unc, el2n, entropy, forgetting, moderate, random_, tdds  # noqa: E402,F401  (register)
-from .aum import aum_from_epochs, margins
-from .ccs import ccs_sample
-from .dyn_unc import dyn_unc_from_epochs
-from .el2n import el2n_from_epochs
-from .entropy import entropy_from_logits
-from .forgetting import forgetting_from_epochs
-from .moderate import class_distances, moderate_from_features
-from .random_ import random_scores
-from .tdds import TddsAccumulator, tdds_from_array, tdds_from_epochs, window_weights
+exposes the pure array-level function it is built on (``tdds_from_epochs``, ``aum_from_epochs``, ...),
+marked ``@export`` in its module and so importable from here.
 
-__all__ = [
-    "MethodInfo", "register_method", "get_method", "list_methods", "is_method", "method_options", "resolve_params",
-    "get_sampler", "compute_scores",
-    "tdds_from_epochs", "tdds_from_array", "TddsAccumulator", "window_weights",
-    "random_scores", "entropy_from_logits", "forgetting_from_epochs", "el2n_from_epochs", "aum_from_epochs", "margins",
-    "moderate_from_features", "class_distances", "ccs_sample", "dyn_unc_from_epochs",
-]
+Every non-underscore module of this folder is imported below: ``@register_method`` registers its
+methods and ``@export`` adds its public functions to this namespace and ``__all__``, so a new
+method is one new file and nothing here changes.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from . import _registry
+from ._registry import (MethodInfo, compute_scores, export, get_method, get_sampler, is_method, list_methods,
+                        list_modules, method_options, register_method, registered, resolve_params, unregister_method)
+
+# the registry API; @export appends each exported name while the modules below are imported
+__all__ = [n for n in _registry.__all__ if n != "NAN_POLICIES"]
+
+
+def _discover() -> list[str]:
+    """Import every non-underscore module of this package (as ``tdds_core.cli`` does); returns their names."""
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}")
+    for name, (_, obj) in _registry._EXPORTS.items():  # modules imported earlier (a reload) export nothing anew
+        globals()[name] = obj
+        if name not in __all__:
+            __all__.append(name)
+    return names
+
+
+_discover()

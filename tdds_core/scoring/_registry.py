@@ -4,22 +4,36 @@ A method is a function ``fn(dynamics, *, nan_policy="raise", **options) -> np.nd
 returns float64 ``(N,)`` scores where a HIGHER score means KEEP FIRST. Its keyword-only
 parameters (other than ``nan_policy``) are its options; :func:`compute_scores` checks option names
 against them, so a misspelt option is an error instead of being swallowed.
+
+Registering is exporting: ``tdds_core.scoring`` imports every non-underscore module of its folder,
+so a module's ``@register_method`` makes the method known, and ``@export`` puts a public
+array-level function (or class) into the package namespace and its ``__all__``. Adding a method is
+one new file, with no edit elsewhere.
 """
 from __future__ import annotations
 
 import fnmatch
 import inspect
+import pkgutil
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 
 from ..errors import ScoringError
 
 __all__ = [
-    "MethodInfo", "register_method", "get_method", "list_methods", "is_method", "method_options",
-    "resolve_params", "get_sampler", "compute_scores", "NAN_POLICIES",
+    "MethodInfo", "register_method", "unregister_method", "registered", "export", "get_method", "list_methods",
+    "list_modules", "is_method", "method_options", "resolve_params", "get_sampler", "compute_scores", "NAN_POLICIES",
 ]
+
+#: The package whose namespace :func:`export` fills (``tdds_core.scoring``).
+PACKAGE = __name__.rpartition(".")[0]
+
+T = TypeVar("T")
+Patterns = Union[str, Sequence[str]]
 
 NAN_POLICIES = ("raise", "skip")
 
@@ -39,10 +53,63 @@ class MethodInfo:
 
 
 _METHODS: dict[str, MethodInfo] = {}
+_EXPORTS: dict[str, tuple[str, Any]] = {}  # exported name -> (defining module, object)
+
+
+def _short(module: str) -> str:
+    """``"tdds_core.scoring.tdds"`` -> ``"tdds"`` (timm's module key)."""
+    return module.rpartition(".")[2]
+
+
+def _package() -> Any:
+    """The ``tdds_core.scoring`` module object (present in ``sys.modules`` from the moment its
+    ``__init__`` starts, so exports made while it discovers its modules land there)."""
+    return sys.modules.get(PACKAGE)
+
+
+def export(obj: T) -> T:
+    """Decorator: publish ``obj`` (a public array-level function or class of a method module) as
+    ``tdds_core.scoring.<obj.__name__>`` and add the name to the package's ``__all__``.
+
+    The same name exported by two different modules is a ``ValueError``; so is a name that shadows
+    a registry function or a method module of the package. Re-exporting from the same module
+    (a reload) replaces the object.
+    """
+    name = getattr(obj, "__name__", None)
+    module = getattr(obj, "__module__", None) or ""
+    if not name or name.startswith("_"):
+        raise ValueError(f"export needs a public named function or class, got {obj!r}")
+    prev = _EXPORTS.get(name)
+    if prev is not None and prev[0] != module:
+        raise ValueError(f"{PACKAGE}.{name} is already exported by {prev[0]}")
+    pkg = _package()
+    submodules = {m.name for m in pkgutil.iter_modules(getattr(pkg, "__path__", []))}
+    if name in __all__ or name in submodules:
+        raise ValueError(f"export {module}.{name} would shadow {PACKAGE}.{name}")
+    _EXPORTS[name] = (module, obj)
+    if pkg is not None:
+        setattr(pkg, name, obj)
+        names = pkg.__dict__.setdefault("__all__", [])
+        if name not in names:
+            names.append(name)
+    return obj
+
+
+def _unexport(name: str) -> None:
+    """Undo :func:`export` of ``name`` (package attribute and ``__all__`` entry)."""
+    module, obj = _EXPORTS.pop(name)
+    pkg = _package()
+    if pkg is not None:
+        if getattr(pkg, name, None) is obj:
+            delattr(pkg, name)
+        names = getattr(pkg, "__all__", None)
+        if isinstance(names, list) and name in names:
+            names.remove(name)
 
 
 def register_method(name: str, *, sampler: Optional[SamplerFactory] = None) -> Callable:
-    """Decorator: register ``fn`` as scoring method ``name``.
+    """Decorator: register ``fn`` as scoring method ``name`` (its module is recorded for
+    ``list_methods(module=...)``).
 
     ``sampler`` (optional) is a factory ``sampler(params) -> callable`` that builds the method's own
     selection rule from the method's resolved options (CCS's stratified sampling); selection uses
@@ -77,6 +144,32 @@ def register_method(name: str, *, sampler: Optional[SamplerFactory] = None) -> C
     return deco
 
 
+def unregister_method(name: str) -> MethodInfo:
+    """Remove method ``name`` (for tests). When it was the last method of its module, the names
+    that module exported with :func:`export` leave the package namespace too. Returns its info."""
+    info = _METHODS.pop(name, None)
+    if info is None:
+        raise KeyError(f"scoring method {name!r} is not registered")
+    if not any(other.module == info.module for other in _METHODS.values()):
+        for exported in [n for n, (mod, _) in _EXPORTS.items() if mod == info.module]:
+            _unexport(exported)
+    return info
+
+
+@contextmanager
+def registered(name: str, fn: Callable[..., np.ndarray], *,
+               sampler: Optional[SamplerFactory] = None) -> Iterator[Callable[..., np.ndarray]]:
+    """``with registered("toy", toy_fn): ...``: method ``name`` exists only inside the block."""
+    if name in _METHODS:
+        raise ValueError(f"scoring method {name!r} is already registered by {_METHODS[name].module}")
+    register_method(name, sampler=sampler)(fn)
+    try:
+        yield fn
+    finally:
+        if name in _METHODS:
+            unregister_method(name)
+
+
 def _info(name: str) -> MethodInfo:
     info = _METHODS.get(name)
     if info is None:
@@ -85,15 +178,37 @@ def _info(name: str) -> MethodInfo:
 
 
 def is_method(name: str) -> bool:
+    """Whether ``name`` is a registered method."""
     return name in _METHODS
 
 
-def list_methods(filter: str = "") -> list[str]:
-    """Sorted registered method names, optionally filtered by a shell-style pattern (``"d*"``)."""
+def _patterns(p: Patterns) -> list[str]:
+    return [p] if isinstance(p, str) else list(p)
+
+
+def list_methods(filter: Patterns = "", module: Patterns = "", exclude_filters: Patterns = "") -> list[str]:
+    """Sorted registered method names (timm's ``list_models``).
+
+    ``filter``: shell-style pattern(s) (``"d*"`` or ``["a*", "e*"]``), a name matching any is kept;
+    ``module``: method module(s), short (``"tdds"``) or dotted (``"tdds_core.scoring.tdds"``);
+    ``exclude_filters``: pattern(s) whose matches are dropped.
+    """
     names = sorted(_METHODS)
-    if filter:
-        names = [n for n in names if fnmatch.fnmatch(n, filter)]
+    modules = [m for m in _patterns(module) if m]
+    if modules:
+        names = [n for n in names if _METHODS[n].module in modules or _short(_METHODS[n].module) in modules]
+    include = [f for f in _patterns(filter) if f]
+    if include:
+        names = [n for n in names if any(fnmatch.fnmatch(n, f) for f in include)]
+    exclude = [f for f in _patterns(exclude_filters) if f]
+    if exclude:
+        names = [n for n in names if not any(fnmatch.fnmatch(n, f) for f in exclude)]
     return names
+
+
+def list_modules() -> list[str]:
+    """Sorted short names of the modules that register at least one method (timm's ``list_modules``)."""
+    return sorted({_short(info.module) for info in _METHODS.values()})
 
 
 def get_method(name: str) -> Callable[..., np.ndarray]:

@@ -14,11 +14,12 @@ import numpy as np
 
 from ..errors import ScoringError
 from ._common import dynamics_labels, finish_skipped, iter_selected, per_epoch_rows, select_epochs
-from ._registry import register_method
+from ._registry import export, register_method
 
 __all__ = ["margins", "aum_from_epochs", "aum"]
 
 
+@export
 def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """float64 ``(N,)``: ``logits[i, y_i] - max_{c != y_i} logits[i, c]`` (needs C >= 2)."""
     x = np.array(logits, dtype=np.float64, copy=True)
@@ -30,6 +31,7 @@ def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return target - x.max(axis=1)
 
 
+@export
 def aum_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, nan_policy: str = "raise") -> np.ndarray:
     """Mean margin over the given epochs.
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import ScoringError
 from ._common import check_policy
-from ._registry import compute_scores, register_method, resolve_params
+from ._registry import compute_scores, export, register_method, resolve_params
 
 __all__ = ["ccs_sample", "ccs", "HARD_END"]
 
@@ -37,6 +37,7 @@ def _check(beta: Any, strata: Any, hard_end: Any) -> None:
         raise ScoringError(f"ccs: hard_end must be 'low' or 'high', got {hard_end!r}")
 
 
+@export
 def ccs_sample(scores: np.ndarray, n_keep: int, *, beta: float = 0.0, strata: int = 50, hard_end: str = "low",
                seed: int = 0) -> np.ndarray:
     """Coverage-centric stratified sample of ``n_keep`` positions.

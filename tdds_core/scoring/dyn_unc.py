@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ScoringError
 from ._common import dynamics_labels, finish_skipped, iter_selected, per_epoch_rows, select_epochs, softmax64
-from ._registry import register_method
+from ._registry import export, register_method
 
 __all__ = ["dyn_unc_from_epochs", "dyn_unc"]
 
@@ -32,6 +32,7 @@ def _true_class_probs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return softmax64(x)[np.arange(len(y)), y]
 
 
+@export
 def dyn_unc_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, width: int = 10,
                         nan_policy: str = "raise") -> np.ndarray:
     """Mean over sliding windows of the std of the target-class probability.

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ScoringError
 from ._common import dynamics_labels, finish_skipped, iter_selected, per_epoch_rows, select_epochs, softmax64
-from ._registry import register_method
+from ._registry import export, register_method
 
 __all__ = ["el2n_from_epochs", "el2n"]
 
@@ -24,6 +24,7 @@ def _error_norms(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.sqrt((p * p).sum(axis=1))
 
 
+@export
 def el2n_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, nan_policy: str = "raise") -> np.ndarray:
     """Mean over the given epochs of ``||softmax(logits) - onehot(y)||_2``.
 

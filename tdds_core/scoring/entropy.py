@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import ScoringError
 from ._common import NanGuard, finish_skipped, guarded_rows
-from ._registry import register_method
+from ._registry import export, register_method
 
 __all__ = ["entropy_from_logits", "entropy"]
 
@@ -29,6 +29,7 @@ def _entropy_rows(x: np.ndarray) -> np.ndarray:
     return -plogp.sum(axis=1)
 
 
+@export
 def entropy_from_logits(logits: np.ndarray, *, nan_policy: str = "raise", epoch: Any = None) -> np.ndarray:
     """Entropy of ``softmax(logits)`` per row.
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from ._common import dynamics_labels, finish_skipped, iter_selected, per_epoch_rows, select_epochs
-from ._registry import register_method
+from ._registry import export, register_method
 
 __all__ = ["forgetting_from_epochs", "forgetting"]
 
@@ -25,6 +25,7 @@ def _correct(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return x.argmax(axis=1) == y
 
 
+@export
 def forgetting_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, nan_policy: str = "raise") -> np.ndarray:
     """Forgetting scores from consecutive epochs.
 

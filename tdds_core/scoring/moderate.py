@@ -14,11 +14,12 @@ import numpy as np
 
 from ..errors import ScoringError
 from ._common import NanGuard, dynamics_labels, finish_skipped, finite_rows
-from ._registry import register_method
+from ._registry import export, register_method
 
 __all__ = ["class_distances", "moderate_from_features", "moderate"]
 
 
+@export
 def class_distances(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """float64 ``(N,)``: Euclidean distance of each feature to the mean feature of its class."""
     f = np.asarray(features)
@@ -31,6 +32,7 @@ def class_distances(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
+@export
 def moderate_from_features(features: np.ndarray, labels: np.ndarray, *, nan_policy: str = "raise") -> np.ndarray:
     """Moderate scores from penultimate features.
 

@@ -11,11 +11,12 @@ import numpy as np
 
 from ..errors import ScoringError
 from ._common import check_policy
-from ._registry import register_method
+from ._registry import export, register_method
 
 __all__ = ["random_scores", "random_"]
 
 
+@export
 def random_scores(num_samples: int, *, seed: int = 0) -> np.ndarray:
     """float64 ``(num_samples,)`` i.i.d. uniform in ``[0, 1)`` from ``numpy.random.default_rng(seed)``."""
     if isinstance(num_samples, bool) or int(num_samples) < 0:

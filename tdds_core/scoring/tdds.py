@@ -40,7 +40,7 @@ import torch
 from ..errors import ScoringError
 from ._common import (EPS, EpochBlocks, NanGuard, NonFiniteError, blockable, check_labels, check_policy,
                       contiguous_epochs, dynamics_labels, finish_skipped, finite_rows, split_item)
-from ._registry import register_method
+from ._registry import export, register_method
 
 __all__ = ["tdds", "tdds_from_epochs", "tdds_from_array", "TddsAccumulator", "window_weights", "auto_block_rows"]
 
@@ -80,6 +80,7 @@ def _check_options(T: int, W: int, decay: float, inner: str, signed: bool, aggre
         raise ScoringError("signed=True has no meaning for inner='el2n' (EL2N is a norm); use inner='kl' or 'loss'")
 
 
+@export
 def window_weights(T: int, W: int, decay: float = 0.9, aggregate: str = "ema") -> list[float]:
     """Weight of each window ``k = 0 .. T-W``: ``decay * (1-decay)**(T-W-k)`` ("ema") or 1 ("mean",
     divided by the number of windows at the end)."""
@@ -152,6 +153,7 @@ def _row_range(x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
     return hi, torch.isfinite(x).all(dim=1).numpy()
 
 
+@export
 class TddsAccumulator:
     """Streaming TDDS over one epoch at a time for a fixed set of ``n`` rows.
 
@@ -285,6 +287,7 @@ class TddsAccumulator:
         return out
 
 
+@export
 def tdds_from_epochs(epochs: Iterable[Any], labels: Optional[np.ndarray] = None, *, T: int, W: int = 10,
                      decay: float = 0.9, inner: str = "kl", signed: bool = False, aggregate: str = "ema",
                      dtype: str = "float64", inputs: str = "logits", nan_policy: str = "raise",
@@ -360,6 +363,7 @@ def tdds_from_epochs(epochs: Iterable[Any], labels: Optional[np.ndarray] = None,
     return finish_skipped(scores, bad, "tdds")
 
 
+@export
 def tdds_from_array(logits: np.ndarray, labels: Optional[np.ndarray] = None, *, W: int = 10, decay: float = 0.9,
                     inner: str = "kl", signed: bool = False, aggregate: str = "ema", dtype: str = "float64",
                     inputs: str = "logits", nan_policy: str = "raise") -> np.ndarray:

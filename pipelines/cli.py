@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from . import add_config_args
+from tdds_core.cli import add_config_args
 
 
 def _add_env(p: argparse.ArgumentParser) -> None:
@@ -59,7 +59,7 @@ def register(sub) -> None:
 
 
 def _cfg(args):
-    from ..config import load_config
+    from tdds_core.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "out", None) and args.func is run_cmd:
@@ -68,7 +68,7 @@ def _cfg(args):
 
 
 def _env(items: list[str]) -> dict[str, str]:
-    from ..errors import ConfigError
+    from tdds_core.errors import ConfigError
 
     out = {}
     for item in items:
@@ -80,7 +80,7 @@ def _env(items: list[str]) -> dict[str, str]:
 
 
 def run_cmd(args: argparse.Namespace) -> int:
-    from pipelines.run import run_local
+    from .run import run_local
 
     cfg = _cfg(args)
     t0 = time.time()
@@ -99,7 +99,7 @@ def run_cmd(args: argparse.Namespace) -> int:
 
 
 def compile_cmd(args: argparse.Namespace) -> int:
-    from pipelines.run import cluster_env, compile_pipeline
+    from .run import cluster_env, compile_pipeline
 
     cfg = _cfg(args)
     path = compile_pipeline(cfg, args.out, kind=args.pipeline, env=cluster_env(cfg, _env(args.env)))
@@ -109,7 +109,7 @@ def compile_cmd(args: argparse.Namespace) -> int:
 
 
 def submit_cmd(args: argparse.Namespace) -> int:
-    from pipelines.run import submit
+    from .run import submit
 
     cfg = _cfg(args)
     run_id = submit(cfg, args.host, experiment=args.experiment, kind=args.pipeline, env=_env(args.env),
@@ -119,7 +119,7 @@ def submit_cmd(args: argparse.Namespace) -> int:
 
 
 def schedule_cmd(args: argparse.Namespace) -> int:
-    from pipelines.run import normalize_cron, schedule
+    from .run import normalize_cron, schedule
 
     cfg = _cfg(args)
     job = schedule(cfg, args.host, args.cron, experiment=args.experiment, env=_env(args.env), name=args.name)

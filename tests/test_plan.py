@@ -1,0 +1,117 @@
+"""The one plan and the one declaration of what each stage depends on (tdds_core.plan)."""
+from __future__ import annotations
+
+import pytest
+
+from tdds_core import plan as P
+from tdds_core.config import Config, parse_config
+
+FP = "f" * 64
+
+# a value different from the default for every runtime field: toggling it must change no key
+RUNTIME_TOGGLES = {
+    "name": "other", "output": "/elsewhere", "data.root": "/data/elsewhere", "data.download": True,
+    "data.resident": "never", "data.resident_max_bytes": 123, "data.num_workers": 7,
+    "train.eval_batch_size": 17, "train.progress": False, "selection.export": True,
+    "tracking.enabled": False, "tracking.uri": "http://x:5000", "tracking.experiment": "e",
+    "pipeline.image": "img:2", "pipeline.gpu_image": "gpu:2", "pipeline.accelerator_type": "amd.com/gpu",
+    "pipeline.gpus": 2, "pipeline.cpu_request": "8", "pipeline.memory_request": "1G", "pipeline.retries": 0,
+    "pipeline.caching": False, "pipeline.pipeline_root": "s3://b/p",
+}
+# identity fields whose change must change the key of the stages that read them
+IDENTITY_TOGGLES = {
+    "data.train_subset": (500, ("train-full", "coreset")), "data.noise.label_noise": (0.1, ("train-full", "coreset")),
+    "model.arch": ("small_cnn", ("train-full", "coreset")), "train.lr": (0.2, ("train-full", "coreset")),
+    "train.epochs": (3, ("train-full", "coreset")), "train.eval_every": (2, ("train-full", "coreset")),
+    "dynamics.dtype": ("float32", ("train-full",)), "selection.class_balanced": (True, ("select",)),
+    "coreset.weighting": ("none", ("coreset",)), "coreset.batch_size": (64, ("coreset",)),
+    "coreset.epochs": (3, ("coreset",)),
+}
+
+
+def _with(path: str, value) -> Config:
+    return parse_config({}, [f"{path}={value!r}" if isinstance(value, str) else f"{path}={str(value).lower()}"
+                             if isinstance(value, bool) else f"{path}={value}"])
+
+
+def test_every_config_field_is_classified():
+    fields = set(P.config_fields())
+    assert fields - set(P.FIELDS) == set(), "classify the new config fields in tdds_core.plan.FIELDS"
+    assert set(P.FIELDS) - fields == set(), "tdds_core.plan.FIELDS names fields the config no longer has"
+    assert set(P.FIELDS.values()) == {P.IDENTITY, P.RUNTIME}
+    # the toggles below cover every runtime field
+    assert {p for p, k in P.FIELDS.items() if k == P.RUNTIME} == set(RUNTIME_TOGGLES)
+
+
+@pytest.mark.parametrize("path", sorted(RUNTIME_TOGGLES))
+def test_runtime_field_changes_no_key(path):
+    base, other = Config(), _with(path, RUNTIME_TOGGLES[path])
+    assert P._get(other, path) != P._get(base, path)
+    for stage in P.STAGE_READS:
+        assert P.identity(other, stage) == P.identity(base, stage), stage
+    assert P.train_key(other, FP) == P.train_key(base, FP)
+    assert P.selection_key(other, "scores/x", "x", 0.5) == P.selection_key(base, "scores/x", "x", 0.5)
+    assert P.coreset_key(other, "selections/x", "resnet18", 1) == P.coreset_key(base, "selections/x", "resnet18", 1)
+    assert P.experiment_key(other, FP).split("|")[-1] == P.experiment_key(base, FP).split("|")[-1]
+
+
+@pytest.mark.parametrize("path", sorted(IDENTITY_TOGGLES))
+def test_identity_field_changes_the_keys_of_the_stages_that_read_it(path):
+    value, readers = IDENTITY_TOGGLES[path]
+    base, other = Config(), _with(path, value)
+    for stage in P.STAGE_READS:
+        changed = P.identity(other, stage) != P.identity(base, stage)
+        assert changed == (stage in readers), (path, stage)
+    assert P.experiment_key(other, FP) != P.experiment_key(base, FP)
+
+
+def test_numerics_are_keyed_by_their_effect_on_this_machine():
+    # on a CPU, bf16 autocast, channels_last and compile are not applied: the same numbers, one key
+    base = Config()
+    for path, value in (("train.amp", "off"), ("train.channels_last", False), ("train.compile", True),
+                        ("train.device", "cpu")):
+        assert P.train_key(_with(path, value), FP) == P.train_key(base, FP), path
+    assert P.numerics(base)["device"] == "cpu" and P.numerics(base)["bf16"] is False
+
+
+def test_stage_config_keeps_what_the_stage_reads():
+    cfg = parse_config({}, ["selection.rates=[0.5]", "selection.class_balanced=true", "coreset.epochs=3",
+                            "methods=[{name: el2n}]"])
+    sel = P.stage_config(cfg, "select")
+    assert sel.selection.class_balanced is True and sel.selection.rates == Config().selection.rates
+    assert sel.coreset == Config().coreset and sel.methods == Config().methods
+    assert P.stage_config(cfg, "coreset").coreset.epochs == 3
+    assert P.stage_config(cfg, "train-full").coreset == Config().coreset
+
+
+def test_plan_items():
+    cfg = parse_config({}, [
+        "model.arch=small_cnn", "selection.rates=[0.3, 0.7]", "coreset.seeds=[1, 2]",
+        "methods=[{name: random}, {name: tdds, params: {T: 5, W: 3}, per_rate: {0.7: {T: 9}}}, {name: el2n, rates: [0.7]}]",
+        "evaluate.rates=[0.7]", "evaluate.methods=[tdds]", "evaluate.archs=[small_cnn, resnet18]"])
+    plan = P.Plan.from_config(cfg)
+    # a method tuned per rate is one row (one label) with one score setting per rate
+    assert [(s.label, s.params) for s in plan.scores] == [
+        ("random", {}), ("tdds[T=5,W=3]", {"T": 5, "W": 3}), ("tdds[T=5,W=3]", {"T": 9, "W": 3}), ("el2n", {})]
+    assert [(p.score.label, p.score.params.get("T"), p.rate) for p in plan.pairs] == [
+        ("random", None, 0.3), ("random", None, 0.7), ("tdds[T=5,W=3]", 5, 0.3), ("tdds[T=5,W=3]", 9, 0.7),
+        ("el2n", None, 0.7)]
+    assert len(plan.coresets) == 2 * len(plan.pairs) and {c.seed for c in plan.coresets} == {1, 2}
+    # only tdds at 0.7 is evaluated, and not on the model's own architecture (that is the coreset row)
+    assert [(e.pair.score.params.get("T"), e.arch, e.seed) for e in plan.evals] == [(9, "resnet18", 1)]
+    assert [(r, [p.score.method.name for p in ps]) for r, ps in plan.rates()] == [
+        (0.3, ["random", "tdds"]), (0.7, ["random", "tdds", "el2n"])]
+
+
+def test_plan_refuses_an_empty_grid():
+    from tdds_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no \\(method, pruning rate\\) pair"):
+        P.Plan.from_config(parse_config({}, ["methods=[]"]))
+
+
+def test_run_keys_name_the_store(tmp_path):
+    a = P.run_key_of("score", str(tmp_path / "a"), "scores/x-1")
+    assert a == P.run_key_of("score", str(tmp_path / "a"), "scores/x-1")
+    assert a != P.run_key_of("score", str(tmp_path / "b"), "scores/x-1")
+    assert a != P.run_key_of("coreset", str(tmp_path / "a"), "scores/x-1")
