@@ -1,50 +1,48 @@
-"""KFP components, one per tdds stage (see :mod:`components.stages`).
+"""KFP components over the stage registry (:mod:`components.tasks`).
 
-``make_components(image, gpu_image)`` turns the stage functions into KFP v2 lightweight components
-that run in the configured images; the pipelines in :mod:`pipelines` call it with
-``cfg.pipeline.image`` / ``cfg.pipeline.gpu_image``, so one setting names every task's image.
+``make_components(image, gpu_image)`` gives one component per registered stage (the generic
+``stage_task``, named after the stage: its tasks show as ``train-full``, ``score``, ...), a
+``collect-<stage>`` fan-in per looping stage, and ``open-run`` / ``close-run``. Training stages run
+in ``gpu_image`` (default ``image``); ``install_kfp_package=False`` because the images hold kfp.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import stages
+from . import tasks
 
-__all__ = ["Components", "make_components", "GPU_STAGES", "CPU_STAGES", "stages"]
-
-GPU_STAGES = ("train_full", "train_coreset", "evaluate_cross_arch")
-CPU_STAGES = ("open_run", "score", "collect_scores", "materialize_subset", "collect_selections", "report", "close_run",
-              "reprune_diff")
+__all__ = ["Components", "make_components", "tasks"]
 
 
 @dataclass(frozen=True)
 class Components:
-    """The components of one image pair (attributes named like the functions)."""
+    """The components of one image pair."""
 
     open_run: Any
-    train_full: Any
-    score: Any
-    collect_scores: Any
-    materialize_subset: Any
-    collect_selections: Any
-    train_coreset: Any
-    evaluate_cross_arch: Any
-    report: Any
     close_run: Any
-    reprune_diff: Any
-    image: str
-    gpu_image: str
+    stages: dict[str, Any] = field(default_factory=dict)      # stage name -> component
+    collects: dict[str, Any] = field(default_factory=dict)    # stage name -> its fan-in component
+    image: str = ""
+    gpu_image: str = ""
+
+
+def _component(fn: Any, image: str, name: Optional[str] = None) -> Any:
+    from kfp import dsl
+
+    comp = dsl.component(fn, base_image=image, install_kfp_package=False)
+    if name:
+        comp.component_spec.name = name
+    return comp
 
 
 def make_components(image: str, gpu_image: Optional[str] = None) -> Components:
-    """Components whose CPU stages run in ``image`` and training stages in ``gpu_image`` (default
-    ``image``); ``install_kfp_package=False`` because the images install kfp with tdds."""
-    from kfp import dsl
+    """Components whose light tasks run in ``image`` and training stages in ``gpu_image``."""
+    from tdds_core.stages import list_stages
 
     gpu_image = gpu_image or image
-    made = {}
-    for name in GPU_STAGES + CPU_STAGES:
-        made[name] = dsl.component(getattr(stages, name), base_image=gpu_image if name in GPU_STAGES else image,
-                                   install_kfp_package=False)
-    return Components(image=image, gpu_image=gpu_image, **made)
+    stages = {s.name: _component(tasks.stage_task, gpu_image if s.gpu else image, s.name) for s in list_stages()}
+    collects = {s.name: _component(tasks.collect_task, image, f"collect-{s.name}") for s in list_stages()
+                if s.loop != "once"}
+    return Components(_component(tasks.open_run, image, "open-run"), _component(tasks.close_run, image, "close-run"),
+                      stages, collects, image, gpu_image)

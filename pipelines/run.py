@@ -134,7 +134,8 @@ def drop_stale_cache(cfg: Config, root: Path) -> list[str]:
     configured store or tracker no longer holds (a deleted or expired prefix, a new tracking
     store): the task runs again and recreates it instead of reporting it done. Returns the removed
     entries' files."""
-    from tdds_core.steps import POINTER_FORMAT, missing_work
+    from tdds_core.stages import STATE_FORMAT
+    from tdds_core.steps import missing_work
     from tdds_core.storage import open_store
     from tdds_core.tracking import make_tracker
 
@@ -149,9 +150,9 @@ def drop_stale_cache(cfg: Config, root: Path) -> list[str]:
             outputs = json.loads(entry.read_text())
         except (OSError, json.JSONDecodeError):
             outputs = None
-        pointers = [v.get("metadata") or {} for v in (outputs or {}).values() if isinstance(v, dict)]
-        if outputs is None or any(p.get("format") == POINTER_FORMAT and missing_work(p, cfg.output, store, tracker)
-                                  for p in pointers):
+        states = [v.get("metadata") or {} for v in (outputs or {}).values() if isinstance(v, dict)]
+        if outputs is None or any(s.get("format") == STATE_FORMAT and missing_work(s, cfg.output, store, tracker)
+                                  for s in states):
             entry.unlink(missing_ok=True)
             dropped.append(str(entry))
     return dropped

@@ -126,6 +126,8 @@ class MethodSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict, description="Scorer options, e.g. {T: 30, W: 10, decay: 0.9}.")
     per_rate: dict[float, dict[str, Any]] = Field(default_factory=dict, description="Per-pruning-rate overrides of params.")
     rates: Optional[list[float]] = Field(None, description="Only these pruning rates (default: selection.rates).")
+    weighting: Optional[Literal["batch", "sample", "mean1", "none"]] = Field(
+        None, description="Coreset loss weighting for this method (None: coreset.weighting's rule).")
 
     @property
     def display(self) -> str:
@@ -166,8 +168,11 @@ class CoresetConfig(_Strict):
     """Training on a selection (paper section 5.1, Eq. 13)."""
 
     strategy: Literal["E", "P"] = Field("E", description="E: same epochs as full data; P: same iterations (more epochs).")
-    weighting: Literal["batch", "sample", "none"] = Field(
-        "batch", description="batch: batch-mean CE x batch-mean importance (authors); sample: per-sample weighted CE; none."
+    weighting: Literal["method", "batch", "sample", "mean1", "none"] = Field(
+        "method", description="method: each method's own (TDDS: batch, its Eq. 13 as the authors' code applies it; "
+        "the baselines: none, as their sources train); or one weighting for every method. batch: batch-mean CE x "
+        "batch-mean importance; sample: per-sample weighted CE; mean1: per-sample weights scaled to mean 1 over the "
+        "kept samples (Eq. 13's relative importance without changing the learning rate); none: plain CE."
     )
     batch_size: int = Field(128, gt=0, description="Coreset batch size (authors: 128).")
     batch_rule: bool = Field(False, description="Paper's rule: halve the batch at rate >= thresholds[0], quarter at >= thresholds[1].")

@@ -6,9 +6,20 @@ Layout of a dynamics folder (format ``tdds-dynamics/1``)::
                          not visit order), one file per recorded epoch
     labels.npy           int64 [N], the training labels the run used (after any injected noise)
     ids.txt              N lines, the stable sample ids
-    features.npy         float32 [N, D] penultimate features of the final model (optional)
+    final_logits.npy     float32 [N, C] logits of the final model's clean pass (see below), id order
+    features.npy         float32 [N, D] penultimate features of the same pass (with save_features)
     manifest.json        written last: format, fingerprint, num_samples, num_classes, epochs, dtype,
-                         mode, complete, files {name: {sha256, bytes}}
+                         mode, final_pass, complete, files {name: {sha256, bytes}}
+
+The clean final pass: after its last epoch the full-data run passes the whole training set once
+more through the final model in eval mode (batch-norm running statistics, no dropout) without
+augmentation, and stores the logits (``final_logits.npy``, always float32 whatever ``dtype`` the
+epochs use) and, with ``save_features``, the penultimate features (``features.npy``) of that same
+pass. ``final_pass`` in the manifest describes it (``{"mode": "eval", "augment": false, "epoch":
+<last epoch>, "logits": "final_logits.npy", "features": "features.npy" | null}``). It is the input
+of Entropy and Moderate (their sources score the trained model, not the training pass). Folders
+written before it existed have no ``final_logits.npy``: :meth:`Dynamics.final_logits` then raises
+an :class:`~tdds_core.errors.ArtifactError` naming the fix.
 
 The manifest is rewritten (atomically) after every epoch with ``complete: false`` so a killed
 run resumes from its last complete epoch; :meth:`DynamicsWriter.finalize` sets ``complete: true``.
@@ -27,10 +38,23 @@ from .io import (MANIFEST, atomic_save_npy, atomic_write_json, atomic_write_text
                  sha256_file, verify_file)
 
 FORMAT = "tdds-dynamics/1"
+FINAL_LOGITS = "final_logits.npy"
+FEATURES = "features.npy"
 
 
 def epoch_file(t: int) -> str:
     return f"epoch_{t:04d}.npy"
+
+
+def missing_final_logits(folder: str | os.PathLike, why: str = "") -> ArtifactError:
+    """The error for dynamics without the clean final pass (tdds folders written before it existed,
+    the authors' layout): names what is missing and the two ways out."""
+    return ArtifactError(
+        f"{folder} has no {FINAL_LOGITS}, the clean final pass (eval-mode logits of the final model over the "
+        f"training set, no augmentation){why}. Rerun the full-data training (`tdds train`, dynamics.record: true) "
+        "with this version of tdds to record it, or score entropy from the last recorded epoch's logits with "
+        "source='last_epoch' (CLI: --param source=last_epoch)."
+    )
 
 
 class DynamicsWriter:
@@ -87,7 +111,27 @@ class DynamicsWriter:
         self._write_manifest(False)
 
     def write_features(self, features: np.ndarray) -> None:
-        self._put("features.npy", lambda p: atomic_save_npy(p, np.asarray(features, dtype=np.float32)))
+        """Store float32 ``[N, D]`` penultimate features (rows in id order)."""
+        f = np.asarray(features, dtype=np.float32)
+        if f.ndim != 2 or f.shape[0] != self.meta["num_samples"]:
+            raise ArtifactError(f"features have shape {f.shape}, expected ({self.meta['num_samples']}, D)")
+        self._put(FEATURES, lambda p: atomic_save_npy(p, f))
+        self._write_manifest(False)
+
+    def write_final_pass(self, logits: np.ndarray, features: np.ndarray | None = None, *, epoch: int | None = None,
+                         info: dict | None = None) -> None:
+        """Store the clean final pass: float32 ``[N, C]`` logits (``final_logits.npy``) and, when
+        given, float32 ``[N, D]`` penultimate features (``features.npy``) of the same eval-mode,
+        augmentation-free pass of the final model; rows in id order."""
+        n, c = self.meta["num_samples"], self.meta["num_classes"]
+        x = np.asarray(logits, dtype=np.float32)
+        if x.shape != (n, c):
+            raise ArtifactError(f"final-pass logits have shape {x.shape}, expected ({n}, {c})")
+        self._put(FINAL_LOGITS, lambda p: atomic_save_npy(p, x))
+        if features is not None:
+            self.write_features(features)
+        self.meta["final_pass"] = {"mode": "eval", "augment": False, "epoch": epoch, "logits": FINAL_LOGITS,
+                                   "features": FEATURES if FEATURES in self.files else None, **(info or {})}
         self._write_manifest(False)
 
     def finalize(self, **extra) -> None:
@@ -142,13 +186,33 @@ class Dynamics:
 
     @property
     def has_features(self) -> bool:
-        return "features.npy" in self.manifest.get("files", {})
+        return FEATURES in self.manifest.get("files", {})
 
     def features(self) -> np.ndarray:
-        """float32 ``[N, D]`` penultimate features of the final model."""
+        """float32 ``[N, D]`` penultimate features of the final model (the clean final pass)."""
         if not self.has_features:
             raise ArtifactError(f"{self.folder} has no features.npy; train with dynamics.save_features: true (Moderate needs it).")
-        return load_npy(self._file("features.npy"))
+        f = load_npy(self._file(FEATURES))
+        if f.ndim != 2 or f.shape[0] != self.num_samples:
+            raise ArtifactError(f"{self.folder / FEATURES} has shape {f.shape}, expected ({self.num_samples}, D); "
+                                "delete it and rerun training.")
+        return f
+
+    @property
+    def has_final_logits(self) -> bool:
+        """Whether the run recorded the clean final pass (``final_logits.npy``)."""
+        return FINAL_LOGITS in self.manifest.get("files", {})
+
+    def final_logits(self) -> np.ndarray:
+        """float32 ``[N, C]`` logits of the clean final pass: the final model in eval mode over the
+        training set without augmentation, rows in id order (see the module docstring)."""
+        if not self.has_final_logits:
+            raise missing_final_logits(self.folder, ": these dynamics were recorded before the pass existed")
+        arr = load_npy(self._file(FINAL_LOGITS))
+        if arr.shape != (self.num_samples, self.num_classes):
+            raise ArtifactError(f"{self.folder / FINAL_LOGITS} has shape {arr.shape}, manifest says "
+                                f"({self.num_samples}, {self.num_classes}); delete it and rerun training.")
+        return arr
 
     def epoch(self, t: int) -> np.ndarray:
         """Logits ``[N, C]`` of epoch ``t`` in the stored dtype."""

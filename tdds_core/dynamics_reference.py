@@ -14,6 +14,11 @@ that visits every sample exactly once the matrix is the softmax of the logits in
 those logits are handed over and soft-maxed by the scorer), so TDDS of a reference folder follows
 the authors' semantics.
 
+The layout has no clean final pass (eval-mode logits of the final model, what Entropy reads by
+default): :meth:`ReferenceDynamics.final_logits` reads a ``final_logits.npy`` (float ``[N, C]``,
+sample order) placed in the folder by hand and otherwise raises the same ArtifactError as a tdds
+folder without it (Entropy: ``source="last_epoch"``).
+
 Methods that need logits use :meth:`ReferenceDynamics.epoch` / ``iter_epochs``: logits in sample
 order, the MEAN of the visits for a duplicated index and NaN rows for unvisited samples (which the
 scorers report under their ``nan_policy``).
@@ -202,7 +207,32 @@ class ReferenceDynamics:
         return False
 
     def features(self) -> np.ndarray:
-        raise ArtifactError(f"{self.folder} is in the authors' layout, which has no penultimate features (Moderate needs them).")
+        raise ArtifactError(f"{self.folder} is in the authors' layout, which has no penultimate features (Moderate needs "
+                            "them); pass a feature file with --param features=FILE.npy (float [N, D], sample order).")
+
+    @property
+    def has_final_logits(self) -> bool:
+        """Whether the folder holds a ``final_logits.npy`` (the authors' code writes none; a user may add one)."""
+        from .dynamics import FINAL_LOGITS
+
+        return (self.folder / FINAL_LOGITS).is_file()
+
+    def final_logits(self) -> np.ndarray:
+        """float32 ``[N, C]`` logits of a clean eval-mode pass of the final model, sample order.
+
+        The authors' layout records no such pass: this reads ``final_logits.npy`` in the folder when
+        someone put one there (float ``[N, C]``, row i = sample i) and otherwise raises the same
+        :class:`ArtifactError` as a tdds folder without it."""
+        from .dynamics import FINAL_LOGITS, missing_final_logits
+
+        if not self.has_final_logits:
+            raise missing_final_logits(self.folder, ": the authors' layout records none (a float [N, C] "
+                                       f"{FINAL_LOGITS} in sample order may be put in the folder by hand)")
+        arr = self._load(FINAL_LOGITS)
+        if arr.shape != (self.num_samples, self.num_classes) or not np.issubdtype(arr.dtype, np.floating):
+            raise ArtifactError(f"{self.folder / FINAL_LOGITS} is {arr.dtype} {arr.shape}, expected float "
+                                f"({self.num_samples}, {self.num_classes}) logits in sample order")
+        return arr.astype(np.float32, copy=False)
 
     def probabilities(self, t: int, *, dtype: str = "float64") -> np.ndarray:
         """The authors' ``[N, C]`` probability matrix of epoch ``t``: softmax per visit row, rows of

@@ -6,6 +6,18 @@ resumes from the newest checkpoint when started again with the same spec and fol
 data order and augmentation come from generators seeded by ``(seed, epoch)``, so a resumed run is
 bit-identical on CPU to an uninterrupted one.
 
+A run that records dynamics ends with one clean pass of the final model over the training set
+(eval mode, no augmentation): its logits and penultimate features go into the dynamics folder
+(``final_logits.npy``, ``features.npy``; see :mod:`tdds_core.dynamics`), the input of Entropy
+and Moderate.
+
+Stored logits are computed with the classifier head in float32: under bf16 autocast (CUDA) the
+forward passes whose logits are stored (the training pass of a recorded epoch, the clean passes)
+run the feature extractor under autocast and then ``head(features.float())`` with autocast off
+(:func:`split_head`), since bf16 rounding of the logits moved TDDS scores by up to 1%. Storage
+keeps ``dynamics.dtype``. Without autocast (CPU) this is the same computation as ``model(x)``,
+bit for bit.
+
 Outputs in ``out_dir``: ``run.json`` (spec and digest; a folder holding another spec is refused),
 ``dynamics/`` (see :mod:`tdds_core.dynamics`), ``checkpoint.pt`` (removed at the end),
 ``model.pt``, ``history.json``, ``result.json`` and ``manifest.json`` (written last).
@@ -13,6 +25,7 @@ Outputs in ``out_dir``: ``run.json`` (spec and digest; a folder holding another 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import random
@@ -24,6 +37,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .config import Config, config_digest
 from .data import Splits
@@ -32,6 +46,12 @@ from .dynamics import DynamicsWriter
 from .errors import ArtifactError, ConfigError, ScoringError
 from .io import MANIFEST, atomic_torch_save, atomic_write_json, read_json, verify_manifest, write_manifest
 from .models import create_model, is_model, list_models
+
+log = logging.getLogger("tdds.engine")
+
+#: Run the classifier head in float32 outside autocast in the forward passes whose logits are
+#: stored (tests set it to False to compare with the plain ``model(x)`` path).
+FP32_HEAD = True
 
 
 @dataclass
@@ -142,8 +162,10 @@ def coreset_batch_size(cfg: Config, rate: float) -> int:
 
 
 def coreset_spec(cfg: Config, *, rate: float, positions: np.ndarray, weights: np.ndarray, num_full: int,
-                 arch: str | None = None, seed: int | None = None) -> TrainSpec:
-    """Training on a selection: Strategy E (same epochs) or P (same iterations as the full-data run)."""
+                 arch: str | None = None, seed: int | None = None, weighting: str = "none") -> TrainSpec:
+    """Training on a selection: Strategy E (same epochs) or P (same iterations as the full-data run),
+    with the loss ``weighting`` (:func:`weighted_loss`; ``mean1`` = ``sample`` with the kept
+    samples' weights scaled to mean 1)."""
     t, c = cfg.train, cfg.coreset
     check_arch(arch or cfg.model.arch, "model.arch" if arch is None else "--arch / evaluate.archs")
     b = coreset_batch_size(cfg, rate)
@@ -158,7 +180,17 @@ def coreset_spec(cfg: Config, *, rate: float, positions: np.ndarray, weights: np
                      epochs=epochs, batch_size=b, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
                      weight_decay=t.weight_decay, schedule=t.schedule, seed=t.seed if seed is None else seed,
                      augment=t.augment, drop_last=False, positions=[int(p) for p in positions],
-                     weights=[float(w) for w in weights], weighting=c.weighting, iterations=iterations, **_runtime(cfg))
+                     weights=[float(w) for w in kept_weights(weights, weighting)],
+                     weighting="sample" if weighting == "mean1" else weighting, iterations=iterations, **_runtime(cfg))
+
+
+def kept_weights(weights: np.ndarray, weighting: str) -> np.ndarray:
+    """The per-sample weights a coreset trains with: as selected, or scaled to mean 1 (``mean1``)."""
+    w = np.asarray(weights, dtype=np.float64)
+    if weighting == "mean1":
+        m = float(w.mean()) if len(w) else 0.0
+        return w / m if m > 0 else np.ones_like(w)
+    return w
 
 
 @dataclass
@@ -200,7 +232,7 @@ def weighted_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None,
         return F.cross_entropy(logits, y) * w.mean()
     if mode == "sample":
         return (F.cross_entropy(logits, y, reduction="none") * w).mean()
-    raise ConfigError(f"coreset.weighting: unknown mode {mode!r}; use batch, sample or none")
+    raise ConfigError(f"coreset.weighting: unknown mode {mode!r}; use batch, sample, mean1 or none")
 
 
 def _lr_lambda(schedule: str, total: int) -> Callable[[int], float]:
@@ -228,8 +260,56 @@ def evaluate(model: torch.nn.Module, loader: ResidentLoader, num_classes: int, a
     return 100.0 * float(correct.sum()) / max(n, 1.0), loss_sum / max(n, 1.0), per_class
 
 
+def split_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+    """``(feature extractor, classifier head)`` of a model, or None when it has no such split.
+
+    Every registered architecture is a :class:`~tdds_core.models.Classifier` whose ``features``
+    gives the penultimate features and whose ``head`` is the last ``nn.Linear`` (a compiled
+    model is looked through). Other models get None: their logits come from the whole model."""
+    m = getattr(model, "_orig_mod", model)
+    feats, head = getattr(m, "features", None), getattr(m, "head", None)
+    if isinstance(feats, nn.Module) and isinstance(head, nn.Linear):
+        return feats, head
+    return None
+
+
+class Fp32HeadForward(nn.Module):
+    """``features(x)`` under the caller's autocast, then ``head(features.float())`` in float32 with
+    autocast disabled. Shares the modules (and parameters) of the model it was split from.
+
+    Without autocast this is exactly ``model(x)``: ``.float()`` of float32 features is the same
+    tensor and the head runs the same float32 ``linear``."""
+
+    def __init__(self, features: nn.Module, head: nn.Linear):
+        super().__init__()
+        self.features, self.head = features, head
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        f = self.features(x)
+        with torch.autocast(x.device.type, enabled=False):
+            out = self.head(f.float())
+        return (out, f) if return_features else out
+
+
+def capture_forward(model: nn.Module, *, what: str = "the stored logits") -> nn.Module:
+    """The forward used where logits are stored: :class:`Fp32HeadForward` over :func:`split_head`,
+    or ``model`` itself (under autocast, as before) with a logged note when no head is found or
+    :data:`FP32_HEAD` is off."""
+    if not FP32_HEAD:
+        return model
+    parts = split_head(model)
+    if parts is None:
+        log.info("%s has no features/head split (a Classifier with an nn.Linear head); %s come from the whole "
+                 "model under autocast (bf16 on CUDA)", type(model).__name__, what)
+        return model
+    return Fp32HeadForward(*parts)
+
+
 @torch.no_grad()
 def _predict(model, loader: ResidentLoader, n: int, num_classes: int, autocast, features: bool):
+    """Eval-mode pass over ``loader`` (no augmentation): float32 logits ``[N, C]`` and, with
+    ``features``, float32 penultimate features ``[N, D]``, rows by sample position. ``model`` is
+    a Classifier or its :func:`capture_forward` (float32 head)."""
     model.eval()
     logits = torch.zeros(n, num_classes, dtype=torch.float32, device=loader.device)
     feats = None
@@ -285,6 +365,13 @@ class _Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.step_model = torch.compile(self.model) if (cuda and spec.compile) else self.model
+        # forward passes whose logits are stored: float32 head outside autocast (module docstring)
+        self.capture_model = self.model
+        self.capture_step = self.step_model
+        if spec.record_dynamics:
+            self.capture_model = capture_forward(self.model)
+            if self.capture_model is not self.model and spec.dynamics_mode == "train":
+                self.capture_step = torch.compile(self.capture_model) if (cuda and spec.compile) else self.capture_model
         self.opt = torch.optim.SGD(self.model.parameters(), lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
                                    weight_decay=spec.weight_decay)
         per_epoch = len(self.train_loader)
@@ -357,11 +444,13 @@ class _Trainer:
 
                 bar = tqdm(total=min(len(self.train_loader), self.total_iters - iteration), desc=f"epoch {epoch + 1}/{spec.epochs}",
                            leave=False, dynamic_ncols=True)
+            step_model = self.capture_step if rec_train else self.step_model
+            step_model.train()
             for x, y, idx in self.train_loader.epoch(epoch, spec.seed):
                 if iteration >= self.total_iters:
                     break
                 with self.autocast():
-                    logits = self.step_model(x)
+                    logits = step_model(x)
                 w = self.weights[idx] if self.weights is not None else None
                 loss = weighted_loss(logits.float(), y, w, spec.weighting)
                 self.opt.zero_grad(set_to_none=True)
@@ -391,7 +480,7 @@ class _Trainer:
                    "img_per_s": seen / max(train_s, 1e-9), "iteration": iteration}
             if self.records(epoch):
                 if spec.dynamics_mode == "clean":
-                    logits_all, _ = _predict(self.model, self.plain_train, self.n, self.c, self.autocast, False)
+                    logits_all, _ = _predict(self.capture_model, self.plain_train, self.n, self.c, self.autocast, False)
                     buf.copy_(logits_all.to(buf.dtype))
                 arr = buf.float().cpu().numpy()
                 if not np.isfinite(arr).all():
@@ -419,9 +508,13 @@ class _Trainer:
         if final is None:  # resumed after the last epoch had finished but before result.json was written
             final = evaluate(self.model, self.test_loader, self.c, self.autocast)
         if writer is not None:
-            if spec.save_features:
-                _, feats = _predict(self.model, self.plain_train, self.n, self.c, self.autocast, True)
-                writer.write_features(feats.cpu().numpy())
+            # the clean final pass: the final model, eval mode, no augmentation (Entropy, Moderate)
+            logits_all, feats = _predict(self.capture_model, self.plain_train, self.n, self.c, self.autocast,
+                                         spec.save_features)
+            writer.write_final_pass(logits_all.cpu().numpy(), None if feats is None else feats.cpu().numpy(),
+                                    epoch=int(history[-1]["epoch"]) if history else None,
+                                    info={"head_fp32": self.capture_model is not self.model,
+                                          "autocast": "bf16" if self.use_amp else "none"})
             writer.finalize()
         atomic_torch_save(out / "model.pt", {"arch": spec.arch, "num_classes": self.c, "in_channels": self.splits.channels,
                                              "image_size": self.splits.image_size, "options": spec.model_options,

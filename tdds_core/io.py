@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -170,3 +171,14 @@ def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise ArtifactError(f"{path} is truncated or not a valid .npy file ({e}); delete it and rerun the stage.") from e
+
+
+def json_safe(v: Any) -> Any:
+    """``v`` with NaN and infinities replaced by None (strict JSON), through dicts, lists and tuples."""
+    if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
+        return None
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    return v

@@ -3,7 +3,8 @@
 * :data:`FIELDS` classifies every config field as ``IDENTITY`` (it can change a stored number, so it
   is part of the keys) or ``RUNTIME`` (speed, display, location: never part of a key). A new config
   field must be added here (``tests/test_plan.py`` fails otherwise).
-* :data:`STAGE_READS` names the config sections each stage reads. From these two come the artifact
+* each stage declares the config sections it reads (``Stage.reads``, :mod:`tdds_core.stages`).
+  From these two come the artifact
   keys (:func:`train_key`, ...), the MLflow run keys (:func:`run_key_of`), the output-root claim
   (:func:`claim_identity`) and the per-stage config a cached KFP task gets (:func:`stage_config`).
 * :meth:`Plan.from_config` lists the work items once: train-full, a score item per method setting,
@@ -20,13 +21,15 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
+from pydantic import BaseModel, ConfigDict
+
 from .config import Config, MethodSpec, config_digest
 from .errors import ConfigError
 
-__all__ = ["IDENTITY", "RUNTIME", "FIELDS", "STAGE_READS", "Plan", "ScoreItem", "PairItem", "CoresetItem",
-           "EvalItem", "config_fields", "identity", "numerics", "stage_config", "claim_identity", "slug",
-           "format_rate", "method_label", "train_key", "score_key", "selection_key", "coreset_key", "run_key_of",
-           "experiment_key", "runtime_spec_fields"]
+__all__ = ["IDENTITY", "RUNTIME", "FIELDS", "stage_reads", "Plan", "ScoreItem", "PairItem", "RateItem",
+           "EvalItem", "parse_item", "config_fields", "identity", "numerics", "stage_config", "claim_identity", "slug",
+           "format_rate", "method_label", "coreset_weighting", "train_key", "score_key", "selection_key", "coreset_key", "run_key_of",
+           "experiment_key", "runtime_spec_fields", "ARTIFACT_VERSION", "RUNTIME_OPTIONS"]
 
 IDENTITY: Literal["identity"] = "identity"
 RUNTIME: Literal["runtime"] = "runtime"
@@ -63,16 +66,8 @@ FIELDS: dict[str, str] = {
     "pipeline.retries": RUNTIME, "pipeline.caching": RUNTIME, "pipeline.pipeline_root": RUNTIME,
 }
 
-# the config sections each stage reads (its key uses their identity fields; a cached KFP task gets
-# them as configured and every other section at its default). The item fields (a score item's
-# method, a pair's rate, a coreset item's seed, an eval item's arch) come with the item instead.
+# sections every cached stage task gets besides the ones its stage reads (Stage.reads)
 _COMMON = ("name", "output", "data", "model", "train", "dynamics", "tracking")
-STAGE_READS: dict[str, tuple[str, ...]] = {
-    "train-full": ("data", "model", "train", "dynamics"),
-    "score": (),
-    "select": ("selection.class_balanced",),
-    "coreset": ("data", "model", "train", "coreset"),
-}
 _ITEM_FIELDS = {"selection.rates", "coreset.seeds", "methods"}   # carried by the items, not the stage config
 
 
@@ -119,11 +114,16 @@ def numerics(cfg: Config) -> dict[str, Any]:
 _NUMERICS = ("train.device", "train.amp", "train.channels_last", "train.compile")
 
 
+def stage_reads(stage: str) -> tuple[str, ...]:
+    """The config sections (or fields) ``stage`` reads, as its registration declares them."""
+    from .stages import get_stage
+
+    return get_stage(stage).reads
+
+
 def identity(cfg: Config, stage: str) -> dict[str, Any]:
     """The identity fields ``stage`` reads (``{path: value}``; numerics resolved, item fields left out)."""
-    if stage not in STAGE_READS:
-        raise ConfigError(f"unknown stage {stage!r}; one of {', '.join(STAGE_READS)}")
-    reads = STAGE_READS[stage]
+    reads = stage_reads(stage)
     out: dict[str, Any] = {}
     for path, kind in FIELDS.items():
         if kind != IDENTITY or path in _ITEM_FIELDS or path in _NUMERICS:
@@ -144,9 +144,7 @@ def stage_config(cfg: Config, stage: str) -> Config:
     """``cfg`` as a cached stage task gets it: the sections it reads (plus the common ones) as
     configured, every other field at its default. KFP keys its cache on a task's inputs, so a
     stage's key changes only when something it reads changes (a new rate leaves train-full alone)."""
-    if stage not in STAGE_READS:
-        raise ConfigError(f"unknown stage {stage!r}; one of {', '.join(STAGE_READS)}")
-    keep = set(_COMMON) | set(STAGE_READS[stage])
+    keep = set(_COMMON) | set(stage_reads(stage))
     data = cfg.model_dump(mode="json")
     default = Config().model_dump(mode="json")
     out: dict[str, Any] = {}
@@ -181,6 +179,20 @@ def format_rate(rate: float | None) -> str:
     return s if abs(float(s) - r) < 1e-12 else repr(r)
 
 
+def coreset_weighting(cfg: Config, method: MethodSpec | str | None) -> str:
+    """The loss weighting a method's coreset trains with: the method entry's ``weighting``, else
+    ``coreset.weighting``, whose ``method`` rule takes the method's registered default (TDDS:
+    ``batch``; the baselines: ``none``; a selection of no known method: ``none``)."""
+    spec = method if isinstance(method, MethodSpec) or method is None else MethodSpec(name=method)
+    if spec is not None and spec.weighting:
+        return spec.weighting
+    if cfg.coreset.weighting != "method":
+        return cfg.coreset.weighting
+    from .scoring import is_method, method_weighting
+
+    return method_weighting(spec.name) if spec is not None and is_method(spec.name) else "none"
+
+
 def method_label(method: MethodSpec, params: dict) -> str:
     """The row name of a method setting: its label, or name plus params."""
     if method.label:
@@ -191,15 +203,28 @@ def method_label(method: MethodSpec, params: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------ keys
+# bumped when what a stage stores changes meaning, so older artifacts are not reused:
+# train-full 2: dynamics carry the clean final pass (final_logits.npy) and fp32-head logits;
+# score 2: entropy reads the clean pass, moderate is Moderate-DS, aum uses probabilities, ccs cuts
+ARTIFACT_VERSION = {"train-full": 2, "score": 2}
+
+
 def train_key(cfg: Config, fingerprint: str) -> str:
     """Store key of the full-data run: ``train/<fingerprint>-<identity digest>``."""
-    return f"train/{fingerprint[:12]}-{config_digest({'id': identity(cfg, 'train-full'), 'fp': fingerprint}, 12)}"
+    ident = {"id": identity(cfg, "train-full"), "fp": fingerprint, "v": ARTIFACT_VERSION["train-full"]}
+    return f"train/{fingerprint[:12]}-{config_digest(ident, 12)}"
+
+
+# scorer options that change how fast scores are computed, never a score: not in any key
+RUNTIME_OPTIONS = frozenset({"block_rows", "workers"})
 
 
 def score_key(train: str, method: str, params: dict, nan_policy: str = "raise") -> str:
-    """Store key of one method setting's scores (``train``: the train key)."""
+    """Store key of one method setting's scores (``train``: the train key; runtime options left out)."""
     leaf = train.rstrip("/").rsplit("/", 1)[-1]
-    digest = config_digest({"train": leaf, "method": method, "params": params, "nan_policy": nan_policy})
+    params = {k: v for k, v in params.items() if k not in RUNTIME_OPTIONS}
+    digest = config_digest({"train": leaf, "method": method, "params": params, "nan_policy": nan_policy,
+                            "v": ARTIFACT_VERSION["score"]})
     return f"scores/{slug(method)}-{digest}"
 
 
@@ -210,13 +235,15 @@ def selection_key(cfg: Config, score: str, label: str, rate: float) -> str:
     return f"selections/{slug(label)}-p{format_rate(rate)}-{digest}"
 
 
-def coreset_key(cfg: Config, selection: str, arch: str, seed: int) -> str:
-    """Store key of a coreset (or cross-architecture) training run on a selection."""
+def coreset_key(cfg: Config, selection: str, arch: str, seed: int, weighting: str) -> str:
+    """Store key of a coreset (or cross-architecture) training run on a selection with a weighting."""
     leaf = selection.rstrip("/").rsplit("/", 1)[-1]
     ident = identity(cfg, "coreset")
+    ident.pop("coreset.weighting", None)   # the resolved weighting below is what trains
     if arch != cfg.model.arch:
         ident.pop("model.options", None)   # another architecture is built with its defaults
-    return f"coreset/{leaf}/{slug(arch)}-s{seed}-{config_digest({'id': ident, 'arch': arch, 'seed': seed}, 12)}"
+    digest = config_digest({"id": ident, "arch": arch, "seed": seed, "weighting": weighting}, 12)
+    return f"coreset/{leaf}/{slug(arch)}-s{seed}-{digest}"
 
 
 def run_key_of(stage: str, output: str, artifact_key: str) -> str:
@@ -235,42 +262,69 @@ def experiment_key(cfg: Config, fingerprint: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ plan
-@dataclass(frozen=True)
-class ScoreItem:
-    key: str                 # plan key of the setting: <label slug>-<digest>
-    label: str               # row name
+class _Item(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ScoreItem(_Item):
+    """One method setting: its plan key (``<label slug>-<digest>``), row name, method and params."""
+
+    key: str
+    label: str
     method: MethodSpec
     params: dict
 
 
-@dataclass(frozen=True)
-class PairItem:
-    key: str                 # <score item key>@p<rate>
+class PairItem(_Item):
+    """One (setting, pruning rate) pair: key ``<score item key>@p<rate>``."""
+
+    key: str
     score: ScoreItem
     rate: float
 
 
-@dataclass(frozen=True)
-class CoresetItem:
-    pair: PairItem
-    seed: int
+class RateItem(_Item):
+    """One pruning rate and its pairs (a selection task materializes them together)."""
+
+    rate: float
+    pairs: tuple[PairItem, ...]
 
 
-@dataclass(frozen=True)
-class EvalItem:
+class EvalItem(_Item):
+    """One cross-architecture run: an evaluated pair on another architecture."""
+
     pair: PairItem
     arch: str
     seed: int
 
 
+class Once(_Item):
+    """The item of a stage that runs once."""
+
+
+_LOOPS: dict[str, type[_Item]] = {"once": Once, "scores": ScoreItem, "rates": RateItem, "pairs": PairItem,
+                                  "evals": EvalItem}
+
+
+def parse_item(loop: str, item_json: str) -> _Item:
+    """A loop item from its JSON (as the pipeline passes it); ConfigError when it is not one."""
+    from pydantic import ValidationError
+
+    try:
+        return _LOOPS[loop].model_validate_json(item_json or "{}")
+    except (KeyError, ValidationError) as e:
+        raise ConfigError(f"loop item {str(item_json)[:200]!r} is not a {loop!r} item of the plan ({e}); compile "
+                          "the pipeline again.") from None
+
+
 @dataclass(frozen=True)
 class Plan:
-    """The work of one config, in order: score settings, (setting, rate) pairs, coreset runs per
-    (pair, seed) and cross-architecture runs per (evaluated pair, architecture)."""
+    """The work of one config, in order: score settings, (setting, rate) pairs, the pairs by rate,
+    and cross-architecture runs per (evaluated pair, architecture). Coreset runs are one per
+    (pair, seed of ``coreset.seeds``)."""
 
     scores: tuple[ScoreItem, ...]
     pairs: tuple[PairItem, ...]
-    coresets: tuple[CoresetItem, ...]
     evals: tuple[EvalItem, ...]
 
     @classmethod
@@ -283,24 +337,37 @@ class Plan:
                 params = m.params_for(rate)
                 label = method_label(m, params)
                 skey = f"{slug(label)}-{config_digest({'name': m.name, 'params': params, 'label': label}, 8)}"
-                item = scores.setdefault(skey, ScoreItem(skey, label, m, params))
+                item = scores.setdefault(skey, ScoreItem(key=skey, label=label, method=m, params=params))
                 pkey = f"{skey}@p{format_rate(rate)}"
                 if pkey in pairs:
                     continue
-                pair = pairs[pkey] = PairItem(pkey, item, float(rate))
+                pair = pairs[pkey] = PairItem(key=pkey, score=item, rate=float(rate))
                 evaluated = any(abs(rate - r) < 1e-9 for r in cfg.evaluate.rates) and (
                     m.name in cfg.evaluate.methods or label in cfg.evaluate.methods)
                 if evaluated:
                     # the model's own architecture is the coreset row itself
-                    evals += [EvalItem(pair, a, cfg.coreset.seeds[0]) for a in cfg.evaluate.archs if a != cfg.model.arch]
+                    evals += [EvalItem(pair=pair, arch=a, seed=cfg.coreset.seeds[0])
+                              for a in cfg.evaluate.archs if a != cfg.model.arch]
         if not pairs:
             raise ConfigError("the config names no (method, pruning rate) pair; set methods and selection.rates")
-        coresets = tuple(CoresetItem(p, s) for p in pairs.values() for s in cfg.coreset.seeds)
-        return cls(tuple(scores.values()), tuple(pairs.values()), coresets, tuple(evals))
+        return cls(tuple(scores.values()), tuple(pairs.values()), tuple(evals))
 
-    def rates(self) -> list[tuple[float, list[PairItem]]]:
+    @property
+    def rates(self) -> tuple[RateItem, ...]:
         """The pairs grouped by pruning rate, ascending."""
         by_rate: dict[float, list[PairItem]] = {}
         for p in self.pairs:
             by_rate.setdefault(p.rate, []).append(p)
-        return sorted(by_rate.items())
+        return tuple(RateItem(rate=r, pairs=tuple(ps)) for r, ps in sorted(by_rate.items()))
+
+    def items(self, loop: str) -> tuple[_Item, ...]:
+        """The items a stage with this ``loop`` runs once per."""
+        return {"once": (Once(),), "scores": self.scores, "rates": self.rates, "pairs": self.pairs,
+                "evals": self.evals}[loop]
+
+    def items_json(self, loop: str) -> list[str]:
+        """The items as JSON strings (the KFP loop items; kfp.local needs strings, see pipelines/prune.py)."""
+        return [it.model_dump_json() for it in self.items(loop)]
+
+    def digest(self) -> str:
+        return config_digest({loop: self.items_json(loop) for loop in _LOOPS}, 16)

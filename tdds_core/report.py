@@ -44,7 +44,7 @@ _STATS = ("final_acc", "best_acc", "noisy_kept", "num_train", "iterations", "wal
 TABLE_COLUMNS = (
     "method", "rate", "arch", "n", "seeds",
     "final_acc_mean", "final_acc_std", "best_acc_mean", "best_acc_std",
-    "noisy_kept_mean", "noisy_kept_std", "num_train", "iterations", "wall_s_mean",
+    "noisy_kept_mean", "noisy_kept_std", "num_train", "iterations", "wall_s_mean", "weighting",
 )
 
 
@@ -98,6 +98,8 @@ def build_table(rows: Iterable[dict]) -> list[dict]:
             mean, _ = _mean_std([v for v in (_num(x.get(m)) for x in rs) if v is not None])
             out[m] = None if mean is None else int(round(mean))
         out["wall_s_mean"] = _mean_std([v for v in (_num(x.get("wall_s")) for x in rs) if v is not None])[0]
+        weightings = sorted({str(x["weighting"]) for x in rs if x.get("weighting")})
+        out["weighting"] = "/".join(weightings) or None
         table.append(out)
     table.sort(key=lambda t: (t["arch"], t["method"] != FULL_METHOD, t["method"], _rate_key(t["rate"])))
     return table
@@ -195,6 +197,9 @@ def to_markdown(table: Sequence[dict], full_acc: Any = None, random_method: str 
                     s = f"**{s}**"
                 cells.append(s)
             name = f"{m} (baseline)" if m == random_method else m
+            weighting = {t.get("weighting") for r in rates if (t := cell.get((m, r)))} - {None, "none"}
+            if weighting:
+                name += f" [loss weighting: {'/'.join(sorted(weighting))}]"
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         n = sorted({t["n"] for t in sub if t["rate"] is not None})
         lines.append("")
@@ -278,6 +283,7 @@ def rows_from_mlflow(tracking_uri: str, experiment: str,
                 "num_train": metrics.get(METRIC_NUM_TRAIN),
                 "iterations": metrics.get(METRIC_ITERATIONS),
                 "wall_s": metrics.get(METRIC_WALL_S),
+                "weighting": run.params.get("weighting"),
                 "stage": stage,
                 "run_id": run.id,
             }

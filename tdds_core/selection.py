@@ -1,11 +1,15 @@
 """From scores to a selection: which samples to keep, in what order, with what weights.
 
 ``select(scores, rate)`` keeps ``round((1 - rate) * N)`` samples (Python's ``round``, halves to
-even). Without a sampler they are the top scores, ties broken by sample position (lower first), so
-selections at different rates from one scoring run are nested. ``class_balanced=True`` keeps the
-same fraction of every class (largest-remainder apportionment, so the total is still exact). A
+even). Without a sampler they are the top scores. Equal scores are ordered by a seeded random
+permutation of the sample positions (:func:`tie_break_keys`: ``numpy.random.default_rng(seed)
+.permutation(N)`` with the selection's ``seed``, default 0), not by position: on a dataset stored
+class by class, position order would fill a tie with the first classes. The same scores and seed
+give the same kept set, and selections at different rates from one scoring run with one seed are
+still nested. ``class_balanced=True`` keeps the same fraction of every class (largest-remainder
+apportionment, so the total is still exact), ties inside a class broken by the same permutation. A
 method can bring its own sampler (CCS's stratified sampling); the kept samples are then still
-listed in importance order.
+listed in importance order (ties by the same permutation).
 
 Importance weights are the scores min-max normalised over ALL samples, as the authors do
 (paper Eq. 13), reported for the kept ones (float32; samples with a ``-inf`` score get 0; all
@@ -41,7 +45,7 @@ from .errors import ArtifactError, DataError, ScoringError
 from .io import (MANIFEST, atomic_save_npy, atomic_write_text, load_npy, verify_manifest, write_manifest)
 
 __all__ = [
-    "Selection", "num_to_keep", "importance_order", "normalized_weights", "class_quotas", "select", "select_many",
+    "Selection", "num_to_keep", "tie_break_keys", "importance_order", "normalized_weights", "class_quotas", "select", "select_many",
     "write_selection", "load_selection", "export_arrays", "export_files", "export_subset", "SELECTION_FORMAT",
     "SUBSET_FORMAT",
 ]
@@ -106,10 +110,21 @@ def _check_scores(scores: Any) -> np.ndarray:
     return s
 
 
-def importance_order(scores: np.ndarray) -> np.ndarray:
-    """Positions sorted by score, highest first; equal scores by position (lower first)."""
+def tie_break_keys(num_samples: int, seed: Optional[int]) -> np.ndarray:
+    """int64 ``[N]`` secondary sort keys for equal scores (lower key first): a random permutation of
+    ``0 .. N-1`` from ``numpy.random.default_rng(seed)``; ``seed=None`` gives the positions
+    themselves (ties by position, lower first)."""
+    n = int(num_samples)
+    if seed is None:
+        return np.arange(n, dtype=np.int64)
+    return np.random.default_rng(int(seed)).permutation(n).astype(np.int64)
+
+
+def importance_order(scores: np.ndarray, *, seed: Optional[int] = None) -> np.ndarray:
+    """Positions sorted by score, highest first; equal scores by :func:`tie_break_keys` (``seed=None``:
+    by position, lower first; an int: by a random permutation seeded with it, as :func:`select` does)."""
     s = _check_scores(scores)
-    return np.lexsort((np.arange(len(s)), -s)).astype(np.int64)
+    return np.lexsort((tie_break_keys(len(s), seed), -s)).astype(np.int64)
 
 
 def normalized_weights(scores: np.ndarray) -> np.ndarray:
@@ -177,7 +192,8 @@ def select(scores: np.ndarray, rate: float, *, labels: Optional[np.ndarray], ids
         ``sampler(scores, n_keep, *, labels, seed) -> positions``: a method's own rule (CCS);
         applied per class when ``class_balanced``.
     seed : int
-        Passed to the sampler.
+        Seeds the tie-break permutation of equal scores (:func:`tie_break_keys`) and is passed to
+        the sampler (CCS's draws). Same scores, rate and seed -> same selection.
 
     Returns
     -------
@@ -200,11 +216,11 @@ def select(scores: np.ndarray, rate: float, *, labels: Optional[np.ndarray], ids
         ids = [str(i) for i in ids]
         if len(ids) != n:
             raise ScoringError(f"{len(ids)} ids for {n} scores")
-    order = importance_order(s)
+    tie = tie_break_keys(n, seed)
     name = getattr(sampler, "__name__", "sampler")
     if not class_balanced:
         if sampler is None:
-            kept = order[:n_keep]
+            kept = np.lexsort((tie, -s))[:n_keep]
         else:
             kept = _check_sampled(sampler(s, n_keep, labels=y, seed=seed), n_keep, n, name)
     else:
@@ -214,14 +230,14 @@ def select(scores: np.ndarray, rate: float, *, labels: Optional[np.ndarray], ids
             if q == 0:
                 continue
             if sampler is None:
-                mo = members[np.lexsort((members, -s[members]))]
+                mo = members[np.lexsort((tie[members], -s[members]))]
                 parts.append(mo[:q])
             else:
                 sub = _check_sampled(sampler(s[members], q, labels=y[members], seed=seed), q, len(members), name)
                 parts.append(members[sub])
         kept = np.concatenate(parts)
     kept = np.asarray(kept, dtype=np.int64)
-    kept = kept[np.lexsort((kept, -s[kept]))]  # importance order, ties by position
+    kept = kept[np.lexsort((tie[kept], -s[kept]))]  # importance order, ties by the seeded permutation
     weights = normalized_weights(s)[kept].astype(np.float32)
     kept_ids = [ids[i] for i in kept] if ids is not None else [str(int(i)) for i in kept]
     return Selection(indices=kept, scores=s[kept].copy(), weights=weights, ids=kept_ids,

@@ -67,7 +67,7 @@ def test_a_cached_run_is_not_trusted_against_another_store_or_tracker(s3_server,
         keys_b = _keys(s3_client(endpoints["b"]), "bucket")
         # every stage ran again against the empty endpoint and wrote the same artifacts there
         executed = set(_EXEC.findall(log_b))
-        assert {"train-full", "score", "materialize-subset", "train-coreset", "report"} <= executed, executed
+        assert {"train-full", "score", "select", "coreset", "report"} <= executed, executed
         for stage in STAGES:
             assert any(k.startswith(f"x/{stage}/") and k.endswith("manifest.json") for k in keys_b), stage
         assert sorted(k for k in keys_b if not k.startswith("x/experiment")) == \
@@ -84,12 +84,12 @@ def test_a_cached_run_is_not_trusted_against_another_store_or_tracker(s3_server,
         gone = [k for k in keys_b if k.startswith("x/coreset/")]
         s3b.delete_objects(Bucket="bucket", Delete={"Objects": [{"Key": k} for k in gone]})
         log_c = run("b")
-        assert "train-coreset" in _EXEC.findall(log_c)
+        assert "coreset" in _EXEC.findall(log_c)
         assert sorted(k for k in _keys(s3b, "bucket") if k.startswith("x/coreset/")) == sorted(gone)
         assert _stages(tmp_path / "b.db") == stages_b        # the runs were there: none added
 
         # nothing missing: the rerun is served from the cache (no training task executes)
         log_d = run("b")
-        assert not {"train-full", "train-coreset"} & set(_EXEC.findall(log_d))
+        assert not {"train-full", "coreset"} & set(_EXEC.findall(log_d))
     finally:
         other.stop()

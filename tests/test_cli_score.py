@@ -173,3 +173,89 @@ def test_nan_policy_flag(tmp_path, capsys):
                             "--nan-policy", "skip", "--out", tmp_path / "s.npy")
     assert rc == 0 and "1 with NaN/Inf inputs ranked last" in stdout
     assert np.load(tmp_path / "s.npy")[7] == -np.inf
+
+
+# -- DUAL (Cho et al., ICML 2025) ------------------------------------------------------------------
+def test_score_dual_tdds_layout(dyn_dir, tmp_path, capsys):
+    out = tmp_path / "dual.npy"
+    rc, stdout, _ = run(capsys, "score", "--dynamics", dyn_dir, "--method", "dual", "--param", "epochs=10",
+                        "--param", "window=4", "--start", 1, "--out", out)
+    assert rc == 0 and "dual: scored 80 samples" in stdout
+    want = compute_scores("dual", open_dynamics(dyn_dir), epochs=10, window=4, start=1)
+    np.testing.assert_array_equal(np.load(out), want)
+    side = json.loads(Path(str(out) + ".json").read_text())
+    assert side["method"] == "dual" and side["params"] == {"epochs": 10, "window": 4, "start": 1,
+                                                          "beta_sampling": False, "c_d": 4.0}
+    # the defaults (epochs=30, window=10) on a 12-epoch recording use the 12 epochs
+    rc, _, _ = run(capsys, "score", "--dynamics", dyn_dir, "--method", "dual", "--out", tmp_path / "d.npy")
+    assert rc == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), compute_scores("dual", open_dynamics(dyn_dir), epochs=12))
+    rc, _, err = run(capsys, "score", "--dynamics", dyn_dir, "--method", "dual", "--param", "window=13",
+                     "--param", "epochs=13", "--out", tmp_path / "x.npy")
+    assert rc == 2 and "window=13 consecutive recorded epochs" in err and "Traceback" not in err
+    # plain top-k selection (no beta sampling: no sampler)
+    rc, stdout, _ = run(capsys, "select", "--scores", out, "--rate", 0.75, "--dynamics", dyn_dir, "--out", tmp_path / "sel")
+    assert rc == 0 and "kept 20 of 80" in stdout
+    sel = load_selection(tmp_path / "sel", expected_fingerprint="fp-cli")
+    np.testing.assert_array_equal(sel.indices, np.argsort(-want, kind="stable")[:20])
+    assert sel.meta["method"] == "dual"
+
+
+def test_score_dual_reference_layout_matches_tdds_layout(tmp_path, capsys):
+    rng = np.random.default_rng(21)
+    n, c, t_max = 40, 4, 11
+    y = rng.integers(0, c, n)
+    X = np.stack([rng.standard_normal((n, c)) + np.eye(c)[y] * t * rng.random((n, 1)) / 3
+                  for t in range(t_max)]).astype(np.float32)
+    ref, tdds_dir = tmp_path / "ref", tmp_path / "tdds"
+    ref.mkdir()
+    w = DynamicsWriter(tdds_dir, ids=[str(i) for i in range(n)], labels=y, num_classes=c, fingerprint="fp", dtype="float32")
+    for t in range(t_max):
+        idx = rng.permutation(n)
+        np.save(ref / f"{t}_Output.npy", X[t][idx])
+        np.save(ref / f"{t}_Index.npy", idx)
+        np.save(ref / f"{t}_Loss.npy", np.zeros(n, np.float32))
+        w.write_epoch(t, X[t])
+    w.finalize()
+    labels = tmp_path / "labels.npy"
+    np.save(labels, y)
+    rc, _, err = run(capsys, "score", "--dynamics", ref, "--method", "dual", "--out", tmp_path / "r.npy")
+    assert rc == 2 and "--labels" in err
+    for argv in ([], ["--param", "window=3", "--param", "epochs=8"]):
+        rc, _, err = run(capsys, "score", "--dynamics", ref, "--labels", labels, "--method", "dual", *argv,
+                         "--out", tmp_path / "r.npy")
+        assert rc == 0, err
+        rc, _, err = run(capsys, "score", "--dynamics", tdds_dir, "--method", "dual", *argv, "--out", tmp_path / "t.npy")
+        assert rc == 0, err
+        np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), np.load(tmp_path / "t.npy"))
+    assert json.loads((tmp_path / "r.npy.json").read_text())["dynamics_format"] == "reference"
+
+
+def test_select_dual_beta_sampling_needs_the_dynamics(dyn_dir, tmp_path, capsys):
+    scores = tmp_path / "dual.npy"
+    assert run(capsys, "score", "--dynamics", dyn_dir, "--method", "dual", "--param", "window=4",
+               "--out", scores)[0] == 0
+    rc, _, err = run(capsys, "select", "--scores", scores, "--rate", 0.8, "--param", "beta_sampling=true",
+                     "--out", tmp_path / "sel")
+    assert rc == 2 and "needs the training dynamics" in err and "--dynamics" in err and "Traceback" not in err
+
+
+def test_select_dual_beta_sampling(dyn_dir, tmp_path, capsys):
+    from tdds_core.scoring import dual_beta_sample, dual_from_epochs
+
+    scores = tmp_path / "dual.npy"
+    assert run(capsys, "score", "--dynamics", dyn_dir, "--method", "dual", "--param", "window=4",
+               "--out", scores)[0] == 0
+    argv = ["select", "--scores", scores, "--rate", 0.8, "--dynamics", dyn_dir, "--param", "beta_sampling=true",
+            "--param", "c_d=3", "--seed", 7]
+    rc, _, err = run(capsys, *argv, "--out", tmp_path / "a")
+    assert rc == 0, err
+    rc, _, err = run(capsys, *argv, "--out", tmp_path / "b")
+    assert rc == 0, err
+    a, b = load_selection(tmp_path / "a"), load_selection(tmp_path / "b")
+    np.testing.assert_array_equal(a.indices, b.indices)  # seeded
+    d = open_dynamics(dyn_dir)
+    s = np.load(scores)
+    _, pred_mean = dual_from_epochs(d.iter_epochs(0, 12), d.labels, window=4, return_pred_mean=True)
+    assert sorted(a.indices.tolist()) == sorted(dual_beta_sample(s, pred_mean, 16, c_d=3.0, seed=7).tolist())
+    assert "dual_beta_sampler" in a.meta["sampler"] and a.meta["params"]["beta_sampling"] is True

@@ -13,7 +13,7 @@ def test_defaults_are_the_authors_hyperparameters():
     cfg = Config()
     assert (cfg.train.lr, cfg.train.momentum, cfg.train.nesterov, cfg.train.weight_decay) == (0.1, 0.9, True, 5e-4)
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.seed, cfg.coreset.batch_size) == (200, 100, 42, 128)
-    assert cfg.coreset.weighting == "batch" and cfg.dynamics.mode == "train"
+    assert cfg.coreset.weighting == "method" and cfg.dynamics.mode == "train"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

@@ -60,6 +60,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path):
     a, b = open_dynamics(tmp_path / "ref" / "dynamics"), open_dynamics(tmp_path / "run" / "dynamics")
     for t in range(4):
         assert np.array_equal(a.epoch(t), b.epoch(t)), t
+    assert np.array_equal(a.final_logits(), b.final_logits()) and np.array_equal(a.features(), b.features())
     wa = torch.load(tmp_path / "ref" / "model.pt")["state_dict"]
     wb = torch.load(tmp_path / "run" / "model.pt")["state_dict"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -98,6 +99,8 @@ def test_recording_epoch_range(tmp_path):
     train(s, full_data_spec(cfg), tmp_path)
     dyn = open_dynamics(tmp_path / "dynamics")
     assert dyn.epochs == [1] and not dyn.has_features
+    # the clean final pass is of the final model, whatever range of epochs was recorded
+    assert dyn.has_final_logits and dyn.manifest["final_pass"]["epoch"] == 2
 
 
 def test_weighting_modes_on_a_hand_made_batch():

@@ -94,7 +94,7 @@ def test_runtime_fields_reuse_every_artifact_and_run_identity_fields_make_new_on
     base = {**SYN, "output": str(out), "tracking": {"enabled": True}}
     first = run_grid(parse_config(base))
     files, runs = _store_files(out), _runs(out / "mlflow.db")
-    assert len(runs) == 1 + 1 + 2 + 2          # parent, train-full, 2 score runs, 2 coreset runs
+    assert len(runs) == 1 + 1 + 2 + 2 + 1      # parent, train-full, 2 score runs, 2 coreset runs, report
     # runtime settings: progress bars, eval batch size, loader workers, residency, numerics that a CPU does not apply
     runtime = {**base, "train": {**SYN["train"], "progress": True, "eval_batch_size": 7, "amp": "off",
                                  "channels_last": False},
@@ -112,4 +112,24 @@ def test_runtime_fields_reuse_every_artifact_and_run_identity_fields_make_new_on
     assert new and all(p.relative_to(out).parts[0] == "coreset" for p in new)
     grown = _runs(out / "mlflow.db")
     added = {r.data.tags["tdds.stage"] for r in grown if r.info.run_id not in {x.info.run_id for x in runs}}
-    assert added == {"pipeline", "coreset"}
+    assert added == {"pipeline", "coreset", "report"}
+
+
+def test_each_method_trains_with_its_own_weighting_and_the_table_says_so(tmp_path):
+    out = tmp_path / "out"
+    cfg = _cfg(tmp_path, tracking={"enabled": True},
+               methods=[{"name": "random"}, {"name": "tdds", "params": {"T": 3, "W": 3}},
+                        {"name": "tdds", "params": {"T": 3, "W": 3}, "label": "tdds-mean1", "weighting": "mean1"}])
+    res = run_grid(cfg)   # (W=3: with W=2 every TDDS score is 0, one difference per window)
+    rows = {r["method"]: r for r in res.rows if r["rate"] is not None}
+    assert rows["random"]["weighting"] == "none" and rows["random"]["mean_weight"] == 1.0      # baselines: unweighted
+    assert rows["tdds[T=3,W=3]"]["weighting"] == "batch" and rows["tdds[T=3,W=3]"]["mean_weight"] < 1.0
+    assert rows["tdds-mean1"]["weighting"] == "mean1" and abs(rows["tdds-mean1"]["mean_weight"] - 1.0) < 1e-9
+    # the same selection, another weighting: another coreset run
+    assert rows["tdds-mean1"]["uri"] != rows["tdds[T=3,W=3]"]["uri"]
+    assert "tdds[T=3,W=3] [loss weighting: batch]" in res.table_md and "| random (baseline) |" in res.table_md
+    assert "weighting" in (res.report_dir / "table.csv").read_text().splitlines()[0]
+    coreset = [r for r in _runs(out / "mlflow.db") if r.data.tags.get("tdds.stage") == "coreset"]
+    assert sorted((r.data.tags["tdds.method"], r.data.params["weighting"]) for r in coreset) == [
+        ("random", "none"), ("tdds-mean1", "mean1"), ("tdds[T=3,W=3]", "batch")]
+    assert all("mean_weight" in r.data.metrics for r in coreset)

@@ -14,18 +14,19 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from pipelines.run import cluster_env, compile_pipeline, normalize_cron, schedule, submit
+from pipelines.run import cache_context, cluster_env, compile_pipeline, normalize_cron, schedule, submit
 from tdds_core.cli import main
 from tdds_core.config import load_config
 from tdds_core.errors import PipelineError
-from tdds_core.steps import build_digest, load_config_json, open_run, pipeline_plan, stage_config_json
+from tdds_core.plan import Plan
+from tdds_core.steps import build_digest, load_config_json, open_run, stage_config_json
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE = "registry.example.com/ml/tdds:9.9.9"
 GPU_IMAGE = "registry.example.com/ml/tdds-cuda:9.9.9"
-STAGES = ("open-run", "train-full", "score", "collect-scores", "materialize-subset", "collect-selections",
-          "train-coreset", "evaluate-cross-arch", "report", "close-run")
-TRAINING = ("train-full", "train-coreset", "evaluate-cross-arch")
+STAGES = ("open-run", "train-full", "score", "collect-score", "select", "collect-select", "coreset", "collect-coreset",
+          "evaluate", "collect-evaluate", "report", "close-run")
+TRAINING = ("train-full", "coreset", "evaluate")
 
 
 @pytest.fixture(autouse=True)
@@ -96,48 +97,37 @@ def test_every_stage_is_a_component_and_a_task(prune):
 def test_edges(prune):
     cfg, spec, tasks = prune
     assert _producers(tasks["train-full"]) == {"open-run"}
-    # each stage gets the part of the config it reads, fixed at build time
-    for stage, part in (("train-full", "train-full"), ("score", "score"), ("materialize-subset", "select"),
-                        ("train-coreset", "coreset"), ("evaluate-cross-arch", "coreset")):
-        given = tasks[stage]["inputs"]["parameters"]["config_json"]["runtimeValue"]["constant"]
-        assert given == stage_config_json(cfg, part), stage
+    # each cached stage gets the part of the config it reads, fixed at build time, and the cache context
+    for stage in ("train-full", "score", "select", "coreset", "evaluate"):
+        params = tasks[stage]["inputs"]["parameters"]
+        assert params["config_json"]["runtimeValue"]["constant"] == stage_config_json(cfg, stage), stage
+        assert params["stage"]["runtimeValue"]["constant"] == stage
+        assert params["context"]["runtimeValue"]["constant"] == cache_context(cfg, {
+            "MLFLOW_TRACKING_URI": "http://mlflow.mlflow.svc:5000"}), stage
     for stage in ("open-run", "report", "close-run"):
         assert tasks[stage]["inputs"]["parameters"]["config_json"]["componentInputParameter"].endswith("config_json")
     assert tasks["train-full"]["inputs"]["parameters"]["fingerprint"]["taskOutputParameter"]["outputParameterKey"] == "fingerprint"
-    # score runs inside the methods loop and reads train-full's model (passed into the loop's DAG)
-    assert tasks["score"]["_dag"] != "root"
-    loop_in = _dag_inputs(spec, tasks["score"]["_dag"])
-    assert any("train-full-model" in k for k in loop_in)
-    # collect-scores fans the score loop in; materialize-subset runs in the rate loop and reads
-    # train-full's model and collect-scores' pointer (both passed into the loop's DAG)
-    assert tasks["collect-scores"]["_dag"] == tasks["train-full"]["_dag"]
-    fan_in = tasks["collect-scores"]["inputs"]["artifacts"]["scores"]["taskOutputArtifact"]
-    assert fan_in["outputArtifactKey"].startswith("pipelinechannel--score-scores")
-    assert fan_in["producerTask"] == tasks["score"]["_dag"].removeprefix("comp-")
-    rate_dag = tasks["materialize-subset"]["_dag"]
-    assert rate_dag not in ("root", tasks["score"]["_dag"], tasks["train-full"]["_dag"])
-    rate_in = _dag_inputs(spec, rate_dag)
-    assert any("train-full-model" in k for k in rate_in) and any("collect-scores-score_set" in k for k in rate_in)
-    rate_loop = next(t for t in tasks.values() if t["componentRef"]["name"] == rate_dag)
-    assert _producers(rate_loop) == {"train-full", "collect-scores"}
-    # collect-selections fans the rate loop in
-    fan_in = tasks["collect-selections"]["inputs"]["artifacts"]["selections"]["taskOutputArtifact"]
-    assert fan_in["outputArtifactKey"].startswith("pipelinechannel--materialize-subset-selections")
-    assert fan_in["producerTask"] == rate_dag.removeprefix("comp-")
-    # train-coreset / evaluate-cross-arch sit in their own loops, fed collect-selections' pointer
-    for stage in ("train-coreset", "evaluate-cross-arch"):
+    assert "state" not in tasks["train-full"]["inputs"].get("artifacts", {})
+    # each looping stage sits in its own loop, reads the state after the stage before it (passed
+    # into the loop's DAG), and is fanned in by collect-<stage> next to the loops
+    before = {"score": "train-full", "select": "collect-score", "coreset": "collect-select",
+              "evaluate": "collect-coreset"}
+    dags = set()
+    for stage, upstream in before.items():
         dag = tasks[stage]["_dag"]
-        assert dag not in ("root", tasks["score"]["_dag"], rate_dag)
-        assert any("collect-selections-merged" in k for k in _dag_inputs(spec, dag)), stage
+        assert dag not in ("root", tasks["train-full"]["_dag"]) and dag not in dags, stage
+        dags.add(dag)
         loop_task = next(t for t in tasks.values() if t["componentRef"]["name"] == dag)
-        assert _producers(loop_task) == {"collect-selections"}
-    assert tasks["train-coreset"]["_dag"] != tasks["evaluate-cross-arch"]["_dag"]
-    # report collects full, coreset and evaluation metrics and the parent run id
+        assert _producers(loop_task) == {upstream}, stage
+        fan_in = tasks[f"collect-{stage}"]
+        assert fan_in["_dag"] == tasks["train-full"]["_dag"]
+        parts = fan_in["inputs"]["artifacts"]["parts"]["taskOutputArtifact"]
+        assert parts["producerTask"] == dag.removeprefix("comp-")
+        assert parts["outputArtifactKey"].startswith(f"pipelinechannel--{stage}-result")
+        assert fan_in["inputs"]["artifacts"]["state"]["taskOutputArtifact"]["producerTask"] == upstream
+    # the report reads the final state and the parent run id
     rep = tasks["report"]["inputs"]
-    assert rep["artifacts"]["full"]["taskOutputArtifact"]["producerTask"] == "train-full"
-    assert rep["artifacts"]["coreset"]["taskOutputArtifact"]["outputArtifactKey"].startswith("pipelinechannel--train-coreset-metrics")
-    assert rep["artifacts"]["evaluation"]["taskOutputArtifact"]["outputArtifactKey"].startswith(
-        "pipelinechannel--evaluate-cross-arch-metrics")
+    assert rep["artifacts"]["state"]["taskOutputArtifact"]["producerTask"] == "collect-evaluate"
     assert rep["parameters"]["parent_run_id"]["taskOutputParameter"]["producerTask"] == "open-run"
     # close-run is the exit handler: it runs after everything, whatever happened
     close = spec["root"]["dag"]["tasks"]["close-run"]
@@ -147,30 +137,30 @@ def test_edges(prune):
 
 def test_loops_iterate_over_the_precomputed_plan(prune):
     cfg, spec, tasks = prune
-    plan = pipeline_plan(cfg)
+    plan = Plan.from_config(cfg)
     loops = {t["componentRef"]["name"]: t for t in tasks.values() if "parameterIterator" in t}
     items_of = {dag: [json.loads(x) for x in json.loads(t["parameterIterator"]["items"]["raw"])] for dag, t in loops.items()}
     score_items = items_of[tasks["score"]["_dag"]]
-    pair_items = items_of[tasks["train-coreset"]["_dag"]]
-    eval_items = items_of[tasks["evaluate-cross-arch"]["_dag"]]
-    rate_items = items_of[tasks["materialize-subset"]["_dag"]]
-    # ONE materialize task per pruning rate, naming the pairs it selects
-    assert [float(r["rate"]) for r in rate_items] == sorted(cfg.selection.rates)
+    pair_items = items_of[tasks["coreset"]["_dag"]]
+    eval_items = items_of[tasks["evaluate"]["_dag"]]
+    rate_items = items_of[tasks["select"]["_dag"]]
+    # ONE select task per pruning rate, naming the pairs it selects
+    assert [r["rate"] for r in rate_items] == sorted(cfg.selection.rates)
     assert sorted(p["key"] for r in rate_items for p in r["pairs"]) == sorted(p["key"] for p in pair_items)
     assert all(p["rate"] == r["rate"] and p in pair_items for r in rate_items for p in r["pairs"])
     assert [x["label"] for x in score_items] == ["random", "el2n[k=3]", "forgetting", "tdds[T=6,W=3,decay=0.9]"]
     # ONE flat loop over method x rate pairs (no nested loops)
     assert len(pair_items) == len(cfg.methods) * len(cfg.selection.rates) == 8
-    assert {(p["label"], float(p["rate"])) for p in pair_items} == {
+    assert {(p["score"]["label"], p["rate"]) for p in pair_items} == {
         (s["label"], r) for s in score_items for r in cfg.selection.rates}
     for dag in items_of:
         inner = spec["components"][dag]["dag"]["tasks"]
         assert not any("parameterIterator" in t for t in inner.values()), "nested loop"
     # the model's own architecture (small_cnn) is not trained again: its row is the coreset row
-    assert sorted((e["key"].split("@")[0].split("-")[0], e["arch"]) for e in eval_items) == [
+    assert sorted((e["pair"]["score"]["method"]["name"], e["arch"]) for e in eval_items) == [
         ("random", "resnet18"), ("tdds", "resnet18")]
-    assert all(e["key"].endswith("@p0.50") for e in eval_items)
-    assert [json.loads(x) for x in plan.pair_items] == pair_items
+    assert all(e["pair"]["rate"] == 0.5 for e in eval_items)
+    assert [json.loads(x) for x in plan.items_json("pairs")] == pair_items
 
 
 def test_training_tasks_request_gpus_and_retry(prune):
@@ -201,11 +191,24 @@ def test_images_and_caching_and_env(prune):
         # the image holds kfp and tdds: no pip install at task start
         assert "pip install" not in " ".join(c["command"]), stage
         assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.mlflow.svc:5000"} in c["env"], stage
-    for stage in ("train-full", "score", "collect-scores", "materialize-subset", "collect-selections", "train-coreset",
-                  "evaluate-cross-arch"):
+    for stage in ("train-full", "score", "collect-score", "select", "collect-select", "coreset", "collect-coreset",
+                  "evaluate", "collect-evaluate"):
         assert tasks[stage]["cachingOptions"].get("enableCache") is True, stage
     for stage in ("open-run", "report", "close-run"):
         assert not tasks[stage].get("cachingOptions", {}).get("enableCache"), stage
+
+
+def test_cache_context_names_the_store_and_the_tracker(tmp_path):
+    cfg = _cfg("output=s3://bucket/x")
+    a = cache_context(cfg, {"AWS_ENDPOINT_URL": "http://minio-a:9000", "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    assert a == cache_context(cfg, {"AWS_ENDPOINT_URL": "http://minio-a:9000", "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    assert a != cache_context(cfg, {"AWS_ENDPOINT_URL": "http://minio-b:9000", "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    assert a != cache_context(cfg, {"AWS_ENDPOINT_URL": "http://minio-a:9000", "MLFLOW_TRACKING_URI": "http://other:5000"})
+    assert a != cache_context(_cfg("output=s3://bucket/y"), {"AWS_ENDPOINT_URL": "http://minio-a:9000",
+                                                           "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    spec = _compile(tmp_path, cfg, env={"AWS_ENDPOINT_URL": "http://minio-b:9000", "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
+    given = _tasks(spec)["train-full"]["inputs"]["parameters"]["context"]["runtimeValue"]["constant"]
+    assert given == cache_context(cfg, {"AWS_ENDPOINT_URL": "http://minio-b:9000", "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
 
 
 def test_caching_off_by_config_and_single_image(tmp_path):
@@ -217,8 +220,8 @@ def test_caching_off_by_config_and_single_image(tmp_path):
     execs = spec["deploymentSpec"]["executors"]
     assert {e["container"]["image"] for e in execs.values()} == {IMAGE}
     assert all("accelerator" not in e["container"].get("resources", {}) for e in execs.values())
-    assert "evaluate-cross-arch" not in tasks and "comp-evaluate-cross-arch" not in spec["components"]
-    assert "evaluation" not in tasks["report"]["inputs"].get("artifacts", {})
+    assert "evaluate" not in tasks and "collect-evaluate" not in tasks
+    assert tasks["report"]["inputs"]["artifacts"]["state"]["taskOutputArtifact"]["producerTask"] == "collect-coreset"
     assert "defaultPipelineRoot" not in spec
 
 
@@ -227,23 +230,26 @@ def test_reprune_pipeline_adds_the_comparison(tmp_path):
     spec = _compile(tmp_path, cfg, kind="reprune")
     tasks = _tasks(spec)
     assert spec["pipelineInfo"]["name"] == "tdds-reprune"
-    diff = tasks["reprune-diff"]
-    assert diff["inputs"]["artifacts"]["selections"]["taskOutputArtifact"]["producerTask"] == "collect-selections"
+    diff = tasks["reprune"]
+    assert diff["inputs"]["artifacts"]["state"]["taskOutputArtifact"]["producerTask"] == "collect-select"
     assert diff["inputs"]["parameters"]["parent_run_id"]["taskOutputParameter"]["producerTask"] == "open-run"
     assert not diff.get("cachingOptions", {}).get("enableCache")
     assert set(STAGES) <= set(tasks)
+    # a side stage: the coreset loop still reads the selections' state, not the comparison's
+    loop_task = next(t for t in tasks.values() if t["componentRef"]["name"] == tasks["coreset"]["_dag"])
+    assert _producers(loop_task) == {"collect-select"}
 
 
 def test_per_rate_params_make_separate_score_tasks():
     cfg = load_config(REPO / "configs" / "quickstart.yaml", [
         "methods=[{name: tdds, params: {T: 6, W: 3}, per_rate: {0.9: {T: 3, W: 2}}}, {name: random}]"])
-    plan = pipeline_plan(cfg)
+    plan = Plan.from_config(cfg)
     # one score task per distinct (method, params): TDDS has two settings under one row label
-    assert sorted(s["label"] for s in plan.scores) == ["random", "tdds[T=6,W=3]", "tdds[T=6,W=3]"]
-    tdds_params = sorted((s["params"]["T"], s["params"]["W"]) for s in plan.scores if s["spec"]["name"] == "tdds")
+    assert sorted(s.label for s in plan.scores) == ["random", "tdds[T=6,W=3]", "tdds[T=6,W=3]"]
+    tdds_params = sorted((s.params["T"], s.params["W"]) for s in plan.scores if s.method.name == "tdds")
     assert tdds_params == [(3, 2), (6, 3)]
-    assert len(plan.pairs) == 4 and len({p["score_key"] for p in plan.pairs}) == 3
-    by_rate = {float(p["rate"]): p["score_key"] for p in plan.pairs if p["label"].startswith("tdds")}
+    assert len(plan.pairs) == 4 and len({p.score.key for p in plan.pairs}) == 3
+    by_rate = {p.rate: p.score.key for p in plan.pairs if p.score.label.startswith("tdds")}
     assert by_rate[0.5] != by_rate[0.9]
 
 

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from tdds_core.cli import main
 from tdds_core.report import rows_from_mlflow
 from tdds_core.selection import load_selection
-from tdds_core.steps import read_pointer
+from tdds_core.steps import read_state
 
 REPO = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -56,8 +56,8 @@ def test_tdds_run_end_to_end_then_cached_rerun(tmp_path, capfd):
     rc, log = _run(out, capfd)
     assert rc == 0, log[-3000:]
     executed = _EXEC.findall(log)
-    assert Counter(executed) == Counter({"open-run": 1, "train-full": 1, "score": 2, "collect-scores": 1,
-                                         "materialize-subset": 2, "collect-selections": 1, "train-coreset": 4,
+    assert Counter(executed) == Counter({"open-run": 1, "train-full": 1, "score": 2, "collect-score": 1,
+                                         "select": 2, "collect-select": 1, "coreset": 4, "collect-coreset": 1,
                                          "report": 1, "close-run": 1})
     assert "| random (baseline) |" in log and "tdds[T=2,W=2]" in log
     assert f"mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}" in log
@@ -86,21 +86,22 @@ def test_tdds_run_end_to_end_then_cached_rerun(tmp_path, capfd):
     full_acc = next(r for r in rows if r["method"] == "full")["final_acc"]
     assert full_acc > 20, "two epochs on 600 Fashion-MNIST images should beat chance (10%)"
 
-    # artifacts: one selections artifact per rate (each task got its own loop item), merged into
-    # one that points at verified selection folders in the store
-    per_rate = [read_pointer(p, "selections") for p in (out / "kfp").rglob("materialize-subset*/selections")]
-    assert sorted(sorted({i["rate"] for i in p["items"].values()}) for p in per_rate) == [[0.5], [0.7]]
-    assert all(len(p["items"]) == 2 for p in per_rate)
-    pointers = list((out / "kfp").rglob("collect-selections*/merged"))
-    assert len(pointers) == 1
-    sels = read_pointer(pointers[0], "selections")
-    assert sels["items"] == {k: v for p in per_rate for k, v in p["items"].items()}
+    # artifacts: one state per rate from the select tasks (each task got its own loop item),
+    # merged by the fan-in into one that names verified selection folders in the store
+    per_rate = [read_state(p) for p in (out / "kfp").rglob("select/result")]
+    assert sorted(sorted({r.rate for r in p.refs["select"].values()}) for p in per_rate) == [[0.5], [0.7]]
+    assert all(len(p.refs["select"]) == 2 for p in per_rate)
+    merged = [read_state(p) for p in (out / "kfp").rglob("collect-select/merged")]
+    assert len(merged) == 1
+    assert merged[0].refs["select"] == {k: v for p in per_rate for k, v in p.refs["select"].items()}
+    assert set(merged[0].refs) == {"train-full", "score", "select"}
     fingerprint = parent.data.tags["tdds.fingerprint"]
-    for item in sels["items"].values():
-        folder = Path(item["uri"])
+    assert merged[0].fingerprint == fingerprint
+    for ref in merged[0].refs["select"].values():
+        folder = Path(ref.uri)
         assert folder.parent == out / "selections"
         sel = load_selection(folder, expected_fingerprint=fingerprint)
-        assert sel.num_selected == {0.5: 300, 0.7: 180}[item["rate"]] == len(set(sel.ids))
+        assert sel.num_selected == {0.5: 300, 0.7: 180}[ref.rate] == len(set(sel.ids))
     for name in ("table.md", "table.csv", "accuracy_vs_rate.png", "rows.json"):
         assert (out / "report" / name).is_file(), name
     # the cache lives in a folder named by the store and the tracker it is valid for
@@ -124,13 +125,29 @@ def test_tdds_run_end_to_end_then_cached_rerun(tmp_path, capfd):
     # coreset tasks run again after the new fan-in but reuse every finished coreset (no new MLflow run)
     rc, log3 = _run(out, capfd, "selection.rates=[0.5, 0.7, 0.9]")
     assert rc == 0, log3[-3000:]
-    assert Counter(_EXEC.findall(log3)) == Counter({"open-run": 1, "materialize-subset": 1, "collect-selections": 1,
-                                                    "train-coreset": 6, "report": 1, "close-run": 1})
+    assert Counter(_EXEC.findall(log3)) == Counter({"open-run": 1, "select": 1, "collect-select": 1,
+                                                    "coreset": 6, "collect-coreset": 1, "report": 1, "close-run": 1})
     runs3 = _runs(out)
     assert _stage_counts(runs3) == Counter({"pipeline": 3, "train-full": 1, "score": 2, "coreset": 6, "report": 3})
     after = _mtimes(out / "coreset") | _mtimes(out / "train")
     assert {k: v for k, v in after.items() if k in before} == before
     assert len(after) > len(before)
+
+    # runtime settings (progress bars, loader workers, eval batch size) change a stage's config, so
+    # its KFP task runs, but every artifact and MLflow run is reused
+    rc, log4 = _run(out, capfd, "selection.rates=[0.5, 0.7, 0.9]", "train.progress=true", "data.num_workers=0",
+                    "train.eval_batch_size=250")
+    assert rc == 0, log4[-3000:]
+    assert "train-full" in _EXEC.findall(log4)
+    assert _stage_counts(_runs(out)) == Counter({"pipeline": 4, "train-full": 1, "score": 2, "coreset": 6, "report": 4})
+    assert _mtimes(out / "coreset") | _mtimes(out / "train") == after
+    # an identity setting of the coreset stage: new coreset artifacts and runs, training and scores reused
+    rc, log5 = _run(out, capfd, "selection.rates=[0.5, 0.7, 0.9]", "coreset.batch_size=32")
+    assert rc == 0, log5[-3000:]
+    assert Counter(_EXEC.findall(log5))["coreset"] == 6 and "train-full" not in _EXEC.findall(log5)
+    assert _stage_counts(_runs(out)) == Counter({"pipeline": 5, "train-full": 1, "score": 2, "coreset": 12, "report": 5})
+    grown = _mtimes(out / "coreset") | _mtimes(out / "train")
+    assert {k: v for k, v in grown.items() if k in after} == after and len(grown) > len(after)
 
 
 def test_failing_task_fails_the_run_and_the_parent(tmp_path, capfd):

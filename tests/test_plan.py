@@ -7,6 +7,7 @@ from tdds_core import plan as P
 from tdds_core.config import Config, parse_config
 
 FP = "f" * 64
+CACHED = ("train-full", "score", "select", "coreset", "evaluate")
 
 # a value different from the default for every runtime field: toggling it must change no key
 RUNTIME_TOGGLES = {
@@ -20,12 +21,14 @@ RUNTIME_TOGGLES = {
 }
 # identity fields whose change must change the key of the stages that read them
 IDENTITY_TOGGLES = {
-    "data.train_subset": (500, ("train-full", "coreset")), "data.noise.label_noise": (0.1, ("train-full", "coreset")),
-    "model.arch": ("small_cnn", ("train-full", "coreset")), "train.lr": (0.2, ("train-full", "coreset")),
-    "train.epochs": (3, ("train-full", "coreset")), "train.eval_every": (2, ("train-full", "coreset")),
+    "data.train_subset": (500, ("train-full", "coreset", "evaluate")),
+    "data.noise.label_noise": (0.1, ("train-full", "coreset", "evaluate")),
+    "model.arch": ("small_cnn", ("train-full", "coreset", "evaluate")),
+    "train.lr": (0.2, ("train-full", "coreset", "evaluate")), "train.epochs": (3, ("train-full", "coreset", "evaluate")),
+    "train.eval_every": (2, ("train-full", "coreset", "evaluate")),
     "dynamics.dtype": ("float32", ("train-full",)), "selection.class_balanced": (True, ("select",)),
-    "coreset.weighting": ("none", ("coreset",)), "coreset.batch_size": (64, ("coreset",)),
-    "coreset.epochs": (3, ("coreset",)),
+    "coreset.weighting": ("none", ("coreset", "evaluate")), "coreset.batch_size": (64, ("coreset", "evaluate")),
+    "coreset.epochs": (3, ("coreset", "evaluate")),
 }
 
 
@@ -47,11 +50,11 @@ def test_every_config_field_is_classified():
 def test_runtime_field_changes_no_key(path):
     base, other = Config(), _with(path, RUNTIME_TOGGLES[path])
     assert P._get(other, path) != P._get(base, path)
-    for stage in P.STAGE_READS:
+    for stage in CACHED:
         assert P.identity(other, stage) == P.identity(base, stage), stage
     assert P.train_key(other, FP) == P.train_key(base, FP)
     assert P.selection_key(other, "scores/x", "x", 0.5) == P.selection_key(base, "scores/x", "x", 0.5)
-    assert P.coreset_key(other, "selections/x", "resnet18", 1) == P.coreset_key(base, "selections/x", "resnet18", 1)
+    assert P.coreset_key(other, "selections/x", "resnet18", 1, "none") == P.coreset_key(base, "selections/x", "resnet18", 1, "none")
     assert P.experiment_key(other, FP).split("|")[-1] == P.experiment_key(base, FP).split("|")[-1]
 
 
@@ -59,7 +62,7 @@ def test_runtime_field_changes_no_key(path):
 def test_identity_field_changes_the_keys_of_the_stages_that_read_it(path):
     value, readers = IDENTITY_TOGGLES[path]
     base, other = Config(), _with(path, value)
-    for stage in P.STAGE_READS:
+    for stage in CACHED:
         changed = P.identity(other, stage) != P.identity(base, stage)
         assert changed == (stage in readers), (path, stage)
     assert P.experiment_key(other, FP) != P.experiment_key(base, FP)
@@ -96,10 +99,9 @@ def test_plan_items():
     assert [(p.score.label, p.score.params.get("T"), p.rate) for p in plan.pairs] == [
         ("random", None, 0.3), ("random", None, 0.7), ("tdds[T=5,W=3]", 5, 0.3), ("tdds[T=5,W=3]", 9, 0.7),
         ("el2n", None, 0.7)]
-    assert len(plan.coresets) == 2 * len(plan.pairs) and {c.seed for c in plan.coresets} == {1, 2}
     # only tdds at 0.7 is evaluated, and not on the model's own architecture (that is the coreset row)
     assert [(e.pair.score.params.get("T"), e.arch, e.seed) for e in plan.evals] == [(9, "resnet18", 1)]
-    assert [(r, [p.score.method.name for p in ps]) for r, ps in plan.rates()] == [
+    assert [(r.rate, [p.score.method.name for p in r.pairs]) for r in plan.rates] == [
         (0.3, ["random", "tdds"]), (0.7, ["random", "tdds", "el2n"])]
 
 
@@ -115,3 +117,24 @@ def test_run_keys_name_the_store(tmp_path):
     assert a == P.run_key_of("score", str(tmp_path / "a"), "scores/x-1")
     assert a != P.run_key_of("score", str(tmp_path / "b"), "scores/x-1")
     assert a != P.run_key_of("coreset", str(tmp_path / "a"), "scores/x-1")
+
+
+def test_coreset_weighting_is_the_methods_own_unless_set():
+    from tdds_core.config import MethodSpec
+
+    cfg = Config()
+    assert P.coreset_weighting(cfg, "tdds") == "batch"            # its own Eq. 13, as the authors apply it
+    assert P.coreset_weighting(cfg, "el2n") == "none"             # baselines train unweighted
+    assert P.coreset_weighting(cfg, None) == "none"               # a selection of no known method
+    assert P.coreset_weighting(cfg, MethodSpec(name="tdds", weighting="mean1")) == "mean1"
+    forced = _with("coreset.weighting", "sample")
+    assert P.coreset_weighting(forced, "el2n") == "sample" and P.coreset_weighting(forced, "tdds") == "sample"
+    # the weighting keys the coreset run
+    assert P.coreset_key(cfg, "selections/x", "resnet18", 1, "batch") != P.coreset_key(cfg, "selections/x", "resnet18", 1, "none")
+    assert P.coreset_key(cfg, "selections/x", "resnet18", 1, "none") == P.coreset_key(forced, "selections/x", "resnet18", 1, "none")
+
+
+def test_speed_options_of_a_scorer_are_not_in_its_key():
+    base = P.score_key("train/ab-cd", "tdds", {"T": 5, "W": 3})
+    assert base == P.score_key("train/ab-cd", "tdds", {"T": 5, "W": 3, "block_rows": 64, "workers": 2})
+    assert base != P.score_key("train/ab-cd", "tdds", {"T": 5, "W": 4})

@@ -58,7 +58,7 @@ def test_reprune_pipeline_on_a_growing_imagefolder(tmp_path, capfd, monkeypatch)
 
     assert main(args) == 0, capfd.readouterr().out[-3000:]
     log1 = capfd.readouterr().out
-    assert "reprune-diff" in _EXEC.findall(log1)
+    assert "reprune" in _EXEC.findall(log1)
     new = [p for p in make_imagefolder(root, classes=classes, per_class=6, start=12, size=16) if p.startswith("train/")]
     assert len(new) == 18
     assert main(args) == 0, capfd.readouterr().out[-3000:]

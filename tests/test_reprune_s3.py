@@ -66,7 +66,7 @@ def test_reprune_on_a_growing_s3_manifest_with_s3_output(s3_server, mlflow_serve
         return log
 
     log1 = run()
-    assert {"open-run", "train-full", "score", "train-coreset", "reprune-diff"} <= set(_EXEC.findall(log1))
+    assert {"open-run", "train-full", "score", "coreset", "reprune"} <= set(_EXEC.findall(log1))
 
     # the dataset grows: new rows appended to the same manifest, their images uploaded
     new_rows = make_manifest(src, classes=classes, per_class=6, start=12, size=16)
@@ -138,7 +138,7 @@ def test_reprune_on_a_growing_s3_manifest_with_s3_output(s3_server, mlflow_serve
 
     # ---- an unchanged manifest: only the per-run tasks execute (training and scoring are cached)
     log3 = run()
-    assert sorted(_EXEC.findall(log3)) == ["close-run", "open-run", "report", "reprune-diff"]
+    assert sorted(_EXEC.findall(log3)) == ["close-run", "open-run", "report", "reprune"]
     runs3 = client.search_runs([exp.experiment_id], flt, order_by=["attributes.start_time ASC"])
     assert [r.info.run_id for r in runs3] == [first.info.run_id, second.info.run_id]   # same record, reused
     assert sorted(os.listdir(work)) == []

@@ -3,28 +3,34 @@ from __future__ import annotations
 
 import math
 import pkgutil
+import warnings
 
 import numpy as np
 import pytest
 
 from tdds_core.dynamics import DynamicsWriter, open_dynamics
-from tdds_core.errors import ScoringError
+from tdds_core.errors import ArtifactError, ScoringError
 import tdds_core.scoring as scoring
-from tdds_core.scoring import (aum_from_epochs, ccs_sample, compute_scores, dyn_unc_from_epochs, el2n_from_epochs,
-                               entropy_from_logits, forgetting_from_epochs, get_method, get_sampler, list_methods,
-                               list_modules, margins, method_options, moderate_from_features, random_scores,
-                               register_method, resolve_params)
+from tdds_core.scoring import (aum_from_epochs, ccs_beta, ccs_sample, compute_scores, dyn_unc_from_epochs,
+                               el2n_from_epochs, entropy_from_logits, forgetting_from_epochs, get_method, get_sampler,
+                               list_methods, list_modules, margins, method_options, moderate_from_features,
+                               probability_margins, random_scores, register_method, resolve_params)
+from tdds_core.scoring.moderate import class_distances
+from tdds_core.selection import select
 
 # the paper's methods (appendix B): a guard that discovery found them, NOT the list the contract runs over
 PAPER_METHODS = {"aum", "ccs", "dyn_unc", "el2n", "entropy", "forgetting", "moderate", "random", "tdds"}
 
 
-def write(folder, X, y, features=None, dtype="float32"):
+def write(folder, X, y, features=None, dtype="float32", final=None):
+    """Dynamics with epochs ``X`` [T, N, C]; ``final``: the clean final pass's logits [N, C]."""
     T, N, C = X.shape
     w = DynamicsWriter(folder, ids=[str(i) for i in range(N)], labels=y, num_classes=C, fingerprint="fp", dtype=dtype)
     for t in range(T):
         w.write_epoch(t, X[t])
-    if features is not None:
+    if final is not None:
+        w.write_final_pass(final, features, epoch=T - 1)
+    elif features is not None:
         w.write_features(features)
     w.finalize()
     return open_dynamics(folder)
@@ -37,7 +43,9 @@ def dyn(tmp_path_factory):
     y = rng.integers(0, C, N)
     onehot = np.eye(C)[y]
     X = np.stack([rng.standard_normal((N, C)) * 2 + onehot * t * rng.random((N, 1)) for t in range(T)])
-    return write(tmp_path_factory.mktemp("dyn") / "d", X, y, features=rng.standard_normal((N, 6))), X, y
+    # the clean final pass: like the last epoch, but not equal to it
+    return write(tmp_path_factory.mktemp("dyn") / "d", X, y, features=rng.standard_normal((N, 6)),
+                 final=X[-1] + rng.standard_normal((N, C))), X, y
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +59,7 @@ def graded(tmp_path_factory):
     easy_logits = 8.0 * np.eye(C)[y] + 0.1 * rng.standard_normal((T, N, C))
     noise = 1.5 * rng.standard_normal((T, N, C))
     X = np.where(hard[None, :, None], noise, easy_logits)
-    return write(tmp_path_factory.mktemp("graded") / "d", X, y, features=rng.standard_normal((N, 6))), hard
+    return write(tmp_path_factory.mktemp("graded") / "d", X, y, features=rng.standard_normal((N, 6)), final=X[-1]), hard
 
 
 # -- registry ------------------------------------------------------------------------------------
@@ -60,7 +68,8 @@ def test_all_methods_registered():
     assert set(list_modules()) == discovered  # every method module was imported and registers something
     assert PAPER_METHODS <= set(list_methods())
     assert sorted(n for m in list_modules() for n in list_methods(module=m)) == list_methods()
-    assert list_methods("d*") == ["dyn_unc"]
+    # (another method starting with d may be registered: check the filter, not the exact list)
+    assert "dyn_unc" in list_methods("d*") and all(n.startswith("d") for n in list_methods("d*"))
     assert list_methods(["a*", "e*"], exclude_filters="el*") == ["aum", "entropy"]
     assert list_methods(module="random_") == ["random"]
     assert list_methods(module="tdds_core.scoring.tdds") == ["tdds"]
@@ -82,7 +91,7 @@ SMALL = {"tdds": dict(T=12, W=4), "dyn_unc": dict(width=4)}  # options that fit 
 # "easy" = easy samples do (AUM, and CCS on its AUM base, as the paper keeps high AUM). Methods not
 # named here (moderate: features only; random) get no direction check.
 DIRECTION = {"tdds": "hard", "entropy": "hard", "el2n": "hard", "forgetting": "hard", "dyn_unc": "hard",
-             "aum": "easy", "ccs": "easy"}
+             "dual": "hard", "aum": "easy", "ccs": "easy"}
 
 
 def test_direction_table_names_registered_methods():
@@ -112,7 +121,7 @@ def test_registry_contract(dyn, graded, name):
 
 def test_unknown_method_and_option_errors(dyn):
     d, _, _ = dyn
-    with pytest.raises(ScoringError, match="unknown scoring method 'tdsd'; known methods: aum, ccs, dyn_unc"):
+    with pytest.raises(ScoringError, match="unknown scoring method 'tdsd'; known methods: aum, ccs, .*dyn_unc"):
         compute_scores("tdsd", d)
     with pytest.raises(ScoringError, match=r"unknown option 'widht' for scoring method 'dyn_unc'; valid options: start, stop, width"):
         compute_scores("dyn_unc", d, widht=3)
@@ -145,10 +154,46 @@ def test_entropy_hand_case():
     assert np.argmax(h) == 0
 
 
-def test_entropy_uses_final_epoch(dyn):
+def test_entropy_reads_the_clean_final_pass_by_default(dyn):
     d, X, _ = dyn
-    np.testing.assert_allclose(compute_scores("entropy", d), entropy_from_logits(X[-1].astype(np.float32)), rtol=1e-12)
-    np.testing.assert_allclose(compute_scores("entropy", d, epoch=3), entropy_from_logits(X[3].astype(np.float32)), rtol=1e-12)
+    final = d.final_logits()
+    assert final.dtype == np.float32 and not np.allclose(final, X[-1])
+    np.testing.assert_allclose(compute_scores("entropy", d), entropy_from_logits(final), rtol=1e-12)
+    np.testing.assert_array_equal(compute_scores("entropy", d, source="clean"), compute_scores("entropy", d))
+    # source="last_epoch": the behaviour before the clean pass (the last recorded epoch's logits, or `epoch`)
+    np.testing.assert_allclose(compute_scores("entropy", d, source="last_epoch"),
+                               entropy_from_logits(X[-1].astype(np.float32)), rtol=1e-12)
+    np.testing.assert_allclose(compute_scores("entropy", d, source="last_epoch", epoch=3),
+                               entropy_from_logits(X[3].astype(np.float32)), rtol=1e-12)
+    with pytest.raises(ScoringError, match="epoch only applies to source='last_epoch'"):
+        compute_scores("entropy", d, epoch=3)
+    with pytest.raises(ScoringError, match="source must be one of clean, last_epoch"):
+        compute_scores("entropy", d, source="final")
+    assert method_options("entropy") == {"source": "clean", "epoch": None}
+
+
+def test_entropy_without_the_clean_pass_names_the_fix(tmp_path):
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((3, 10, 4))
+    d = write(tmp_path / "old", X, rng.integers(0, 4, 10))  # a folder recorded before the clean pass
+    assert not d.has_final_logits
+    with pytest.raises(ArtifactError, match=r"no final_logits\.npy.*source='last_epoch'"):
+        compute_scores("entropy", d)
+    np.testing.assert_allclose(compute_scores("entropy", d, source="last_epoch"),
+                               entropy_from_logits(X[-1].astype(np.float32)), rtol=1e-12)
+
+
+def test_entropy_nan_in_the_clean_pass(tmp_path):
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((2, 6, 3))
+    final = rng.standard_normal((6, 3))
+    final[4, 2] = np.nan
+    d = write(tmp_path / "nan", X, rng.integers(0, 3, 6), final=final)
+    with pytest.raises(ScoringError, match=r"1 sample with NaN/Inf logits \(first: sample 4\)"):
+        compute_scores("entropy", d)
+    with pytest.warns(RuntimeWarning, match="1 sample had NaN/Inf"):
+        s = compute_scores("entropy", d, nan_policy="skip")
+    assert s[4] == -np.inf and np.isfinite(np.delete(s, 4)).all()
 
 
 def test_forgetting_hand_case():
@@ -179,16 +224,47 @@ def test_el2n_uses_first_k_epochs(dyn):
     assert not np.allclose(compute_scores("el2n", d, k=3), compute_scores("el2n", d))
 
 
-def test_aum_hand_case():
+def test_aum_hand_case_logit_space():
+    # the logit margin of Pleiss et al. (space="logit"; was the default before AUM followed the TDDS
+    # paper's probability gap, so this test now names the space)
     X = np.array([
         [[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]],
         [[1.0, 1.0, 0.0], [4.0, 2.0, 3.0]],
     ])
     y = np.array([0, 2])
     np.testing.assert_array_equal(margins(X[0], y), [1.0, -4.0])
-    s = aum_from_epochs(iter(X), y)
+    s = aum_from_epochs(iter(X), y, space="logit")
     np.testing.assert_allclose(s, [(1.0 + 0.0) / 2, (-4.0 + -1.0) / 2])
     assert s[0] > s[1]  # the paper keeps high AUM
+
+
+def test_aum_hand_case_probability_space():
+    # default space="prob": mean over epochs of p[y] - max other p (TDDS appendix B, the CCS code)
+    ln = math.log
+    X = np.array([
+        [[ln(3.0), 0.0, 0.0], [ln(6.0), ln(3.0), 0.0]],  # p = (.6, .2, .2) and (.6, .3, .1)
+        [[0.0, 0.0, 0.0], [0.0, ln(2.0), ln(2.0)]],      # p = (1/3, 1/3, 1/3) and (.2, .4, .4)
+    ])
+    y = np.array([0, 2])
+    np.testing.assert_allclose(probability_margins(X[0], y), [0.6 - 0.2, 0.1 - 0.6], atol=1e-12)
+    s = aum_from_epochs(iter(X), y)
+    np.testing.assert_allclose(s, [(0.4 + 0.0) / 2, (-0.5 + 0.0) / 2], atol=1e-12)
+    np.testing.assert_array_equal(s, aum_from_epochs(iter(X), y, space="prob"))
+    assert s[0] > s[1]  # higher AUM = keep first
+    with pytest.raises(ScoringError, match="space"):
+        aum_from_epochs(iter(X), y, space="logits")
+
+
+def test_aum_method_space_option(dyn):
+    d, X, y = dyn
+    X32 = X.astype(np.float32)
+    np.testing.assert_allclose(compute_scores("aum", d), aum_from_epochs(iter(X32), y, space="prob"), rtol=1e-12)
+    np.testing.assert_allclose(compute_scores("aum", d, space="logit"), aum_from_epochs(iter(X32), y, space="logit"),
+                               rtol=1e-12)
+    assert method_options("aum")["space"] == "prob"
+    assert np.all(np.abs(compute_scores("aum", d)) <= 1.0)  # probability gaps
+    with pytest.raises(ScoringError, match="space"):
+        compute_scores("aum", d, space="softmax")
 
 
 def test_dyn_unc_hand_case():
@@ -205,15 +281,69 @@ def test_dyn_unc_hand_case():
 
 
 def test_moderate_hand_case():
-    # class 0 centred at 0: distances 1, 2, 3 -> median 2; class 1: distances 0.5, 0.5 -> median 0.5
-    f = np.array([[1.0, 0.0], [-2.0, 0.0], [0.0, 3.0], [0.0, -2.0], [10.0, 0.5], [10.0, -0.5]])
-    f[:4] -= f[:4].mean(axis=0)  # centre class 0 exactly at the origin
-    y = np.array([0, 0, 0, 0, 1, 1])
+    # class 0: coordinate-wise median (0, 0) (its mean is (1, -1.4)): distances 0, 1, 3, 4, 10
+    # class 1: median (5, 6): distances 2, 2.5, 0
+    f = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0], [4.0, 0.0], [0.0, -10.0], [5.0, 4.0], [5.0, 8.5], [5.0, 6.0]])
+    y = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    np.testing.assert_allclose(class_distances(f, y), [0, 1, 3, 4, 10, 2, 2.5, 0], atol=1e-12)
+    # one global ascending order (ties by position): s0 s7 s1 s5 s6 s2 s3 s4 -> ranks 0..7, middle rank 3.5
     s = moderate_from_features(f, y)
-    d0 = np.sqrt((f[:4] ** 2).sum(axis=1))
-    np.testing.assert_allclose(s[:4], -np.abs(d0 - np.median(d0)), atol=1e-12)
-    np.testing.assert_allclose(s[4:], [0.0, 0.0], atol=1e-12)
-    assert np.all(s <= 0)
+    np.testing.assert_array_equal(s, [-3.5, -1.5, -1.5, -2.5, -3.5, -0.5, -0.5, -2.5])
+    # keeping half: the source keeps ranks [round(8 * 0.25), round(8 * 0.75)) = 2..5 -> samples 1, 5, 6, 2
+    assert set(np.argsort(-s, kind="stable")[:4]) == {1, 2, 5, 6}
+    # the band is global: class 1 keeps 2 of 3, class 0 keeps 2 of 5 (no per-class quota)
+
+
+def _source_moderate_prune_idx(features, targets, rate):
+    """A slow, literal transcription of tmllab/2023_ICLR_Moderate-DS ``selection.py``: get_median,
+    get_distance and get_prune_idx (``rate`` = fraction kept); returns (pruned ids, distances)."""
+    num_classes = len(np.unique(targets, axis=0))
+    prot = np.zeros((num_classes, features.shape[-1]), dtype=features.dtype)
+    for i in range(num_classes):
+        prot[i] = np.median(features[(targets == i).nonzero(), :].squeeze(), axis=0, keepdims=False)
+    prots_for_each_example = np.zeros(shape=(features.shape[0], prot.shape[-1]))
+    for i in range(num_classes):
+        prots_for_each_example[(targets == i).nonzero()[0], :] = prot[i]
+    distance = np.linalg.norm(features - prots_for_each_example, axis=1)
+    low, high = 0.5 - rate / 2, 0.5 + rate / 2
+    sorted_idx = distance.argsort()
+    low_idx, high_idx = round(distance.shape[0] * low), round(distance.shape[0] * high)
+    return np.concatenate((sorted_idx[:low_idx], sorted_idx[high_idx:])), distance
+
+
+def _spearman(a, b):
+    def ranks(x):
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        for v in np.unique(x):  # average ranks for ties
+            m = x == v
+            r[m] = r[m].mean()
+        return r
+    return float(np.corrcoef(ranks(np.asarray(a)), ranks(np.asarray(b)))[0, 1])
+
+
+def test_moderate_matches_the_source_definition():
+    rng = np.random.default_rng(11)
+    N, D, K = 240, 8, 5
+    y = rng.integers(0, K, N)
+    f = (rng.standard_normal((N, D)) * rng.uniform(0.5, 3.0, (N, 1)) + 4.0 * np.eye(K, D)[y]).astype(np.float32)
+    s = moderate_from_features(f, y)
+    _, dist = _source_moderate_prune_idx(f, y, 0.5)
+    np.testing.assert_allclose(class_distances(f, y), dist, rtol=1e-5)
+    # the source's order: closeness of the global distance rank to the middle rank
+    rank = np.empty(N)
+    rank[dist.argsort()] = np.arange(N)
+    assert _spearman(s, -np.abs(rank - (N - 1) / 2)) == pytest.approx(1.0, abs=1e-12)
+    # and its kept sets: for every even k (a band symmetric about the middle, no boundary tie) the top-k
+    # of the score is what the source keeps at rate k / N
+    order = np.lexsort((np.arange(N), -s))  # selection's order: score, ties by position
+    for k in range(2, N, 2):
+        pruned, _ = _source_moderate_prune_idx(f, y, k / N)
+        kept = np.setdiff1d(np.arange(N), pruned)
+        assert len(kept) == k and set(order[:k]) == set(kept), k
+    # the class mean (the former centre) or a per-class band would order the samples differently
+    assert _spearman(s, -np.abs(class_distances(f, y) - np.median(class_distances(f, y)))) < 1.0
 
 
 def test_moderate_needs_features(tmp_path):
@@ -221,6 +351,21 @@ def test_moderate_needs_features(tmp_path):
     d = write(tmp_path / "nf", X, np.array([0, 1, 0]))
     with pytest.raises(ScoringError, match="save_features"):
         compute_scores("moderate", d)
+
+
+def test_moderate_features_from_a_file(dyn, tmp_path):
+    d, _, y = dyn
+    np.testing.assert_array_equal(compute_scores("moderate", d), moderate_from_features(d.features(), y))
+    other = np.random.default_rng(4).standard_normal((d.num_samples, 3)).astype(np.float32)
+    np.save(tmp_path / "ext.npy", other)
+    s = compute_scores("moderate", d, features=str(tmp_path / "ext.npy"))
+    np.testing.assert_array_equal(s, moderate_from_features(other, y))
+    assert not np.array_equal(s, compute_scores("moderate", d))
+    np.save(tmp_path / "short.npy", other[:5])
+    with pytest.raises(ScoringError, match=r"expected numeric \[60, D\]"):
+        compute_scores("moderate", d, features=str(tmp_path / "short.npy"))
+    with pytest.raises(ArtifactError, match="does not exist"):
+        compute_scores("moderate", d, features=str(tmp_path / "missing.npy"))
 
 
 def test_random_is_seeded_uniform(dyn):
@@ -270,6 +415,60 @@ def test_ccs_scores_are_aum_and_sampler_from_params(dyn):
         compute_scores("ccs", d, base="ccs")
 
 
+def test_ccs_default_beta_follows_the_pruning_rate():
+    # the CCS paper's CIFAR-10 table (0.3 at 90% is also the CCS README's command), interpolated between
+    assert method_options("ccs")["beta"] == "auto"
+    for rate, want in [(0.3, 0.0), (0.5, 0.0), (0.7, 0.1), (0.8, 0.1), (0.9, 0.3)]:
+        assert ccs_beta(rate) == want
+    np.testing.assert_allclose([ccs_beta(r) for r in (0.1, 0.6, 0.75, 0.85, 0.95, 0.99)],
+                               [0.0, 0.05, 0.1, 0.2, 0.3, 0.3], atol=1e-12)
+    assert ccs_beta(0.9, 0.15) == 0.15  # a number overrides the table at every rate
+    table = {"0.8": 0.2, "0.9": 0.3}  # a mapping (keys as JSON would give them) replaces the table
+    np.testing.assert_allclose([ccs_beta(r, table) for r in (0.5, 0.8, 0.85, 0.9, 0.95)], [0.2, 0.2, 0.25, 0.3, 0.3])
+    for bad in (1.0, -0.1, "half", {}, {1.5: 0.1}, {0.5: 0.7}, True):
+        with pytest.raises(ScoringError, match="beta"):
+            ccs_beta(0.9, bad)
+
+
+@pytest.mark.parametrize("rate,cut", [(0.9, 300), (0.8, 100), (0.7, 100), (0.5, 0)])
+def test_ccs_default_cuts_the_hardest_beta_fraction(rate, cut):
+    s = np.random.default_rng(11).uniform(-1, 1, 1000)
+    n_keep = round((1 - rate) * 1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default never has beta = 0 at a high rate
+        kept = ccs_sample(s, n_keep, seed=2)
+    hardest = np.argsort(s, kind="stable")[:cut]
+    assert len(kept) == n_keep and not np.isin(hardest, kept).any()
+    if cut:
+        assert s[kept].min() >= np.sort(s)[cut]
+    # the sampler built by the registry with default options does the same through selection
+    sel = select(s, rate, labels=None, sampler=get_sampler("ccs"), seed=2)
+    np.testing.assert_array_equal(np.sort(sel.indices), kept)
+
+
+def test_ccs_warns_without_a_hard_cutoff_at_high_rates():
+    s = np.random.default_rng(12).uniform(-1, 1, 200)
+    with pytest.warns(UserWarning, match="no hard cutoff"):
+        ccs_sample(s, 40, beta=0.0)  # rate 0.8
+    with pytest.warns(UserWarning, match="no hard cutoff"):
+        get_sampler("ccs", {"beta": {0.9: 0.0, 0.5: 0.0}})(s, 20, labels=None, seed=0)  # rate 0.9
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ccs_sample(s, 100, beta=0.0)  # rate 0.5: no warning below 0.7
+        ccs_sample(s, 20, beta=0.3)
+
+
+def test_ccs_mapping_beta_through_the_registry(dyn):
+    d, _, _ = dyn
+    s = compute_scores("ccs", d, beta={0.5: 0.1, 0.75: 0.25})
+    sampler = get_sampler("ccs", {"beta": {0.5: 0.1, 0.75: 0.25}, "strata": 4})
+    kept = sampler(s, 15, labels=None, seed=0)  # 60 samples, rate 0.75 -> beta 0.25 -> 15 cut
+    assert not np.isin(np.argsort(s, kind="stable")[:15], kept).any()
+    assert "beta={0.5: 0.1, 0.75: 0.25}" in sampler.__name__
+    with pytest.raises(ScoringError, match="beta"):
+        compute_scores("ccs", d, beta="cifar")
+
+
 # -- NaN policy ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["entropy", "forgetting", "el2n", "aum", "dyn_unc"])
 def test_nan_policy(tmp_path, name):
@@ -278,7 +477,7 @@ def test_nan_policy(tmp_path, name):
     X[4, 6, 1] = np.nan
     X[4, 2, 0] = np.inf
     d = write(tmp_path / name, X, rng.integers(0, 3, 8))
-    kw = {"width": 3} if name == "dyn_unc" else {}
+    kw = {"width": 3} if name == "dyn_unc" else {"source": "last_epoch"} if name == "entropy" else {}
     with pytest.raises(ScoringError, match=r"epoch 4: 2 samples with NaN/Inf logits \(first: sample 2\)"):
         compute_scores(name, d, **kw)
     with pytest.warns(RuntimeWarning, match="2 samples had NaN/Inf"):

@@ -292,7 +292,7 @@ def test_reference_reader_logits_view(tmp_path):
     with pytest.raises(ScoringError, match="--labels"):
         compute_scores("aum", dyn)
     with pytest.raises(ScoringError, match="nan_policy"):  # the unvisited sample's NaN row
-        compute_scores("entropy", ReferenceDynamics(folder, labels=np.array([0, 1, 1])))
+        compute_scores("entropy", ReferenceDynamics(folder, labels=np.array([0, 1, 1])), source="last_epoch")
 
 
 def test_reference_reader_errors(tmp_path):

@@ -1,4 +1,4 @@
-"""Selection: exact sizes, deterministic ties, class balance, weights, CCS sampler, folders, export."""
+"""Selection: exact sizes, seeded ties, class balance, weights, CCS sampler, folders, export."""
 from __future__ import annotations
 
 import csv
@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from tdds_core.errors import ArtifactError, DataError, ScoringError
 from tdds_core.scoring import get_sampler
 from tdds_core.selection import (class_quotas, export_arrays, export_files, export_subset, importance_order,
-                                 load_selection, normalized_weights, num_to_keep, select, select_many, write_selection)
+                                 load_selection, normalized_weights, num_to_keep, select, select_many, tie_break_keys,
+                                 write_selection)
 
 rates = st.floats(0.01, 0.99)
 
@@ -33,22 +34,81 @@ def test_size_is_exactly_round_of_kept_fraction(n, rate, seed):
 
 
 @settings(max_examples=100, deadline=None)
-@given(values=st.lists(st.integers(0, 3), min_size=2, max_size=60), rate=rates)
-def test_ties_are_broken_by_position(values, rate):
+@given(values=st.lists(st.integers(0, 3), min_size=2, max_size=60), rate=rates, seed=st.integers(0, 50))
+def test_ties_are_broken_by_the_seeded_permutation(values, rate, seed):
+    # was test_ties_are_broken_by_position: ties now follow tie_break_keys(N, seed), a permutation
+    # seeded with the selection's seed, instead of the sample position
     scores = np.asarray(values, dtype=float)
     n = len(scores)
     if num_to_keep(rate, n) == 0:
         return
-    sel = select(scores, rate, labels=None)
-    # importance order: score descending, then position ascending
-    pairs = list(zip(-sel.scores, sel.indices))
+    sel = select(scores, rate, labels=None, seed=seed)
+    key = tie_break_keys(n, seed)
+    # importance order: score descending, then tie key ascending
+    pairs = list(zip(-sel.scores, key[sel.indices]))
     assert pairs == sorted(pairs)
-    # among samples with the cut-off score, the lowest positions are kept
+    # among samples with the cut-off score, those with the lowest tie keys are kept
     cut = sel.scores[-1]
     tied = np.flatnonzero(scores == cut)
     kept_tied = np.sort(sel.indices[sel.scores == cut])
-    np.testing.assert_array_equal(kept_tied, tied[:len(kept_tied)])
+    np.testing.assert_array_equal(kept_tied, np.sort(tied[np.argsort(key[tied])][:len(kept_tied)]))
     assert sel.ids == [str(i) for i in sel.indices]
+    np.testing.assert_array_equal(sel.indices, select(scores, rate, labels=None, seed=seed).indices)
+
+
+def test_tie_break_keys():
+    k = tie_break_keys(50, 3)
+    assert sorted(k.tolist()) == list(range(50)) and k.dtype == np.int64
+    np.testing.assert_array_equal(k, tie_break_keys(50, 3))
+    assert not np.array_equal(k, tie_break_keys(50, 4))
+    np.testing.assert_array_equal(tie_break_keys(5, None), np.arange(5))
+    np.testing.assert_array_equal(importance_order(np.zeros(6), seed=3), np.argsort(tie_break_keys(6, 3)))
+
+
+def _class_sorted(classes=10, per_class=100):
+    return np.repeat(np.arange(classes), per_class)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 7])
+def test_equal_scores_cover_the_classes_of_a_class_sorted_dataset(seed):
+    y = _class_sorted()  # 1000 samples stored class by class
+    s = np.zeros(1000)
+    sel = select(s, 0.9, labels=y, seed=seed)  # keep 100 of 1000 equal scores
+    counts = np.bincount(sel.labels, minlength=10)
+    # position order would keep class 0 only; a random tie-break keeps about 10 of each
+    assert counts.min() >= 2 and counts.max() <= 22, counts
+    np.testing.assert_array_equal(sel.indices, select(s, 0.9, labels=y, seed=seed).indices)  # same seed, same set
+    other = select(s, 0.9, labels=y, seed=seed + 100)
+    assert set(other.indices) != set(sel.indices)  # another seed, another set
+    # nested across rates for one seed
+    wide = select(s, 0.5, labels=y, seed=seed)
+    assert set(sel.indices) <= set(wide.indices)
+
+
+def test_equal_scores_class_balanced_ties_are_random_within_a_class():
+    y = _class_sorted(4, 50)
+    s = np.zeros(200)
+    a = select(s, 0.8, labels=y, class_balanced=True, seed=5)
+    assert np.bincount(a.labels).tolist() == [10, 10, 10, 10]
+    for c in range(4):
+        kept = np.sort(a.indices[a.labels == c]) - 50 * c
+        assert not np.array_equal(kept, np.arange(10))  # not the first 10 positions of the class
+        assert kept.max() >= 25  # drawn from the whole class
+    np.testing.assert_array_equal(a.indices, select(s, 0.8, labels=y, class_balanced=True, seed=5).indices)
+    b = select(s, 0.8, labels=y, class_balanced=True, seed=6)
+    assert set(a.indices) != set(b.indices)
+    # distinct scores are unaffected by the seed
+    r = np.random.default_rng(0).random(200)
+    np.testing.assert_array_equal(select(r, 0.8, labels=y, class_balanced=True, seed=5).indices,
+                                  select(r, 0.8, labels=y, class_balanced=True, seed=6).indices)
+
+
+def test_partial_ties_at_the_cut_off_are_drawn_by_seed():
+    s = np.r_[np.full(5, 2.0), np.full(20, 1.0), np.zeros(5)]
+    sel = select(s, 0.5, labels=None, seed=9)  # keeps the five 2.0 and 10 of the twenty 1.0
+    assert set(range(5)) <= set(sel.indices.tolist()) and not set(range(25, 30)) & set(sel.indices.tolist())
+    ones = np.sort(sel.indices[sel.scores == 1.0])
+    assert len(ones) == 10 and not np.array_equal(ones, np.arange(5, 15))
 
 
 def test_selections_of_one_run_are_nested():

@@ -121,6 +121,14 @@ def _read_sidecar(scores_path: Path) -> Optional[dict]:
     return info
 
 
+def _turns_sampler_off(method: str, overrides: dict) -> bool:
+    """Whether the overrides only switch the method's own sampler off (e.g. dual's beta_sampling=false)."""
+    from ..scoring import method_options
+
+    opts = method_options(method)
+    return all(k in opts and isinstance(opts[k], bool) and v is False for k, v in overrides.items())
+
+
 def run_select(args: argparse.Namespace) -> int:
 
     from ..dynamics_reference import open_any_dynamics
@@ -137,7 +145,7 @@ def run_select(args: argparse.Namespace) -> int:
     method = info.get("method", "unknown")
     params = dict(info.get("params", {}))
     fingerprint = info.get("fingerprint")
-    labels = ids = None
+    labels = ids = dyn = None
     if args.dynamics:
         dyn = open_any_dynamics(args.dynamics, format=args.format, labels=args.labels)
         if dyn.num_samples != len(scores):
@@ -158,8 +166,8 @@ def run_select(args: argparse.Namespace) -> int:
     sampler = None
     if is_method(method):
         params.update(overrides)
-        sampler = get_sampler(method, params)
-        if overrides and sampler is None:
+        sampler = get_sampler(method, params, dynamics=dyn)
+        if overrides and sampler is None and not _turns_sampler_off(method, overrides):
             raise ScoringError(f"--param only sets sampler options, and method {method!r} has no sampler")
     elif overrides:
         raise ScoringError("--param needs the scores' sidecar (FILE.json) to know the method")

@@ -26,7 +26,7 @@ from ..errors import ScoringError
 
 __all__ = [
     "MethodInfo", "register_method", "unregister_method", "registered", "export", "get_method", "list_methods",
-    "list_modules", "is_method", "method_options", "resolve_params", "get_sampler", "compute_scores", "NAN_POLICIES",
+    "list_modules", "is_method", "method_options", "method_weighting", "resolve_params", "get_sampler", "compute_scores", "NAN_POLICIES",
 ]
 
 #: The package whose namespace :func:`export` fills (``tdds_core.scoring``).
@@ -38,7 +38,9 @@ Patterns = Union[str, Sequence[str]]
 NAN_POLICIES = ("raise", "skip")
 
 Sampler = Callable[..., np.ndarray]
-SamplerFactory = Callable[[dict], Sampler]
+#: ``factory(params) -> sampler or None``, or ``factory(params, *, dynamics=None)`` when the sampler
+#: needs more than the scores (DUAL's beta sampling reads the dynamics); None means plain top-k
+SamplerFactory = Callable[..., Optional[Sampler]]
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class MethodInfo:
     options: dict[str, Any] = field(default_factory=dict)  # option name -> default
     sampler_factory: Optional[SamplerFactory] = None  # builds the method's own selection sampler
     module: str = ""
+    weighting: str = "none"  # the coreset loss weighting its source trains with (tdds_core.plan.coreset_weighting)
 
 
 _METHODS: dict[str, MethodInfo] = {}
@@ -107,13 +110,15 @@ def _unexport(name: str) -> None:
             names.remove(name)
 
 
-def register_method(name: str, *, sampler: Optional[SamplerFactory] = None) -> Callable:
+def register_method(name: str, *, sampler: Optional[SamplerFactory] = None, weighting: str = "none") -> Callable:
     """Decorator: register ``fn`` as scoring method ``name`` (its module is recorded for
     ``list_methods(module=...)``).
 
     ``sampler`` (optional) is a factory ``sampler(params) -> callable`` that builds the method's own
     selection rule from the method's resolved options (CCS's stratified sampling); selection uses
-    it instead of the plain top-k.
+    it instead of the plain top-k. A factory that also accepts a ``dynamics`` keyword is given the
+    dynamics object by :func:`get_sampler` (None when the caller has none), and a factory may
+    return None for "plain top-k with these options" (DUAL without beta sampling).
     """
 
     def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
@@ -138,7 +143,10 @@ def register_method(name: str, *, sampler: Optional[SamplerFactory] = None) -> C
             raise TypeError(f"scoring method {name!r} must accept the keyword-only option nan_policy")
         if name in _METHODS and _METHODS[name].module != fn.__module__:
             raise ValueError(f"scoring method {name!r} is already registered by {_METHODS[name].module}")
-        _METHODS[name] = MethodInfo(name=name, fn=fn, options=options, sampler_factory=sampler, module=fn.__module__)
+        if weighting not in ("batch", "sample", "mean1", "none"):
+            raise ValueError(f"scoring method {name!r}: unknown weighting {weighting!r}; use batch, sample, mean1 or none")
+        _METHODS[name] = MethodInfo(name=name, fn=fn, options=options, sampler_factory=sampler, module=fn.__module__,
+                                    weighting=weighting)
         return fn
 
     return deco
@@ -172,6 +180,11 @@ def registered(name: str, fn: Callable[..., np.ndarray], *,
 
 def _info(name: str) -> MethodInfo:
     info = _METHODS.get(name)
+    if info is None:
+        from ..plugins import load_plugins
+
+        load_plugins()   # a plugin may register it (tdds_core.plugins)
+        info = _METHODS.get(name)
     if info is None:
         raise ScoringError(f"unknown scoring method {name!r}; known methods: {', '.join(list_methods())}")
     return info
@@ -216,6 +229,11 @@ def get_method(name: str) -> Callable[..., np.ndarray]:
     return _info(name).fn
 
 
+def method_weighting(name: str) -> str:
+    """The coreset loss weighting method ``name``'s source trains with (``none`` unless registered)."""
+    return _info(name).weighting
+
+
 def method_options(name: str) -> dict[str, Any]:
     """Option name -> default value of method ``name``."""
     return dict(_info(name).options)
@@ -238,13 +256,34 @@ def resolve_params(name: str, **params: Any) -> dict[str, Any]:
     return out
 
 
-def get_sampler(name: str, params: Optional[dict] = None) -> Optional[Sampler]:
+def _takes_dynamics(factory: Callable[..., Any]) -> bool:
+    """Whether a sampler factory accepts a ``dynamics`` keyword (named, or through ``**kwargs``)."""
+    try:
+        params = list(inspect.signature(factory).parameters.values())[1:]  # the first takes the options
+    except (TypeError, ValueError):  # a callable without a readable signature: the plain contract
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD
+               or (p.name == "dynamics" and p.kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                      inspect.Parameter.POSITIONAL_OR_KEYWORD))
+               for p in params)
+
+
+def get_sampler(name: str, params: Optional[dict] = None, *, dynamics: Any = None) -> Optional[Sampler]:
     """The selection sampler of method ``name`` built from its (resolved) options, or None when the
-    method uses the plain top-k selection."""
+    method uses the plain top-k selection (no factory, or the factory returned None for these
+    options).
+
+    ``dynamics``: the dynamics object the scores came from, handed to factories that accept a
+    ``dynamics`` keyword (``factory(params, dynamics=dynamics)``, also when it is None, so the
+    factory can say it needs one); other factories are called ``factory(params)`` as before."""
     info = _info(name)
-    if info.sampler_factory is None:
+    factory = info.sampler_factory
+    if factory is None:
         return None
-    return info.sampler_factory(resolve_params(name, **(params or {})))
+    resolved = resolve_params(name, **(params or {}))
+    if _takes_dynamics(factory):
+        return factory(resolved, dynamics=dynamics)
+    return factory(resolved)
 
 
 def compute_scores(name: str, dynamics: Any, *, nan_policy: str = "raise", **params: Any) -> np.ndarray:

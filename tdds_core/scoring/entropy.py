@@ -1,9 +1,19 @@
-"""Entropy: prediction entropy at the end of training (Coleman et al., "Selection via Proxy:
+"""Entropy: prediction entropy of the trained model (Coleman et al., "Selection via Proxy:
 Efficient Data Selection for Deep Learning", ICLR 2020; the TDDS paper's appendix B).
 
-``H_i = -sum_c p_{ic} log p_{ic}`` with ``p = softmax(logits)`` of the final recorded epoch,
-computed in float64 through ``log p = x - logsumexp(x)``. Higher entropy = more uncertain = keep
-first, as in the source; nothing is flipped.
+``H_i = -sum_c p_{ic} log p_{ic}`` with ``p = softmax(logits)``, computed in float64 through
+``log p = x - logsumexp(x)``. Higher entropy = more uncertain = keep first, as in the source;
+nothing is flipped.
+
+Which logits (option ``source``):
+
+- ``"clean"`` (default, the source's definition): the final model's predictions in eval mode
+  without augmentation, i.e. the clean final pass the full-data run records
+  (``Dynamics.final_logits()``, ``final_logits.npy``). Dynamics without that pass (older tdds
+  folders, the authors' layout) raise an :class:`~tdds_core.errors.ArtifactError` naming the fix.
+- ``"last_epoch"``: the logits recorded for the last recorded epoch (or ``epoch``), i.e. the
+  training forward pass (train mode, augmented) when ``dynamics.mode`` is "train". This was the
+  only behaviour before the clean pass existed; it works on any dynamics.
 """
 from __future__ import annotations
 
@@ -15,7 +25,10 @@ from ..errors import ScoringError
 from ._common import NanGuard, finish_skipped, guarded_rows
 from ._registry import export, register_method
 
-__all__ = ["entropy_from_logits", "entropy"]
+__all__ = ["entropy_from_logits", "entropy", "SOURCES"]
+
+#: the values of the ``source`` option
+SOURCES = ("clean", "last_epoch")
 
 
 def _entropy_rows(x: np.ndarray) -> np.ndarray:
@@ -36,7 +49,7 @@ def entropy_from_logits(logits: np.ndarray, *, nan_policy: str = "raise", epoch:
     Parameters
     ----------
     logits : array ``[N, C]``
-        One epoch's logits (any float dtype).
+        Logits of every sample (any float dtype).
 
     Returns
     -------
@@ -52,10 +65,24 @@ def entropy_from_logits(logits: np.ndarray, *, nan_policy: str = "raise", epoch:
 
 
 @register_method("entropy")
-def entropy(dynamics: Any, *, epoch: Optional[int] = None, nan_policy: str = "raise") -> np.ndarray:
-    """Entropy of the prediction at ``epoch`` (default: the last recorded epoch).
+def entropy(dynamics: Any, *, source: str = "clean", epoch: Optional[int] = None, nan_policy: str = "raise") -> np.ndarray:
+    """Entropy of the trained model's prediction for every sample.
+
+    ``source="clean"`` (default): the clean final pass (eval mode, no augmentation) of the final
+    model, ``dynamics.final_logits()``. ``source="last_epoch"``: the logits recorded for
+    ``epoch`` (default: the last recorded epoch). ``epoch`` only applies to "last_epoch".
 
     Returns float64 ``(N,)``; higher entropy = keep first."""
+    if source not in SOURCES:
+        raise ScoringError(f"entropy: source must be one of {', '.join(SOURCES)}, not {source!r}")
+    if source == "clean":
+        if epoch is not None:
+            raise ScoringError("entropy: epoch only applies to source='last_epoch' (the clean pass is of the final "
+                               "model); pass source='last_epoch' with it, or drop epoch")
+        final = getattr(dynamics, "final_logits", None)
+        if final is None:
+            raise ScoringError("entropy: these dynamics offer no final_logits(); pass source='last_epoch'")
+        return entropy_from_logits(final(), nan_policy=nan_policy, epoch="final (clean pass)")
     recorded = sorted(int(t) for t in dynamics.epochs)
     if not recorded:
         raise ScoringError("entropy: the dynamics hold no recorded epochs")

@@ -1,40 +1,83 @@
-"""Moderate: moderate coreset (Xia et al., "Moderate Coreset: A Universal Method of Data Selection
-for Real-world Data-efficient Deep Learning", ICLR 2023).
+"""Moderate: moderate coreset, Moderate-DS (Xia et al., "Moderate Coreset: A Universal Method of
+Data Selection for Real-world Data-efficient Deep Learning", ICLR 2023; code:
+github.com/tmllab/2023_ICLR_Moderate-DS, ``selection.py``).
 
-Each sample's distance ``d_i = ||f_i - mu_{y_i}||_2`` from its class centre (the mean penultimate
-feature of its class); the source keeps the samples whose distance is closest to the class's
-median distance. The score is ``-|d_i - median_{class(i)}(d)|``: the source's "closeness to the
-median" with the sign flipped so that higher = keep first.
+The source's definition, implemented as it is:
+
+1. the class centre is the coordinate-wise MEDIAN of the class's features (``np.median(..., axis=0)``,
+   not the mean);
+2. ``d_i = ||f_i - median_{y_i}||_2``, the Euclidean distance of each sample's feature to the
+   centre of its own class;
+3. the distances of ALL samples are sorted together (one global ranking, no per-class quota) and
+   the source keeps the rank band ``[round(N (0.5 - r/2)), round(N (0.5 + r/2)))`` around the
+   median rank, ``r`` the fraction kept; it drops both the nearest ("easy") and the farthest
+   ("hard") samples.
+
+As a score (higher = keep first) this is the closeness of a sample's global distance rank to the
+middle rank: with ``rank_i`` the 0-based position of ``d_i`` in the ascending sort (ties by sample
+position) and ``m = (N - 1) / 2``, ``score_i = -|rank_i - m|``. The top-k of this score is the
+contiguous rank band of width k centred on the median rank, the source's band. Two ranks equally
+far from the middle tie (N - k odd); selection breaks that tie by sample position, where the
+source's ``round`` decides it (and may keep one sample more or fewer than ``r N``). The score is a
+rank, not a distance: it does not depend on the scale of the features (``class_distances`` gives
+the distances). Rows with NaN/Inf features take no part in the ranking (``nan_policy``).
+
+Features (option ``features``): ``"clean"`` (default) reads the penultimate features of the
+full-data model's clean final pass (eval mode, no augmentation; ``features.npy`` in the dynamics).
+DEVIATION: the source, and the TDDS appendix, take the features from a separately trained
+extractor (the source trains a ResNet-50 on the full data and loads its best checkpoint); here
+the extractor is the full-data run's own final model. For another extractor's features pass a
+path to a ``.npy`` float array ``[N, D]`` in sample order, ``features="/path/feats.npy"``
+(CLI: ``--param features=/path/feats.npy``).
+
+Also different from the source in detail: the median and the distances are computed in float64
+(the source keeps the median in the features' dtype); class ids need not be ``0..K-1``.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
-from ..errors import ScoringError
+from ..errors import ArtifactError, ScoringError
 from ._common import NanGuard, dynamics_labels, finish_skipped, finite_rows
 from ._registry import export, register_method
 
-__all__ = ["class_distances", "moderate_from_features", "moderate"]
+__all__ = ["class_distances", "moderate_from_features", "moderate", "moderate_rank_score"]
 
 
 @export
 def class_distances(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """float64 ``(N,)``: Euclidean distance of each feature to the mean feature of its class."""
+    """float64 ``(N,)``: Euclidean distance of each feature to the coordinate-wise median feature
+    of its class (Moderate-DS's class centre)."""
     f = np.asarray(features)
+    y = np.asarray(labels)
     out = np.empty(f.shape[0], dtype=np.float64)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
         fc = f[idx].astype(np.float64)
-        centre = fc.mean(axis=0)
+        centre = np.median(fc, axis=0)
         out[idx] = np.sqrt(((fc - centre) ** 2).sum(axis=1))
     return out
 
 
 @export
+def moderate_rank_score(distances: np.ndarray) -> np.ndarray:
+    """float64 ``(N,)`` <= 0: ``-|rank - (N-1)/2|`` with ``rank`` the 0-based position of each
+    distance in the stable ascending sort (Moderate-DS's global ranking). The top-k are the k
+    middle ranks."""
+    d = np.asarray(distances, dtype=np.float64)
+    n = d.shape[0]
+    rank = np.empty(n, dtype=np.float64)
+    rank[np.argsort(d, kind="stable")] = np.arange(n, dtype=np.float64)
+    mid = (n - 1) / 2.0
+    return -np.abs(rank - mid)
+
+
+@export
 def moderate_from_features(features: np.ndarray, labels: np.ndarray, *, nan_policy: str = "raise") -> np.ndarray:
-    """Moderate scores from penultimate features.
+    """Moderate-DS scores from features (see the module docstring).
 
     Parameters
     ----------
@@ -44,7 +87,9 @@ def moderate_from_features(features: np.ndarray, labels: np.ndarray, *, nan_poli
     Returns
     -------
     np.ndarray
-        float64 ``(N,)`` <= 0: ``-|d - median_class(d)|``; higher (nearer the median) = keep first.
+        float64 ``(N,)`` <= 0: closeness of the global rank of the distance to the class median
+        feature to the middle rank; higher (nearer the median distance) = keep first. Samples with
+        NaN/Inf features get -inf under ``nan_policy="skip"``.
     """
     f = np.asarray(features)
     if f.ndim != 2:
@@ -57,24 +102,44 @@ def moderate_from_features(features: np.ndarray, labels: np.ndarray, *, nan_poli
     guard = NanGuard(n, nan_policy, what="features")
     bad = guard.check(finite_rows(f), "features")
     keep = np.ones(n, dtype=bool) if bad is None else ~bad
-    d = np.full(n, np.nan)
-    d[keep] = class_distances(f[keep], y[keep])
     score = np.zeros(n, dtype=np.float64)
-    for c in np.unique(y[keep]):
-        idx = np.flatnonzero(keep & (y == c))
-        score[idx] = -np.abs(d[idx] - np.median(d[idx]))
+    if keep.any():
+        score[keep] = moderate_rank_score(class_distances(f[keep], y[keep]))
     return finish_skipped(score, guard.bad, "moderate")
 
 
-@register_method("moderate")
-def moderate(dynamics: Any, *, nan_policy: str = "raise") -> np.ndarray:
-    """Moderate over the penultimate features saved with the dynamics (``features.npy``).
+def _load_features(dynamics: Any, features: str) -> np.ndarray:
+    if not isinstance(features, (str, os.PathLike)):
+        raise ScoringError(f"moderate: features must be 'clean' or a path to a .npy [N, D] file, not {features!r}")
+    if str(features) == "clean":
+        if not getattr(dynamics, "has_features", False):
+            raise ScoringError(
+                f"moderate needs penultimate features but {getattr(dynamics, 'folder', 'these dynamics')} has none; "
+                "train with dynamics.save_features: true, or pass another extractor's features with "
+                "features=/path/feats.npy (CLI: --param features=/path/feats.npy)"
+            )
+        return dynamics.features()
+    from ..io import load_npy
 
-    Returns float64 ``(N,)``; higher = nearer the class median distance = keep first."""
-    if not getattr(dynamics, "has_features", False):
-        raise ScoringError(
-            f"moderate needs penultimate features but {getattr(dynamics, 'folder', 'these dynamics')} has none; "
-            "train with dynamics.save_features: true"
-        )
+    path = os.fspath(features)
+    if not os.path.isfile(path):
+        raise ArtifactError(f"moderate: feature file {path} does not exist; pass features='clean' or the path of a "
+                            ".npy float [N, D] array in sample order")
+    f = load_npy(path)
+    n = int(dynamics.num_samples)
+    if f.ndim != 2 or f.shape[0] != n or not np.issubdtype(f.dtype, np.number):
+        raise ScoringError(f"moderate: {path} holds a {f.dtype} array of shape {f.shape}; expected numeric "
+                           f"[{n}, D] features, row i = sample i")
+    return f
+
+
+@register_method("moderate")
+def moderate(dynamics: Any, *, features: str = "clean", nan_policy: str = "raise") -> np.ndarray:
+    """Moderate-DS over penultimate features: by default the full-data model's clean final pass
+    (``features.npy``), or ``features="/path/feats.npy"`` (float ``[N, D]``, sample order) from
+    another extractor.
+
+    Returns float64 ``(N,)``; higher = distance rank nearer the median = keep first."""
+    f = _load_features(dynamics, features)
     labels = dynamics_labels(dynamics, required=True, method="moderate")
-    return moderate_from_features(dynamics.features(), labels, nan_policy=nan_policy)
+    return moderate_from_features(f, labels, nan_policy=nan_policy)

@@ -405,7 +405,7 @@ def auto_block_rows(num_samples: int, num_classes: int, epochs: int = 1, itemsiz
     return max(1, min(int(num_samples), rows))
 
 
-@register_method("tdds")
+@register_method("tdds", weighting="batch")
 def tdds(dynamics: Any, *, T: int = 30, W: int = 10, decay: float = 0.9, start: Optional[int] = None,
          inner: str = "kl", signed: bool = False, aggregate: str = "ema", dtype: str = "float64",
          block_rows: Optional[int] = None, workers: Optional[int] = None, nan_policy: str = "raise") -> np.ndarray:

@@ -1,0 +1,177 @@
+"""What every stage shares: where an artifact lives, how it is written (into a work folder, then
+published to the store, manifest last), how a finished one is found and fetched, and the claim an
+output root carries (one full-data experiment per root)."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+import numpy as np
+
+from .. import plan as P
+from ..config import Config, config_digest
+from ..data import Splits
+from ..engine import TrainResult, full_data_spec, train
+from ..errors import ArtifactError
+from ..io import atomic_write_json, load_npy, read_json, verify_manifest
+from ..storage import is_remote, join_uri
+
+__all__ = ["StageOutput", "work_dir", "publish", "train_into", "existing", "fetch", "claim_output", "load_scores",
+           "uri_of"]
+
+
+@dataclass
+class StageOutput:
+    uri: str                       # where the artifact lives (local folder or s3://...)
+    local: Path                    # a local folder holding it (the same folder for local outputs)
+    result: TrainResult | None = None
+    reused: bool = False           # the artifact existed already
+    info: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ locations
+def work_dir(uri: str) -> Path:
+    """Where a stage writes before publishing: the folder itself when local, a cache folder for S3
+    (so an interrupted S3 run resumes from its local checkpoint on the same machine)."""
+    if not is_remote(uri):
+        return Path(uri)
+    from ..storage import cache_root
+
+    return cache_root() / "work" / hashlib.sha256(uri.encode()).hexdigest()[:16] / uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def publish(work: Path, uri: str) -> None:
+    if is_remote(uri):
+        from ..storage import parent_and_key
+
+        store, key = parent_and_key(uri)
+        store.put_dir(work, key)
+
+
+class _RemoteCheckpoint:
+    """Mirror of a training folder's in-progress state under ``<uri>/_partial/`` on S3, so that a
+    retried task on another machine resumes from the last epoch instead of starting over.
+    Files are pushed dynamics first and ``checkpoint.pt`` last; only changed files are sent."""
+
+    def __init__(self, uri: str, work: Path):
+        from ..storage import parent_and_key
+
+        self.store, key = parent_and_key(uri)
+        self.prefix = f"{key}/_partial"
+        self.work = work
+        self.sent: dict[str, str] = {}
+
+    def restore(self) -> int:
+        from ..io import sha256_file
+
+        n = 0
+        for k in self.store.list(self.prefix):
+            rel = k[len(self.prefix) + 1:]
+            dst = self.work / rel
+            self.store.get_file(k, dst)
+            self.sent[rel] = sha256_file(dst)
+            n += 1
+        return n
+
+    def push(self, _out: Path) -> None:
+        from ..io import sha256_file
+
+        files = [p for p in self.work.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        files.sort(key=lambda p: (p.name == "checkpoint.pt", str(p)))
+        for p in files:
+            rel = str(p.relative_to(self.work))
+            digest = sha256_file(p)
+            if self.sent.get(rel) != digest:
+                self.store.put_file(p, f"{self.prefix}/{rel}")
+                self.sent[rel] = digest
+
+    def clear(self) -> None:
+        self.store.delete(self.prefix)
+
+
+def train_into(uri: str, splits: Splits, spec, on_epoch) -> TrainResult:
+    """Train into the stage folder of ``uri`` and publish it; on S3, resume from and mirror to ``_partial``."""
+    work = work_dir(uri)
+    if not is_remote(uri):
+        return train(splits, spec, work, on_epoch=on_epoch)
+    remote = _RemoteCheckpoint(uri, work)
+    if not (work / "checkpoint.pt").is_file():
+        remote.restore()
+    result = train(splits, spec, work, on_epoch=on_epoch, on_checkpoint=remote.push)
+    publish(work, uri)
+    remote.clear()
+    return result
+
+
+def existing(uri: str) -> Path | None:
+    """A verified local copy of a finished artifact at ``uri``, or None."""
+    if is_remote(uri):
+        from ..storage import is_complete, local_copy
+
+        return local_copy(uri) if is_complete(uri) else None
+    p = Path(uri)
+    if (p / "manifest.json").is_file():
+        return p
+    return None
+
+
+def fetch(uri: str) -> Path:
+    """A local, verified copy of the finished artifact at ``uri`` (ArtifactError when absent)."""
+    p = existing(uri)
+    if p is None:
+        raise ArtifactError(f"{uri} does not exist or is incomplete; run the stage that writes it first.")
+    return p
+
+
+# ------------------------------------------------------------------------------------------ output root
+def claim_output(cfg: Config) -> None:
+    """Record which experiment an output root holds (``experiment.json``) and refuse a config whose
+    full-data identity (:func:`tdds_core.plan.claim_identity`) differs: one root, one full-data run,
+    never mixed. Methods, rates, seeds and evaluation settings may change (the grid grows); runtime
+    settings may change freely. The full-data settings are validated first, so a config that cannot
+    run never claims the root."""
+    import json
+
+    full_data_spec(cfg)  # ConfigError (unknown architecture, drop_last with dynamics) before anything is written
+    ident = P.claim_identity(cfg)
+    digest = config_digest(ident)
+    key = "experiment.json"
+    body = {"name": cfg.name, "digest": digest, "identity": ident}
+    if is_remote(cfg.output):
+        from ..storage import open_store
+
+        store = open_store(cfg.output)
+        if store.exists(key):
+            prev = json.loads(store.get_bytes(key))
+            _check_claim(prev, digest, cfg.output)
+        else:
+            store.put_bytes(key, json.dumps(body, indent=2, sort_keys=True).encode())
+        return
+    p = Path(cfg.output) / key
+    if p.is_file():
+        _check_claim(read_json(p), digest, cfg.output)
+    else:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(p, body)
+
+
+def _check_claim(prev: dict, digest: str, root: str) -> None:
+    if prev.get("digest") != digest:
+        raise ArtifactError(
+            f"output {root} holds the experiment {prev.get('name')!r} with other data/model/train/dynamics settings; "
+            "refusing to mix runs: set another `output` (or --out), or delete that folder."
+        )
+
+
+def load_scores(score_dir: Path) -> tuple[np.ndarray, dict]:
+    verify_manifest(score_dir)
+    return load_npy(score_dir / "scores.npy"), read_json(score_dir / "score.json")
+
+
+
+
+def uri_of(cfg: Config, key: str) -> str:
+    """Where the artifact with store key ``key`` of ``cfg``'s output root lives."""
+    return join_uri(cfg.output, key)

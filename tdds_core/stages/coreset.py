@@ -1,0 +1,88 @@
+"""Stage coreset (train-coreset): train on the selection of one (method, rate) pair, once per seed
+of ``coreset.seeds``; the test set is never pruned. Key ``coreset/<selection>/<arch>-s<seed>-<digest>``;
+MLflow run ``coreset/<label>/p<rate>/<arch>/s<seed>``."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .. import plan as P
+from ..config import Config
+from ..data import Splits, create_dataset
+from ..engine import coreset_batch_size, coreset_spec, kept_weights, load_result
+from ..tracking import (METRIC_NOISY_KEPT, STAGE_CORESET, STAGE_SELECT, TAG_ARCH, TAG_ARTIFACT_URI, TAG_FINGERPRINT,
+                        TAG_METHOD, TAG_METHOD_NAME, TAG_RATE, TAG_SEED, TAG_STAGE, format_rate,
+                        log_selection, run_name)
+from ._artifacts import StageOutput, existing, fetch, train_into, uri_of, work_dir
+from ._registry import Context, Ref, Stage, State, register_stage
+from ._training import epoch_logger, noisy_kept, result_metrics, result_row
+
+__all__ = ["train_coreset", "tracked_coreset"]
+
+
+def train_coreset(cfg: Config, selection_uri: str, *, arch: Optional[str] = None, seed: Optional[int] = None,
+                  splits: Optional[Splits] = None, on_epoch: Optional[Callable[[dict], Any]] = None,
+                  weighting: Optional[str] = None) -> StageOutput:
+    """Train on the selection at ``selection_uri`` (reused when finished); any architecture. The
+    loss ``weighting`` defaults to the selection's method's (:func:`tdds_core.plan.coreset_weighting`)."""
+    from ..selection import load_selection
+
+    splits = splits or create_dataset(cfg.data)
+    sel = load_selection(fetch(selection_uri), expected_fingerprint=splits.fingerprint)
+    weighting = weighting or P.coreset_weighting(cfg, sel.meta.get("method") or None)
+    spec = coreset_spec(cfg, rate=sel.rate, positions=sel.indices, weights=sel.weights, num_full=len(splits.train),
+                        arch=arch, seed=seed, weighting=weighting)
+    uri = uri_of(cfg, P.coreset_key(cfg, selection_uri, spec.arch, spec.seed, weighting))
+    done = existing(uri)
+    if done is not None:
+        return StageOutput(uri, done, load_result(done), reused=True)
+    return StageOutput(uri, work_dir(uri), train_into(uri, splits, spec, on_epoch))
+
+
+def tracked_coreset(ctx: Context, selection: Ref, pair: P.PairItem, *, seed: int, arch: Optional[str] = None,
+                    stage: str = STAGE_CORESET) -> tuple[Ref, dict]:
+    """:func:`train_coreset` on a pair's selection inside its MLflow run; returns (artifact, result row)."""
+    from ..selection import load_selection
+
+    cfg, tracker, splits = ctx.cfg, ctx.tracker, ctx.splits
+    arch = arch or cfg.model.arch
+    label, rate = pair.score.label, pair.rate
+    weighting = P.coreset_weighting(cfg, pair.score.method)
+    akey = P.coreset_key(cfg, selection.uri, arch, seed, weighting)
+    tags = {TAG_STAGE: stage, TAG_METHOD: label, TAG_METHOD_NAME: pair.score.method.name, TAG_RATE: format_rate(rate),
+            TAG_ARCH: arch, TAG_SEED: seed, TAG_FINGERPRINT: splits.fingerprint}
+    sel = load_selection(fetch(selection.uri), expected_fingerprint=splits.fingerprint)
+    kept_noisy = noisy_kept(splits, sel.indices)
+    # what scales the loss: the kept samples' mean weight as trained (1 when unweighted)
+    mean_weight = 1.0 if weighting == "none" else float(np.mean(kept_weights(sel.weights, weighting)))
+    with tracker.start_run(run_name(stage, method=label, rate=rate, arch=arch, seed=seed),
+                           key=P.run_key_of(stage, cfg.output, akey), tags=tags) as run:
+        out = train_coreset(cfg, selection.uri, arch=arch, seed=seed, splits=splits, weighting=weighting,
+                            on_epoch=None if run.reused else epoch_logger(tracker))
+        if not run.reused:
+            tracker.log_params({"method": label, "rate": rate, "arch": arch, "seed": seed,
+                                "strategy": cfg.coreset.strategy, "weighting": weighting,
+                                "batch_size": coreset_batch_size(cfg, rate), "selection_uri": selection.uri})
+            metrics = result_metrics(out.result)
+            metrics["mean_weight"] = mean_weight
+            if kept_noisy is not None:
+                metrics[METRIC_NOISY_KEPT] = kept_noisy
+            tracker.log_metrics(metrics)
+            tracker.set_tags({TAG_ARTIFACT_URI: out.uri})
+            log_selection(tracker, fetch(selection.uri), splits.fingerprint, dataset_name=cfg.data.name,
+                          selection_uri=selection.uri)
+    row = result_row(label, rate, seed, arch, out.result, out.uri, noisy_kept=kept_noisy, stage=stage,
+                     weighting=weighting, mean_weight=mean_weight)
+    return Ref(uri=out.uri, key=akey, run_stage=stage, label=label, method=pair.score.method.name, rate=rate), row
+
+
+def run(ctx: Context, item: P.PairItem, state: State) -> State:
+    selection = state.ref(STAGE_SELECT, item.key)
+    done = [tracked_coreset(ctx, selection, item, seed=s) for s in ctx.cfg.coreset.seeds]
+    return state.part(STAGE_CORESET, {f"{item.key}/s{s}": ref for s, (ref, _) in zip(ctx.cfg.coreset.seeds, done)},
+                      [row for _, row in done])
+
+
+STAGE = register_stage(Stage(STAGE_CORESET, order=40, loop="pairs", run=run,
+                             reads=("data", "model", "train", "coreset"), gpu=True))

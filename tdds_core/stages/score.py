@@ -1,0 +1,76 @@
+"""Stage score: one method setting scores every sample from the full-data run's dynamics.
+Writes ``scores.npy`` (float64 ``[N]``, sample order, higher = keep first) and ``score.json``.
+Key ``scores/<method>-<digest of train key, method, params>``; MLflow run ``score/<label>``."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .. import plan as P
+from ..config import Config, MethodSpec
+from ..data import Splits
+from ..io import atomic_save_npy, atomic_write_json, read_json, write_manifest
+from ..tracking import (STAGE_SCORE, STAGE_TRAIN_FULL, TAG_ARTIFACT_URI, TAG_FINGERPRINT, TAG_METHOD, TAG_METHOD_NAME,
+                        TAG_STAGE, Tracker, log_score_run, run_name)
+from ._artifacts import StageOutput, existing, fetch, load_scores, publish, uri_of, work_dir
+from ._registry import Context, Ref, Stage, State, register_stage
+
+__all__ = ["score", "tracked_score"]
+
+
+def score(cfg: Config, train_uri: str, method: MethodSpec | str, params: Optional[dict] = None, *,
+          nan_policy: str = "raise", splits: Optional[Splits] = None) -> StageOutput:
+    """Score every sample of the full-data run at ``train_uri`` with one method (reused when
+    finished). With ``splits``, dynamics from another dataset version are refused."""
+    from ..dynamics import check_matches, open_dynamics
+    from ..scoring import compute_scores
+
+    m = method if isinstance(method, MethodSpec) else MethodSpec(name=method)
+    params = dict(m.params if params is None else params)
+    uri = uri_of(cfg, P.score_key(train_uri, m.name, params, nan_policy))
+    done = existing(uri)
+    if done is not None:
+        return StageOutput(uri, done, reused=True, info=read_json(done / "score.json"))
+    dyn = open_dynamics(fetch(train_uri) / "dynamics")
+    if splits is not None:
+        check_matches(dyn, num_samples=len(splits.train), num_classes=splits.num_classes, fingerprint=splits.fingerprint,
+                      what=f"dataset {splits.name!r}")
+    scores = compute_scores(m.name, dyn, nan_policy=nan_policy, **params)
+    info = {"method": m.name, "label": m.display, "params": params, "fingerprint": dyn.fingerprint,
+            "num_samples": dyn.num_samples, "train_uri": train_uri, "nan_policy": nan_policy}
+    work = work_dir(uri)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_save_npy(work / "scores.npy", np.asarray(scores, dtype=np.float64))
+    atomic_write_json(work / "score.json", info)
+    write_manifest(work, ["scores.npy", "score.json"], kind="scores", **{k: info[k] for k in ("method", "fingerprint")})
+    publish(work, uri)
+    return StageOutput(uri, work, info=info)
+
+
+def tracked_score(cfg: Config, tracker: Tracker, splits: Splits, train_uri: str, item: P.ScoreItem) -> StageOutput:
+    """Score one method setting of the plan inside its MLflow run."""
+    m, params, label = item.method, item.params, item.label
+    key = P.run_key_of(STAGE_SCORE, cfg.output, P.score_key(train_uri, m.name, params))
+    tags = {TAG_STAGE: STAGE_SCORE, TAG_METHOD: label, TAG_METHOD_NAME: m.name, TAG_FINGERPRINT: splits.fingerprint}
+    with tracker.start_run(run_name(STAGE_SCORE, method=label), key=key, tags=tags) as run:
+        out = score(cfg, train_uri, m.model_copy(update={"label": label}), params, splits=splits)
+        if not run.reused:
+            tracker.log_params({"method": m.name, **{f"param.{k}": v for k, v in params.items()}})
+            tracker.set_tags({TAG_ARTIFACT_URI: out.uri})
+            scores, _ = load_scores(out.local)
+            log_score_run(tracker, scores, method=label, labels=splits.train.labels, images=splits.train.images,
+                          class_names=splits.classes)
+            tracker.log_artifact(out.local / "scores.npy", "scores")
+    return out
+
+
+def run(ctx: Context, item: P.ScoreItem, state: State) -> State:
+    train = state.ref(STAGE_TRAIN_FULL)
+    out = tracked_score(ctx.cfg, ctx.tracker, ctx.splits, train.uri, item)
+    ref = Ref(uri=out.uri, key=P.score_key(train.uri, item.method.name, item.params), run_stage=STAGE_SCORE,
+              label=item.label, method=item.method.name)
+    return state.part(STAGE_SCORE, {item.key: ref})
+
+
+STAGE = register_stage(Stage(STAGE_SCORE, order=20, loop="scores", run=run))
