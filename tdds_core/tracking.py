@@ -816,7 +816,8 @@ def make_tracker(cfg: Any, output_root: Optional[str] = None, *, pipeline_run_id
     ``tracking.uri`` or ``$MLFLOW_TRACKING_URI`` or :func:`default_tracking_uri`, experiment
     ``tracking.experiment`` or ``tdds-<dataset name>``. Every run gets the tags code version, git sha,
     config name and ``pipeline_run_id`` (when given). With the SQLite default the artifacts of a new
-    experiment go to ``<output root>/mlartifacts``.
+    experiment go to ``<output root>/mlartifacts``; with another SQLite file, to ``mlartifacts``
+    beside that file (MLflow's own default is ``./mlruns`` of the working directory).
     """
     if not cfg.tracking.enabled:
         return NullTracker()
@@ -828,6 +829,9 @@ def make_tracker(cfg: Any, output_root: Optional[str] = None, *, pipeline_run_id
             artifact_location = output_root.rstrip("/") + "/mlartifacts"
         else:
             artifact_location = (Path(output_root).expanduser().absolute() / "mlartifacts").as_uri()
+    elif uri.startswith("sqlite:///") and uri[len("sqlite:///"):] not in ("", ":memory:"):
+        # a SQLite file named by the user: artifacts beside it, not in ./mlruns of wherever this runs
+        artifact_location = (Path(uri[len("sqlite:///"):]).expanduser().absolute().parent / "mlartifacts").as_uri()
     tags: dict[str, Any] = {TAG_CODE_VERSION: code_version(), TAG_CONFIG_NAME: cfg.name}
     if git_sha():
         tags[TAG_GIT_SHA] = git_sha()

@@ -502,3 +502,20 @@ def test_tracking_imports_no_matplotlib_and_report_reprune_use_no_client():
             "print(sorted(m for m in ('mlflow', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_artifacts_of_a_named_sqlite_file_land_beside_it(tmp_path, monkeypatch):
+    """MLflow's own default would be ./mlruns of wherever the command runs."""
+    from tdds_core.config import parse_config
+
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    db = tmp_path / "track" / "named.db"
+    cfg = parse_config({"output": str(tmp_path / "out"), "tracking": {"uri": f"sqlite:///{db}"}})
+    tracker = make_tracker(cfg, cfg.output)
+    with tracker.start_run("x"):
+        tracker.log_dict({"a": 1}, "a.json")
+    assert (tmp_path / "track" / "mlartifacts").is_dir()
+    assert not (work / "mlruns").exists()
