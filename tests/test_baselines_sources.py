@@ -217,3 +217,151 @@ def test_ccs_departures_from_the_source_on_degenerate_ranges():
     # all equal: the source's step is 0 and it selects nothing; here it is a uniform draw
     kept = ccs_sample(np.full(20, 0.5), 10, beta=0.0, seed=0)
     assert len(kept) == 10 and len(np.unique(kept)) == 10
+
+
+# -- EL2N, forgetting, Dyn-Unc, entropy ------------------------------------------------------------
+# Each source's definition as plain loops over samples and epochs, one Python float at a time,
+# against compute_scores on random dynamics with a clean final pass.
+def plain_softmax(row):
+    row = [float(v) for v in row]
+    m = max(row)
+    exps = [math.exp(v - m) for v in row]
+    z = sum(exps)
+    return [e / z for e in exps]
+
+
+def plain_argmax(row):
+    best = 0
+    for c in range(1, len(row)):
+        if float(row[c]) > float(row[best]):
+            best = c
+    return best
+
+
+def source_el2n(X, y, epochs):
+    """Paul et al.: per sample, mean over ``epochs`` of ||softmax(logits) - onehot(y)||_2."""
+    out = []
+    for i in range(X.shape[1]):
+        total = 0.0
+        for t in epochs:
+            p = plain_softmax(X[t, i])
+            sq = 0.0
+            for c in range(len(p)):
+                d = p[c] - (1.0 if c == y[i] else 0.0)
+                sq += d * d
+            total += math.sqrt(sq)
+        out.append(total / len(epochs))
+    return np.array(out)
+
+
+def source_forgetting(X, y, epochs):
+    """Toneva et al.: correct at one recorded epoch, incorrect at the next = one forgetting event;
+    never correct = "forgotten infinitely often", here the module's finite E + 1 (E epochs used)."""
+    out = []
+    for i in range(X.shape[1]):
+        events, learned, prev = 0, False, None
+        for t in epochs:
+            correct = plain_argmax(X[t, i]) == int(y[i])
+            if correct:
+                learned = True
+            if prev is not None and prev and not correct:
+                events += 1
+            prev = correct
+        out.append(float(events) if learned else float(len(epochs) + 1))
+    return np.array(out)
+
+
+def source_dyn_unc(X, y, epochs, width):
+    """He et al.: per window of ``width`` consecutive epochs (stride 1), the sample standard
+    deviation (ddof=1) of softmax(logits)[y]; mean over the windows."""
+    out = []
+    for i in range(X.shape[1]):
+        probs = [plain_softmax(X[t, i])[y[i]] for t in epochs]
+        windows = []
+        for s in range(len(probs) - width + 1):
+            w = probs[s:s + width]
+            mean = sum(w) / width
+            var = sum((v - mean) ** 2 for v in w) / (width - 1)
+            windows.append(math.sqrt(var))
+        out.append(sum(windows) / len(windows))
+    return np.array(out)
+
+
+def source_entropy(L):
+    """Coleman et al.: -sum_c p_c log p_c of softmax(logits), per sample."""
+    out = []
+    for i in range(L.shape[0]):
+        h = 0.0
+        for p in plain_softmax(L[i]):
+            if p > 0:
+                h -= p * math.log(p)
+        out.append(h)
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def rich_dynamics(tmp_path_factory):
+    """300 samples, 6 classes, 16 epochs (0..15): noisy logits with a per-sample learning speed, so
+    samples are learned, forgotten and relearned; 20 samples never reach their label; a clean final
+    pass that differs from the last epoch."""
+    rng = np.random.default_rng(33)
+    N, C, T = 300, 6, 16
+    y = rng.integers(0, C, N)
+    onehot = np.eye(C)[y]
+    speed = rng.random((N, 1)) * 0.6
+    X = np.stack([rng.standard_normal((N, C)) * 1.5 + onehot * t * speed for t in range(T)])
+    never = rng.choice(N, 20, replace=False)
+    X[:, never, :] -= onehot[never] * 50.0  # target logit far below the rest at every epoch
+    final = X[-1] + rng.standard_normal((N, C))
+    X, final = X.astype(np.float32), final.astype(np.float32)  # the folder stores float32
+    d = write(tmp_path_factory.mktemp("src4") / "d", X, y, final=final)
+    return d, X, y, final, never
+
+
+def _same(got, want):
+    assert got.dtype == np.float64 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    assert spearman(got, want) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("opts,epochs", [({}, range(10)),  # default k=10 from the first epoch
+                                         ({"k": 4, "start": 5}, range(5, 9)),
+                                         ({"k": 50, "start": 12}, range(12, 16))])  # k past the end: all left
+def test_el2n_matches_paul_et_al(rich_dynamics, opts, epochs):
+    d, X, y, _, _ = rich_dynamics
+    _same(compute_scores("el2n", d, **opts), source_el2n(X, y, list(epochs)))
+
+
+@pytest.mark.parametrize("opts,epochs", [({}, range(16)), ({"start": 3, "stop": 11}, range(3, 11))])
+def test_forgetting_matches_toneva_et_al(rich_dynamics, opts, epochs):
+    d, X, y, _, never = rich_dynamics
+    epochs = list(epochs)
+    want = source_forgetting(X, y, epochs)
+    got = compute_scores("forgetting", d, **opts)
+    np.testing.assert_array_equal(got, want)
+    assert spearman(got, want) == pytest.approx(1.0, abs=1e-12)
+    # the dynamics exercise every case: never learned in the epochs used (E + 1, above any count;
+    # always the 20 planted ones), unforgettable (0) and forgotten more than once
+    unlearned = np.array([all(plain_argmax(X[t, i]) != int(y[i]) for t in epochs) for i in range(len(y))])
+    assert unlearned[never].all()
+    assert (got[unlearned] == len(epochs) + 1).all()
+    assert got[~unlearned].max() <= len(epochs) // 2
+    assert (got[~unlearned] == 0).any() and (got[~unlearned] >= 2).any()
+
+
+@pytest.mark.parametrize("opts,epochs,width", [({}, range(16), 10),  # default width 10: 7 windows
+                                               ({"width": 3, "start": 4, "stop": 14}, range(4, 14), 3)])
+def test_dyn_unc_matches_he_et_al(rich_dynamics, opts, epochs, width):
+    d, X, y, _, _ = rich_dynamics
+    _same(compute_scores("dyn_unc", d, **opts), source_dyn_unc(X, y, list(epochs), width))
+
+
+def test_entropy_matches_coleman_et_al_on_both_sources(rich_dynamics):
+    d, X, y, final, _ = rich_dynamics
+    clean = compute_scores("entropy", d)  # default: the clean final pass
+    _same(clean, source_entropy(final))
+    _same(compute_scores("entropy", d, source="clean"), source_entropy(final))
+    last = compute_scores("entropy", d, source="last_epoch")
+    _same(last, source_entropy(X[-1]))
+    _same(compute_scores("entropy", d, source="last_epoch", epoch=7), source_entropy(X[7]))
+    assert spearman(clean, last) < 0.9999  # the two sources are different logits here
