@@ -13,26 +13,8 @@ registered stage (:mod:`tdds_core.stages`) in order, once or in a loop over its 
     report                    not cached: table, plot, MLflow; ends the parent run FINISHED
 
 A stage's input is the state after the stage before it (a side stage's output does not continue
-the chain). Why it looks like this (kfp 2.17.3, checked under ``kfp.local`` and the compiler):
-
-* the compiler refuses ``dsl.Collected`` of artifacts inside another loop, and collected
-  parameters consumed in another loop arrive with wrong values under ``kfp.local``: each fan-in is
-  a task of its own outside the loops, and each loop reads one upstream artifact;
-* loop items that are dicts inside an exit handler compile into root inputs that do not exist, so
-  items are JSON strings (the plan's item models), parsed by the task;
-* an upstream task's parameter output consumed inside a loop is replaced by the loop item under
-  ``kfp.local``, so only the first stage takes open-run's fingerprint, and only stages that run
-  once take the parent run id;
-* an exit task may not depend on other tasks, so close-run finds the parent run by the run id.
-
-Caching: stage tasks are cached (``pipeline.caching``) unless the stage says otherwise. Their
-inputs are the part of the config the stage reads (fixed when the pipeline is built, like the
-loops; open-run refuses a ``config_json`` the pipeline was not built from), the cache context
-(the store and tracker, :func:`pipelines.run.cache_context`), the loop item and the upstream
-state, which holds no per-run values: an unchanged rerun is served from the cache, and a grown
-config re-runs only what depends on the change (KFP keys a task on where its upstream artifacts
-are, so the tasks after a fan-in that changed execute again; behind KFP's cache, every stage
-reuses a finished artifact and MLflow run with the same key, so they only look their result up).
+the chain). Why the DAG looks like this under kfp 2.17 and how its caching works:
+docs/ARCHITECTURE.md, "The KFP DAG".
 """
 
 from typing import Any, Mapping, Optional
