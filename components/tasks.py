@@ -28,9 +28,22 @@ def open_run(config_json: str, run_id: str, job_id: str, build: str, pipeline: s
 def stage_task(stage: str, config_json: str, context: str, item_json: str, result: Output[Artifact],
                metrics: Output[Metrics], state: Optional[Input[Artifact]] = None, fingerprint: str = "",
                parent_run_id: str = ""):
-    """One item of one tdds stage, given the state of the stages before it."""
+    """One item of one tdds stage, given the state of the stages before it. A cluster training task
+    that asked for GPUs (``TDDS_REQUIRE_CUDA``: pipelines.prune.REQUIRE_CUDA_ENV) fails at once when
+    the pod has fewer CUDA devices, instead of training on the CPU."""
+    import os
+
     from tdds_core import steps
 
+    wanted = int(os.environ.get("TDDS_REQUIRE_CUDA") or 0)
+    if wanted:
+        import torch
+
+        if torch.cuda.device_count() < wanted:
+            raise RuntimeError(
+                f"the {stage} task asked for {wanted} GPU(s) (pipeline.gpus) but sees {torch.cuda.device_count()} CUDA "
+                f"device(s) (torch {torch.__version__}, CUDA build {torch.version.cuda}); set pipeline.gpu_image to a "
+                "CUDA image, check the node's NVIDIA driver and device plugin, or set pipeline.gpus: 0 to train on CPUs.")
     part = steps.run_task(stage, config_json, item_json, state=steps.read_state(state.path) if state else None,
                           fingerprint=fingerprint, parent_run_id=parent_run_id)
     steps.emit(part, artifact=result, metrics=metrics)

@@ -37,11 +37,14 @@ if QUICK:
                   "methods=[{name: random}, {name: tdds, params: {T: 2, W: 2}}]", "selection.rates=[0.5]"]
 cfg = load_config(REPO / "configs" / "quickstart.yaml", overrides)
 print(cfg.to_yaml())"""),
-    new_markdown_cell("## 2. Compile\nThe YAML names the images of `pipeline.image` / `pipeline.gpu_image`; upload it in the KFP UI or let step 3 submit it."),
+    new_markdown_cell("## 2. Compile (cluster mode)\nThe YAML names the images of `pipeline.image` / `pipeline.gpu_image`; upload it in the KFP UI or let step 3 submit it. Compiling refuses what pods cannot reach (a local output or a SQLite tracking URI; docs/CLUSTER.md), so local mode skips it: `kfp.local` runs the pipeline function itself."),
     new_code_cell("""from pipelines.run import compile_pipeline
 
-yaml_path = compile_pipeline(cfg, Path(cfg.output) / "tdds-prune.yaml")
-print("compiled", yaml_path)"""),
+if MODE == "cluster":
+    yaml_path = compile_pipeline(cfg, Path("tdds-prune.yaml"))
+    print("compiled", yaml_path)
+else:
+    print("local mode: not compiled (a cluster needs an s3:// output and an MLflow server)")"""),
     new_markdown_cell("## 3. Run locally, or submit to a cluster"),
     new_code_cell("""from pipelines.run import run_local, submit
 from tdds_core.tracking import default_experiment, default_tracking_uri

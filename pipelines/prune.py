@@ -13,8 +13,9 @@ registered stage (:mod:`tdds_core.stages`) in order, once or in a loop over its 
     report                    not cached: table, plot, MLflow; ends the parent run FINISHED
 
 A stage's input is the state after the stage before it (a side stage's output does not continue
-the chain). Why the DAG looks like this under kfp 2.17 and how its caching works:
-docs/ARCHITECTURE.md, "The KFP DAG".
+the chain). Built for a cluster (``cluster=True``, :func:`pipelines.run.compile_pipeline`), the tasks
+also get what only Kubernetes uses (:func:`_for_cluster`) and the loops ``pipeline.parallelism``.
+Why the DAG looks like this under kfp 2.17 and how its caching works: docs/ARCHITECTURE.md, "The KFP DAG".
 """
 
 from typing import Any, Mapping, Optional
@@ -22,20 +23,50 @@ from typing import Any, Mapping, Optional
 from kfp import dsl
 
 from components import Components, make_components
-from tdds_core.config import Config
+from tdds_core.config import Config, PipelineConfig
 from tdds_core.plan import Plan
 from tdds_core.stages import chain
 from tdds_core.steps import build_digest, stage_config_json
 
-__all__ = ["build_prune_pipeline", "build_reprune_pipeline", "PRUNE_NAME", "REPRUNE_NAME", "RETRY_BACKOFF"]
+__all__ = ["build_prune_pipeline", "build_reprune_pipeline", "PRUNE_NAME", "REPRUNE_NAME", "RETRY_BACKOFF",
+           "REQUIRE_CUDA_ENV", "SHM_VOLUME"]
 
 PRUNE_NAME = "tdds-prune"
 REPRUNE_NAME = "tdds-reprune"
 RETRY_BACKOFF = {"backoff_duration": "60s", "backoff_factor": 2.0, "backoff_max_duration": "1800s"}
+REQUIRE_CUDA_ENV = "TDDS_REQUIRE_CUDA"   # the GPUs a cluster training task asked for (components.tasks.stage_task checks it)
+SHM_VOLUME = "dshm"
 
 
-def _configure(task: Any, cfg: Config, env: Mapping[str, str], *, gpu: bool = False, cached: bool = True) -> Any:
-    """Resources, retries and caching of a task (training stages get the GPU settings)."""
+def _for_cluster(task: Any, p: PipelineConfig, *, gpu: bool) -> None:
+    """What only a Kubernetes cluster uses: requests and retries of the light tasks, the secrets and the
+    data volume of every task, and the placement, /dev/shm and CUDA check of the training tasks."""
+    from kfp import kubernetes
+
+    if not gpu:
+        task.set_cpu_request(p.light_cpu_request).set_memory_request(p.light_memory_request)
+        if p.retries > 0:
+            task.set_retry(num_retries=p.retries, **RETRY_BACKOFF)
+    for s in p.secrets:
+        kubernetes.use_secret_as_env(task, secret_name=s.secret_name, secret_key_to_env=dict(s.keys))
+    if p.data_volume:
+        kubernetes.mount_pvc(task, pvc_name=p.data_volume.pvc_name, mount_path=p.data_volume.mount_path)
+    if gpu:
+        for t in p.tolerations:
+            kubernetes.add_toleration(task, **t.model_dump(exclude_none=True))
+        for key, value in sorted(p.node_selector.items()):
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        if p.shm_size:
+            kubernetes.empty_dir_mount(task, volume_name=SHM_VOLUME, mount_path="/dev/shm", medium="Memory",
+                                       size_limit=p.shm_size)
+        if p.gpus > 0:
+            task.set_env_variable(REQUIRE_CUDA_ENV, str(p.gpus))
+
+
+def _configure(task: Any, cfg: Config, env: Mapping[str, str], *, gpu: bool = False, cached: bool = True,
+               cluster: bool = False) -> Any:
+    """Resources, retries and caching of a task (training stages get the GPU settings; ``cluster``:
+    also :func:`_for_cluster`)."""
     p = cfg.pipeline
     if gpu:
         task.set_cpu_request(p.cpu_request).set_memory_request(p.memory_request)
@@ -46,18 +77,21 @@ def _configure(task: Any, cfg: Config, env: Mapping[str, str], *, gpu: bool = Fa
     task.set_caching_options(p.caching and cached)
     for k, v in sorted(env.items()):
         task.set_env_variable(k, str(v))
+    if cluster:
+        _for_cluster(task, p, gpu=gpu)
     return task
 
 
 def _wire(cfg: Config, plan: Plan, c: Components, config_json: Any, run_id: Any, env: Mapping[str, str], *,
-          pipeline: str, context: str) -> None:
+          pipeline: str, context: str, cluster: bool) -> None:
     job_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+    parallelism = cfg.pipeline.parallelism if cluster else 0
     closer = c.close_run(config_json=config_json, run_id=run_id, job_id=job_id)
-    _configure(closer, cfg, env, cached=False)
+    _configure(closer, cfg, env, cached=False, cluster=cluster)
     with dsl.ExitHandler(closer, name="tdds-run"):
         opened = c.open_run(config_json=config_json, run_id=run_id, job_id=job_id, build=build_digest(cfg, pipeline),
                             pipeline=pipeline)
-        _configure(opened, cfg, env, cached=False)
+        _configure(opened, cfg, env, cached=False, cluster=cluster)
         state = None
         for stage in chain(pipeline):
             items = plan.items_json(stage.loop)
@@ -73,42 +107,45 @@ def _wire(cfg: Config, plan: Plan, c: Components, config_json: Any, run_id: Any,
                 args["state"] = state
             if stage.loop == "once":
                 task = c.stages[stage.name](item_json=items[0], **args)
-                out = _configure(task, cfg, env, gpu=stage.gpu, cached=stage.cached).outputs["result"]
+                out = _configure(task, cfg, env, gpu=stage.gpu, cached=stage.cached, cluster=cluster).outputs["result"]
             else:
-                with dsl.ParallelFor(items, name=f"{stage.name}-items") as item:
+                with dsl.ParallelFor(items, name=f"{stage.name}-items", parallelism=parallelism) as item:
                     task = _configure(c.stages[stage.name](item_json=item, **args), cfg, env, gpu=stage.gpu,
-                                      cached=stage.cached)
+                                      cached=stage.cached, cluster=cluster)
                 fan_in = c.collects[stage.name](state=state, parts=dsl.Collected(task.outputs["result"]))
-                out = _configure(fan_in, cfg, env, cached=stage.cached).outputs["merged"]
+                out = _configure(fan_in, cfg, env, cached=stage.cached, cluster=cluster).outputs["merged"]
             if not stage.side:
                 state = out
 
 
 def _build(cfg: Config, name: str, description: str, env: Optional[Mapping[str, str]], pipeline: str,
-           context: str):
+           context: str, cluster: bool):
     plan = Plan.from_config(cfg)
     comps = make_components(cfg.pipeline.image, cfg.pipeline.gpu_image)
     env = dict(env or {})
 
     @dsl.pipeline(name=name, description=description, pipeline_root=cfg.pipeline.pipeline_root)
     def run(config_json: str = cfg.to_json(), run_id: str = ""):
-        _wire(cfg, plan, comps, config_json, run_id, env, pipeline=pipeline, context=context)
+        _wire(cfg, plan, comps, config_json, run_id, env, pipeline=pipeline, context=context, cluster=cluster)
 
     return run
 
 
-def build_prune_pipeline(cfg: Config, *, env: Optional[Mapping[str, str]] = None, context: str = ""):
+def build_prune_pipeline(cfg: Config, *, env: Optional[Mapping[str, str]] = None, context: str = "",
+                         cluster: bool = False):
     """``tdds-prune`` for ``cfg``: parameters ``config_json`` (default: ``cfg.to_json()``) and
     ``run_id`` (default "": KFP's job id). ``env``: non-secret environment variables every task
-    gets (e.g. MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL); secrets come from Kubernetes secrets.
-    ``context``: the store and tracker the tasks write to (:func:`pipelines.run.cache_context`), part
-    of every cached task's key."""
+    gets (e.g. MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL); secrets come from Kubernetes secrets
+    (``pipeline.secrets``). ``context``: the store and tracker the tasks write to
+    (:func:`pipelines.run.cache_context`), part of every cached task's key. ``cluster``: add the
+    Kubernetes settings of ``pipeline.*`` (False for kfp.local)."""
     return _build(cfg, PRUNE_NAME, "TDDS dataset pruning: train-full -> score -> select -> coreset -> report",
-                  env, "prune", context)
+                  env, "prune", context, cluster)
 
 
-def build_reprune_pipeline(cfg: Config, *, env: Optional[Mapping[str, str]] = None, context: str = ""):
+def build_reprune_pipeline(cfg: Config, *, env: Optional[Mapping[str, str]] = None, context: str = "",
+                           cluster: bool = False):
     """``tdds-reprune`` for ``cfg``: ``tdds-prune`` on the dataset's newest version plus the
     comparison of every selection with the previous version's (recorded in MLflow)."""
     return _build(cfg, REPRUNE_NAME, "TDDS re-pruning of a growing dataset: prune its newest version and record "
-                  "how each coreset changed (kept, dropped, new ids, Jaccard)", env, "reprune", context)
+                  "how each coreset changed (kept, dropped, new ids, Jaccard)", env, "reprune", context, cluster)

@@ -1,6 +1,8 @@
 """Compile, run locally, submit and schedule the tdds pipelines.
 
-* :func:`compile_pipeline` writes the KFP v2 YAML of ``tdds-prune`` or ``tdds-reprune`` for a config.
+* :func:`compile_pipeline` writes the KFP v2 YAML of ``tdds-prune`` or ``tdds-reprune`` for a config,
+  after :func:`check_cluster` refused what cannot work on a cluster (``submit`` and ``schedule``
+  compile through it; local runs do not).
 * :func:`run_local` runs the SAME pipeline function on this machine through ``kfp.local``'s
   ``SubprocessRunner(use_venv=False)``: each task is a subprocess of this Python, KFP's pipeline root
   under ``<output>/kfp`` (local cache in ``<output>/kfp/.kfp_cache``), artifacts in ``cfg.output``,
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import re
@@ -27,8 +30,8 @@ from typing import Mapping, Optional
 from tdds_core.config import Config
 from tdds_core.errors import PipelineError
 
-__all__ = ["compile_pipeline", "run_local", "submit", "schedule", "check_host", "LocalRunResult", "cluster_env",
-           "normalize_cron", "SECRET_ENV", "PIPELINES", "local_pipeline_root", "cache_context", "drop_stale_cache"]
+__all__ = ["compile_pipeline", "check_cluster", "run_local", "submit", "schedule", "check_host", "LocalRunResult",
+           "cluster_env", "normalize_cron", "SECRET_ENV", "PIPELINES", "local_pipeline_root", "cache_context", "drop_stale_cache"]
 
 PIPELINES = ("prune", "reprune")
 # never baked into a compiled pipeline: these come from Kubernetes secrets (docs/CLUSTER.md)
@@ -62,24 +65,78 @@ def cluster_env(cfg: Config, extra: Optional[Mapping[str, str]] = None, *,
         if SECRET_ENV.search(k) or k in ("AWS_ACCESS_KEY_ID",):
             raise PipelineError(
                 f"--env {k}: credentials are not written into a compiled pipeline; create a Kubernetes secret and "
-                "mount it as environment variables (docs/CLUSTER.md, 'Secrets')."
+                "mount it as environment variables (pipeline.secrets; docs/CLUSTER.md, 'Secrets')."
             )
-    if env.get("MLFLOW_TRACKING_URI", "").startswith("sqlite:"):
-        raise PipelineError(
-            "MLFLOW_TRACKING_URI is a SQLite file, which cluster pods cannot share; set tracking.uri (or --env "
-            "MLFLOW_TRACKING_URI=http://mlflow.mlflow.svc:5000) to an MLflow server."
-        )
     return env
+
+
+def check_cluster(cfg: Config, env: Optional[Mapping[str, str]] = None) -> None:
+    """Refuse a config whose pipeline cannot work on a cluster, naming the setting to fix: a local
+    ``output``, a missing or local tracking URI (``tracking.uri`` or ``MLFLOW_TRACKING_URI`` of
+    ``env`` or of a secret in ``pipeline.secrets``), a local ``pipeline.pipeline_root``, GPU tasks
+    without ``pipeline.gpu_image``, and dataset files the pods cannot reach (a local ``data.root``
+    outside ``pipeline.data_volume``)."""
+    from tdds_core.storage import is_remote
+
+    p, env = cfg.pipeline, env or {}
+    if not is_remote(cfg.output):
+        raise PipelineError(f"output {cfg.output!r} is a local folder, which every cluster pod sees as its own disk; "
+                            "set output to an s3://bucket/prefix.")
+    if p.pipeline_root and "://" not in p.pipeline_root:
+        raise PipelineError(f"pipeline.pipeline_root {p.pipeline_root!r} is a local path; set it to an "
+                            "s3://bucket/prefix, or leave it unset for the cluster's default.")
+    if cfg.tracking.enabled:
+        uri = cfg.tracking.uri or env.get("MLFLOW_TRACKING_URI")
+        from_secret = any("MLFLOW_TRACKING_URI" in s.keys.values() for s in p.secrets)
+        if not uri and not from_secret:
+            raise PipelineError("no MLflow tracking URI for the cluster tasks; set tracking.uri (or MLFLOW_TRACKING_URI, "
+                                "--env MLFLOW_TRACKING_URI=http://mlflow.mlflow.svc:5000) to an MLflow server, or "
+                                "tracking.enabled: false.")
+        if uri and (uri.startswith(("sqlite:", "file:")) or "://" not in uri):
+            raise PipelineError(f"the tracking URI {uri!r} is a local {'SQLite file' if uri.startswith('sqlite:') else 'path'}, "
+                                "which cluster pods cannot share; set tracking.uri (or --env "
+                                "MLFLOW_TRACKING_URI=http://mlflow.mlflow.svc:5000) to an MLflow server.")
+    if p.gpus > 0 and not p.gpu_image:
+        raise PipelineError(f"pipeline.gpus is {p.gpus} but pipeline.gpu_image is unset: the training tasks would run "
+                            f"in {p.image} (CPU torch) and train on the CPU; set pipeline.gpu_image to the CUDA image, "
+                            "or pipeline.gpus: 0 to train on CPUs.")
+    _check_data(cfg)
+
+
+def _check_data(cfg: Config) -> None:
+    """A dataset read from local files needs them in the pods: ``data.root`` under ``pipeline.data_volume``."""
+    from tdds_core.data.base import get_dataset_fn
+    from tdds_core.plugins import load_plugins
+    from tdds_core.storage import is_remote
+
+    root, volume = cfg.data.root, cfg.pipeline.data_volume
+    if root and is_remote(root):
+        return
+    load_plugins()
+    if root is None and "root" not in inspect.signature(get_dataset_fn(cfg.data.name)).parameters:
+        return          # a dataset that reads no files (synthetic)
+    if volume is None:
+        where = f"data.root {root!r} is a local path" if root else "data.root is unset: the dataset's default folder is local"
+        raise PipelineError(f"{where}, which the cluster pods cannot reach; mount the files with "
+                            "pipeline.data_volume (an existing PVC: {pvc_name: ..., mount_path: /data}) and set "
+                            "data.root under it, or use an s3:// data.root where the dataset type reads S3 "
+                            "(data.name: manifest).")
+    mount = volume.mount_path.rstrip("/") + "/"
+    if not root or not (root.rstrip("/") + "/").startswith(mount):
+        raise PipelineError(f"data.root {root!r} is not under pipeline.data_volume.mount_path {volume.mount_path!r}; "
+                            f"set data.root to the dataset's folder inside the volume, e.g. {mount}{cfg.data.name}.")
 
 
 def compile_pipeline(cfg: Config, path: str | os.PathLike, *, kind: str = "prune",
                      env: Optional[Mapping[str, str]] = None) -> Path:
-    """Write the KFP v2 YAML of the ``kind`` pipeline for ``cfg`` to ``path``."""
+    """Write the KFP v2 YAML of the ``kind`` pipeline for ``cfg`` to ``path``, for a cluster:
+    :func:`check_cluster` first, then the Kubernetes settings of ``pipeline.*`` on every task."""
     from kfp import compiler
 
+    check_cluster(cfg, env)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pipeline = _builder(kind)(cfg, env=env, context=cache_context(cfg, {**os.environ, **(env or {})}))
+    pipeline = _builder(kind)(cfg, env=env, context=cache_context(cfg, {**os.environ, **(env or {})}), cluster=True)
     try:
         compiler.Compiler().compile(pipeline, str(path))
     except Exception as e:  # noqa: BLE001 - kfp raises many types
@@ -312,10 +369,10 @@ def submit(cfg: Config, host: str, *, experiment: Optional[str] = None, kind: st
            env: Optional[Mapping[str, str]] = None, run_name: Optional[str] = None) -> str:
     """Compile the ``kind`` pipeline for ``cfg`` and start one run on the KFP at ``host``.
     Returns the KFP run id."""
-    host, client = _client(host)
     env = cluster_env(cfg, env)
     with tempfile.TemporaryDirectory() as tmp:
         path = compile_pipeline(cfg, Path(tmp) / f"tdds-{kind}.yaml", kind=kind, env=env)
+        host, client = _client(host)
         try:
             result = client.create_run_from_pipeline_package(
                 str(path), arguments={"config_json": cfg.to_json()}, run_name=run_name or f"{cfg.name}-{kind}",
@@ -342,10 +399,10 @@ def schedule(cfg: Config, host: str, cron: str, *, experiment: Optional[str] = N
              env: Optional[Mapping[str, str]] = None, name: Optional[str] = None) -> str:
     """A recurring run of ``tdds-reprune`` for ``cfg`` on the KFP at ``host``. Returns its id."""
     cron6 = normalize_cron(cron)
-    host, client = _client(host)
     env = cluster_env(cfg, env)
     with tempfile.TemporaryDirectory() as tmp:
         path = compile_pipeline(cfg, Path(tmp) / "tdds-reprune.yaml", kind="reprune", env=env)
+        host, client = _client(host)
         try:
             exp = client.create_experiment(experiment or f"tdds-{cfg.name}")
             job = client.create_recurring_run(

@@ -19,7 +19,7 @@ from .errors import ConfigError
 
 __all__ = [
     "Config", "DataConfig", "NoiseConfig", "ModelConfig", "TrainConfig", "DynamicsConfig",
-    "MethodSpec", "SelectionConfig", "CoresetConfig", "EvaluateConfig", "TrackingConfig",
+    "MethodSpec", "SelectionConfig", "CoresetConfig", "EvaluateConfig", "TuneConfig", "TrackingConfig",
     "PipelineConfig", "load_config", "parse_config", "config_digest",
 ]
 
@@ -52,7 +52,12 @@ class DataConfig(_Strict):
     download: bool = Field(False, description="Allow torchvision to download CIFAR when it is missing.")
     train_subset: Optional[int] = Field(None, gt=0, description="Use a seeded, class-stratified subset of this many training samples (quick runs).")
     test_subset: Optional[int] = Field(None, gt=0, description="Use a seeded subset of this many test samples.")
-    subset_seed: int = Field(0, description="Seed for train_subset/test_subset.")
+    subset_seed: int = Field(0, description="Seed for train_subset/test_subset/val_size.")
+    val_size: int = Field(0, ge=0, description="Hold out this many training samples (class-stratified, seeded) as a "
+                          "validation split: nothing trains on them; `tdds tune` chooses settings on them.")
+    evaluate_on: Literal["test", "validation"] = Field(
+        "test", description="Which split every accuracy is measured on. 'validation' (needs val_size) replaces the test "
+        "split by the held-out samples before anything reads it: settings chosen on it never saw a test label.")
     image_size: Optional[int] = Field(None, gt=0, description="Resize side for imagefolder and manifest datasets (default 32).")
     resident: Literal["auto", "always", "never"] = Field(
         "auto", description="Serve the training set from a device-resident uint8 tensor (auto: when it fits)."
@@ -61,6 +66,13 @@ class DataConfig(_Strict):
     num_workers: int = Field(2, ge=0, description="DataLoader workers for datasets that are not resident.")
     options: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for the dataset function (e.g. synthetic sizes).")
     noise: NoiseConfig = Field(default_factory=NoiseConfig, description="Optional label noise / image corruption.")
+
+    @model_validator(mode="after")
+    def _validation(self) -> "DataConfig":
+        if self.evaluate_on == "validation" and not self.val_size:
+            raise ValueError("data.evaluate_on: 'validation' needs a validation split; set data.val_size "
+                             "(e.g. 10% of the training samples)")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -82,7 +94,7 @@ class TrainConfig(_Strict):
     augment: bool = Field(True, description="Random crop (pad 4) and horizontal flip where it applies.")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     amp: Literal["auto", "bf16", "off"] = Field("auto", description="bf16 autocast on CUDA ('auto' = on for CUDA).")
-    channels_last: bool = Field(True, description="channels_last memory format on CUDA.")
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA and CPU (about 1.3x faster small CNNs on CPU; docs/BENCHMARKS.md).")
     compile: bool = Field(False, description="torch.compile the model on CUDA.")
     eval_batch_size: int = Field(1000, gt=0, description="Batch size for test evaluation and feature extraction.")
     drop_last: bool = Field(False, description="Drop the last partial batch of each epoch.")
@@ -187,14 +199,53 @@ class EvaluateConfig(_Strict):
     methods: list[str] = Field(default_factory=lambda: ["tdds", "random"], description="Method labels evaluated across architectures.")
 
 
+class TuneConfig(_Strict):
+    """`tdds tune`: one method's settings chosen per pruning rate on the validation split (``data.val_size``)."""
+
+    method: str = Field("tdds", description="Label or name of the method entry whose settings are tuned.")
+    grid: dict[str, list[Any]] = Field(
+        default_factory=lambda: {"T": [3, 5, 10], "W": [3, 5]},
+        description="Candidate values per option (every combination is tried; combinations the method refuses, "
+        "such as W > T, are dropped). Keys are scorer options, or 'weighting' (chosen once for all rates).")
+    epochs: Optional[int] = Field(None, gt=0, description="Coreset epochs of the candidate runs (default: the grid's).")
+    seeds: list[int] = Field(default_factory=lambda: [0], description="Coreset seeds of the candidate runs.")
+    rates: Optional[list[float]] = Field(None, description="Pruning rates tuned (default: selection.rates).")
+    baseline: Optional[str] = Field("random", description="A method entry trained beside the candidates for reference (never chosen; None: none).")
+    rule: bool = Field(True, description="Also write the fixed fallback (the paper's CIFAR-100 (T, W) fractions) as the row '<method>-rule'.")
+
+
 class TrackingConfig(_Strict):
     enabled: bool = Field(True, description="Log to MLflow.")
     uri: Optional[str] = Field(None, description="Tracking URI; None = $MLFLOW_TRACKING_URI or sqlite:///<output>/mlflow.db.")
     experiment: Optional[str] = Field(None, description="Experiment name; None = 'tdds-<dataset>'.")
 
 
+class SecretEnv(_Strict):
+    """A Kubernetes secret whose keys every cluster task gets as environment variables."""
+
+    secret_name: str = Field(..., min_length=1, description="Name of an existing secret in the runs' namespace.")
+    keys: dict[str, str] = Field(..., min_length=1, description="Secret key -> environment variable, e.g. "
+                                 "{AWS_ACCESS_KEY_ID: AWS_ACCESS_KEY_ID}.")
+
+
+class Toleration(_Strict):
+    """A Kubernetes toleration of the training tasks (e.g. of a tainted GPU node pool)."""
+
+    key: Optional[str] = Field(None, description="Taint key, e.g. nvidia.com/gpu (None with Exists: every taint).")
+    operator: Literal["Equal", "Exists"] = Field("Equal", description="Equal: the taint's value must be `value`; Exists: any value.")
+    value: Optional[str] = Field(None, description="Taint value (operator Equal).")
+    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = Field(None, description="Taint effect (None: all).")
+
+
+class DataVolume(_Strict):
+    """An existing PersistentVolumeClaim holding the dataset files, mounted into every cluster task."""
+
+    pvc_name: str = Field(..., min_length=1, description="Name of the PVC (ReadOnlyMany or ReadWriteMany) in the runs' namespace.")
+    mount_path: str = Field("/data", pattern=r"^/", description="Where the pods see it; data.root must lie under it.")
+
+
 class PipelineConfig(_Strict):
-    """Kubeflow settings (ignored by local runs except caching)."""
+    """Kubeflow settings (ignored by local runs except caching and the training tasks' requests and retries)."""
 
     image: str = Field("ghcr.io/tdds-project/tdds:0.1.0", description="Image every component runs in on a cluster.")
     gpu_image: Optional[str] = Field(None, description="Image for GPU tasks (None = image).")
@@ -202,9 +253,17 @@ class PipelineConfig(_Strict):
     gpus: int = Field(1, ge=0, description="GPUs per training task (0 = CPU only).")
     cpu_request: str = Field("4", description="CPU request of training tasks.")
     memory_request: str = Field("16G", description="Memory request of training tasks.")
-    retries: int = Field(2, ge=0, description="Retries of training tasks (with backoff).")
+    retries: int = Field(2, ge=0, description="Retries of every task on a cluster, of the training tasks also locally (backoff 60 s, x2, at most 30 min).")
     caching: bool = Field(True, description="Reuse results of unchanged tasks.")
     pipeline_root: Optional[str] = Field(None, description="KFP pipeline root (s3://bucket/prefix on a cluster).")
+    parallelism: int = Field(8, ge=0, description="Most iterations of each loop (score, select, coreset, evaluate) running at once on a cluster (0 = no limit).")
+    light_cpu_request: str = Field("1", description="CPU request of the tasks without a GPU (open-run, score, select, collect-*, report, close-run).")
+    light_memory_request: str = Field("4G", description="Memory request of the tasks without a GPU.")
+    secrets: list[SecretEnv] = Field(default_factory=list, description="Kubernetes secrets every cluster task gets as environment variables (S3 keys, MLflow credentials).")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of the training tasks, e.g. [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}].")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the training tasks must run on, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-40GB}.")
+    shm_size: Optional[str] = Field("2Gi", description="Size of the in-memory /dev/shm of the training tasks (DataLoader workers); None = the runtime's default (64 MB).")
+    data_volume: Optional[DataVolume] = Field(None, description="A PVC with the dataset files mounted into every cluster task (needed for a local data.root).")
 
 
 class Config(_Strict):
@@ -220,6 +279,7 @@ class Config(_Strict):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     coreset: CoresetConfig = Field(default_factory=CoresetConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 

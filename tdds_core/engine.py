@@ -115,10 +115,10 @@ class TrainSpec:
 
 def effective_numerics(device: str, amp: str, channels_last: bool, compile: bool) -> dict:
     """What the numerics settings do on this machine: the device class, and bf16 autocast,
-    channels_last and torch.compile as applied (CUDA only)."""
+    channels_last (CUDA and CPU, where it speeds convolutions up) and torch.compile (CUDA) as applied."""
     dev = resolve_device(device).type
     cuda = dev == "cuda"
-    return {"device": dev, "bf16": cuda and amp in ("auto", "bf16"), "channels_last": cuda and bool(channels_last),
+    return {"device": dev, "bf16": cuda and amp in ("auto", "bf16"), "channels_last": dev in ("cuda", "cpu") and bool(channels_last),
             "compile": cuda and bool(compile)}
 
 
@@ -331,7 +331,7 @@ class _Trainer:
         self.device = resolve_device(spec.device)
         cuda = self.device.type == "cuda"
         self.use_amp = cuda and spec.amp in ("auto", "bf16")
-        self.channels_last = cuda and spec.channels_last
+        self.channels_last = self.device.type in ("cuda", "cpu") and spec.channels_last
         if cuda:
             torch.backends.cudnn.benchmark = True
         self.n = len(splits.train)

@@ -21,7 +21,7 @@ from .stages import Context, State, chain, claim_output
 from .stages.report import report_dir
 from .tracking import STAGE_PIPELINE, TAG_FINGERPRINT, TAG_STAGE, NullTracker, Tracker, make_tracker, run_name
 
-__all__ = ["GridResult", "check_grid", "run_grid"]
+__all__ = ["GridResult", "check_grid", "only_methods", "run_grid"]
 
 
 @dataclass
@@ -31,6 +31,19 @@ class GridResult:
     table_md: str
     run_id: Optional[str] = None
     outputs: dict[str, Any] = field(default_factory=dict)
+
+
+def only_methods(cfg: Config, names: list[str]) -> Config:
+    """A copy of ``cfg`` with only the method entries whose label, name or row name is in ``names``
+    (ConfigError naming the unknown ones and the known rows)."""
+    from .errors import ConfigError
+
+    keys = [{m.label, m.name, m.display} for m in cfg.methods]
+    unknown = [n for n in names if not any(n in k for k in keys)]
+    if unknown:
+        raise ConfigError(f"--methods: {', '.join(unknown)} not in the config's methods; use some of: "
+                          f"{', '.join(m.display for m in cfg.methods)}")
+    return cfg.model_copy(update={"methods": [m for m, k in zip(cfg.methods, keys) if k & set(names)]})
 
 
 def check_grid(cfg: Config) -> P.Plan:

@@ -40,7 +40,7 @@ FIELDS: dict[str, str] = {
     "output": RUNTIME,                   # where; the store's identity keys the caches instead
     "data.name": IDENTITY, "data.root": RUNTIME,   # the content is keyed by the dataset fingerprint
     "data.download": RUNTIME, "data.train_subset": IDENTITY, "data.test_subset": IDENTITY,
-    "data.subset_seed": IDENTITY, "data.image_size": IDENTITY, "data.resident": RUNTIME,
+    "data.subset_seed": IDENTITY, "data.val_size": IDENTITY, "data.evaluate_on": IDENTITY, "data.image_size": IDENTITY, "data.resident": RUNTIME,
     "data.resident_max_bytes": RUNTIME, "data.num_workers": RUNTIME, "data.options": IDENTITY,
     "data.noise.label_noise": IDENTITY, "data.noise.corruption": IDENTITY,
     "data.noise.corruption_types": IDENTITY, "data.noise.seed": IDENTITY,
@@ -60,10 +60,16 @@ FIELDS: dict[str, str] = {
     "coreset.batch_rule": IDENTITY, "coreset.batch_rule_thresholds": IDENTITY, "coreset.epochs": IDENTITY,
     "coreset.seeds": IDENTITY,           # per coreset item
     "evaluate.archs": IDENTITY, "evaluate.rates": IDENTITY, "evaluate.methods": IDENTITY,   # which eval items exist
+    # `tdds tune` reads these and writes what it chose into methods; no stage reads them
+    "tune.method": RUNTIME, "tune.grid": RUNTIME, "tune.epochs": RUNTIME, "tune.seeds": RUNTIME,
+    "tune.rates": RUNTIME, "tune.baseline": RUNTIME, "tune.rule": RUNTIME,
     "tracking.enabled": RUNTIME, "tracking.uri": RUNTIME, "tracking.experiment": RUNTIME,
     "pipeline.image": RUNTIME, "pipeline.gpu_image": RUNTIME, "pipeline.accelerator_type": RUNTIME,
     "pipeline.gpus": RUNTIME, "pipeline.cpu_request": RUNTIME, "pipeline.memory_request": RUNTIME,
     "pipeline.retries": RUNTIME, "pipeline.caching": RUNTIME, "pipeline.pipeline_root": RUNTIME,
+    "pipeline.parallelism": RUNTIME, "pipeline.light_cpu_request": RUNTIME, "pipeline.light_memory_request": RUNTIME,
+    "pipeline.secrets": RUNTIME, "pipeline.tolerations": RUNTIME, "pipeline.node_selector": RUNTIME,
+    "pipeline.shm_size": RUNTIME, "pipeline.data_volume": RUNTIME,
 }
 
 # sections every cached stage task gets besides the ones its stage reads (Stage.reads)
@@ -104,7 +110,7 @@ def _json(v: Any) -> Any:
 
 def numerics(cfg: Config) -> dict[str, Any]:
     """The effective numerics of training on this machine: device class, bf16 autocast,
-    channels_last and torch.compile as the engine applies them (CUDA only)."""
+    channels_last and torch.compile as the engine applies them (:func:`tdds_core.engine.effective_numerics`)."""
     from .engine import effective_numerics
 
     t = cfg.train

@@ -358,6 +358,25 @@ class NullTracker:
 
 
 # ---------------------------------------------------------------- MLflow
+@contextlib.contextmanager
+def _file_lock(path: Optional[Path]):
+    """An exclusive ``flock`` on ``path`` for the block (no-op for None or where flock is missing)."""
+    if path is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class MlflowTracker:
     """MLflow through ``MlflowClient`` with explicit run ids (no global active-run state).
 
@@ -392,16 +411,21 @@ class MlflowTracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(http_timeout_s))
         if tracking_uri.startswith(("http://", "https://")):
             _probe_server(tracking_uri, connect_retries, connect_timeout_s)
-        elif tracking_uri.startswith("sqlite:///"):
+        lock = None
+        if tracking_uri.startswith("sqlite:///"):
             db = tracking_uri[len("sqlite:///"):]
             if db and not db.startswith(":memory:"):
                 Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                lock = Path(db).expanduser().with_name(Path(db).name + ".lock")
         try:
             from mlflow import MlflowClient
         except ImportError as e:  # pragma: no cover - mlflow is a dependency
             raise TrackingError("MLflow tracking needs mlflow: pip install mlflow (or set tracking.enabled: false)") from e
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_id = self._ensure_experiment(experiment, artifact_location, create_experiment)
+        # two processes opening a new SQLite store at once both try to create its tables (and the
+        # second fails): the first to take the lock creates them, the other then finds them
+        with _file_lock(lock):
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.experiment_id = self._ensure_experiment(experiment, artifact_location, create_experiment)
 
     def __repr__(self) -> str:
         return f"MlflowTracker({self.uri_label!r}, experiment={self.experiment_name!r})"

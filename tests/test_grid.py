@@ -97,7 +97,7 @@ def test_runtime_fields_reuse_every_artifact_and_run_identity_fields_make_new_on
     assert len(runs) == 1 + 1 + 2 + 2 + 1      # parent, train-full, 2 score runs, 2 coreset runs, report
     # runtime settings: progress bars, eval batch size, loader workers, residency, numerics that a CPU does not apply
     runtime = {**base, "train": {**SYN["train"], "progress": True, "eval_batch_size": 7, "amp": "off",
-                                 "channels_last": False},
+                                 "compile": True},
                "data": {**SYN["data"], "num_workers": 0, "resident": "never"}}
     second = run_grid(parse_config(runtime))
     assert _store_files(out) == files, "a runtime setting rewrote an artifact"

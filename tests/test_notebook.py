@@ -62,5 +62,6 @@ def test_notebook_runs_locally(tmp_path, monkeypatch, venv_kernel):
     assert any(o.output_type == "display_data" and "image/png" in o["data"] for o in outputs)
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "3 rows" in text and "local run local-" in text
-    assert (out / "tdds-prune.yaml").is_file() and (out / "notebook_accuracy_vs_rate.png").is_file()
+    assert "local mode: not compiled" in text and not (out / "tdds-prune.yaml").exists()
+    assert (out / "notebook_accuracy_vs_rate.png").is_file()
     assert (out / "mlflow.db").is_file() and (out / "report" / "table.md").is_file()

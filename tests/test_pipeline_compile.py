@@ -1,5 +1,6 @@
-"""The compiled KFP YAML of tdds-prune / tdds-reprune (parsed, not snapshotted), the images, and
-the cluster commands' errors against a closed port and a tiny HTTP server."""
+"""The compiled KFP YAML of tdds-prune / tdds-reprune (parsed, not snapshotted: the pipeline spec
+and its Kubernetes platform spec), what compile refuses, the images, and the cluster commands'
+errors against a closed port and a tiny HTTP server."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from pipelines.prune import build_prune_pipeline
 from pipelines.run import cache_context, cluster_env, compile_pipeline, normalize_cron, schedule, submit
 from tdds_core.cli import main
 from tdds_core.config import load_config
@@ -27,6 +29,12 @@ GPU_IMAGE = "registry.example.com/ml/tdds-cuda:9.9.9"
 STAGES = ("open-run", "train-full", "score", "collect-score", "select", "collect-select", "coreset", "collect-coreset",
           "evaluate", "collect-evaluate", "report", "close-run")
 TRAINING = ("train-full", "coreset", "evaluate")
+# what every cluster config needs: shared output and tracker, dataset files the pods can reach
+CLUSTER = ["output=s3://tdds-bucket/runs/quickstart", "tracking.uri=http://mlflow.mlflow.svc:5000",
+           "data.root=/datasets/fashion-mnist", "pipeline.data_volume={pvc_name: tdds-datasets, mount_path: /datasets}"]
+SECRETS = {"tdds-s3": {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
+           "tdds-mlflow": {"password": "MLFLOW_TRACKING_PASSWORD"}}
+TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
 @pytest.fixture(autouse=True)
@@ -36,16 +44,30 @@ def _no_sqlite_tracking_env(monkeypatch):
 
 
 def _cfg(*extra: str):
+    secrets = [{"secret_name": k, "keys": v} for k, v in SECRETS.items()]
     return load_config(REPO / "configs" / "quickstart.yaml", [
-        f"pipeline.image={IMAGE}", f"pipeline.gpu_image={GPU_IMAGE}", "pipeline.gpus=2",
+        *CLUSTER, f"pipeline.image={IMAGE}", f"pipeline.gpu_image={GPU_IMAGE}", "pipeline.gpus=2",
         "pipeline.accelerator_type=nvidia.com/gpu", "pipeline.cpu_request='6'", "pipeline.memory_request=24G",
-        "pipeline.retries=3", "pipeline.pipeline_root=s3://tdds-bucket/kfp-root",
+        "pipeline.light_cpu_request='2'", "pipeline.light_memory_request=3G", "pipeline.parallelism=3",
+        "pipeline.retries=3", "pipeline.pipeline_root=s3://tdds-bucket/kfp-root", f"pipeline.secrets={json.dumps(secrets)}",
+        f"pipeline.tolerations=[{json.dumps(TOLERATION)}]", "pipeline.node_selector={pool: a100}",
+        "pipeline.shm_size=8Gi",
         "evaluate.rates=[0.5]", "evaluate.methods=[tdds, random]", "evaluate.archs=[small_cnn, resnet18]", *extra])
 
 
+def _load(path: Path) -> dict:
+    """The pipeline spec, with the ``platforms`` of the platform spec (the YAML's second document) added."""
+    docs = list(yaml.safe_load_all(path.read_text()))
+    return {**docs[0], **{k: v for d in docs[1:] for k, v in d.items()}}
+
+
 def _compile(tmp_path: Path, cfg, kind: str = "prune", env=None) -> dict:
-    path = compile_pipeline(cfg, tmp_path / f"{kind}.yaml", kind=kind, env=env)
-    return yaml.safe_load(path.read_text())
+    return _load(compile_pipeline(cfg, tmp_path / f"{kind}.yaml", kind=kind, env=env))
+
+
+def _k8s(spec: dict) -> dict[str, dict]:
+    """The Kubernetes settings of each executor (``exec-<task>``)."""
+    return spec.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors", {})
 
 
 def _tasks(spec: dict) -> dict[str, dict]:
@@ -163,23 +185,52 @@ def test_loops_iterate_over_the_precomputed_plan(prune):
     assert [json.loads(x) for x in plan.items_json("pairs")] == pair_items
 
 
-def test_training_tasks_request_gpus_and_retry(prune):
+def test_every_task_requests_resources_and_retries(prune):
     cfg, spec, tasks = prune
     execs = spec["deploymentSpec"]["executors"]
     for stage in STAGES:
         container = execs[f"exec-{stage}"]["container"]
         res = container.get("resources", {})
+        env = {e["name"]: e["value"] for e in container["env"]}
         if stage in TRAINING:
             assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
             assert res["accelerator"]["resourceCount"] == "2"
             assert res["resourceCpuRequest"] == "6" and res["resourceMemoryRequest"] == "24G"
-            retry = tasks[stage]["retryPolicy"]
-            assert retry["maxRetryCount"] == 3
-            assert retry["backoffDuration"] == "60s" and retry["backoffFactor"] == 2.0
-            assert retry["backoffMaxDuration"] == "1800s"
+            assert env["TDDS_REQUIRE_CUDA"] == "2", stage        # fails at once in a pod without the GPUs
         else:
             assert "accelerator" not in res, stage
-            assert "retryPolicy" not in tasks[stage], stage
+            assert res["resourceCpuRequest"] == "2" and res["resourceMemoryRequest"] == "3G", stage
+            assert "TDDS_REQUIRE_CUDA" not in env, stage
+        retry = tasks[stage]["retryPolicy"]
+        assert retry["maxRetryCount"] == 3, stage
+        assert retry["backoffDuration"] == "60s" and retry["backoffFactor"] == 2.0
+        assert retry["backoffMaxDuration"] == "1800s"
+
+
+def test_every_loop_has_its_parallelism(prune):
+    cfg, spec, tasks = prune
+    loops = [t for t in tasks.values() if "parameterIterator" in t]
+    assert {t["componentRef"]["name"] for t in loops} == {tasks[s]["_dag"] for s in ("score", "select", "coreset", "evaluate")}
+    assert all(t["iteratorPolicy"]["parallelismLimit"] == 3 for t in loops)
+
+
+def test_kubernetes_platform_spec(prune):
+    cfg, spec, tasks = prune
+    k8s = _k8s(spec)
+    assert set(k8s) == {f"exec-{s}" for s in STAGES}
+    for stage in STAGES:
+        ex = k8s[f"exec-{stage}"]
+        # every task: the secrets as environment variables, the dataset volume
+        assert {s["secretName"]: {k["secretKey"]: k["envVar"] for k in s["keyToEnv"]} for s in ex["secretAsEnv"]} == SECRETS
+        assert [(m["pvcNameParameter"]["runtimeValue"]["constant"], m["mountPath"]) for m in ex["pvcMount"]] == [
+            ("tdds-datasets", "/datasets")]
+        if stage in TRAINING:   # placement on the GPU pool and an in-memory /dev/shm
+            assert ex["tolerations"] == [TOLERATION], stage
+            assert ex["nodeSelector"]["labels"] == {"pool": "a100"}, stage
+            assert [(m["mountPath"], m["medium"], m["sizeLimit"]) for m in ex["emptyDirMounts"]] == [
+                ("/dev/shm", "Memory", "8Gi")]
+        else:
+            assert not {"tolerations", "nodeSelector", "emptyDirMounts"} & set(ex), stage
 
 
 def test_images_and_caching_and_env(prune):
@@ -199,12 +250,12 @@ def test_images_and_caching_and_env(prune):
 
 
 def test_cache_context_names_the_store_and_the_tracker(tmp_path):
-    cfg = _cfg("output=s3://bucket/x")
+    cfg = _cfg("output=s3://bucket/x", "tracking.uri=null")    # the tracker of the environment
     a = cache_context(cfg, {"AWS_ENDPOINT_URL": "http://minio-a:9000", "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
     assert a == cache_context(cfg, {"AWS_ENDPOINT_URL": "http://minio-a:9000", "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
     assert a != cache_context(cfg, {"AWS_ENDPOINT_URL": "http://minio-b:9000", "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
     assert a != cache_context(cfg, {"AWS_ENDPOINT_URL": "http://minio-a:9000", "MLFLOW_TRACKING_URI": "http://other:5000"})
-    assert a != cache_context(_cfg("output=s3://bucket/y"), {"AWS_ENDPOINT_URL": "http://minio-a:9000",
+    assert a != cache_context(_cfg("output=s3://bucket/y", "tracking.uri=null"), {"AWS_ENDPOINT_URL": "http://minio-a:9000",
                                                            "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
     spec = _compile(tmp_path, cfg, env={"AWS_ENDPOINT_URL": "http://minio-b:9000", "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
     given = _tasks(spec)["train-full"]["inputs"]["parameters"]["context"]["runtimeValue"]["constant"]
@@ -212,14 +263,18 @@ def test_cache_context_names_the_store_and_the_tracker(tmp_path):
 
 
 def test_caching_off_by_config_and_single_image(tmp_path):
-    cfg = load_config(REPO / "configs" / "quickstart.yaml", ["pipeline.caching=false", "pipeline.gpus=0",
-                                                             "pipeline.retries=0", f"pipeline.image={IMAGE}"])
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", [
+        *CLUSTER, "pipeline.caching=false", "pipeline.gpus=0", "pipeline.retries=0", f"pipeline.image={IMAGE}",
+        "pipeline.parallelism=0", "pipeline.shm_size=null"])
     spec = _compile(tmp_path, cfg)
     tasks = _tasks(spec)
     assert all(not t.get("cachingOptions", {}).get("enableCache") for t in tasks.values())
+    assert not any("retryPolicy" in t or "iteratorPolicy" in t for t in tasks.values())
     execs = spec["deploymentSpec"]["executors"]
     assert {e["container"]["image"] for e in execs.values()} == {IMAGE}
     assert all("accelerator" not in e["container"].get("resources", {}) for e in execs.values())
+    assert all("TDDS_REQUIRE_CUDA" not in {v["name"] for v in e["container"].get("env", [])} for e in execs.values())
+    assert all(set(ex) == {"pvcMount"} for ex in _k8s(spec).values())
     assert "evaluate" not in tasks and "collect-evaluate" not in tasks
     assert tasks["report"]["inputs"]["artifacts"]["state"]["taskOutputArtifact"]["producerTask"] == "collect-coreset"
     assert "defaultPipelineRoot" not in spec
@@ -277,28 +332,85 @@ def test_open_run_refuses_a_config_the_pipeline_was_not_built_for():
             open_run(other.to_json(), run_id="r1", build=built)
 
 
-def test_cluster_env_refuses_secrets_and_sqlite():
-    cfg = _cfg()
+def test_cluster_env_refuses_secrets():
+    cfg = _cfg("tracking.uri=null")
     env = cluster_env(cfg, {"AWS_ENDPOINT_URL": "http://minio.minio.svc:9000"},
                       environ={"MLFLOW_TRACKING_URI": "http://mlflow:5000", "AWS_SECRET_ACCESS_KEY": "x", "HOME": "/root"})
     assert env == {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "AWS_ENDPOINT_URL": "http://minio.minio.svc:9000"}
     for bad in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         with pytest.raises(PipelineError, match="Kubernetes secret"):
             cluster_env(cfg, {bad: "x"}, environ={})
-    with pytest.raises(PipelineError, match="MLflow server"):
-        cluster_env(cfg, environ={"MLFLOW_TRACKING_URI": "sqlite:///tmp/mlflow.db"})
+
+
+@pytest.mark.parametrize("overrides, env, setting", [
+    (["output=runs/quickstart"], None, "set output to an s3://"),
+    (["tracking.uri=sqlite:///tmp/mlflow.db"], None, "set tracking.uri"),
+    (["tracking.uri=./mlruns"], None, "set tracking.uri"),
+    (["tracking.uri=null"], None, "set tracking.uri"),
+    (["tracking.uri=null"], {"MLFLOW_TRACKING_URI": "sqlite:///tmp/mlflow.db"}, "set tracking.uri"),
+    (["pipeline.gpu_image=null"], None, "set pipeline.gpu_image"),
+    (["pipeline.data_volume=null"], None, "pipeline.data_volume"),
+    (["pipeline.data_volume=null", "data.root=null"], None, "pipeline.data_volume"),
+    (["data.root=/mnt/fashion-mnist"], None, "pipeline.data_volume.mount_path"),
+    (["pipeline.pipeline_root=kfp-root"], None, "pipeline.pipeline_root"),
+])
+def test_compile_refuses_what_cannot_work_on_a_cluster(tmp_path, overrides, env, setting):
+    with pytest.raises(PipelineError, match=re.escape(setting)):
+        compile_pipeline(_cfg(*overrides), tmp_path / "p.yaml", env=env)
+    assert not (tmp_path / "p.yaml").exists()
+
+
+@pytest.mark.parametrize("overrides, env", [
+    (["tracking.uri=null"], {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}),
+    (["tracking.uri=null", "pipeline.secrets=[{secret_name: m, keys: {uri: MLFLOW_TRACKING_URI}}]"], None),
+    (["tracking.uri=null", "tracking.enabled=false"], None),
+    (["pipeline.gpu_image=null", "pipeline.gpus=0"], None),
+    (["pipeline.data_volume=null", "data.root=null", "data.name=synthetic"], None),       # reads no files
+    (["pipeline.data_volume=null", "data.name=manifest", "data.root=s3://pets/manifests/"], None),
+])
+def test_compile_accepts_the_fixes(tmp_path, overrides, env):
+    assert compile_pipeline(_cfg(*overrides), tmp_path / "p.yaml", env=env).is_file()
+
+
+def test_local_pipeline_has_no_cluster_settings(tmp_path):
+    # tdds run builds without cluster=True: no checks, and none of the Kubernetes-only settings
+    from kfp import compiler
+
+    cfg = load_config(REPO / "configs" / "quickstart.yaml", ["pipeline.parallelism=1", "pipeline.node_selector={a: b}"])
+    compiler.Compiler().compile(build_prune_pipeline(cfg), str(tmp_path / "local.yaml"))
+    spec = _load(tmp_path / "local.yaml")
+    tasks = _tasks(spec)
+    assert "platforms" not in spec and not any("iteratorPolicy" in t for t in tasks.values())
+    assert {s for s in STAGES if s in tasks and "retryPolicy" in tasks[s]} == {"train-full", "coreset"}
+    for name, e in spec["deploymentSpec"]["executors"].items():
+        assert "TDDS_REQUIRE_CUDA" not in {v["name"] for v in e["container"].get("env", [])}, name
+
+
+def test_a_training_task_without_the_gpus_it_asked_for_fails(monkeypatch):
+    import torch
+
+    from components import tasks
+
+    monkeypatch.setenv("TDDS_REQUIRE_CUDA", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(RuntimeError, match=r"asked for 1 GPU.*sees 0 CUDA.*pipeline\.gpu_image"):
+        tasks.stage_task("train-full", "{}", "", "{}", result=None, metrics=None)
 
 
 def test_cli_compile(tmp_path, capsys):
     out = tmp_path / "p.yaml"
-    assert main(["compile", "--config", str(REPO / "configs" / "quickstart.yaml"), "--set", f"pipeline.image={IMAGE}",
+    sets = [x for o in [*CLUSTER, f"pipeline.image={IMAGE}", f"pipeline.gpu_image={GPU_IMAGE}"] for x in ("--set", o)]
+    assert main(["compile", "--config", str(REPO / "configs" / "quickstart.yaml"), *sets,
                  "--out", str(out), "--pipeline", "reprune", "--env", "TDDS_S3_RETRIES=5"]) == 0
-    spec = yaml.safe_load(out.read_text())
+    spec = _load(out)
     assert spec["pipelineInfo"]["name"] == "tdds-reprune"
     assert {"name": "TDDS_S3_RETRIES", "value": "5"} in spec["deploymentSpec"]["executors"]["exec-score"]["container"]["env"]
-    assert main(["compile", "--config", str(REPO / "configs" / "quickstart.yaml"), "--out", str(out),
+    assert main(["compile", "--config", str(REPO / "configs" / "quickstart.yaml"), *sets, "--out", str(out),
                  "--env", "AWS_SECRET_ACCESS_KEY=abc"]) == 2
     assert "Kubernetes secret" in capsys.readouterr().err
+    assert main(["compile", "--config", str(REPO / "configs" / "quickstart.yaml"), *sets, "--set", "output=runs/q",
+                 "--out", str(out)]) == 2
+    assert "set output to an s3://" in capsys.readouterr().err
 
 
 def test_normalize_cron():
@@ -402,6 +514,10 @@ def test_submit_to_a_closed_port_names_host_and_fix():
     assert host in str(e.value) and "port-forward" in str(e.value) and "cannot reach" in str(e.value)
     with pytest.raises(PipelineError, match="cannot reach"):
         schedule(_cfg(), host, "0 3 * * *")
+    # a config that cannot work on a cluster is refused before any host is contacted
+    for call in (lambda c: submit(c, host), lambda c: schedule(c, host, "0 3 * * *")):
+        with pytest.raises(PipelineError, match="set output to an s3://"):
+            call(_cfg("output=runs/quickstart"))
 
 
 @pytest.mark.parametrize("code,words", [(400, "rejected the request"), (403, "rejected the request"),
@@ -429,6 +545,7 @@ def test_schedule_rejected_and_not_a_kfp_host(fake_kfp):
 
 def test_cli_submit_error_exit_code(capsys):
     host = f"http://127.0.0.1:{_closed_port()}"
-    assert main(["submit", "--config", str(REPO / "configs" / "quickstart.yaml"), "--host", host]) == 2
+    sets = [x for o in [*CLUSTER, f"pipeline.gpu_image={GPU_IMAGE}"] for x in ("--set", o)]
+    assert main(["submit", "--config", str(REPO / "configs" / "quickstart.yaml"), *sets, "--host", host]) == 2
     err = capsys.readouterr().err
     assert host in err and "Traceback" not in err

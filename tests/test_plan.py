@@ -15,13 +15,21 @@ RUNTIME_TOGGLES = {
     "data.resident": "never", "data.resident_max_bytes": 123, "data.num_workers": 7,
     "train.eval_batch_size": 17, "train.progress": False, "selection.export": True,
     "tracking.enabled": False, "tracking.uri": "http://x:5000", "tracking.experiment": "e",
+    "tune.method": "el2n", "tune.grid": {"T": [3], "W": [3]}, "tune.epochs": 3, "tune.seeds": [1, 2],
+    "tune.rates": [0.5], "tune.baseline": "el2n", "tune.rule": False,
     "pipeline.image": "img:2", "pipeline.gpu_image": "gpu:2", "pipeline.accelerator_type": "amd.com/gpu",
     "pipeline.gpus": 2, "pipeline.cpu_request": "8", "pipeline.memory_request": "1G", "pipeline.retries": 0,
-    "pipeline.caching": False, "pipeline.pipeline_root": "s3://b/p",
+    "pipeline.caching": False, "pipeline.pipeline_root": "s3://b/p", "pipeline.parallelism": 2,
+    "pipeline.light_cpu_request": "2", "pipeline.light_memory_request": "1G",
+    "pipeline.secrets": [{"secret_name": "s3", "keys": {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID"}}],
+    "pipeline.tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+    "pipeline.node_selector": {"pool": "gpu"}, "pipeline.shm_size": "8Gi",
+    "pipeline.data_volume": {"pvc_name": "datasets", "mount_path": "/data"},
 }
 # identity fields whose change must change the key of the stages that read them
 IDENTITY_TOGGLES = {
     "data.train_subset": (500, ("train-full", "coreset", "evaluate")),
+    "data.val_size": (100, ("train-full", "coreset", "evaluate")),
     "data.noise.label_noise": (0.1, ("train-full", "coreset", "evaluate")),
     "model.arch": ("small_cnn", ("train-full", "coreset", "evaluate")),
     "train.lr": (0.2, ("train-full", "coreset", "evaluate")), "train.epochs": (3, ("train-full", "coreset", "evaluate")),
@@ -69,11 +77,11 @@ def test_identity_field_changes_the_keys_of_the_stages_that_read_it(path):
 
 
 def test_numerics_are_keyed_by_their_effect_on_this_machine():
-    # on a CPU, bf16 autocast, channels_last and compile are not applied: the same numbers, one key
+    # on a CPU, bf16 autocast and compile are not applied: the same numbers, one key; channels_last is
     base = Config()
-    for path, value in (("train.amp", "off"), ("train.channels_last", False), ("train.compile", True),
-                        ("train.device", "cpu")):
+    for path, value in (("train.amp", "off"), ("train.compile", True), ("train.device", "cpu")):
         assert P.train_key(_with(path, value), FP) == P.train_key(base, FP), path
+    assert P.train_key(_with("train.channels_last", False), FP) != P.train_key(base, FP)
     assert P.numerics(base)["device"] == "cpu" and P.numerics(base)["bf16"] is False
 
 

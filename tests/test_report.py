@@ -9,7 +9,7 @@ import pytest
 
 from tdds_core.cli import main as cli_main
 from tdds_core.errors import TrackingError
-from tdds_core.report import build_table, plot_accuracy_vs_rate, rows_from_mlflow, to_csv, to_markdown
+from tdds_core.report import paired_differences, paired_markdown, build_table, plot_accuracy_vs_rate, rows_from_mlflow, to_csv, to_markdown
 from tdds_core.tracking import (METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_NOISY_KEPT, METRIC_NUM_TRAIN,
                                 STAGE_CORESET, STAGE_PIPELINE, STAGE_SCORE, STAGE_TRAIN_FULL, TAG_ARCH, TAG_METHOD,
                                 TAG_RATE, TAG_SEED, TAG_STAGE, MlflowTracker, format_rate, run_name)
@@ -69,7 +69,7 @@ def test_markdown_methods_by_rates():
     assert "Random baseline (random): p=0.30: 81.00 ± 1.41, p=0.70: 70.50 ± 0.71" in md
     assert "full |" not in md  # full data is a line, not a row
     md2 = to_markdown(build_table(rows_fixture()), full_acc=95.5, metric="best_acc")
-    assert "Full data (no pruning): 95.50 ± 0.00" in md2 and "| tdds | **87.00 ± 1.00** |" in md2
+    assert "Full data (no pruning): 95.50 (" in md2 and "| tdds | **87.00 ± 1.00** |" in md2
 
 
 def test_markdown_one_table_per_arch_and_missing_cells():
@@ -77,7 +77,9 @@ def test_markdown_one_table_per_arch_and_missing_cells():
     md = to_markdown(build_table(rows))
     assert "### resnet18" in md and "### vgg16_bn" in md
     vgg = md.split("### vgg16_bn")[1]
-    assert "| tdds | 60.00 ± 0.00 |" in vgg and "Random baseline (random): not run" in vgg
+    # one seed: the mean alone, and the footnote says no spread was measured
+    assert "| tdds | 60.00 |" in vgg and "Random baseline (random): not run" in vgg
+    assert "one seed per cell (n = 1): no spread measured" in vgg
     assert "Full data (no pruning): not run" in vgg
 
 
@@ -157,3 +159,28 @@ def test_cli_report(logged, tmp_path, capsys):
     rc = cli_main(["report", "--tracking-uri", uri, "--experiment", "missing-exp", "--out", str(out)])
     assert rc == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_paired_differences_against_random_by_seed():
+    rows = rows_fixture() + [{"method": "el2n", "rate": 0.7, "seed": s, "arch": "resnet18", "final_acc": a}
+                             for s, a in ((0, 69.0), (1, 72.0), (7, 99.0))]
+    diffs = {(d["method"], d["rate"]): d for d in paired_differences(rows)}
+    rand = {r["seed"]: r["final_acc"] for r in rows if r["method"] == "random" and r["rate"] == 0.7}
+    el2n = diffs[("el2n", 0.7)]
+    assert el2n["n"] == 2                       # seed 7 has no random run to pair with
+    want = [69.0 - rand[0], 72.0 - rand[1]]
+    assert el2n["mean"] == pytest.approx(sum(want) / 2) and el2n["wins"] == sum(d > 0 for d in want)
+    assert ("random", 0.7) not in diffs and ("full", None) not in diffs
+    md = paired_markdown(list(diffs.values()))
+    assert "| el2n |" in md and f"({el2n['wins']}/2)" in md
+    assert ("el2n at p=0.70" in md) == (el2n["mean"] < 0)
+
+
+def test_scale_note_says_what_a_toy_table_cannot_show():
+    from tdds_core.report import scale_note
+
+    note = scale_note(2400, 6, 1)
+    assert "2,400 training samples" in note and "6 epochs" in note and "one seed" in note
+    assert "docs/RESULTS.md" in note
+    assert scale_note(20000, 10, 3) == ""
+    assert "one seed" in scale_note(20000, 10, 1) and "samples" not in scale_note(20000, 10, 1).split(":")[0]

@@ -519,3 +519,26 @@ def test_artifacts_of_a_named_sqlite_file_land_beside_it(tmp_path, monkeypatch):
         tracker.log_dict({"a": 1}, "a.json")
     assert (tmp_path / "track" / "mlartifacts").is_dir()
     assert not (work / "mlruns").exists()
+
+
+def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path):
+    # two `tdds grid --methods ...` processes on one output open its new mlflow.db together: without
+    # the lock both create the tables and one fails with "table experiments already exists"
+    import subprocess
+    import sys
+
+    go = tmp_path / "go"
+    code = ("import os, sys, time, mlflow, mlflow.store.tracking.sqlalchemy_store\n"
+            "from tdds_core.tracking import MlflowTracker\n"
+            f"while not os.path.exists({str(go)!r}): time.sleep(0.005)\n"
+            f"t = MlflowTracker('sqlite:///{tmp_path}/mlflow.db', 'tdds-race')\n"
+            "print(t.experiment_id)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    import time
+
+    time.sleep(8)          # every process has imported mlflow and waits at the line
+    go.write_text("")
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-800:] for o in outs]
+    assert len({o[0].strip() for o in outs}) == 1, "the processes ended up in different experiments"

@@ -1,4 +1,4 @@
-"""``tdds train-coreset``, ``tdds evaluate`` and ``tdds grid``."""
+"""``tdds train-coreset``, ``tdds evaluate``, ``tdds grid`` and ``tdds tune``."""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +25,15 @@ def register(sub) -> None:
     g = sub.add_parser("grid", help="The methods x rates x seeds experiment (table, plot, MLflow).")
     add_config_args(g)
     g.add_argument("--out", help="Output root; default: the config's output.")
+    g.add_argument("--methods", help="Comma-separated method labels or names: run only these rows of the config "
+                   "(e.g. to split a grid over processes; a later full grid reuses their work).")
     g.set_defaults(func=run_grid_cmd)
+
+    t = sub.add_parser("tune", help="Choose a method's settings per pruning rate on a validation split; write a tuned config.")
+    add_config_args(t)
+    t.add_argument("--out", help="Output root; default: the config's output (the tune runs go under <out>/tune).")
+    t.add_argument("--write", help="Where the tuned config goes (default: <config>.tuned.yaml beside --config).")
+    t.set_defaults(func=run_tune_cmd)
 
 
 def _cfg(args):
@@ -69,10 +77,27 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_grid_cmd(args: argparse.Namespace) -> int:
-    from ..grid import run_grid
+    from ..grid import only_methods, run_grid
 
     cfg = _cfg(args)
+    if args.methods:
+        cfg = only_methods(cfg, [m.strip() for m in args.methods.split(",") if m.strip()])
     res = run_grid(cfg)
     print(res.table_md)
     print(f"report: {res.report_dir} (table.csv, table.md, accuracy_vs_rate.png)")
+    return 0
+
+
+def run_tune_cmd(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..tune import tune
+
+    cfg = _cfg(args)
+    write = Path(args.write) if args.write else Path(args.config).with_suffix(".tuned.yaml")
+    res = tune(cfg, write)
+    print(res.report)
+    for rate, params in sorted(res.chosen.items()):
+        print(f"p={rate:g}: {params}")
+    print(f"tuned config: {res.path}  (run it: tdds grid --config {res.path})")
     return 0

@@ -8,9 +8,10 @@ from . import datasets as _datasets  # noqa: F401  (registers the datasets)
 from . import manifest as _manifest  # noqa: F401  (registers the manifest dataset)
 from .base import ArrayDataset, Splits, call_dataset_fn, fingerprint, list_datasets, register_dataset
 from .noise import apply_noise
+from ..errors import DataError
 
 __all__ = ["ArrayDataset", "Splits", "create_dataset", "fingerprint", "list_datasets", "register_dataset",
-           "stratified_subset", "apply_noise"]
+           "stratified_subset", "split_validation", "apply_noise"]
 
 
 def stratified_subset(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -29,6 +30,18 @@ def stratified_subset(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
     return np.sort(perm[order[:k]])
 
 
+def split_validation(train: ArrayDataset, k: int, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
+    """``(rest, validation)``: a seeded, class-stratified hold-out of ``k`` samples and the rest, in
+    their original order. DataError when ``k`` leaves too little to train on."""
+    n = len(train)
+    if k >= n:
+        raise DataError(f"data.val_size: {k} held-out samples leave nothing to train on ({n} training samples); "
+                        "use a val_size below the training set's size (about 10% of it is usual)")
+    held = stratified_subset(train.labels, k, seed)
+    rest = np.setdiff1d(np.arange(n), held)
+    return train.subset(rest), train.subset(held)
+
+
 def create_dataset(cfg: DataConfig) -> Splits:
     """Load the configured dataset, take subsets, inject noise, validate labels and ids.
 
@@ -36,7 +49,12 @@ def create_dataset(cfg: DataConfig) -> Splits:
     splits = call_dataset_fn(cfg.name, cfg.root, cfg.download, dict(cfg.options, **({"image_size": cfg.image_size} if cfg.image_size and cfg.name in ("imagefolder", "manifest") else {})))
     if cfg.train_subset:
         splits.train = splits.train.subset(stratified_subset(splits.train.labels, cfg.train_subset, cfg.subset_seed))
-    if cfg.test_subset:
+    if cfg.val_size:
+        splits.train, val = split_validation(splits.train, cfg.val_size, cfg.subset_seed + 2)
+        if cfg.evaluate_on == "validation":
+            splits.test = val      # the test split is dropped unread: nothing downstream can see a test label
+        splits.info["validation_ids"] = list(val.ids)
+    if cfg.test_subset and cfg.evaluate_on == "test":
         splits.test = splits.test.subset(stratified_subset(splits.test.labels, cfg.test_subset, cfg.subset_seed + 1))
     splits.validate()
     if cfg.noise.active:

@@ -77,8 +77,9 @@ class ResidentLoader(_Base):
 
     def __init__(self, ds: ArrayDataset, **kw):
         super().__init__(ds, **kw)
-        self.images = torch.from_numpy(np.ascontiguousarray(ds.images)).to(self.device)
-        self.labels = torch.from_numpy(ds.labels).to(self.device)
+        # a private writable copy: the arrays may be read-only memory maps
+        self.images = torch.from_numpy(np.array(ds.images, order="C", copy=True)).to(self.device)
+        self.labels = torch.from_numpy(np.array(ds.labels, copy=True)).to(self.device)
 
     def epoch(self, epoch: int = 0, seed: int = 0, shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         order = torch.from_numpy(self._order(epoch, seed, shuffle)).to(self.device)

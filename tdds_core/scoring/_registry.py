@@ -53,6 +53,7 @@ class MethodInfo:
     sampler_factory: Optional[SamplerFactory] = None  # builds the method's own selection sampler
     module: str = ""
     weighting: str = "none"  # the coreset loss weighting its source trains with (tdds_core.plan.coreset_weighting)
+    check: Optional[Callable[..., None]] = None  # raises ScoringError on options that cannot go together
 
 
 _METHODS: dict[str, MethodInfo] = {}
@@ -110,7 +111,8 @@ def _unexport(name: str) -> None:
             names.remove(name)
 
 
-def register_method(name: str, *, sampler: Optional[SamplerFactory] = None, weighting: str = "none") -> Callable:
+def register_method(name: str, *, sampler: Optional[SamplerFactory] = None, weighting: str = "none",
+                    check: Optional[Callable[..., None]] = None) -> Callable:
     """Decorator: register ``fn`` as scoring method ``name`` (its module is recorded for
     ``list_methods(module=...)``).
 
@@ -119,6 +121,9 @@ def register_method(name: str, *, sampler: Optional[SamplerFactory] = None, weig
     it instead of the plain top-k. A factory that also accepts a ``dynamics`` keyword is given the
     dynamics object by :func:`get_sampler` (None when the caller has none), and a factory may
     return None for "plain top-k with these options" (DUAL without beta sampling).
+
+    ``check`` (optional) validates resolved options before any work (``W <= T``); it is called with
+    the options its signature names and raises :class:`~tdds_core.errors.ScoringError`.
     """
 
     def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
@@ -146,7 +151,7 @@ def register_method(name: str, *, sampler: Optional[SamplerFactory] = None, weig
         if weighting not in ("batch", "sample", "mean1", "none"):
             raise ValueError(f"scoring method {name!r}: unknown weighting {weighting!r}; use batch, sample, mean1 or none")
         _METHODS[name] = MethodInfo(name=name, fn=fn, options=options, sampler_factory=sampler, module=fn.__module__,
-                                    weighting=weighting)
+                                    weighting=weighting, check=check)
         return fn
 
     return deco
@@ -253,6 +258,9 @@ def resolve_params(name: str, **params: Any) -> dict[str, Any]:
         )
     out = dict(info.options)
     out.update(given)
+    if info.check is not None:
+        names = inspect.signature(info.check).parameters
+        info.check(**{k: v for k, v in out.items() if k in names})
     return out
 
 

@@ -322,7 +322,7 @@ def _make_sampler(params: dict, *, dynamics: Any = None) -> Optional[Callable[..
     return sampler
 
 
-@register_method("dual", sampler=_make_sampler)
+@register_method("dual", sampler=_make_sampler, check=_check_options)
 def dual(dynamics: Any, *, epochs: int = 30, window: int = 10, start: Optional[int] = None,
          beta_sampling: bool = False, c_d: float = 4.0, nan_policy: str = "raise") -> np.ndarray:
     """DUAL scores (Cho et al., ICML 2025): mean over sliding windows of ``10 * std * (1 - mean)`` of

@@ -405,7 +405,11 @@ def auto_block_rows(num_samples: int, num_classes: int, epochs: int = 1, itemsiz
     return max(1, min(int(num_samples), rows))
 
 
-@register_method("tdds", weighting="batch")
+def _check(T: int, W: int, decay: float, inner: str, signed: bool, aggregate: str, dtype: str) -> None:
+    _check_options(T, W, decay, inner, signed, aggregate, dtype, "logits")
+
+
+@register_method("tdds", weighting="batch", check=_check)
 def tdds(dynamics: Any, *, T: int = 30, W: int = 10, decay: float = 0.9, start: Optional[int] = None,
          inner: str = "kl", signed: bool = False, aggregate: str = "ema", dtype: str = "float64",
          block_rows: Optional[int] = None, workers: Optional[int] = None, nan_policy: str = "raise") -> np.ndarray:

@@ -27,11 +27,14 @@ def report_dir(cfg: Config) -> Path:
 
 def write_report(cfg: Config, rows: list[dict], out: Path) -> str:
     """Table, plot and rows into ``out`` (manifest last); returns the Markdown table."""
-    from ..report import build_table, plot_accuracy_vs_rate, to_csv, to_markdown
+    from ..report import build_table, plot_accuracy_vs_rate, scale_note, to_csv, to_markdown
 
     out.mkdir(parents=True, exist_ok=True)
     table = build_table(rows)
-    md = to_markdown(table)
+    full = next((r for r in rows if r.get("rate") is None and r.get("num_train")), None)
+    note = scale_note(int(full["num_train"]) if full else None, cfg.coreset.epochs or cfg.train.epochs,
+                      len(cfg.coreset.seeds))
+    md = to_markdown(table) + (f"\n{note}" if note else "")
     atomic_write_text(out / "table.csv", to_csv(table))
     atomic_write_text(out / "table.md", md)
     plot_accuracy_vs_rate(rows, out / "accuracy_vs_rate.png", title=f"{cfg.name}: {cfg.data.name}")
