@@ -91,25 +91,28 @@ def _write(cfg: Config, path: Path) -> Path:
     return path
 
 
-def ablations(tuned: Config, chosen_weighting: str | None) -> tuple[Config, Config]:
-    """(variants, batch rule off) grids at :data:`ABLATION_RATES`: TDDS with the other weighting, the
-    earliest window (T = W) and the latest trajectory (T = all epochs), and TDDS and Random without the
-    batch-size rule. Random rides along in both for the paired differences."""
+def ablations(tuned: Config) -> tuple[Config, Config]:
+    """(variants, batch rule off) grids at :data:`ABLATION_RATES`: TDDS with the other loss weighting
+    (batch <-> none, per rate), the earliest window (T = W) and the latest trajectory (T = all
+    epochs) where they differ from the tuned setting, and TDDS and Random without the batch-size
+    rule. Random rides along in both for the paired differences."""
+    from tdds_core.plan import coreset_weighting
+
     tdds = next(m for m in tuned.methods if m.label == "tdds")
     rand = next(m for m in tuned.methods if m.name == "random")
     rates = [r for r in ABLATION_RATES if r in tuned.selection.rates] or tuned.selection.rates[-1:]
-    w = chosen_weighting or tdds.weighting or "batch"
-    other = "none" if w != "none" else "batch"
     epochs = tuned.train.epochs
-    per_w = {r: tdds.params_for(r)["W"] for r in rates}
-    variants = [
-        rand.model_copy(update={"rates": rates}),
-        tdds.model_copy(update={"label": f"tdds (weighting {other})", "weighting": other, "rates": rates}),
-        tdds.model_copy(update={"label": "tdds (earliest window: T = W)", "rates": rates,
-                                "per_rate": {r: {"T": per_w[r], "W": per_w[r]} for r in rates}}),
-        tdds.model_copy(update={"label": f"tdds (latest: T = {epochs})", "rates": rates,
-                                "per_rate": {r: {"T": epochs, "W": per_w[r]} for r in rates}}),
-    ]
+    tw = {r: (tdds.params_for(r)["T"], tdds.params_for(r)["W"]) for r in rates}
+    other = {r: "none" if coreset_weighting(tuned, tdds, r) != "none" else "batch" for r in rates}
+    variants = [rand.model_copy(update={"rates": rates}),
+                tdds.model_copy(update={"label": "tdds (other weighting)", "rates": rates, "per_rate": {
+                    r: {"T": tw[r][0], "W": tw[r][1], "weighting": other[r]} for r in rates}})]
+    for label, t_of in (("tdds (earliest window: T = W)", lambda w: w), (f"tdds (latest: T = {epochs})", lambda w: epochs)):
+        # only the rates where the variant differs from the tuned setting (a copy would retrain the same)
+        differ = [r for r in rates if t_of(tw[r][1]) != tw[r][0]]
+        if differ:
+            variants.append(tdds.model_copy(update={"label": label, "rates": differ, "per_rate": {
+                r: {**tdds.per_rate_for(r), "T": t_of(tw[r][1]), "W": tw[r][1]} for r in differ}}))
     a = tuned.model_copy(update={"methods": variants})
     b = tuned.model_copy(update={"methods": [rand.model_copy(update={"rates": rates, "label": "random"}),
                                              tdds.model_copy(update={"rates": rates})],
@@ -119,9 +122,11 @@ def ablations(tuned: Config, chosen_weighting: str | None) -> tuple[Config, Conf
 
 def page(env: dict, main: list[dict], abl: list[dict], batch_off: list[dict], tune_md: str, tuned: Config,
          plot: str) -> str:
+    from tdds_core.plan import coreset_weighting
+
     table = build_table(main)
-    full = next((t for t in table if t["rate"] is None), None)
     c = tuned
+    tdds = next(m for m in c.methods if m.label == "tdds")
     n_seeds = len(c.coreset.seeds)
     lines = [f"## CPU protocol: {c.data.name}, {c.model.arch}, {n_seeds} coreset seeds ({env['mode']} mode)", "",
              f"- machine: {env['machine']}; torch {env['torch']}; {env['date']}",
@@ -149,10 +154,8 @@ def page(env: dict, main: list[dict], abl: list[dict], batch_off: list[dict], tu
               f"![accuracy vs pruning rate]({plot})", "",
               "### TDDS settings chosen on the validation split (`tdds tune`)", "", tune_md.strip(), "",
               "Chosen per rate: " + "; ".join(
-                  f"p={format_rate(r)}: T={p['T']}, W={p['W']}" for r, p in sorted(
-                      next(m for m in c.methods if m.label == 'tdds').per_rate.items()))
-              + f"; weighting: {next(m for m in c.methods if m.label == 'tdds').weighting}. "
-              "The row `tdds-rule` is the fixed fallback: the paper's CIFAR-100 (T, W) as fractions of the run "
+                  f"p={format_rate(r)}: T={p['T']}, W={p['W']}, weighting {coreset_weighting(c, tdds, r)}"
+                  for r, p in sorted(tdds.per_rate.items())) + ". The row `tdds-rule` is the fixed fallback: the paper's CIFAR-100 (T, W) as fractions of the run "
               "(tdds_core/tune.py `paper_rule`).", ""]
     if abl or batch_off:
         base = [r for r in main if r["method"] in ("tdds", "random") and r.get("rate") in ABLATION_RATES]
@@ -206,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     phases["tune"] = time.time() - t
     tuned = load_config(tuned_path, ["train.progress=false"])
     tuned.output = str(out)
-    tdds_entry = next(m for m in tuned.methods if m.label == "tdds")
-    abl, batch_off = ablations(tuned, tdds_entry.weighting)
+    abl, batch_off = ablations(tuned)
     paths = {"main": _write(tuned, out / "grid-main.yaml"), "ablation": _write(abl, out / "grid-ablation.yaml"),
              "batch-off": _write(batch_off, out / "grid-batch-off.yaml")}
 

@@ -136,7 +136,8 @@ class MethodSpec(_Strict):
     name: str = Field(..., description="Registered scoring method (tdds, random, entropy, forgetting, el2n, aum, moderate, ccs, dyn_unc).")
     label: Optional[str] = Field(None, description="Row name in tables and MLflow (default: name plus params).")
     params: dict[str, Any] = Field(default_factory=dict, description="Scorer options, e.g. {T: 30, W: 10, decay: 0.9}.")
-    per_rate: dict[float, dict[str, Any]] = Field(default_factory=dict, description="Per-pruning-rate overrides of params.")
+    per_rate: dict[float, dict[str, Any]] = Field(default_factory=dict, description="Per-pruning-rate overrides of params; "
+                                                  "the key 'weighting' overrides the coreset loss weighting at that rate.")
     rates: Optional[list[float]] = Field(None, description="Only these pruning rates (default: selection.rates).")
     weighting: Optional[Literal["batch", "sample", "mean1", "none"]] = Field(
         None, description="Coreset loss weighting for this method (None: coreset.weighting's rule).")
@@ -150,12 +151,27 @@ class MethodSpec(_Strict):
         inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
         return f"{self.name}[{inner}]"
 
+    def per_rate_for(self, rate: float) -> dict[str, Any]:
+        """A copy of the ``per_rate`` entry of ``rate`` ({} when it has none)."""
+        return next((dict(over) for r, over in self.per_rate.items() if abs(float(r) - rate) < 1e-9), {})
+
     def params_for(self, rate: float) -> dict[str, Any]:
-        p = dict(self.params)
-        for r, over in self.per_rate.items():
-            if abs(float(r) - rate) < 1e-9:
-                p.update(over)
-        return p
+        """The scorer options at ``rate``: params updated by its ``per_rate`` entry (less 'weighting')."""
+        over = self.per_rate_for(rate)
+        over.pop("weighting", None)
+        return {**self.params, **over}
+
+    def weighting_for(self, rate: Optional[float]) -> Optional[str]:
+        """The coreset loss weighting at ``rate``: its ``per_rate`` entry's, else ``weighting`` (None: the config's rule)."""
+        return (self.per_rate_for(rate).get("weighting") if rate is not None else None) or self.weighting
+
+    @field_validator("per_rate")
+    @classmethod
+    def _per_rate_weighting(cls, v: dict[float, dict[str, Any]]) -> dict[float, dict[str, Any]]:
+        for r, over in v.items():
+            if "weighting" in over and over["weighting"] not in ("batch", "sample", "mean1", "none"):
+                raise ValueError(f"per_rate[{r}].weighting: {over['weighting']!r} is not one of batch, sample, mean1, none")
+        return v
 
 
 def _default_methods() -> list[MethodSpec]:

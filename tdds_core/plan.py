@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict
 
@@ -185,13 +185,13 @@ def format_rate(rate: float | None) -> str:
     return s if abs(float(s) - r) < 1e-12 else repr(r)
 
 
-def coreset_weighting(cfg: Config, method: MethodSpec | str | None) -> str:
-    """The loss weighting a method's coreset trains with: the method entry's ``weighting``, else
-    ``coreset.weighting``, whose ``method`` rule takes the method's registered default (TDDS:
-    ``batch``; the baselines: ``none``; a selection of no known method: ``none``)."""
+def coreset_weighting(cfg: Config, method: MethodSpec | str | None, rate: Optional[float] = None) -> str:
+    """The loss weighting a method's coreset trains with at ``rate``: the method entry's (its
+    ``per_rate`` entry's first), else ``coreset.weighting``, whose ``method`` rule takes the method's
+    registered default (TDDS: ``batch``; the baselines: ``none``; a selection of no known method: ``none``)."""
     spec = method if isinstance(method, MethodSpec) or method is None else MethodSpec(name=method)
-    if spec is not None and spec.weighting:
-        return spec.weighting
+    if spec is not None and spec.weighting_for(rate):
+        return spec.weighting_for(rate)
     if cfg.coreset.weighting != "method":
         return cfg.coreset.weighting
     from .scoring import is_method, method_weighting

@@ -5,9 +5,9 @@ search runs on a hold-out of the training set (``data.val_size``): :func:`tune` 
 full-data run on the rest with every accuracy measured on the validation split
 (``data.evaluate_on: validation``, so the test split is dropped before anything reads it), scores
 every candidate of ``cfg.tune.grid`` from that one run, trains a coreset per (candidate, rate,
-seed) and keeps, per rate, the candidate with the best mean validation accuracy. A ``weighting``
-key in the grid is chosen once for all rates (the weighting whose per-rate best candidates score
-best on average). The chosen settings go into the method's ``per_rate`` of a copy of the config,
+seed) and keeps, per rate, the candidate with the best mean validation accuracy (ties: the first
+in grid order). A ``weighting`` key in the grid is chosen per rate with the rest. The chosen
+settings go into the method's ``per_rate`` of a copy of the config,
 which ``tdds grid`` then runs as is; with ``tune.rule`` the fixed fallback (:func:`paper_rule`)
 is written beside it as the row ``<label>-rule``.
 
@@ -53,12 +53,11 @@ def paper_rule(rate: float, epochs: int, min_window: int = 3) -> dict[str, int]:
 
 @dataclass
 class TuneResult:
-    """What :func:`tune` chose: per-rate options, the weighting (None when not tuned), the
+    """What :func:`tune` chose: per-rate options (with ``weighting`` when the grid tunes it), the
     validation table (one dict per candidate and rate: ``label, rate, mean, std, n, chosen``),
     and the tuned config (also written to ``path``)."""
 
     chosen: dict[float, dict[str, Any]]
-    weighting: Optional[str]
     table: list[dict]
     config: Config
     path: Optional[Path] = None
@@ -151,20 +150,13 @@ def tune(cfg: Config, write: Optional[str | Path] = None) -> TuneResult:
             raise TddsError(f"tune: no validation accuracy for {label} at p={format_rate(rate)}; rerun `tdds tune`")
         return s[0]
 
-    weighting = None
-    pool = cands
-    if "weighting" in cfg.tune.grid:
-        by_w: dict[Optional[str], float] = {}
-        for w in dict.fromkeys(c[2] for c in cands):
-            by_w[w] = sum(max(score(lb, r) for lb, _, cw in cands if cw == w) for r in rates) / len(rates)
-        weighting = max(by_w, key=lambda w: by_w[w])        # first of equals, in grid order
-        pool = [c for c in cands if c[2] == weighting]
     tuned_keys = [k for k in cfg.tune.grid if k != "weighting"]
     chosen: dict[float, dict[str, Any]] = {}
     pick: dict[float, str] = {}
     for r in rates:
-        label, params, _ = max(pool, key=lambda c: score(c[0], r))   # first of equals, in grid order
-        chosen[r], pick[r] = {k: params[k] for k in tuned_keys}, label
+        label, params, w = max(cands, key=lambda c: score(c[0], r))    # first of equals, in grid order
+        chosen[r] = {**{k: params[k] for k in tuned_keys}, **({"weighting": w} if w else {})}
+        pick[r] = label
     table = [{"label": label, "rate": r, "mean": stats[(label, round(r, 6))][0], "std": stats[(label, round(r, 6))][1],
               "n": stats[(label, round(r, 6))][2], "chosen": pick.get(r) == label}
              for label in [c[0] for c in cands] + [m.display for m in tcfg.methods[len(cands):]]
@@ -173,14 +165,13 @@ def tune(cfg: Config, write: Optional[str | Path] = None) -> TuneResult:
     methods = list(cfg.methods)
     label = entry.label or entry.name
     per_rate = {**entry.per_rate, **{r: dict(v) for r, v in chosen.items()}}
-    methods[idx] = entry.model_copy(update={"label": label, "per_rate": per_rate,
-                                            "weighting": weighting or entry.weighting})
+    methods[idx] = entry.model_copy(update={"label": label, "per_rate": per_rate})
     if cfg.tune.rule:
         rule = {r: paper_rule(r, tcfg.coreset.epochs or cfg.train.epochs) for r in rates}
         methods.insert(idx + 1, entry.model_copy(update={"label": f"{label}-rule", "per_rate": rule}))
     tuned = Config.model_validate({**cfg.model_dump(mode="json"), "methods": [m.model_dump(mode="json") for m in methods]})
-    report = tune_markdown(table, cfg, weighting)
-    res = TuneResult(chosen, weighting, table, tuned, report=report, rows=rows)
+    report = tune_markdown(table, cfg)
+    res = TuneResult(chosen, table, tuned, report=report, rows=rows)
     if write:
         res.path = Path(write)
         header = (f"# written by `tdds tune` on {datetime.date.today().isoformat()}: {label}'s settings per pruning rate, "
@@ -192,14 +183,13 @@ def tune(cfg: Config, write: Optional[str | Path] = None) -> TuneResult:
     return res
 
 
-def tune_markdown(table: list[dict], cfg: Config, weighting: Optional[str]) -> str:
+def tune_markdown(table: list[dict], cfg: Config) -> str:
     """Candidates as rows, rates as columns: validation accuracy mean ± std (n), the choice in bold."""
     rates = sorted({t["rate"] for t in table})
     labels = list(dict.fromkeys(t["label"] for t in table))
     cell = {(t["label"], t["rate"]): t for t in table}
     lines = [f"Validation accuracy (%, final epoch) of {cfg.tune.method}'s candidates on {cfg.data.val_size} held-out "
-             f"training samples; bold: chosen per rate" + (f" (weighting chosen once: {weighting})" if weighting else "")
-             + ". The test set was not read.", "",
+             "training samples; bold: chosen per rate. The test set was not read.", "",
              "| candidate | " + " | ".join(f"p={format_rate(r)}" for r in rates) + " |", "|---|" + "---|" * len(rates)]
     for lb in labels:
         cells = []

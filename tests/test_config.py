@@ -77,3 +77,15 @@ def test_yaml_round_trip_and_flat():
     assert m.display == "tdds[T=30,W=10]"
     flat = cfg.flat()
     assert flat["train.lr"] == 0.1 and "methods" in flat
+
+
+def test_per_rate_weighting_is_a_coreset_setting_not_a_scorer_option():
+    from tdds_core.plan import coreset_weighting
+
+    cfg = parse_config({"methods": [{"name": "tdds", "params": {"T": 5, "W": 3},
+                                     "per_rate": {0.9: {"T": 3, "weighting": "none"}}}]})
+    m = cfg.methods[0]
+    assert m.params_for(0.9) == {"T": 3, "W": 3} and m.params_for(0.5) == {"T": 5, "W": 3}
+    assert coreset_weighting(cfg, m, 0.9) == "none" and coreset_weighting(cfg, m, 0.5) == "batch"
+    with pytest.raises(ConfigError, match="per_rate"):
+        parse_config({"methods": [{"name": "tdds", "per_rate": {0.9: {"weighting": "heavy"}}}]})

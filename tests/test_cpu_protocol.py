@@ -40,11 +40,16 @@ def test_cpu_protocol_smoke_mode(tmp_path):
     # the TDDS row trains with what tune chose on the validation split
     tuned = load_config(out / "tuned.yaml")
     tdds = next(m for m in tuned.methods if m.label == "tdds")
-    assert set(tdds.per_rate) == {0.5, 0.8} and f"weighting: {tdds.weighting}" in page
+    assert set(tdds.per_rate) == {0.5, 0.8}
+    for rate, chosen in tdds.per_rate.items():
+        assert f"p={rate:.2f}: T={chosen['T']}, W={chosen['W']}, weighting {chosen['weighting']}" in page
+        assert {r["weighting"] for r in rows if r["method"] == "tdds" and r["rate"] == rate} == {chosen["weighting"]}
     assert "The test set was not read" in page and (out / "tuned.md").read_text().strip() in page
-    assert {r["weighting"] for r in rows if r["method"] == "tdds"} == {tdds.weighting}
-    # the ablation rows exist, paired against Random (with and without the batch-size rule)
-    for label in ("tdds (earliest window: T = W)", "tdds (latest: T = 4)", "tdds (no batch rule)"):
-        assert f"| {label} |" in page
+    # the ablation rows, paired against Random (with and without the batch-size rule); a window variant
+    # appears only where it differs from the tuned setting
+    t, w = tdds.per_rate[0.8]["T"], tdds.per_rate[0.8]["W"]
+    assert ("| tdds (earliest window: T = W)" in page) == (t != w)
+    assert ("| tdds (latest: T = 4)" in page) == (t != 4)
+    assert "| tdds (other weighting)" in page and "| tdds (no batch rule)" in page
     with open(out / "table.csv") as f:
         assert {r["method"] for r in csv.DictReader(f)} >= {"random", "tdds", "full"}

@@ -16,7 +16,7 @@ from tdds_core.data import create_dataset
 from tdds_core.data.datasets import FASHION_MNIST_DEFAULT, read_idx
 from tdds_core.errors import ConfigError
 from tdds_core.grid import run_grid
-from tdds_core.plan import Plan
+from tdds_core.plan import Plan, coreset_weighting
 from tdds_core.tune import paper_rule, tune, tune_config
 
 CFG = {"name": "tn", "data": {"name": "fashion-mnist", "train_subset": 500, "val_size": 160, "test_subset": 200},
@@ -75,31 +75,32 @@ def test_tune_chooses_on_validation_never_reads_test_labels_and_the_grid_runs_it
                             "data": {**CFG["data"], "root": str(_root_with_shifted_test_labels(tmp_path))}})
     assert not np.array_equal(create_dataset(shifted.data).test.labels, create_dataset(cfg.data).test.labels)
     other = tune(shifted)
-    assert other.chosen == res.chosen and other.weighting == res.weighting
+    assert other.chosen == res.chosen
     assert [(t["label"], t["rate"], t["mean"]) for t in other.table] == [(t["label"], t["rate"], t["mean"]) for t in res.table]
 
-    # per rate, the chosen candidate has the best validation accuracy among those of the chosen weighting
-    assert res.weighting in ("batch", "none")
-    for rate, params in res.chosen.items():
-        pool = [t for t in res.table if t["rate"] == rate and f"weighting={res.weighting}" in t["label"]]
-        best = max(t["mean"] for t in pool)
+    # per rate, the chosen candidate (T, W and weighting) has the best validation accuracy
+    for rate, chosen in res.chosen.items():
+        pool = [t for t in res.table if t["rate"] == rate and t["label"].startswith("tdds[")]
         pick = [t for t in pool if t["chosen"]]
-        assert len(pick) == 1 and pick[0]["mean"] == best
-        assert pick[0]["label"] == f"tdds[T={params['T']},W={params['W']},weighting={res.weighting}]"
+        assert len(pick) == 1 and pick[0]["mean"] == max(t["mean"] for t in pool)
+        assert pick[0]["label"] == f"tdds[T={chosen['T']},W={chosen['W']},weighting={chosen['weighting']}]"
     assert "**" in res.report and "random" in res.report
 
     # the written config is what the grid runs: tuned (T, W) per rate, the chosen weighting, the rule row beside
     tuned = load_config(written)
     assert tuned.data.evaluate_on == "test" and tuned.data.val_size == 160
     pairs = {(p.score.label, p.rate): p.score.params for p in Plan.from_config(tuned).pairs}
-    for rate, params in res.chosen.items():
-        assert {k: pairs[("tdds", rate)][k] for k in ("T", "W")} == params
+    for rate, chosen in res.chosen.items():
+        assert {k: pairs[("tdds", rate)][k] for k in ("T", "W")} == {k: chosen[k] for k in ("T", "W")}
+        assert "weighting" not in pairs[("tdds", rate)]            # a coreset setting, not a scorer option
+        assert coreset_weighting(tuned, next(m for m in tuned.methods if m.label == "tdds"), rate) == chosen["weighting"]
         assert pairs[("tdds-rule", rate)] == {**CFG["methods"][1]["params"], **paper_rule(rate, 4)}
-    assert next(m for m in tuned.methods if m.label == "tdds").weighting == res.weighting
     grid = run_grid(tuned)
     used = [json.loads(p.read_text()) for p in (tmp_path / "a" / "scores").glob("*/score.json")]
     assert {json.dumps(u["params"], sort_keys=True) for u in used if u["label"] == "tdds"} == {
-        json.dumps({**CFG["methods"][1]["params"], **p}, sort_keys=True) for p in res.chosen.values()}
+        json.dumps({**CFG["methods"][1]["params"], "T": c["T"], "W": c["W"]}, sort_keys=True) for c in res.chosen.values()}
     rows = {(r["method"], r["rate"]) for r in grid.rows}
     assert {("tdds", 0.5), ("tdds", 0.8), ("tdds-rule", 0.5), ("random", 0.8)} <= rows
-    assert {r["weighting"] for r in grid.rows if r["method"] == "tdds"} == {res.weighting}
+    for r in grid.rows:
+        if r["method"] == "tdds":
+            assert r["weighting"] == res.chosen[r["rate"]]["weighting"]

@@ -48,7 +48,7 @@ def tracked_coreset(ctx: Context, selection: Ref, pair: P.PairItem, *, seed: int
     cfg, tracker, splits = ctx.cfg, ctx.tracker, ctx.splits
     arch = arch or cfg.model.arch
     label, rate = pair.score.label, pair.rate
-    weighting = P.coreset_weighting(cfg, pair.score.method)
+    weighting = P.coreset_weighting(cfg, pair.score.method, pair.rate)
     akey = P.coreset_key(cfg, selection.uri, arch, seed, weighting)
     tags = {TAG_STAGE: stage, TAG_METHOD: label, TAG_METHOD_NAME: pair.score.method.name, TAG_RATE: format_rate(rate),
             TAG_ARCH: arch, TAG_SEED: seed, TAG_FINGERPRINT: splits.fingerprint}
