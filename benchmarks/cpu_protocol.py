@@ -1,7 +1,7 @@
 """The CPU protocol end to end (docs/RESULTS.md): settings chosen on a validation split, every
 method at five pruning rates and three coreset seeds, TDDS ablations, and the results page.
 
-    python benchmarks/cpu_protocol.py                      # about an hour on 2 cores (configs/fashion-mnist-cpu.yaml)
+    python benchmarks/cpu_protocol.py                      # about 80 minutes on 2 cores (configs/fashion-mnist-cpu.yaml)
     python benchmarks/cpu_protocol.py --smoke --out DIR    # the same steps at toy size, minutes (CI)
 
 1. ``tdds tune``: TDDS's (T, W) per rate and its loss weighting on the held-out training samples

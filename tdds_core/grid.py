@@ -21,7 +21,7 @@ from .stages import Context, State, chain, claim_output
 from .stages.report import report_dir
 from .tracking import STAGE_PIPELINE, TAG_FINGERPRINT, TAG_STAGE, NullTracker, Tracker, make_tracker, run_name
 
-__all__ = ["GridResult", "check_grid", "only_methods", "run_grid"]
+__all__ = ["GridResult", "check_grid", "only_methods", "run_grid", "split_names"]
 
 
 @dataclass
@@ -31,6 +31,13 @@ class GridResult:
     table_md: str
     run_id: Optional[str] = None
     outputs: dict[str, Any] = field(default_factory=dict)
+
+
+def split_names(text: str) -> list[str]:
+    """Comma-separated row names; commas inside brackets (``dual[epochs=3,window=3]``) do not separate."""
+    import re
+
+    return [n.strip() for n in re.split(r",(?![^\[]*\])", text) if n.strip()]
 
 
 def only_methods(cfg: Config, names: list[str]) -> Config:

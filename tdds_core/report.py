@@ -199,9 +199,12 @@ def to_markdown(table: Sequence[dict], full_acc: Any = None, random_method: str 
                     s = f"**{s}**"
                 cells.append(s)
             name = f"{m} (baseline)" if m == random_method else m
-            weighting = {t.get("weighting") for r in rates if (t := cell.get((m, r)))} - {None, "none"}
-            if weighting:
-                name += f" [loss weighting: {'/'.join(sorted(weighting))}]"
+            per_rate = {r: t.get("weighting") for r in rates if (t := cell.get((m, r)))}
+            weighted = {r: w for r, w in per_rate.items() if w not in (None, "none")}
+            if weighted and len(weighted) == len(per_rate) and len(set(weighted.values())) == 1:
+                name += f" [loss weighting: {next(iter(weighted.values()))}]"
+            elif weighted:   # chosen per rate (tdds tune): name the rates that are weighted
+                name += " [loss weighting: " + ", ".join(f"{w} at p={format_rate(r)}" for r, w in weighted.items()) + "]"
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         n = sorted({t["n"] for t in sub if t["rate"] is not None})
         lines.append("")
@@ -292,12 +295,16 @@ def plot_accuracy_vs_rate(rows: Iterable[dict], path: str | os.PathLike, full_ac
     for t in table:
         if t["rate"] is not None and t.get(f"{metric}_mean") is not None:
             series.setdefault((t["method"], t["arch"]), []).append(t)
-    for (method, arch), ts in sorted(series.items()):
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10" if len(series) <= 10 else "tab20"]
+    for i, ((method, arch), ts) in enumerate(sorted(series.items())):
         ts.sort(key=lambda t: t["rate"])
         label = method if len(archs) == 1 else f"{method} ({arch})"
         ax.errorbar([t["rate"] for t in ts], [t[f"{metric}_mean"] for t in ts],
-                    yerr=[t[f"{metric}_std"] or 0.0 for t in ts], marker="o", capsize=3, label=label,
-                    linestyle="--" if method == "random" else "-")
+                    yerr=[t[f"{metric}_std"] or 0.0 for t in ts], marker="os^vD"[i % 5], capsize=3, label=label,
+                    color={"tdds": "black", "random": "dimgray"}.get(method, palette(i % palette.N)), linestyle="--" if method == "random" else "-",
+                    linewidth=2.5 if method.startswith(("tdds", "random")) else 1.2)
     full = _full_tuple(full_acc) or full_accuracy(table, metric=metric)
     if full is not None:
         ax.axhline(full[0], color="black", linestyle="--", linewidth=1, label=f"full data ({full[0]:.2f})")

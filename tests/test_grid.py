@@ -133,3 +133,17 @@ def test_each_method_trains_with_its_own_weighting_and_the_table_says_so(tmp_pat
     assert sorted((r.data.tags["tdds.method"], r.data.params["weighting"]) for r in coreset) == [
         ("random", "none"), ("tdds-mean1", "mean1"), ("tdds[T=3,W=3]", "batch")]
     assert all("mean_weight" in r.data.metrics for r in coreset)
+
+
+def test_only_methods_keeps_the_named_rows_and_refuses_unknown_ones():
+    from tdds_core.errors import ConfigError
+    from tdds_core.grid import only_methods, split_names
+
+    cfg = parse_config({"methods": [{"name": "random"}, {"name": "dual", "params": {"epochs": 3, "window": 3}},
+                                    {"name": "tdds", "label": "tdds-rule"}]})
+    assert split_names("random, dual[epochs=3,window=3]") == ["random", "dual[epochs=3,window=3]"]
+    kept = only_methods(cfg, split_names("random,dual[epochs=3,window=3]"))
+    assert [m.name for m in kept.methods] == ["random", "dual"] and len(cfg.methods) == 3
+    assert [m.label for m in only_methods(cfg, ["tdds-rule"]).methods] == ["tdds-rule"]
+    with pytest.raises(ConfigError, match="el2n"):
+        only_methods(cfg, ["el2n"])

@@ -184,3 +184,12 @@ def test_scale_note_says_what_a_toy_table_cannot_show():
     assert "docs/RESULTS.md" in note
     assert scale_note(20000, 10, 3) == ""
     assert "one seed" in scale_note(20000, 10, 1) and "samples" not in scale_note(20000, 10, 1).split(":")[0]
+
+
+def test_markdown_names_the_weighted_rates_when_weighting_varies_by_rate():
+    rows = [{"method": "tdds", "rate": r, "seed": 0, "arch": "a", "final_acc": 80.0, "weighting": w}
+            for r, w in ((0.3, "none"), (0.8, "batch"), (0.9, "batch"))]
+    rows += [{"method": "el2n", "rate": r, "seed": 0, "arch": "a", "final_acc": 70.0, "weighting": "batch"} for r in (0.3, 0.8)]
+    md = to_markdown(build_table(rows))
+    assert "| tdds [loss weighting: batch at p=0.80, batch at p=0.90] |" in md
+    assert "| el2n [loss weighting: batch] |" in md

@@ -77,11 +77,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_grid_cmd(args: argparse.Namespace) -> int:
-    from ..grid import only_methods, run_grid
+    from ..grid import only_methods, run_grid, split_names
 
     cfg = _cfg(args)
     if args.methods:
-        cfg = only_methods(cfg, [m.strip() for m in args.methods.split(",") if m.strip()])
+        cfg = only_methods(cfg, split_names(args.methods))
     res = run_grid(cfg)
     print(res.table_md)
     print(f"report: {res.report_dir} (table.csv, table.md, accuracy_vs_rate.png)")
