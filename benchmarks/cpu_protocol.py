@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tdds_core.config import Config, MethodSpec, load_config  # noqa: E402
+from tdds_core.config import Config, load_config  # noqa: E402
 from tdds_core.grid import run_grid  # noqa: E402
 from tdds_core.io import atomic_write_text  # noqa: E402
 from tdds_core.plan import format_rate  # noqa: E402
@@ -142,7 +142,7 @@ def page(env: dict, main: list[dict], abl: list[dict], batch_off: list[dict], tu
              f"- one full-data run (seed {c.train.seed}) scores every method; each cell trains {n_seeds} coresets "
              f"(seeds {', '.join(map(str, c.coreset.seeds))}); accuracy is the test accuracy after the last epoch "
              "(no epoch or setting is picked on the test set)", "",
-             f"### Test accuracy (%), mean ± std over coreset seeds", "",
+             "### Test accuracy (%), mean ± std over coreset seeds", "",
              to_markdown(table).strip(), "",
              "### Against Random, paired by seed", "",
              paired_markdown(paired_differences(main)).strip(), ""]
