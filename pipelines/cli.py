@@ -42,6 +42,7 @@ def register(sub) -> None:
     s = sub.add_parser("submit", help="Submit tdds-prune (or --pipeline reprune) to a Kubeflow Pipelines cluster.")
     add_config_args(s)
     s.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080 (port-forwarded ml-pipeline-ui).")
+    _access_args(s)
     s.add_argument("--experiment", help="KFP experiment name (default: tdds-<config name>).")
     s.add_argument("--pipeline", choices=["prune", "reprune"], default="prune")
     s.add_argument("--run-name", help="KFP run name (default: <config name>-<pipeline>).")
@@ -51,6 +52,7 @@ def register(sub) -> None:
     h = sub.add_parser("schedule", help="Schedule a recurring tdds-reprune run on a Kubeflow Pipelines cluster.")
     add_config_args(h)
     h.add_argument("--host", required=True, help="KFP API endpoint.")
+    _access_args(h)
     h.add_argument("--cron", required=True, help="When to run: 5 cron fields ('0 3 * * *' = daily 03:00) or KFP's 6.")
     h.add_argument("--experiment", help="KFP experiment name (default: tdds-<config name>).")
     h.add_argument("--name", help="Recurring run name (default: <config name>-reprune).")
@@ -108,11 +110,18 @@ def compile_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _access_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--namespace", help="Kubeflow profile namespace (multi-user KFP; default $KF_PIPELINES_NAMESPACE).")
+    p.add_argument("--token", help="Bearer token (default $KF_PIPELINES_TOKEN or the file $KF_PIPELINES_SA_TOKEN_PATH; "
+                   "--host in-cluster reads the pod's pipelines token).")
+
+
 def submit_cmd(args: argparse.Namespace) -> int:
     from .run import submit
 
     cfg = _cfg(args)
     run_id = submit(cfg, args.host, experiment=args.experiment, kind=args.pipeline, env=_env(args.env),
+                    namespace=args.namespace, token=args.token,
                     run_name=args.run_name)
     print(f"submitted tdds-{args.pipeline} to {args.host}: run id {run_id}")
     return 0
@@ -122,6 +131,7 @@ def schedule_cmd(args: argparse.Namespace) -> int:
     from .run import normalize_cron, schedule
 
     cfg = _cfg(args)
-    job = schedule(cfg, args.host, args.cron, experiment=args.experiment, env=_env(args.env), name=args.name)
+    job = schedule(cfg, args.host, args.cron, experiment=args.experiment, env=_env(args.env), name=args.name,
+                   namespace=args.namespace, token=args.token)
     print(f"scheduled tdds-reprune on {args.host} ({normalize_cron(args.cron)}): recurring run id {job}")
     return 0

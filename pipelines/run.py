@@ -301,8 +301,48 @@ def _parent_run(cfg: Config, run_id: str) -> Optional[str]:
 
 
 # ------------------------------------------------------------------------------------------ cluster
-def check_host(host: str, *, timeout: float = 5.0) -> str:
-    """Check that ``host`` answers like a KFP v2 API server (``GET /apis/v2beta1/healthz``);
+#: the oldest KFP backend that runs the compiled DAG (``dsl.Collected`` fan-ins; docs/CLUSTER.md)
+MIN_BACKEND = (2, 5)
+#: ``--host in-cluster``: the API service and service-account token a pod in a Kubeflow cluster uses
+IN_CLUSTER_HOST = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+IN_CLUSTER_TOKEN = "/var/run/secrets/kubeflow/pipelines/token"
+
+
+@dataclass(frozen=True)
+class Access:
+    """How to reach a KFP API: ``namespace`` (a Kubeflow profile; None: the server's default) and a
+    bearer ``token`` (argument, ``$KF_PIPELINES_TOKEN``, or the file ``$KF_PIPELINES_SA_TOKEN_PATH``,
+    which is also read in-cluster)."""
+
+    namespace: Optional[str] = None
+    token: Optional[str] = None
+
+    @classmethod
+    def resolve(cls, host: str, namespace: Optional[str] = None, token: Optional[str] = None,
+                environ: Optional[Mapping[str, str]] = None) -> tuple[str, "Access"]:
+        """``(host, access)`` with ``--host in-cluster`` and the token sources resolved."""
+        environ = os.environ if environ is None else environ
+        path = environ.get("KF_PIPELINES_SA_TOKEN_PATH") or (IN_CLUSTER_TOKEN if host == "in-cluster" else None)
+        if host == "in-cluster":
+            host = environ.get("KF_PIPELINES_ENDPOINT") or IN_CLUSTER_HOST
+        token = token or environ.get("KF_PIPELINES_TOKEN")
+        if not token and path:
+            try:
+                token = Path(path).read_text().strip()
+            except OSError as e:
+                raise PipelineError(f"cannot read the KFP token file {path} ({e.strerror}); mount the service-account "
+                                    "token (Kubeflow notebooks: a PodDefault for pipelines access) or pass --token.") from None
+        return host, cls(namespace or environ.get("KF_PIPELINES_NAMESPACE") or None, token or None)
+
+
+def _version(tag: str) -> Optional[tuple[int, int]]:
+    m = re.match(r"v?(\d+)\.(\d+)", tag or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def check_host(host: str, *, timeout: float = 5.0, access: Access = Access()) -> str:
+    """Check that ``host`` answers like a KFP v2 API server (``GET /apis/v2beta1/healthz``, with the
+    token of ``access``) of at least :data:`MIN_BACKEND`, and that a multi-user server gets a namespace;
     returns the normalised host URL or raises PipelineError naming the host and the fix."""
     if not re.match(r"^https?://[^/\s]+", host or ""):
         raise PipelineError(f"--host {host!r} is not an http(s) URL; pass the KFP API endpoint, e.g. "
@@ -312,7 +352,8 @@ def check_host(host: str, *, timeout: float = 5.0) -> str:
     fix_reach = ("check the URL, that the cluster is up and that you can reach it (e.g. `kubectl port-forward -n kubeflow "
                  "svc/ml-pipeline-ui 8080:80` and --host http://localhost:8080)")
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout) as r:
+        headers = {"Authorization": f"Bearer {access.token}"} if access.token else {}
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET", headers=headers), timeout=timeout) as r:
             body = r.read(4096)
     except urllib.error.HTTPError as e:
         if e.code in (401, 403):
@@ -324,10 +365,18 @@ def check_host(host: str, *, timeout: float = 5.0) -> str:
         reason = getattr(e, "reason", e)
         raise PipelineError(f"cannot reach the Kubeflow Pipelines API at {host} ({reason}); {fix_reach}.") from None
     try:
-        json.loads(body or b"{}")
+        health = json.loads(body or b"{}")
     except json.JSONDecodeError:
         raise PipelineError(f"{host} answered /apis/v2beta1/healthz with something other than JSON (a login page?); "
                             f"pass the KFP API endpoint itself, or authenticate; {fix_reach}.") from None
+    version = _version(str(health.get("tag_name") or ""))
+    if version is not None and version < MIN_BACKEND:
+        raise PipelineError(f"the KFP backend at {host} is {health.get('tag_name')}; tdds pipelines collect loop outputs "
+                            f"(dsl.Collected), which needs KFP {MIN_BACKEND[0]}.{MIN_BACKEND[1]} or newer (Kubeflow 1.9/1.10 "
+                            "ship 2.2-2.4): upgrade Kubeflow Pipelines (docs/CLUSTER.md).")
+    if health.get("multi_user") and not access.namespace:
+        raise PipelineError(f"the KFP at {host} is multi-user; pass --namespace <your Kubeflow profile> "
+                            "(or set KF_PIPELINES_NAMESPACE).")
     return host
 
 
@@ -353,31 +402,34 @@ def _api_error(host: str, what: str, e: BaseException) -> PipelineError:
     return PipelineError(f"{what} at {host} failed ({code}{': ' + detail if detail else ''}); {fix}.")
 
 
-def _client(host: str):
+def _client(host: str, access: Access):
     import kfp
 
-    host = check_host(host)
+    host = check_host(host, access=access)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)   # "only works with KFP v2.0.0-beta.2 and later"
-            return host, kfp.Client(host=host)
+            kw = {"namespace": access.namespace} if access.namespace else {}
+            return host, kfp.Client(host=host, existing_token=access.token, **kw)
     except Exception as e:  # noqa: BLE001
         raise _api_error(host, "connecting to Kubeflow Pipelines", e) from None
 
 
 def submit(cfg: Config, host: str, *, experiment: Optional[str] = None, kind: str = "prune",
-           env: Optional[Mapping[str, str]] = None, run_name: Optional[str] = None) -> str:
-    """Compile the ``kind`` pipeline for ``cfg`` and start one run on the KFP at ``host``.
-    Returns the KFP run id."""
+           env: Optional[Mapping[str, str]] = None, run_name: Optional[str] = None,
+           namespace: Optional[str] = None, token: Optional[str] = None) -> str:
+    """Compile the ``kind`` pipeline for ``cfg`` and start one run on the KFP at ``host``
+    (``in-cluster`` from a pod; ``namespace``/``token``: :class:`Access`). Returns the KFP run id."""
     env = cluster_env(cfg, env)
+    host, access = Access.resolve(host, namespace, token)
     with tempfile.TemporaryDirectory() as tmp:
         path = compile_pipeline(cfg, Path(tmp) / f"tdds-{kind}.yaml", kind=kind, env=env)
-        host, client = _client(host)
+        host, client = _client(host, access)
         try:
             result = client.create_run_from_pipeline_package(
                 str(path), arguments={"config_json": cfg.to_json()}, run_name=run_name or f"{cfg.name}-{kind}",
-                experiment_name=experiment or f"tdds-{cfg.name}", enable_caching=cfg.pipeline.caching,
-                pipeline_root=cfg.pipeline.pipeline_root)
+                experiment_name=experiment or f"tdds-{cfg.name}", namespace=access.namespace,
+                enable_caching=cfg.pipeline.caching, pipeline_root=cfg.pipeline.pipeline_root)
         except Exception as e:  # noqa: BLE001 - ApiException, urllib3 errors
             raise _api_error(host, f"submitting tdds-{kind}", e) from None
     return str(result.run_id)
@@ -396,15 +448,17 @@ def normalize_cron(expr: str) -> str:
 
 
 def schedule(cfg: Config, host: str, cron: str, *, experiment: Optional[str] = None,
-             env: Optional[Mapping[str, str]] = None, name: Optional[str] = None) -> str:
-    """A recurring run of ``tdds-reprune`` for ``cfg`` on the KFP at ``host``. Returns its id."""
+             env: Optional[Mapping[str, str]] = None, name: Optional[str] = None,
+             namespace: Optional[str] = None, token: Optional[str] = None) -> str:
+    """A recurring run of ``tdds-reprune`` for ``cfg`` on the KFP at ``host`` (as :func:`submit`). Returns its id."""
     cron6 = normalize_cron(cron)
     env = cluster_env(cfg, env)
+    host, access = Access.resolve(host, namespace, token)
     with tempfile.TemporaryDirectory() as tmp:
         path = compile_pipeline(cfg, Path(tmp) / "tdds-reprune.yaml", kind="reprune", env=env)
-        host, client = _client(host)
+        host, client = _client(host, access)
         try:
-            exp = client.create_experiment(experiment or f"tdds-{cfg.name}")
+            exp = client.create_experiment(experiment or f"tdds-{cfg.name}", namespace=access.namespace)
             job = client.create_recurring_run(
                 experiment_id=exp.experiment_id, job_name=name or f"{cfg.name}-reprune", cron_expression=cron6,
                 params={"config_json": cfg.to_json()}, pipeline_package_path=str(path), max_concurrency=1,

@@ -465,15 +465,17 @@ class _FakeKfp(BaseHTTPRequestHandler):
 
     code = 500
     healthz_code = 200
+    health = {"commit_sha": "x", "tag_name": "2.5.0", "multi_user": False}
     seen: list
+    calls: list
 
     def _answer(self):
         n = int(self.headers.get("Content-Length") or 0)
-        if n:
-            self.rfile.read(n)
+        data = self.rfile.read(n) if n else b""
         self.seen.append((self.command, self.path.split("?")[0]))
+        self.calls.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": data.decode(errors="replace")})
         if self.path.startswith("/apis/v2beta1/healthz"):
-            code, body = self.healthz_code, {"commit_sha": "x", "tag_name": "2.5.0", "multi_user": False}
+            code, body = self.healthz_code, self.health
         else:
             code, body = self.code, {"error_message": "invalid pipeline spec", "message": "invalid pipeline spec"}
         data = json.dumps(body).encode()
@@ -493,9 +495,11 @@ class _FakeKfp(BaseHTTPRequestHandler):
 def fake_kfp():
     servers = []
 
-    def start(code: int, healthz_code: int = 200) -> tuple[str, list]:
+    def start(code: int, healthz_code: int = 200, health: dict | None = None, calls: list | None = None) -> tuple[str, list]:
         seen: list = []
-        handler = type("H", (_FakeKfp,), {"code": code, "healthz_code": healthz_code, "seen": seen})
+        handler = type("H", (_FakeKfp,), {"code": code, "healthz_code": healthz_code, "seen": seen,
+                                          "calls": [] if calls is None else calls,
+                                          "health": health or _FakeKfp.health})
         srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
@@ -549,3 +553,33 @@ def test_cli_submit_error_exit_code(capsys):
     assert main(["submit", "--config", str(REPO / "configs" / "quickstart.yaml"), *sets, "--host", host]) == 2
     err = capsys.readouterr().err
     assert host in err and "Traceback" not in err
+
+
+def test_namespace_and_token_reach_the_kfp_api(fake_kfp):
+    calls: list = []
+    host, _ = fake_kfp(400, health={"tag_name": "2.5.0", "multi_user": True}, calls=calls)
+    with pytest.raises(PipelineError, match="HTTP 400"):
+        submit(_cfg(), host, experiment="exp", namespace="team-a", token="t0k")
+    assert calls and all(c["auth"] == "Bearer t0k" for c in calls)
+    assert any("team-a" in c["body"] or "team-a" in c["path"] for c in calls if "experiments" in c["path"])
+    # a multi-user server without a namespace, and an old backend, are refused before any request but healthz
+    for health, words in (({"tag_name": "2.5.0", "multi_user": True}, "--namespace"),
+                          ({"tag_name": "2.3.0", "multi_user": False}, "needs KFP 2.5 or newer")):
+        seen_calls: list = []
+        other, _ = fake_kfp(200, health=health, calls=seen_calls)
+        with pytest.raises(PipelineError, match=words):
+            submit(_cfg(), other)
+        assert [c["path"].split("?")[0] for c in seen_calls] == ["/apis/v2beta1/healthz"]
+
+
+def test_in_cluster_access_reads_the_pod_token(tmp_path):
+    from pipelines.run import IN_CLUSTER_HOST, Access
+
+    token = tmp_path / "token"
+    token.write_text("pod-token\n")
+    host, access = Access.resolve("in-cluster", environ={"KF_PIPELINES_SA_TOKEN_PATH": str(token),
+                                                          "KF_PIPELINES_NAMESPACE": "team-b"})
+    assert host == IN_CLUSTER_HOST and access == Access("team-b", "pod-token")
+    assert Access.resolve("http://h:8080", "ns", "tok", environ={})[1] == Access("ns", "tok")
+    with pytest.raises(PipelineError, match="token file"):
+        Access.resolve("in-cluster", environ={"KF_PIPELINES_SA_TOKEN_PATH": str(tmp_path / "missing")})
