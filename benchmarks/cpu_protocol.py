@@ -32,11 +32,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from tdds_core.config import Config, load_config  # noqa: E402
 from tdds_core.grid import run_grid  # noqa: E402
 from tdds_core.io import atomic_write_text  # noqa: E402
 from tdds_core.plan import format_rate  # noqa: E402
+from publish import replace_block  # noqa: E402
 from tdds_core.report import (build_table, paired_differences, paired_markdown, plot_accuracy_vs_rate,  # noqa: E402
                               to_markdown)
 
@@ -168,18 +170,6 @@ def page(env: dict, main: list[dict], abl: list[dict], batch_off: list[dict], tu
     return "\n".join(lines)
 
 
-def replace_block(doc: Path, body: str) -> None:
-    text = doc.read_text() if doc.is_file() else "# Results\n\n"
-    block = f"{BEGIN}\n{body.rstrip()}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs/fashion-mnist-cpu.yaml"))
@@ -251,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_accuracy_vs_rate(main_rows, img, title=f"{tuned.name}: {tuned.data.name}, n={len(tuned.coreset.seeds)} seeds")
     tune_md = tuned_path.with_suffix(".md").read_text()
     body = page(env, main_rows, rows_abl, rows_off, tune_md, tuned, os.path.relpath(img, docs))
-    replace_block(docs / "RESULTS.md", body)
+    replace_block(docs / "RESULTS.md", "Results", body, BEGIN, END)
     (out / "env.json").write_text(json.dumps(env, indent=2))
     shutil.copy(res.report_dir / "table.csv", out / "table.csv") if res.report_dir else None
     print(body)

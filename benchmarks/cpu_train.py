@@ -77,15 +77,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{best['threads']}: {best['img_s'] / base:.2f}x the img/s of one process without channels_last. "
               "The grid of `benchmarks/cpu_protocol.py` runs one single-thread process per core."]
     body = "\n".join(lines)
-    doc = Path(args.docs) / "BENCHMARKS.md"
-    text = doc.read_text() if doc.is_file() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    doc.write_text(text)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from publish import replace_block
+
+    replace_block(Path(args.docs) / "BENCHMARKS.md", "Benchmarks", body, BEGIN, END)
     print(body)
     return 0
 

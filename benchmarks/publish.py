@@ -21,13 +21,14 @@ def _load(p: Path):
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def _replace_block(doc: Path, title: str, body: str) -> None:
+def replace_block(doc: Path, title: str, body: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put ``body`` between the ``begin`` and ``end`` markers of ``doc`` (appended the first time;
+    a new ``doc`` starts with ``# title``). Every benchmark that publishes into docs/ goes through here."""
     text = doc.read_text() if doc.is_file() else f"# {title}\n\n"
-    block = f"{BEGIN}\n{body.rstrip()}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        text = head + block + tail
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
@@ -87,8 +88,8 @@ def main() -> None:
         docs.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(d / "grid" / "report" / "accuracy_vs_rate.png", docs / name)
         plot_rel = name
-    _replace_block(docs / "BENCHMARKS.md", "Benchmarks", benchmarks_body(env, thr, sc))
-    _replace_block(docs / "RESULTS.md", "Results", results_body(env, grid, table_p.read_text() if table_p.is_file() else None, plot_rel))
+    replace_block(docs / "BENCHMARKS.md", "Benchmarks", benchmarks_body(env, thr, sc))
+    replace_block(docs / "RESULTS.md", "Results", results_body(env, grid, table_p.read_text() if table_p.is_file() else None, plot_rel))
     print(f"published into {docs / 'BENCHMARKS.md'} and {docs / 'RESULTS.md'}")
 
 
