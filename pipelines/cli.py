@@ -30,6 +30,8 @@ def register(sub) -> None:
     r.add_argument("--pipeline", choices=["prune", "reprune"], default="prune",
                    help="prune (default) or reprune (also record how each coreset changed since the previous dataset version).")
     r.add_argument("--out", help="Output root (local folder or s3://bucket/prefix); default: the config's output.")
+    r.add_argument("--verbose", action="store_true",
+                   help="Stream kfp.local's whole output (executor JSON, every task's log) instead of one line per task.")
     r.set_defaults(func=run_cmd)
 
     c = sub.add_parser("compile", help="Compile the pipeline for a config to KFP v2 YAML.")
@@ -86,11 +88,15 @@ def run_cmd(args: argparse.Namespace) -> int:
 
     cfg = _cfg(args)
     t0 = time.time()
-    res = run_local(cfg, kind=args.pipeline)
+    print(f"tdds {args.pipeline} pipeline {cfg.name!r}: one line per task (--verbose streams every task's log)")
+    res = run_local(cfg, kind=args.pipeline, verbose=getattr(args, "verbose", False))
     wall = time.time() - t0
     print()
     print(res.report_md or "(no report table was written)")
-    print(f"tdds {args.pipeline} pipeline finished in {wall:.0f} s (run id {res.run_id}).")
+    tasks = (f"; tasks: {res.tasks['done']} ran, {res.tasks['cached']} from the cache" if res.tasks else "")
+    print(f"tdds {args.pipeline} pipeline finished in {wall:.0f} s (run id {res.run_id}{tasks}).")
+    if res.log_path:
+        print(f"  task logs:   {res.log_path}")
     print(f"  artifacts:   {res.output} (report/: table.csv, table.md, accuracy_vs_rate.png)")
     print(f"  KFP outputs: {res.pipeline_root} (cache: {res.pipeline_root}/.kfp_cache; rerun to reuse finished stages)")
     if res.tracking_uri:

@@ -36,13 +36,20 @@ REPRUNE_NAME = "tdds-reprune"
 RETRY_BACKOFF = {"backoff_duration": "60s", "backoff_factor": 2.0, "backoff_max_duration": "1800s"}
 REQUIRE_CUDA_ENV = "TDDS_REQUIRE_CUDA"   # the GPUs a cluster training task asked for (components.tasks.stage_task checks it)
 SHM_VOLUME = "dshm"
+# every pod of one pipeline run carries its Argo workflow's name: the task's pipeline instance
+WORKFLOW_LABEL_PATH = "metadata.labels['workflows.argoproj.io/workflow']"
 
 
 def _for_cluster(task: Any, p: PipelineConfig, *, gpu: bool) -> None:
-    """What only a Kubernetes cluster uses: requests and retries of the light tasks, the secrets and the
-    data volume of every task, and the placement, /dev/shm and CUDA check of the training tasks."""
+    """What only a Kubernetes cluster uses: the pipeline instance (the Argo workflow's name, so a
+    task finds its own run's parent MLflow run), requests and retries of the light tasks, the
+    secrets and the data volume of every task, and the placement, /dev/shm and CUDA check of the
+    training tasks."""
     from kfp import kubernetes
 
+    from tdds_core.steps import PIPELINE_INSTANCE_ENV
+
+    kubernetes.use_field_path_as_env(task, env_name=PIPELINE_INSTANCE_ENV, field_path=WORKFLOW_LABEL_PATH)
     if not gpu:
         task.set_cpu_request(p.light_cpu_request).set_memory_request(p.light_memory_request)
         if p.retries > 0:

@@ -154,6 +154,8 @@ class LocalRunResult:
     experiment: Optional[str]
     report_md: str
     parent_run_id: Optional[str] = None
+    log_path: Optional[str] = None      # kfp.local's full output of the run (executor JSON, task logs)
+    tasks: Optional[dict] = None        # how many tasks ran ("done"), came from the cache ("cached"), failed
 
 
 def cache_context(cfg: Config, environ: Optional[Mapping[str, str]] = None) -> str:
@@ -223,13 +225,19 @@ def _absolute_output(cfg: Config) -> Config:
     return cfg.model_copy(update={"output": str(Path(cfg.output).expanduser().absolute())})
 
 
-def run_local(cfg: Config, *, kind: str = "prune", run_id: Optional[str] = None) -> LocalRunResult:
+def run_local(cfg: Config, *, kind: str = "prune", run_id: Optional[str] = None, verbose: bool = False) -> LocalRunResult:
     """Run the ``kind`` pipeline for ``cfg`` on this machine (``kfp.local``, subprocess runner
     without a venv: the tasks use this Python and its packages). Returns where everything is.
-    A failing task's log is printed by kfp; the error names the task."""
+
+    Prints one line per task (state, seconds, cache hit); kfp.local's own output (executor JSON,
+    every task's log) goes to ``<pipeline root>/logs/<run id>.log`` (``verbose``: to the terminal as
+    well). A failure names the task and shows the end of that log."""
     from kfp import local
 
+    from tdds_core.steps import PIPELINE_INSTANCE_ENV
     from tdds_core.storage import open_store
+
+    from .console import log_tail, task_lines
     from tdds_core.tracking import default_experiment, default_tracking_uri
 
     cfg = _absolute_output(cfg)
@@ -242,7 +250,10 @@ def run_local(cfg: Config, *, kind: str = "prune", run_id: Optional[str] = None)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                enable_caching=cfg.pipeline.caching, raise_on_error=True)
     pipeline = _builder(kind)(cfg, context=context)
-    with warnings.catch_warnings(), _local_runner_fixes():
+    log_path = root / "logs" / f"{run_id}.log"
+    counts = None
+    with warnings.catch_warnings(), _local_runner_fixes(), _set_env(PIPELINE_INSTANCE_ENV, run_id), \
+            (contextlib.nullcontext() if verbose else task_lines(log_path)) as lines:
         # the cluster image name has no "python" in it, and GPU/cpu/memory requests do not apply here
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
@@ -250,8 +261,11 @@ def run_local(cfg: Config, *, kind: str = "prune", run_id: Optional[str] = None)
             pipeline(config_json=cfg.to_json(), run_id=run_id)
         except RuntimeError as e:
             msg = _ANSI.sub("", str(e))
-            raise PipelineError(f"the local {kind} pipeline failed: {msg}. The failing task's log is printed above; "
-                                "fix the cause and run again (finished stages are reused).") from None
+            failed = lines.failed[0] if lines is not None and lines.failed else None
+            where = "above" if verbose else f"in {log_path}; its last lines:\n{log_tail(log_path, task=failed)}\n"
+            raise PipelineError(f"the local {kind} pipeline failed: {msg}. The failing task's log is {where}"
+                                "Fix the cause and run again (finished stages are reused).") from None
+        counts = dict(lines.counts) if lines is not None else None
     try:
         md = open_store(cfg.output).get_bytes("report/table.md").decode()
     except Exception:  # noqa: BLE001 - a report is not essential to the result object
@@ -261,7 +275,22 @@ def run_local(cfg: Config, *, kind: str = "prune", run_id: Optional[str] = None)
         tracking_uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(cfg.output)
         experiment = default_experiment(cfg)
         parent = _parent_run(cfg, run_id)
-    return LocalRunResult(run_id, cfg.output, str(root), tracking_uri, experiment, md, parent)
+    return LocalRunResult(run_id, cfg.output, str(root), tracking_uri, experiment, md, parent,
+                          None if verbose else str(log_path), counts)
+
+
+@contextlib.contextmanager
+def _set_env(name: str, value: str):
+    """``os.environ[name] = value`` for the block (the task subprocesses inherit it)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 @contextlib.contextmanager

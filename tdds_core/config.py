@@ -234,6 +234,14 @@ class TrackingConfig(_Strict):
     enabled: bool = Field(True, description="Log to MLflow.")
     uri: Optional[str] = Field(None, description="Tracking URI; None = $MLFLOW_TRACKING_URI or sqlite:///<output>/mlflow.db.")
     experiment: Optional[str] = Field(None, description="Experiment name; None = 'tdds-<dataset>'.")
+    log_models: Literal["none", "full", "all"] = Field(
+        "all", description="Final models logged with mlflow.pytorch.log_model: none, the full-data run's only, or "
+                           "every training run's (full-data, coreset, cross-architecture).")
+    register_model: Optional[str] = Field(
+        None, description="Register the full-data run's model in the MLflow model registry under this name "
+                          "(None: not registered).")
+    system_metrics: bool = Field(True, description="Log CPU/GPU/memory/disk system metrics on training runs.")
+    system_metrics_interval_s: float = Field(10.0, gt=0, description="Seconds between system-metric samples.")
 
 
 class SecretEnv(_Strict):

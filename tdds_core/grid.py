@@ -78,10 +78,11 @@ def run_grid(cfg: Config, *, tracker: Optional[Tracker] = None, pipeline_run_id:
     plan = check_grid(cfg)
     splits = create_dataset(cfg.data)
     # the tracker first: an unreachable tracking server fails before the output root is claimed
-    tracker = tracker or make_tracker(cfg, cfg.output, pipeline_run_id=pipeline_run_id or uuid.uuid4().hex[:12])
+    pipeline_run_id = pipeline_run_id or f"grid-{uuid.uuid4().hex[:12]}"
+    tracker = tracker or make_tracker(cfg, cfg.output, pipeline_run_id=pipeline_run_id)
     claim_output(cfg)
     key = P.run_key_of(STAGE_PIPELINE, cfg.output, P.experiment_key(cfg, splits.fingerprint))
-    with tracker.start_run(run_name(STAGE_PIPELINE, method=cfg.name), key=key,
+    with tracker.start_run(f"{run_name(STAGE_PIPELINE, method=cfg.name)}/{pipeline_run_id}", key=key,
                            tags={TAG_STAGE: STAGE_PIPELINE, TAG_FINGERPRINT: splits.fingerprint}) as parent:
         if not parent.reused:
             tracker.log_params(cfg.flat())

@@ -64,6 +64,8 @@ FIELDS: dict[str, str] = {
     "tune.method": RUNTIME, "tune.grid": RUNTIME, "tune.epochs": RUNTIME, "tune.seeds": RUNTIME,
     "tune.rates": RUNTIME, "tune.baseline": RUNTIME, "tune.rule": RUNTIME,
     "tracking.enabled": RUNTIME, "tracking.uri": RUNTIME, "tracking.experiment": RUNTIME,
+    "tracking.log_models": RUNTIME, "tracking.register_model": RUNTIME, "tracking.system_metrics": RUNTIME,
+    "tracking.system_metrics_interval_s": RUNTIME,
     "pipeline.image": RUNTIME, "pipeline.gpu_image": RUNTIME, "pipeline.accelerator_type": RUNTIME,
     "pipeline.gpus": RUNTIME, "pipeline.cpu_request": RUNTIME, "pipeline.memory_request": RUNTIME,
     "pipeline.retries": RUNTIME, "pipeline.caching": RUNTIME, "pipeline.pipeline_root": RUNTIME,

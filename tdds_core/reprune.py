@@ -243,6 +243,9 @@ def record_reprune(cfg: Any, tracker: Any, *, selection_uri: str, train_uri: str
             TAG_PREVIOUS_SELECTION_URI: prev.selection_uri if prev else ""}
     with tracker.start_run(name, key=key, tags=tags, parent=parent) as run:
         if not run.reused and getattr(tracker, "enabled", False):
+            from .tracking import run_params
+
+            tracker.log_params(run_params(method=method, label=label, rate=rate))
             tracker.log_metrics(counts)
             with tempfile.TemporaryDirectory() as tmp:
                 for what, ids in (("kept", diff.kept), ("dropped", diff.dropped), ("added", diff.added)):

@@ -15,9 +15,13 @@ JSON (:mod:`tdds_core.plan` item models) and the state as a KFP artifact: a JSON
 copied into the artifact's metadata. States hold no per-run values, so the cache keys of the
 tasks downstream stay stable from run to run.
 
-Cached tasks cannot take the per-run parent run id, so a stage finds its parent by the pipeline
-key (the newest RUNNING parent for this config and dataset version) and starts its runs as its
-children; a stage whose finished MLflow run exists (same key) reuses it.
+Cached tasks cannot take the per-run parent run id (it would change their cache keys), so a stage
+finds its parent through its environment: ``$TDDS_PIPELINE_INSTANCE`` names the pipeline run the
+process belongs to (``tdds run`` sets it to the local run id; on a cluster every pod gets its Argo
+workflow's name through the downward API) and open-run tags the parent with it, so two concurrent
+runs of one config never attach to each other's parent. Without it (an older compiled pipeline) the
+parent is the newest RUNNING one for this config and dataset version (the pipeline key). A stage
+whose finished MLflow run exists (same key) reuses it.
 """
 from __future__ import annotations
 
@@ -33,9 +37,18 @@ from .stages import Context, State, get_stage
 
 __all__ = ["load_config_json", "stage_config_json", "build_digest", "pipeline_key", "effective_run_id",
            "ParentedTracker", "find_parent_run", "open_run", "run_task", "collect", "close_run", "emit",
-           "read_state", "missing_work", "TAG_PIPELINE_KEY"]
+           "read_state", "missing_work", "TAG_PIPELINE_KEY", "TAG_PIPELINE_INSTANCE", "PIPELINE_INSTANCE_ENV",
+           "pipeline_instance"]
 
-TAG_PIPELINE_KEY = "tdds.pipeline_key"   # digest of (config, dataset fingerprint): how a stage finds its parent run
+TAG_PIPELINE_KEY = "tdds.pipeline_key"   # digest of (config, dataset fingerprint): the fallback way to the parent run
+TAG_PIPELINE_INSTANCE = "tdds.pipeline_instance"   # the pipeline run's instance (PIPELINE_INSTANCE_ENV) on its parent
+PIPELINE_INSTANCE_ENV = "TDDS_PIPELINE_INSTANCE"   # set in every task's environment: which pipeline run it belongs to
+
+
+def pipeline_instance() -> str:
+    """The pipeline run this process belongs to, from ``$TDDS_PIPELINE_INSTANCE`` ("" when unset)."""
+    value = os.environ.get(PIPELINE_INSTANCE_ENV, "").strip()
+    return "" if value.startswith("{{") or any(c in value for c in "'\"\n") else value
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -95,19 +108,19 @@ class ParentedTracker:
         self.parent_id = parent_id
 
     def start_run(self, name: str, *, parent: Any = None, tags: Optional[Mapping[str, Any]] = None,
-                  key: Optional[str] = None):
+                  key: Optional[str] = None, system_metrics: bool = False):
         if parent is None and self._tracker.active_run is None:
             parent = self.parent_id
-        return self._tracker.start_run(name, parent=parent, tags=tags, key=key)
+        return self._tracker.start_run(name, parent=parent, tags=tags, key=key, system_metrics=system_metrics)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._tracker, name)
 
 
-def find_parent_run(tracker: Any, *, pipeline_key_value: Optional[str] = None,
-                    run_id: Optional[str] = None, status: str = "RUNNING") -> Optional[Any]:
+def find_parent_run(tracker: Any, *, pipeline_key_value: Optional[str] = None, run_id: Optional[str] = None,
+                    instance: Optional[str] = None, status: Optional[str] = "RUNNING") -> Optional[Any]:
     """The newest pipeline parent run (a :class:`~tdds_core.tracking.RunRecord`) with the given
-    pipeline key or pipeline run id and ``status``, or None."""
+    pipeline key, pipeline run id or pipeline instance and ``status`` (None: any), or None."""
     from .tracking import STAGE_PIPELINE, TAG_PIPELINE_RUN, TAG_STAGE
 
     if not tracker.enabled:
@@ -119,20 +132,28 @@ def find_parent_run(tracker: Any, *, pipeline_key_value: Optional[str] = None,
         if "'" in run_id:
             raise PipelineError(f"pipeline run id {run_id!r} contains a quote")
         tags[TAG_PIPELINE_RUN] = run_id
+    if instance:
+        tags[TAG_PIPELINE_INSTANCE] = instance
     runs = tracker.find_runs(tags=tags, status=status, max_results=1)
     return runs[0] if runs else None
 
 
 def _stage_tracker(cfg: Config, fingerprint: str, parent_run_id: str = "") -> Any:
-    """The tracker a task logs with: children of ``parent_run_id``, else of the pipeline run that is
-    open for this config and dataset version (none found: top-level runs)."""
+    """The tracker a task logs with: children of ``parent_run_id``, else of this pipeline run's
+    parent (:func:`pipeline_instance`), else of the one open for this config and dataset version
+    (none found: top-level runs)."""
     from .tracking import TAG_PIPELINE_RUN, make_tracker
 
     tracker = make_tracker(cfg, cfg.output)
     if not tracker.enabled:
         return tracker
-    parent = (tracker.get_run(parent_run_id) if parent_run_id
-              else find_parent_run(tracker, pipeline_key_value=pipeline_key(cfg, fingerprint)))
+    instance = pipeline_instance()
+    if parent_run_id:
+        parent = tracker.get_run(parent_run_id)
+    elif instance:
+        parent = find_parent_run(tracker, instance=instance, status=None)
+    else:
+        parent = find_parent_run(tracker, pipeline_key_value=pipeline_key(cfg, fingerprint))
     if parent is None:
         return tracker
     rid = parent.tags.get(TAG_PIPELINE_RUN)
@@ -232,8 +253,9 @@ def open_run(config_json: str, *, run_id: str = "", job_id: str = "", build: str
     if existing is not None:
         return existing.id, fp
     tags = {TAG_STAGE: STAGE_PIPELINE, TAG_PIPELINE_KEY: pipeline_key(cfg, fp), TAG_FINGERPRINT: fp,
-            TAG_DATASET: dataset_identity(cfg.data), TAG_CONFIG_NAME: cfg.name}
-    parent = tracker.create_run(run_name(STAGE_PIPELINE, method=cfg.name), tags=tags)
+            TAG_DATASET: dataset_identity(cfg.data), TAG_CONFIG_NAME: cfg.name,
+            TAG_PIPELINE_INSTANCE: pipeline_instance() or None}
+    parent = tracker.create_run(f"{run_name(STAGE_PIPELINE, method=cfg.name)}/{rid}", tags=tags)
     with tracker.attach(parent):
         tracker.log_params(cfg.flat())
         tracker.log_dict(cfg.model_dump(mode="json"), "config.json")

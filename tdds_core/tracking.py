@@ -62,11 +62,11 @@ __all__ = [
     "Tracker", "RunHandle", "RunRecord", "RUN_STATUSES", "MlflowTracker", "NullTracker", "make_tracker",
     "default_tracking_uri", "default_experiment", "tracker_identity", "run_name", "run_key", "format_rate",
     "code_version", "git_sha", "flatten_params",
-    "log_score_run", "log_selection",
+    "log_score_run", "log_selection", "run_params", "artifact_tags", "metric_name",
     # tags, stages, metrics
     "TAG_KEY", "TAG_STAGE", "TAG_METHOD", "TAG_METHOD_NAME", "TAG_RATE", "TAG_ARCH", "TAG_SEED",
     "TAG_FINGERPRINT", "TAG_CODE_VERSION", "TAG_GIT_SHA", "TAG_PIPELINE_RUN", "TAG_CONFIG_NAME",
-    "TAG_ARTIFACT_URI", "TAG_SELECTION_SHA256", "TAG_SELECTION_URI", "TAG_PARENT_RUN",
+    "TAG_ARTIFACT_URI", "TAG_ARTIFACT_KEY", "TAG_NOTE", "TAG_SELECTION_SHA256", "TAG_SELECTION_URI", "TAG_PARENT_RUN",
     "STAGE_PIPELINE", "STAGE_TRAIN_FULL", "STAGE_SCORE", "STAGE_SELECT", "STAGE_CORESET", "STAGE_EVALUATE",
     "STAGE_REPORT", "METRIC_FINAL_ACC", "METRIC_BEST_ACC", "METRIC_NOISY_KEPT", "METRIC_NUM_TRAIN",
     "METRIC_ITERATIONS", "METRIC_WALL_S", "MAX_PARAM_VALUE_LENGTH",
@@ -87,7 +87,9 @@ TAG_CODE_VERSION = "tdds.code_version"  # tdds_core.__version__ (+ "+g<sha>" whe
 TAG_GIT_SHA = "tdds.git_sha"            # git commit of the code, when known ($TDDS_GIT_SHA or `git rev-parse`)
 TAG_PIPELINE_RUN = "tdds.pipeline_run_id"  # id of the pipeline run (one parent run per pipeline run)
 TAG_CONFIG_NAME = "tdds.config_name"    # Config.name
-TAG_ARTIFACT_URI = "tdds.artifact_uri"  # where the stage's artifact lives (local folder or s3://)
+TAG_ARTIFACT_URI = "tdds.artifact_uri"  # where the stage's artifact lives, as a URI (s3://... or file://...)
+TAG_ARTIFACT_KEY = "tdds.artifact_key"  # the artifact's key under the output root (portable across machines)
+TAG_NOTE = "mlflow.note.content"        # the run's description in the MLflow UI (Markdown)
 TAG_SELECTION_SHA256 = "tdds.selection_sha256"  # SHA-256 of the selection's indices.npy
 TAG_SELECTION_URI = "tdds.selection_uri"        # where the selection a coreset run trained on lives
 TAG_PARENT_RUN = "mlflow.parentRunId"   # MLflow's own nesting tag
@@ -110,6 +112,7 @@ METRIC_ITERATIONS = "iterations"    # optimizer steps
 METRIC_WALL_S = "wall_s"            # wall-clock seconds of the stage
 
 MAX_PARAM_VALUE_LENGTH = 6000       # MLflow's limit (mlflow.utils.validation.MAX_PARAM_VAL_LENGTH)
+MAX_TAG_VALUE_LENGTH = 8000         # MLflow's limit (mlflow.utils.validation.MAX_TAG_VAL_LENGTH)
 MAX_PARAM_KEY_LENGTH = 250
 MAX_DIGEST_LENGTH = 36              # MLflow's dataset digest column
 RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")   # MLflow's run states
@@ -140,6 +143,41 @@ def run_key(name: str, fingerprint: str, params: Mapping[str, Any]) -> str:
     from .config import config_digest
 
     return f"{name}|{str(fingerprint)[:12]}|{config_digest(dict(params))}"
+
+
+def run_params(*, method: Optional[str] = None, label: Optional[str] = None,
+               method_params: Optional[Mapping[str, Any]] = None, rate: Optional[float] = None,
+               **fields: Any) -> dict[str, Any]:
+    """The params every stage logs the same way, so one filter finds a method's runs at every stage
+    (``params.method = 'tdds'``): ``method`` (the registered name), ``method_label`` (the table's row
+    name, e.g. ``tdds[T=6,W=3]``), each method hyperparameter as ``method.<name>``, ``rate`` as
+    :func:`format_rate` (the form of the ``tdds.rate`` tag), and ``fields`` (seed, arch, epochs, lr,
+    weighting, ...) as given; None values are left out."""
+    out: dict[str, Any] = {}
+    if method is not None:
+        out["method"] = method
+        out["method_label"] = label or method
+    for k, v in (method_params or {}).items():
+        out[f"method.{k}"] = v
+    if rate is not None:
+        out["rate"] = format_rate(rate)
+    out.update({k: v for k, v in fields.items() if v is not None})
+    return out
+
+
+def artifact_tags(uri: str, key: str) -> dict[str, str]:
+    """Tags naming a stage's artifact portably: its store URI (``s3://...``, or ``file://...`` for a
+    local output) and its key under the output root."""
+    return {TAG_ARTIFACT_URI: uri if is_remote(uri) or "://" in uri else Path(uri).absolute().as_uri(),
+            TAG_ARTIFACT_KEY: key}
+
+
+def metric_name(*parts: Any) -> str:
+    """A metric key MLflow accepts (letters, digits, ``_ - . / :`` and spaces) from name parts:
+    ``metric_name("final_acc", "tdds[T=6]", "p0.70")`` = ``final_acc/tdds_T_6/p0.70``."""
+    import re
+
+    return "/".join(re.sub(r"[^\w.\-: ]+", "_", str(p)).strip("_") for p in parts if p not in (None, ""))[:MAX_PARAM_KEY_LENGTH]
 
 
 def _check_key(key: str) -> str:
@@ -241,8 +279,12 @@ class Tracker(Protocol):
 
     def start_run(self, name: str, *, parent: "RunHandle | str | None" = None,
                   tags: Optional[Mapping[str, Any]] = None,
-                  key: Optional[str] = None) -> contextlib.AbstractContextManager[RunHandle]: ...
+                  key: Optional[str] = None,
+                  system_metrics: bool = False) -> contextlib.AbstractContextManager[RunHandle]: ...
     def log_params(self, params: Mapping[str, Any]) -> None: ...
+    def log_table(self, data: Mapping[str, Sequence[Any]], name: str) -> None: ...
+    def set_description(self, markdown: str) -> None: ...
+    def log_model(self, model: Any, name: str = "model", *, registered_name: Optional[str] = None) -> Optional[str]: ...
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None: ...
     def log_artifact(self, path: str | os.PathLike, artifact_path: Optional[str] = None) -> None: ...
     def log_dict(self, obj: Any, name: str) -> None: ...
@@ -282,7 +324,8 @@ class NullTracker:
 
     @contextlib.contextmanager
     def start_run(self, name: str, *, parent: "RunHandle | str | None" = None,
-                  tags: Optional[Mapping[str, Any]] = None, key: Optional[str] = None) -> Iterator[RunHandle]:
+                  tags: Optional[Mapping[str, Any]] = None, key: Optional[str] = None,
+                  system_metrics: bool = False) -> Iterator[RunHandle]:
         self._n += 1
         par = parent.id if isinstance(parent, RunHandle) else parent
         if par is None and self._stack.runs:
@@ -299,6 +342,10 @@ class NullTracker:
         return self._stack.runs[-1] if self._stack.runs else None
 
     def log_params(self, params: Mapping[str, Any]) -> None: pass
+    def log_table(self, data: Mapping[str, Sequence[Any]], name: str) -> None: pass
+    def set_description(self, markdown: str) -> None: pass
+    def log_model(self, model: Any, name: str = "model", *, registered_name: Optional[str] = None) -> Optional[str]:
+        return None
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None: pass
     def log_artifact(self, path: str | os.PathLike, artifact_path: Optional[str] = None) -> None: pass
     def log_dict(self, obj: Any, name: str) -> None: pass
@@ -396,6 +443,7 @@ class MlflowTracker:
 
     enabled = True
     _page_size = SEARCH_PAGE_SIZE   # runs per search request in find_runs
+    system_metrics_interval_s = 10.0   # seconds between system-metric samples (start_run(system_metrics=True))
 
     def __init__(self, tracking_uri: str, experiment: str, *, default_tags: Optional[Mapping[str, Any]] = None,
                  artifact_location: Optional[str] = None, connect_retries: int = 3, connect_timeout_s: float = 3.0,
@@ -497,7 +545,10 @@ class MlflowTracker:
     # -- runs --
     @contextlib.contextmanager
     def start_run(self, name: str, *, parent: "RunHandle | str | None" = None,
-                  tags: Optional[Mapping[str, Any]] = None, key: Optional[str] = None) -> Iterator[RunHandle]:
+                  tags: Optional[Mapping[str, Any]] = None, key: Optional[str] = None,
+                  system_metrics: bool = False) -> Iterator[RunHandle]:
+        """A new run (see the module docstring); ``system_metrics``: sample CPU, memory, disk, network
+        (and GPU with pynvml) into ``system/*`` metrics while it runs (every ``system_metrics_interval_s``)."""
         parent_id = parent.id if isinstance(parent, RunHandle) else parent
         if parent_id is None and self._stack.runs:
             parent_id = self._stack.runs[-1].id
@@ -525,6 +576,7 @@ class MlflowTracker:
                            experiment_id=self.experiment_id, tags=all_tags)
         self._stack.runs.append(handle)
         status = "FINISHED"
+        monitor = self._system_monitor(handle.id) if system_metrics else None
         try:
             yield handle
         except KeyboardInterrupt:
@@ -535,6 +587,11 @@ class MlflowTracker:
             raise
         finally:
             self._stack.runs.pop()
+            if monitor is not None:
+                try:
+                    monitor.finish()
+                except Exception as e:  # noqa: BLE001 - system metrics never fail a run
+                    log.warning("system metrics of run %s: %s", handle.id, e)
             try:
                 self._call("run termination", self.client.set_terminated, handle.id, status)
             except TrackingError as e:
@@ -691,6 +748,58 @@ class MlflowTracker:
             return
         self._call("log_figure", self.client.log_figure, run.id, fig, name)
 
+    def log_table(self, data: Mapping[str, Sequence[Any]], name: str) -> None:
+        """A table (column -> values, equal lengths) as ``name`` (a ``.json`` artifact MLflow's UI
+        shows as a table and ``mlflow.load_table`` reads back)."""
+        run = self._current()
+        if run is None:
+            return
+        lengths = {k: len(v) for k, v in data.items()}
+        if len(set(lengths.values())) > 1:
+            raise TrackingError(f"table {name}: columns of different lengths {lengths}; pass one value per row in every column")
+        clean = {str(k): json.loads(json.dumps(list(v), default=str)) for k, v in data.items()}
+        self._call("log_table", self.client.log_table, run.id, clean, name)
+
+    def set_description(self, markdown: str) -> None:
+        """The active run's description in the MLflow UI (Markdown; cut to MLflow's 8000 characters)."""
+        if len(markdown) > MAX_TAG_VALUE_LENGTH:
+            markdown = markdown[:MAX_TAG_VALUE_LENGTH - 40] + "\n\n(cut; the full text is an artifact)"
+        self.set_tags({TAG_NOTE: markdown})
+
+    def log_model(self, model: Any, name: str = "model", *, registered_name: Optional[str] = None) -> Optional[str]:
+        """``mlflow.pytorch.log_model`` of ``model`` (a ``torch.nn.Module``) into the active run, as a
+        pickled model with the running torch as its requirement (no inference of the environment);
+        registered as a new version of ``registered_name`` when given. Returns the model URI."""
+        run = self._current()
+        if run is None:
+            return None
+        import mlflow
+        import mlflow.pytorch
+        import torch
+
+        with _FLUENT_LOCK, _fluent_scope(self.tracking_uri, self.experiment_id), warnings.catch_warnings(), \
+                _quiet("mlflow"):
+            warnings.simplefilter("ignore")
+            info = self._call("log_model", mlflow.pytorch.log_model, model, name=name, run_id=run.id,
+                              serialization_format="pickle",
+                              pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                              registered_model_name=registered_name)
+        return info.model_uri
+
+    def _system_monitor(self, run_id: str) -> Any:
+        """A started ``SystemMetricsMonitor`` for ``run_id`` (None when it cannot start, e.g. no psutil)."""
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            with _quiet("mlflow"):
+                monitor = SystemMetricsMonitor(run_id, sampling_interval=self.system_metrics_interval_s,
+                                               tracking_uri=self.tracking_uri)
+                monitor.start()
+            return monitor
+        except Exception as e:  # noqa: BLE001 - optional
+            log.warning("system metrics are off for run %s: %s", run_id, e)
+            return None
+
     def log_input_dataset(self, name: str, digest: str, source: str, context: str = "train",
                           tags: Optional[Mapping[str, str]] = None) -> None:
         """Record a dataset the run read (``mlflow.log_input``'s entity, through the client): an
@@ -707,6 +816,43 @@ class MlflowTracker:
         input_tags += [InputTag(str(k), str(v)) for k, v in (tags or {}).items()]
         self._call("log_input", self.client.log_inputs, run.id,
                    datasets=[DatasetInput(ds._to_mlflow_entity(), tags=input_tags)])
+
+
+_FLUENT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _fluent_scope(tracking_uri: str, experiment_id: str) -> Iterator[None]:
+    """MLflow's global tracking URI and experiment set for a fluent-only call (``log_model``), then
+    put back (``$MLFLOW_TRACKING_URI`` too, which MLflow rewrites): the model lands in this tracker's
+    store and experiment, not the default's."""
+    from mlflow.tracking import fluent
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    prev_env = os.environ.get("MLFLOW_TRACKING_URI")
+    prev_exp = getattr(fluent, "_active_experiment_id", None)
+    fluent._active_experiment_id = experiment_id
+    try:
+        with tracking_utils._use_tracking_uri(tracking_uri):
+            yield
+    finally:
+        fluent._active_experiment_id = prev_exp
+        if prev_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = prev_env
+
+
+@contextlib.contextmanager
+def _quiet(name: str, level: int = logging.WARNING) -> Iterator[None]:
+    """Raise the level of logger ``name`` for the block (MLflow's INFO chatter)."""
+    lg = logging.getLogger(name)
+    old = lg.level
+    lg.setLevel(max(level, old))
+    try:
+        yield
+    finally:
+        lg.setLevel(old)
 
 
 def _filter_key(key: str) -> str:
@@ -862,7 +1008,9 @@ def make_tracker(cfg: Any, output_root: Optional[str] = None, *, pipeline_run_id
     if pipeline_run_id:
         tags[TAG_PIPELINE_RUN] = pipeline_run_id
     tags.update(default_tags or {})
-    return MlflowTracker(uri, default_experiment(cfg), default_tags=tags, artifact_location=artifact_location)
+    tracker = MlflowTracker(uri, default_experiment(cfg), default_tags=tags, artifact_location=artifact_location)
+    tracker.system_metrics_interval_s = float(cfg.tracking.system_metrics_interval_s)
+    return tracker
 
 
 # ---------------------------------------------------------------- helpers for the grid

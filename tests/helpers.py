@@ -1,12 +1,18 @@
-"""Builders for small dataset files in the real on-disk formats (the machine has no internet)."""
+"""Builders for small dataset files in the real on-disk formats (the machine has no internet), and
+what tests read from ``tdds run``'s output."""
 from __future__ import annotations
 
 import gzip
 import pickle
+import re
 import struct
 from pathlib import Path
 
 import numpy as np
+
+
+# `tdds run` prints one line per task that ran: "  <task>[ #<n>]  done|FAILED  <seconds> s"
+EXECUTED = re.compile(r"^  ([a-z0-9-]+)(?: #\d+)?\s+(?:done|FAILED)\s+-?[\d.]+ s$", re.M)
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:

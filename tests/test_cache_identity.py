@@ -13,10 +13,10 @@ from mlflow import MlflowClient
 
 from fixtures_servers import s3_client, start_moto
 from tdds_core.cli import main
+from helpers import EXECUTED as _EXEC
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.servers]
-_EXEC = re.compile(r"Executing task (?:\x1b\[[0-9;]*m)?'([a-z0-9-]+)'")
 STAGES = ("train", "scores", "selections", "coreset", "report")
 CFG = ["name=cachecheck", "data.name=synthetic", "data.options={num_train: 120, num_test: 60, image_size: 12}",
        "data.train_subset=null", "data.test_subset=null", "model.arch=small_cnn", "model.options={width: 8}",

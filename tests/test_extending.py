@@ -14,10 +14,10 @@ import pytest
 
 from tdds_core.cli import main
 from tdds_core.config import parse_config
+from helpers import EXECUTED as _EXEC
 from tdds_core.grid import run_grid
 
 REPO = Path(__file__).resolve().parents[1]
-_EXEC = re.compile(r"Executing task (?:\x1b\[[0-9;]*m)?'([a-z0-9-]+)'")
 PLUGIN = "tdds_toy_plugin"
 SOURCE = '''
 """A toy method (the last epoch's target logit: easy samples first) and a toy stage (per pair:

@@ -94,7 +94,7 @@ def test_runtime_fields_reuse_every_artifact_and_run_identity_fields_make_new_on
     base = {**SYN, "output": str(out), "tracking": {"enabled": True}}
     first = run_grid(parse_config(base))
     files, runs = _store_files(out), _runs(out / "mlflow.db")
-    assert len(runs) == 1 + 1 + 2 + 2 + 1      # parent, train-full, 2 score runs, 2 coreset runs, report
+    assert len(runs) == 1 + 1 + 2 + 2          # parent (which holds the report), train-full, 2 score runs, 2 coreset runs
     # runtime settings: progress bars, eval batch size, loader workers, residency, numerics that a CPU does not apply
     runtime = {**base, "train": {**SYN["train"], "progress": True, "eval_batch_size": 7, "amp": "off",
                                  "compile": True},
@@ -112,7 +112,7 @@ def test_runtime_fields_reuse_every_artifact_and_run_identity_fields_make_new_on
     assert new and all(p.relative_to(out).parts[0] == "coreset" for p in new)
     grown = _runs(out / "mlflow.db")
     added = {r.data.tags["tdds.stage"] for r in grown if r.info.run_id not in {x.info.run_id for x in runs}}
-    assert added == {"pipeline", "coreset", "report"}
+    assert added == {"pipeline", "coreset"}
 
 
 def test_each_method_trains_with_its_own_weighting_and_the_table_says_so(tmp_path):

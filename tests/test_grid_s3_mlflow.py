@@ -16,7 +16,7 @@ from tdds_core.grid import run_grid
 from tdds_core.report import rows_from_mlflow
 from tdds_core.tracking import (METRIC_FINAL_ACC, STAGE_CORESET, STAGE_PIPELINE, STAGE_SCORE, STAGE_TRAIN_FULL,
                                 TAG_ARTIFACT_URI, TAG_KEY, TAG_METHOD, TAG_PARENT_RUN, TAG_PIPELINE_RUN, TAG_RATE,
-                                TAG_SELECTION_SHA256, TAG_STAGE)
+                                TAG_SELECTION_SHA256, TAG_SELECTION_URI, TAG_STAGE)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "tdds-grid"
@@ -72,7 +72,7 @@ def test_quickstart_grid_in_s3_and_mlflow(s3_server, mlflow_server, tmp_path, mo
     tdds_run = [r for r in by_stage[STAGE_CORESET] if r.data.tags[TAG_METHOD].startswith("tdds")][0]
     assert tdds_run.data.tags[TAG_RATE] == "0.50"
     assert tdds_run.info.run_name.startswith("coreset/tdds") and "/p0.50/" in tdds_run.info.run_name
-    assert tdds_run.data.params["rate"] == "0.5" and tdds_run.data.params["selection_uri"].startswith(output)
+    assert tdds_run.data.params["rate"] == "0.50" and tdds_run.data.tags[TAG_SELECTION_URI].startswith(output)
     assert 0.0 <= tdds_run.data.metrics[METRIC_FINAL_ACC] <= 100.0
     grid_rows = {(r["method"], r["rate"]): r for r in result.rows}
     assert tdds_run.data.metrics[METRIC_FINAL_ACC] == pytest.approx(grid_rows[(tdds_run.data.tags[TAG_METHOD], 0.5)]["final_acc"])
@@ -82,7 +82,7 @@ def test_quickstart_grid_in_s3_and_mlflow(s3_server, mlflow_server, tmp_path, mo
     # ---- the selected ids of (tdds, 0.5): MLflow artifact == the selection artifact in S3
     rid = tdds_run.info.run_id
     dl = Path(c.download_artifacts(rid, "selection", str(tmp_path / "mlflow-dl")))
-    sel_uri = tdds_run.data.params["selection_uri"]
+    sel_uri = tdds_run.data.tags[TAG_SELECTION_URI]
     sel_key = sel_uri[len(f"s3://{BUCKET}/"):]
     manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{sel_key}/manifest.json")["Body"].read())
     assert json.loads((dl / "manifest.json").read_text()) == manifest

@@ -224,6 +224,9 @@ def test_kubernetes_platform_spec(prune):
         assert {s["secretName"]: {k["secretKey"]: k["envVar"] for k in s["keyToEnv"]} for s in ex["secretAsEnv"]} == SECRETS
         assert [(m["pvcNameParameter"]["runtimeValue"]["constant"], m["mountPath"]) for m in ex["pvcMount"]] == [
             ("tdds-datasets", "/datasets")]
+        # every task: its pipeline instance (the Argo workflow's name) to find its own run's parent MLflow run
+        assert ex["fieldPathAsEnv"] == [{"name": "TDDS_PIPELINE_INSTANCE",
+                                         "fieldPath": "metadata.labels['workflows.argoproj.io/workflow']"}], stage
         if stage in TRAINING:   # placement on the GPU pool and an in-memory /dev/shm
             assert ex["tolerations"] == [TOLERATION], stage
             assert ex["nodeSelector"]["labels"] == {"pool": "a100"}, stage
@@ -274,7 +277,7 @@ def test_caching_off_by_config_and_single_image(tmp_path):
     assert {e["container"]["image"] for e in execs.values()} == {IMAGE}
     assert all("accelerator" not in e["container"].get("resources", {}) for e in execs.values())
     assert all("TDDS_REQUIRE_CUDA" not in {v["name"] for v in e["container"].get("env", [])} for e in execs.values())
-    assert all(set(ex) == {"pvcMount"} for ex in _k8s(spec).values())
+    assert all(set(ex) == {"pvcMount", "fieldPathAsEnv"} for ex in _k8s(spec).values())
     assert "evaluate" not in tasks and "collect-evaluate" not in tasks
     assert tasks["report"]["inputs"]["artifacts"]["state"]["taskOutputArtifact"]["producerTask"] == "collect-coreset"
     assert "defaultPipelineRoot" not in spec

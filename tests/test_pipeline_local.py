@@ -3,7 +3,9 @@ tracking and artifacts read back afterwards, a second run served from the caches
 task that ends the parent MLflow run FAILED through the exit handler."""
 from __future__ import annotations
 
+import json
 import re
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from tdds_core.cli import main
 from tdds_core.report import rows_from_mlflow
 from tdds_core.selection import load_selection
 from tdds_core.steps import read_state
+from helpers import EXECUTED as _EXEC
 
 REPO = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -21,7 +24,6 @@ pytestmark = pytest.mark.slow
 
 TINY = ["data.train_subset=600", "data.test_subset=500", "train.epochs=2", "train.progress=false",
         "methods=[{name: random}, {name: tdds, params: {T: 2, W: 2}}]", "selection.rates=[0.5, 0.7]", "pipeline.retries=0"]
-_EXEC = re.compile(r"Executing task (?:\x1b\[[0-9;]*m)?'([a-z0-9-]+)'")
 
 
 @pytest.fixture(autouse=True)
@@ -50,6 +52,28 @@ def _mtimes(folder: Path) -> dict[str, float]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
+def _assert_parent_picture(client: MlflowClient, parent) -> None:
+    """A pipeline parent holds the whole picture: summary metrics per method and rate, the table
+    (MLflow table artifact), the report files with the plot, and a description naming its run."""
+    m = parent.data.metrics
+    assert {"final_acc/full", "final_acc/random/p0.50", "final_acc/random/p0.70", "final_acc/tdds_T_2_W_2/p0.50",
+            "final_acc/tdds_T_2_W_2/p0.70", "diff_vs_random/tdds_T_2_W_2/p0.70"} <= set(m), sorted(m)
+    assert m["diff_vs_random/tdds_T_2_W_2/p0.70"] == pytest.approx(
+        m["final_acc/tdds_T_2_W_2/p0.70"] - m["final_acc/random/p0.70"])
+    curve = client.get_metric_history(parent.info.run_id, "acc_vs_rate/random")
+    assert sorted(x.step for x in curve) == [50, 70]
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/accuracy_vs_rate.png", "report/table.md", "report/table.csv", "report/rows.json"} <= arts
+    with tempfile.TemporaryDirectory() as tmp:
+        table = json.loads(Path(client.download_artifacts(parent.info.run_id, "results_table.json", tmp)).read_text())
+    col = {c: i for i, c in enumerate(table["columns"])}
+    assert sorted((row[col["method"]], row[col["rate"]] or 0) for row in table["data"]) == [
+        ("full", 0), ("random", 0.5), ("random", 0.7), ("tdds[T=2,W=2]", 0.5), ("tdds[T=2,W=2]", 0.7)]
+    note = parent.data.tags["mlflow.note.content"]
+    assert parent.data.tags["tdds.pipeline_run_id"] in note and "| tdds[T=2,W=2]" in note
+    assert parent.info.run_name.endswith("/" + parent.data.tags["tdds.pipeline_run_id"])
+
+
 def test_tdds_run_end_to_end_then_cached_rerun(tmp_path, capfd):
     assert FMNIST.is_dir(), "Fashion-MNIST files missing: run ./scripts/setup.sh"
     out = tmp_path / "out"
@@ -64,7 +88,8 @@ def test_tdds_run_end_to_end_then_cached_rerun(tmp_path, capfd):
 
     # MLflow: one parent per pipeline run, one child per stage, metrics on the training runs
     runs = _runs(out)
-    assert _stage_counts(runs) == Counter({"pipeline": 1, "train-full": 1, "score": 2, "coreset": 4, "report": 1})
+    assert _stage_counts(runs) == Counter({"pipeline": 1, "train-full": 1, "score": 2, "coreset": 4})
+    assert "Executing task" not in log and '"parameterValues"' not in log, "kfp.local's output belongs in the log file"
     parent = next(r for r in runs if r.data.tags["tdds.stage"] == "pipeline")
     assert parent.info.status == "FINISHED"
     run_id = parent.data.tags["tdds.pipeline_run_id"]
@@ -80,6 +105,29 @@ def test_tdds_run_end_to_end_then_cached_rerun(tmp_path, capfd):
     for r in coreset:
         assert 0 <= r.data.metrics["final_acc"] <= 100
         assert r.data.metrics["num_train"] == {"0.50": 300, "0.70": 180}[r.data.tags["tdds.rate"]]
+    # consistent params: one filter on params.method finds a method's runs at every stage
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("tdds-fashion-mnist").experiment_id
+    tdds_runs = client.search_runs([exp_id], "params.method = 'tdds'")
+    assert Counter(r.data.tags["tdds.stage"] for r in tdds_runs) == Counter({"score": 1, "coreset": 2})
+    for r in tdds_runs:
+        assert (r.data.params["method.T"], r.data.params["method.W"]) == ("2", "2")
+        assert r.data.params["method_label"] == "tdds[T=2,W=2]"
+    for r in coreset:
+        p = r.data.params
+        assert p["rate"] == r.data.tags["tdds.rate"] and {"seed", "arch", "epochs", "lr", "weighting"} <= set(p)
+        assert (p["epochs"], p["lr"]) == ("2", "0.05")
+        assert not any(k.startswith("class_acc") for k in r.data.metrics) and "lr" not in r.data.metrics
+        arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"per_class_acc.json", "selection"} <= arts
+        assert r.data.tags["tdds.artifact_uri"].startswith("file://")
+        assert not Path(r.data.tags["tdds.artifact_key"]).is_absolute()
+    models = client.search_logged_models([exp_id])
+    train_run = next(r for r in runs if r.data.tags["tdds.stage"] == "train-full")
+    assert {m.source_run_id for m in models} == {r.info.run_id for r in coreset} | {train_run.info.run_id}
+    _assert_parent_picture(client, parent)
+    log_file = re.search(r"task logs:\s+(\S+)", log).group(1)
+    assert '"parameterValues"' in Path(log_file).read_text(), "the executor JSON goes to the log file"
     rows = rows_from_mlflow(f"sqlite:///{out / 'mlflow.db'}", "tdds-fashion-mnist")
     assert sorted((r["method"], r["rate"] or 0) for r in rows) == [
         ("full", 0), ("random", 0.5), ("random", 0.7), ("tdds[T=2,W=2]", 0.5), ("tdds[T=2,W=2]", 0.7)]
@@ -113,12 +161,12 @@ def test_tdds_run_end_to_end_then_cached_rerun(tmp_path, capfd):
     assert rc == 0, log2[-3000:]
     assert sorted(_EXEC.findall(log2)) == ["close-run", "open-run", "report"]
     runs2 = _runs(out)
-    assert _stage_counts(runs2) == Counter({"pipeline": 2, "train-full": 1, "score": 2, "coreset": 4, "report": 2})
+    assert _stage_counts(runs2) == Counter({"pipeline": 2, "train-full": 1, "score": 2, "coreset": 4})
     parents = [r for r in runs2 if r.data.tags["tdds.stage"] == "pipeline"]
     assert all(p.info.status == "FINISHED" for p in parents)
-    new_parent = next(p for p in parents if p.info.run_id != parent.info.run_id)
-    reports = [r for r in runs2 if r.data.tags["tdds.stage"] == "report"]
-    assert {r.data.tags["mlflow.parentRunId"] for r in reports} == {parent.info.run_id, new_parent.info.run_id}
+    assert re.search(r"^  coreset\s+cached$", log2, re.M) and "tasks: 3 ran" in log2
+    new_parent = client.get_run(next(p.info.run_id for p in parents if p.info.run_id != parent.info.run_id))
+    _assert_parent_picture(client, new_parent)   # every stage came from the cache: the report still fills it
     assert _mtimes(out / "coreset") | _mtimes(out / "train") == before, "a cached rerun rewrote training artifacts"
 
     # a third run with one more pruning rate: the other rates' materialize tasks stay cached; the
@@ -128,7 +176,7 @@ def test_tdds_run_end_to_end_then_cached_rerun(tmp_path, capfd):
     assert Counter(_EXEC.findall(log3)) == Counter({"open-run": 1, "select": 1, "collect-select": 1,
                                                     "coreset": 6, "collect-coreset": 1, "report": 1, "close-run": 1})
     runs3 = _runs(out)
-    assert _stage_counts(runs3) == Counter({"pipeline": 3, "train-full": 1, "score": 2, "coreset": 6, "report": 3})
+    assert _stage_counts(runs3) == Counter({"pipeline": 3, "train-full": 1, "score": 2, "coreset": 6})
     after = _mtimes(out / "coreset") | _mtimes(out / "train")
     assert {k: v for k, v in after.items() if k in before} == before
     assert len(after) > len(before)
@@ -139,13 +187,13 @@ def test_tdds_run_end_to_end_then_cached_rerun(tmp_path, capfd):
                     "train.eval_batch_size=250")
     assert rc == 0, log4[-3000:]
     assert "train-full" in _EXEC.findall(log4)
-    assert _stage_counts(_runs(out)) == Counter({"pipeline": 4, "train-full": 1, "score": 2, "coreset": 6, "report": 4})
+    assert _stage_counts(_runs(out)) == Counter({"pipeline": 4, "train-full": 1, "score": 2, "coreset": 6})
     assert _mtimes(out / "coreset") | _mtimes(out / "train") == after
     # an identity setting of the coreset stage: new coreset artifacts and runs, training and scores reused
     rc, log5 = _run(out, capfd, "selection.rates=[0.5, 0.7, 0.9]", "coreset.batch_size=32")
     assert rc == 0, log5[-3000:]
     assert Counter(_EXEC.findall(log5))["coreset"] == 6 and "train-full" not in _EXEC.findall(log5)
-    assert _stage_counts(_runs(out)) == Counter({"pipeline": 5, "train-full": 1, "score": 2, "coreset": 12, "report": 5})
+    assert _stage_counts(_runs(out)) == Counter({"pipeline": 5, "train-full": 1, "score": 2, "coreset": 12})
     grown = _mtimes(out / "coreset") | _mtimes(out / "train")
     assert {k: v for k, v in grown.items() if k in after} == after and len(grown) > len(after)
 

@@ -15,6 +15,8 @@ RUNTIME_TOGGLES = {
     "data.resident": "never", "data.resident_max_bytes": 123, "data.num_workers": 7,
     "train.eval_batch_size": 17, "train.progress": False, "selection.export": True,
     "tracking.enabled": False, "tracking.uri": "http://x:5000", "tracking.experiment": "e",
+    "tracking.log_models": "none", "tracking.register_model": "tdds-full", "tracking.system_metrics": False,
+    "tracking.system_metrics_interval_s": 2.5,
     "tune.method": "el2n", "tune.grid": {"T": [3], "W": [3]}, "tune.epochs": 3, "tune.seeds": [1, 2],
     "tune.rates": [0.5], "tune.baseline": "el2n", "tune.rule": False,
     "pipeline.image": "img:2", "pipeline.gpu_image": "gpu:2", "pipeline.accelerator_type": "amd.com/gpu",

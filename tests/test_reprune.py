@@ -13,9 +13,9 @@ from mlflow import MlflowClient
 from helpers import make_imagefolder
 from tdds_core.cli import main
 from tdds_core.reprune import compare_selections, read_dataset_ids, read_selection_ids
+from helpers import EXECUTED as _EXEC
 
 REPO = Path(__file__).resolve().parents[1]
-_EXEC = re.compile(r"Executing task (?:\x1b\[[0-9;]*m)?'([a-z0-9-]+)'")
 
 
 def test_compare_selections_counts_and_order():

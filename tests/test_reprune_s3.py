@@ -19,9 +19,9 @@ from helpers import make_manifest, upload_tree
 from tdds_core.cli import main
 from tdds_core.data.datasets import _stable_bucket
 from tdds_core.reprune import read_dataset_ids, read_selection_ids
+from helpers import EXECUTED as _EXEC
 
 REPO = Path(__file__).resolve().parents[1]
-_EXEC = re.compile(r"Executing task (?:\x1b\[[0-9;]*m)?'([a-z0-9-]+)'")
 pytestmark = [pytest.mark.slow, pytest.mark.servers]
 STAGES = ("train", "scores", "selections", "coreset", "report")   # the store's stage prefixes
 

@@ -114,3 +114,29 @@ def test_select_config_ignores_rates_and_methods():
     assert Plan.from_config(grown).items_json("rates")[:1] != Plan.from_config(cfg).items_json("rates")[:1]
     balanced = cfg.model_copy(update={"selection": cfg.selection.model_copy(update={"class_balanced": True})})
     assert steps.stage_config_json(balanced, "select") != steps.stage_config_json(cfg, "select")
+
+
+def test_concurrent_runs_of_one_config_attach_to_their_own_parents(tmp_path, monkeypatch):
+    """Two pipeline runs of the same config open at once: a cached stage task (which gets no parent
+    run id) finds its own run's parent through $TDDS_PIPELINE_INSTANCE, not the newest RUNNING one."""
+    from tdds_core.tracking import TAG_PARENT_RUN, make_tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = parse_config({**CFG, "output": str(tmp_path / "out"), "tracking": {"enabled": True, "log_models": "none",
+                                                                            "system_metrics": False}})
+    parents = {}
+    for instance in ("wf-a", "wf-b"):            # wf-b opens last: the newest RUNNING parent of this config
+        monkeypatch.setenv(steps.PIPELINE_INSTANCE_ENV, instance)
+        parents[instance], fingerprint = steps.open_run(cfg.to_json(), run_id=f"run-{instance}")
+    assert parents["wf-a"] != parents["wf-b"]
+    monkeypatch.setenv(steps.PIPELINE_INSTANCE_ENV, "wf-a")
+    state = steps.run_task("train-full", steps.stage_config_json(cfg, "train-full"), "{}", fingerprint=fingerprint)
+    tracker = make_tracker(cfg)
+    train = tracker.find_runs(tags={"tdds.stage": "train-full"})
+    assert [r.tags[TAG_PARENT_RUN] for r in train] == [parents["wf-a"]]
+    assert train[0].tags["tdds.pipeline_run_id"] == "run-wf-a"
+    assert tracker.get_run(parents["wf-a"]).tags[steps.TAG_PIPELINE_INSTANCE] == "wf-a"
+    # without an instance (a pipeline compiled before it existed) the pipeline key still finds a parent
+    monkeypatch.delenv(steps.PIPELINE_INSTANCE_ENV)
+    assert steps._stage_tracker(cfg, fingerprint).parent_id == parents["wf-b"]
+    assert state.refs["train-full"]

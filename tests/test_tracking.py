@@ -542,3 +542,42 @@ def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-800:] for o in outs]
     assert len({o[0].strip() for o in outs}) == 1, "the processes ended up in different experiments"
+
+
+def test_model_table_description_and_system_metrics_land_in_the_run(tmp_path, monkeypatch):
+    """log_model (pickled torch model, registered on request), log_table, set_description and
+    system metrics, each read back from the SQLite store; MLflow's global URI is left as it was."""
+    import mlflow.pytorch
+    import torch
+
+    from tdds_core.tracking import MlflowTracker
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9/not-this-one")
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    t = MlflowTracker(uri, "models", artifact_location=(tmp_path / "art").as_uri(), connect_retries=1)
+    t.system_metrics_interval_s = 0.2
+    model = torch.nn.Linear(3, 2)
+    with t.start_run("coreset/x", system_metrics=True) as run:
+        model_uri = t.log_model(model, registered_name="tdds-full")
+        t.log_table({"class": [0, 1], "acc": [90.0, 80.5]}, "per_class_acc.json")
+        t.set_description("## hello\n" + "x" * 9000)
+        with pytest.raises(TrackingError, match="different lengths"):
+            t.log_table({"a": [1, 2], "b": [1]}, "bad.json")
+        time.sleep(1.5)
+    import os
+
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:9/not-this-one"
+    client = client_for(uri)
+    got = client.get_run(run.id)
+    assert any(k.startswith("system/") for k in got.data.metrics), sorted(got.data.metrics)
+    note = got.data.tags["mlflow.note.content"]
+    assert note.startswith("## hello") and len(note) <= 8000
+    models = client.search_logged_models([t.experiment_id])
+    assert [m.source_run_id for m in models] == [run.id]
+    assert [int(v.version) for v in client.search_model_versions("name='tdds-full'")] == [1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    loaded = mlflow.pytorch.load_model(model_uri)
+    x = torch.randn(4, 3)
+    assert torch.equal(loaded(x), model(x))
+    table = json.loads(Path(client.download_artifacts(run.id, "per_class_acc.json", str(tmp_path))).read_text())
+    assert table == {"columns": ["class", "acc"], "data": [[0, 90.0], [1, 80.5]]}

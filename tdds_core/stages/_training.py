@@ -1,4 +1,5 @@
-"""Tracking helpers of the training stages: per-epoch metrics, final metrics and the result row."""
+"""Tracking helpers of the training stages: per-epoch metrics, final metrics, the per-class table,
+the final model and the result row."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
@@ -8,15 +9,17 @@ import numpy as np
 from ..tracking import (METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_ITERATIONS, METRIC_NUM_TRAIN, METRIC_WALL_S,
                         Tracker)
 
-__all__ = ["epoch_logger", "result_metrics", "result_row", "noisy_kept"]
+__all__ = ["epoch_logger", "result_metrics", "result_row", "noisy_kept", "log_training_outputs"]
 
-_EPOCH_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "img_per_s")
+# per-epoch metrics; the learning rate as ``lr_epoch`` (the lr *setting* is the param ``lr``)
+_EPOCH_KEYS = {"train_loss": "train_loss", "train_acc": "train_acc", "test_loss": "test_loss", "test_acc": "test_acc",
+               "lr": "lr_epoch", "img_per_s": "img_per_s"}
 
 
 def epoch_logger(tracker: Tracker) -> Callable[[dict], None]:
     """An ``on_epoch`` callback logging the epoch's metrics at step = epoch."""
     def on_epoch(rec: dict) -> None:
-        tracker.log_metrics({k: float(rec[k]) for k in _EPOCH_KEYS if k in rec}, step=int(rec["epoch"]))
+        tracker.log_metrics({name: float(rec[k]) for k, name in _EPOCH_KEYS.items() if k in rec}, step=int(rec["epoch"]))
     return on_epoch
 
 
@@ -25,8 +28,22 @@ def result_metrics(res: Any) -> dict[str, float]:
     m = {METRIC_FINAL_ACC: res.final_acc, METRIC_BEST_ACC: res.best_acc, METRIC_NUM_TRAIN: res.num_train,
          METRIC_ITERATIONS: res.iterations, METRIC_WALL_S: res.wall_s, "img_per_s": res.img_per_s,
          "epochs_run": res.epochs}
-    m.update({f"class_acc_{i}": v for i, v in enumerate(res.per_class_acc)})
     return m
+
+
+def log_training_outputs(cfg: Any, tracker: Tracker, out: Any, classes: Optional[list[str]] = None, *,
+                         full: bool = False) -> None:
+    """Into the active run: the final per-class test accuracy as one table (``per_class_acc.json``:
+    class, name, acc in percent) and the final model (``tracking.log_models``; the full-data model
+    registered as ``tracking.register_model`` when set). ``out``: a StageOutput of a training stage."""
+    per_class = list(out.result.per_class_acc)
+    names = list(classes) if classes and len(classes) == len(per_class) else [str(i) for i in range(len(per_class))]
+    tracker.log_table({"class": list(range(len(per_class))), "name": names, "acc": per_class}, "per_class_acc.json")
+    if cfg.tracking.log_models == "all" or (full and cfg.tracking.log_models == "full"):
+        from ..engine import load_model
+
+        tracker.log_model(load_model(out.local / "model.pt"), "model",
+                          registered_name=cfg.tracking.register_model if full else None)
 
 
 def result_row(method: str, rate: Optional[float], seed: int, arch: str, res: Any, uri: Optional[str] = None,

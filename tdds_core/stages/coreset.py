@@ -11,12 +11,12 @@ from .. import plan as P
 from ..config import Config
 from ..data import Splits, create_dataset
 from ..engine import coreset_batch_size, coreset_spec, kept_weights, load_result
-from ..tracking import (METRIC_NOISY_KEPT, STAGE_CORESET, STAGE_SELECT, TAG_ARCH, TAG_ARTIFACT_URI, TAG_FINGERPRINT,
-                        TAG_METHOD, TAG_METHOD_NAME, TAG_RATE, TAG_SEED, TAG_STAGE, format_rate,
-                        log_selection, run_name)
+from ..tracking import (METRIC_NOISY_KEPT, STAGE_CORESET, STAGE_SELECT, TAG_ARCH, TAG_FINGERPRINT, TAG_METHOD,
+                        TAG_METHOD_NAME, TAG_RATE, TAG_SEED, TAG_STAGE, artifact_tags, format_rate, log_selection,
+                        run_name, run_params)
 from ._artifacts import StageOutput, existing, fetch, train_into, uri_of, work_dir
 from ._registry import Context, Ref, Stage, State, register_stage
-from ._training import epoch_logger, noisy_kept, result_metrics, result_row
+from ._training import epoch_logger, log_training_outputs, noisy_kept, result_metrics, result_row
 
 __all__ = ["train_coreset", "tracked_coreset"]
 
@@ -57,19 +57,22 @@ def tracked_coreset(ctx: Context, selection: Ref, pair: P.PairItem, *, seed: int
     # what scales the loss: the kept samples' mean weight as trained (1 when unweighted)
     mean_weight = 1.0 if weighting == "none" else float(np.mean(kept_weights(sel.weights, weighting)))
     with tracker.start_run(run_name(stage, method=label, rate=rate, arch=arch, seed=seed),
-                           key=P.run_key_of(stage, cfg.output, akey), tags=tags) as run:
+                           key=P.run_key_of(stage, cfg.output, akey), tags=tags,
+                           system_metrics=cfg.tracking.system_metrics) as run:
         out = train_coreset(cfg, selection.uri, arch=arch, seed=seed, splits=splits, weighting=weighting,
                             on_epoch=None if run.reused else epoch_logger(tracker))
         if not run.reused:
-            tracker.log_params({"method": label, "rate": rate, "arch": arch, "seed": seed,
-                                "strategy": cfg.coreset.strategy, "weighting": weighting,
-                                "batch_size": coreset_batch_size(cfg, rate), "selection_uri": selection.uri})
+            tracker.log_params(run_params(method=pair.score.method.name, label=label, method_params=pair.score.params,
+                                          rate=rate, arch=arch, seed=seed, epochs=out.result.epochs, lr=cfg.train.lr,
+                                          schedule=cfg.train.schedule, weighting=weighting,
+                                          strategy=cfg.coreset.strategy, batch_size=coreset_batch_size(cfg, rate)))
             metrics = result_metrics(out.result)
             metrics["mean_weight"] = mean_weight
             if kept_noisy is not None:
                 metrics[METRIC_NOISY_KEPT] = kept_noisy
             tracker.log_metrics(metrics)
-            tracker.set_tags({TAG_ARTIFACT_URI: out.uri})
+            tracker.set_tags(artifact_tags(out.uri, akey))
+            log_training_outputs(cfg, tracker, out, splits.classes)
             log_selection(tracker, fetch(selection.uri), splits.fingerprint, dataset_name=cfg.data.name,
                           selection_uri=selection.uri)
     row = result_row(label, rate, seed, arch, out.result, out.uri, noisy_kept=kept_noisy, stage=stage,

@@ -11,8 +11,8 @@ from .. import plan as P
 from ..config import Config, MethodSpec
 from ..data import Splits
 from ..io import atomic_save_npy, atomic_write_json, read_json, write_manifest
-from ..tracking import (STAGE_SCORE, STAGE_TRAIN_FULL, TAG_ARTIFACT_URI, TAG_FINGERPRINT, TAG_METHOD, TAG_METHOD_NAME,
-                        TAG_STAGE, Tracker, log_score_run, run_name)
+from ..tracking import (STAGE_SCORE, STAGE_TRAIN_FULL, TAG_FINGERPRINT, TAG_METHOD, TAG_METHOD_NAME, TAG_STAGE,
+                        Tracker, artifact_tags, log_score_run, run_name, run_params)
 from ._artifacts import StageOutput, existing, fetch, load_scores, publish, uri_of, work_dir
 from ._registry import Context, Ref, Stage, State, register_stage
 
@@ -51,13 +51,14 @@ def score(cfg: Config, train_uri: str, method: MethodSpec | str, params: Optiona
 def tracked_score(cfg: Config, tracker: Tracker, splits: Splits, train_uri: str, item: P.ScoreItem) -> StageOutput:
     """Score one method setting of the plan inside its MLflow run."""
     m, params, label = item.method, item.params, item.label
-    key = P.run_key_of(STAGE_SCORE, cfg.output, P.score_key(train_uri, m.name, params))
+    akey = P.score_key(train_uri, m.name, params)
+    key = P.run_key_of(STAGE_SCORE, cfg.output, akey)
     tags = {TAG_STAGE: STAGE_SCORE, TAG_METHOD: label, TAG_METHOD_NAME: m.name, TAG_FINGERPRINT: splits.fingerprint}
     with tracker.start_run(run_name(STAGE_SCORE, method=label), key=key, tags=tags) as run:
         out = score(cfg, train_uri, m.model_copy(update={"label": label}), params, splits=splits)
         if not run.reused:
-            tracker.log_params({"method": m.name, **{f"param.{k}": v for k, v in params.items()}})
-            tracker.set_tags({TAG_ARTIFACT_URI: out.uri})
+            tracker.log_params(run_params(method=m.name, label=label, method_params=params))
+            tracker.set_tags(artifact_tags(out.uri, akey))
             scores, _ = load_scores(out.local)
             log_score_run(tracker, scores, method=label, labels=splits.train.labels, images=splits.train.images,
                           class_names=splits.classes)

@@ -8,11 +8,11 @@ from .. import plan as P
 from ..config import Config
 from ..data import Splits, create_dataset
 from ..engine import full_data_spec, load_result
-from ..tracking import (STAGE_TRAIN_FULL, TAG_ARCH, TAG_ARTIFACT_URI, TAG_FINGERPRINT, TAG_METHOD, TAG_SEED, TAG_STAGE,
-                        Tracker, run_name)
+from ..tracking import (STAGE_TRAIN_FULL, TAG_ARCH, TAG_FINGERPRINT, TAG_METHOD, TAG_SEED, TAG_STAGE, Tracker,
+                        artifact_tags, run_name, run_params)
 from ._artifacts import StageOutput, claim_output, existing, train_into, uri_of, work_dir
 from ._registry import Context, Ref, Stage, State, register_stage
-from ._training import epoch_logger, result_metrics, result_row
+from ._training import epoch_logger, log_training_outputs, result_metrics, result_row
 
 __all__ = ["train_full", "tracked_train_full"]
 
@@ -32,16 +32,21 @@ def train_full(cfg: Config, *, splits: Optional[Splits] = None,
 
 def tracked_train_full(cfg: Config, tracker: Tracker, splits: Splits) -> StageOutput:
     """:func:`train_full` inside its MLflow run (a finished run with the same key is reused)."""
-    key = P.run_key_of(STAGE_TRAIN_FULL, cfg.output, P.train_key(cfg, splits.fingerprint))
+    akey = P.train_key(cfg, splits.fingerprint)
+    key = P.run_key_of(STAGE_TRAIN_FULL, cfg.output, akey)
     tags = {TAG_STAGE: STAGE_TRAIN_FULL, TAG_METHOD: "full", TAG_ARCH: cfg.model.arch, TAG_SEED: cfg.train.seed,
             TAG_FINGERPRINT: splits.fingerprint}
     with tracker.start_run(run_name(STAGE_TRAIN_FULL, arch=cfg.model.arch, seed=cfg.train.seed), key=key,
-                           tags=tags) as run:
+                           tags=tags, system_metrics=cfg.tracking.system_metrics) as run:
         out = train_full(cfg, splits=splits, on_epoch=None if run.reused else epoch_logger(tracker))
         if not run.reused:
-            tracker.log_params(P.identity(cfg, STAGE_TRAIN_FULL))
+            t = cfg.train
+            tracker.log_params({**run_params(method="full", seed=t.seed, arch=cfg.model.arch, epochs=t.epochs, lr=t.lr,
+                                             weighting="none"),
+                                **P.identity(cfg, STAGE_TRAIN_FULL)})
             tracker.log_metrics(result_metrics(out.result))
-            tracker.set_tags({TAG_ARTIFACT_URI: out.uri})
+            tracker.set_tags(artifact_tags(out.uri, akey))
+            log_training_outputs(cfg, tracker, out, splits.classes, full=True)
             tracker.log_input_dataset(cfg.data.name, splits.fingerprint, source=str(cfg.data.root or cfg.data.name))
             if "noise" in splits.info:
                 tracker.log_dict(splits.info["noise"], "noise.json")
