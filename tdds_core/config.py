@@ -207,6 +207,9 @@ class CoresetConfig(_Strict):
     batch_rule_thresholds: tuple[float, float] = Field((0.7, 0.9), description="Rates at which the batch is halved / quartered.")
     epochs: Optional[int] = Field(None, gt=0, description="Coreset epochs under strategy E (default: train.epochs).")
     seeds: list[int] = Field(default_factory=lambda: [42], description="Seeds; one coreset run per seed.")
+    concurrent_runs: Optional[int] = Field(
+        None, ge=1, description="Coreset and cross-architecture trainings of `tdds grid` run side by side on one "
+        "device, this many processes at a time (None: free GPU memory // 6 GiB, at most 4; 1 on a CPU).")
 
 
 class EvaluateConfig(_Strict):

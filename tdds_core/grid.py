@@ -3,7 +3,8 @@
 ``run_grid(cfg)`` runs every registered stage (:mod:`tdds_core.stages`) in order over the plan's
 items (:class:`tdds_core.plan.Plan`): full-data training once, every method setting scored, a
 selection per (setting, rate), a coreset run per (pair, seed), cross-architecture runs for the
-pairs ``cfg.evaluate`` names, then the table (CSV, Markdown) and the accuracy-vs-rate plot. The
+pairs ``cfg.evaluate`` names (these trainings ``coreset.concurrent_runs`` at a time,
+:mod:`tdds_core.concurrent`), then the table (CSV, Markdown) and the accuracy-vs-rate plot. The
 KFP pipeline runs the same stages one task per item. Every piece is keyed by content and config,
 so an interrupted grid continues where it stopped, and MLflow runs are deduplicated by the same keys.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import plan as P
+from .concurrent import resolve_workers, run_items
 from .config import Config
 from .data import create_dataset
 from .stages import Context, State, chain, claim_output
@@ -88,8 +90,12 @@ def run_grid(cfg: Config, *, tracker: Optional[Tracker] = None, pipeline_run_id:
             tracker.log_params(cfg.flat())
         ctx = Context(cfg, splits.fingerprint, tracker, parent_run_id=parent.id, _splits=splits)
         state = State(fingerprint=splits.fingerprint)
+        workers = resolve_workers(cfg)
         for stage in chain(pipeline):
-            parts = [stage.run(ctx, item, state) for item in plan.items(stage.loop)]
+            items = plan.items(stage.loop)
+            # independent trainings side by side (coreset.concurrent_runs); everything else in order, here
+            parts = (run_items(stage, ctx, items, state, workers) if stage.gpu and stage.loop != "once"
+                     else [stage.run(ctx, item, state) for item in items])
             if not stage.side:
                 state = state.merge(parts)
         run_id = parent.id if not isinstance(tracker, NullTracker) else None

@@ -59,6 +59,7 @@ FIELDS: dict[str, str] = {
     "coreset.strategy": IDENTITY, "coreset.weighting": IDENTITY, "coreset.batch_size": IDENTITY,
     "coreset.batch_rule": IDENTITY, "coreset.batch_rule_thresholds": IDENTITY, "coreset.epochs": IDENTITY,
     "coreset.seeds": IDENTITY,           # per coreset item
+    "coreset.concurrent_runs": RUNTIME,  # how many trainings run side by side, not what they compute
     "evaluate.archs": IDENTITY, "evaluate.rates": IDENTITY, "evaluate.methods": IDENTITY,   # which eval items exist
     # `tdds tune` reads these and writes what it chose into methods; no stage reads them
     "tune.method": RUNTIME, "tune.grid": RUNTIME, "tune.epochs": RUNTIME, "tune.seeds": RUNTIME,

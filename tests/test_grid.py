@@ -147,3 +147,33 @@ def test_only_methods_keeps_the_named_rows_and_refuses_unknown_ones():
     assert [m.label for m in only_methods(cfg, ["tdds-rule"]).methods] == ["tdds-rule"]
     with pytest.raises(ConfigError, match="el2n"):
         only_methods(cfg, ["el2n"])
+
+
+def test_concurrent_coreset_runs_match_sequential_ones(tmp_path, monkeypatch):
+    """coreset.concurrent_runs: the coreset trainings of a grid as two spawned processes give the same
+    accuracies as one after another, and log their MLflow runs under the grid's parent."""
+    import torch
+    from mlflow import MlflowClient
+
+    from tdds_core import concurrent
+
+    spawned = []
+    real_spawn = concurrent._spawn
+    monkeypatch.setattr(concurrent, "_spawn", lambda job: spawned.append(job["item_json"]) or real_spawn(job))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)          # the same torch threads in both runs (a worker gets threads // 2, at least 1)
+    try:
+        base = {**SYN, "selection": {"rates": [0.5, 0.7]},
+                "tracking": {"enabled": True, "log_models": "none", "system_metrics": False}}
+        seq = run_grid(parse_config({**base, "output": str(tmp_path / "seq")}))
+        par = run_grid(parse_config({**base, "output": str(tmp_path / "par"), "coreset": {**SYN["coreset"], "concurrent_runs": 2}}))
+    finally:
+        torch.set_num_threads(threads)
+    acc = lambda res: sorted((r["method"], r["rate"] or 0, r["final_acc"], r["num_train"]) for r in res.rows)  # noqa: E731
+    assert len(par.rows) == 5 and acc(par) == acc(seq)
+    assert len(spawned) == 4, "each coreset training runs in a worker process"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'par' / 'mlflow.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    coreset = [r for r in runs if r.data.tags.get("tdds.stage") == "coreset"]
+    assert len(coreset) == 4 and {r.data.tags["mlflow.parentRunId"] for r in coreset} == {par.run_id}
+    assert all(r.info.status == "FINISHED" for r in coreset)

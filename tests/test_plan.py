@@ -16,7 +16,7 @@ RUNTIME_TOGGLES = {
     "train.eval_batch_size": 17, "train.progress": False, "selection.export": True,
     "tracking.enabled": False, "tracking.uri": "http://x:5000", "tracking.experiment": "e",
     "tracking.log_models": "none", "tracking.register_model": "tdds-full", "tracking.system_metrics": False,
-    "tracking.system_metrics_interval_s": 2.5,
+    "tracking.system_metrics_interval_s": 2.5, "coreset.concurrent_runs": 2,
     "tune.method": "el2n", "tune.grid": {"T": [3], "W": [3]}, "tune.epochs": 3, "tune.seeds": [1, 2],
     "tune.rates": [0.5], "tune.baseline": "el2n", "tune.rule": False,
     "pipeline.image": "img:2", "pipeline.gpu_image": "gpu:2", "pipeline.accelerator_type": "amd.com/gpu",

@@ -1,0 +1,119 @@
+"""Independent trainings of one stage side by side: the coreset and cross-architecture items of a
+grid as several processes on one device (one coreset run leaves most of a large GPU idle).
+
+``run_items(stage, ctx, items, state, workers)`` runs ``stage.run`` for each item, ``workers`` at a
+time, each in a fresh process that rebuilds the stage's context from the config, the
+dataset version and the parent MLflow run (``python -m tdds_core.concurrent``); the parts come
+back in item order. ``workers == 1``
+runs them here, one after another. Every training is seeded by its item, so the results do not
+depend on how many run at once (a CPU worker gets ``threads // workers`` torch threads, and the
+caller's own thread count when it runs alone).
+
+:func:`default_workers` derives the count from free device memory when ``coreset.concurrent_runs``
+is unset.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+__all__ = ["run_items", "default_workers", "resolve_workers", "GPU_BYTES_PER_RUN", "MAX_AUTO_WORKERS"]
+
+GPU_BYTES_PER_RUN = 6 << 30   # what one coreset training is budgeted on a GPU (ResNet-18 at batch 128 with headroom)
+MAX_AUTO_WORKERS = 4          # at most this many side by side when the count is derived
+
+
+def default_workers(device: str = "auto") -> int:
+    """Concurrent trainings when not configured: on a CUDA device, free memory // 6 GiB (1..4);
+    on a CPU, 1 (the trainings would only share the same cores)."""
+    try:
+        import torch
+
+        if device in ("auto", "cuda") or device.startswith("cuda"):
+            if torch.cuda.is_available():
+                free, _ = torch.cuda.mem_get_info()
+                return max(1, min(MAX_AUTO_WORKERS, int(free // GPU_BYTES_PER_RUN)))
+    except Exception:  # noqa: BLE001 - no device information: one at a time
+        pass
+    return 1
+
+
+def resolve_workers(cfg: Any) -> int:
+    """``coreset.concurrent_runs``, or :func:`default_workers` of ``train.device`` when unset."""
+    n = cfg.coreset.concurrent_runs
+    return int(n) if n else default_workers(cfg.train.device)
+
+
+def _run_job(job: dict) -> str:
+    """One item, as the worker process runs it: rebuild the context, run the stage, return the part as JSON."""
+    import json
+
+    import torch
+
+    from .config import parse_config
+    from .plan import parse_item
+    from .stages import Context, State, get_stage
+    from .steps import ParentedTracker
+    from .tracking import make_tracker
+
+    torch.set_num_threads(max(1, int(job["threads"])))
+    cfg = parse_config(json.loads(job["config_json"]))
+    stage = get_stage(job["stage"])
+    tracker = make_tracker(cfg, cfg.output)
+    if job.get("parent_run_id") and tracker.enabled:
+        tracker = ParentedTracker(tracker, job["parent_run_id"])
+    ctx = Context(cfg, job["fingerprint"], tracker, parent_run_id=job.get("parent_run_id"))
+    part = stage.run(ctx, parse_item(stage.loop, job["item_json"]), State.model_validate_json(job["state_json"]))
+    return part.model_dump_json()
+
+
+def _spawn(job: dict) -> str:
+    """Run ``job`` in a fresh ``python -m tdds_core.concurrent`` process (a whole process: no
+    ``__main__`` guard needed in the caller's script); its part as JSON, or a RuntimeError with the
+    end of its output."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"])}
+    with tempfile.TemporaryDirectory(prefix="tdds-run-") as tmp:
+        out = os.path.join(tmp, "part.json")
+        proc = subprocess.run([sys.executable, "-m", "tdds_core.concurrent", out], input=json.dumps(job), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        if proc.returncode != 0 or not os.path.isfile(out):
+            tail = "\n".join(proc.stdout.rstrip().splitlines()[-30:])
+            raise RuntimeError(f"the {job['stage']} training of item {job['item_json'][:160]} failed in its worker "
+                               f"process (exit {proc.returncode}):\n{tail}")
+        with open(out, encoding="utf-8") as f:
+            return f.read()
+
+
+def run_items(stage: Any, ctx: Any, items: Sequence[Any], state: Any, workers: int) -> list[Any]:
+    """``stage.run(ctx, item, state)`` for every item, ``workers`` processes at a time (1: here, in
+    order). Returns the parts in item order; the first failing item's error is raised (the others
+    finish first, so no work is lost)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .stages import State
+
+    if workers <= 1 or len(items) <= 1:
+        return [stage.run(ctx, item, state) for item in items]
+    import torch
+
+    workers = min(workers, len(items))
+    base = {"stage": stage.name, "config_json": ctx.cfg.to_json(), "fingerprint": ctx.fingerprint,
+            "state_json": state.model_dump_json(), "parent_run_id": ctx.parent_run_id,
+            "threads": max(1, torch.get_num_threads() // workers)}
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(_spawn, {**base, "item_json": item.model_dump_json()}) for item in items]
+        return [State.model_validate_json(f.result()) for f in futures]
+
+
+if __name__ == "__main__":   # the worker: a job (JSON) on stdin, its part (JSON) into the file argv[1]
+    import json
+    import sys
+
+    from .io import atomic_write_text
+
+    atomic_write_text(__import__("pathlib").Path(sys.argv[1]), _run_job(json.load(sys.stdin)))
