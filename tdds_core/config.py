@@ -96,6 +96,9 @@ class TrainConfig(_Strict):
     amp: Literal["auto", "bf16", "off"] = Field("auto", description="bf16 autocast on CUDA ('auto' = on for CUDA).")
     channels_last: bool = Field(True, description="channels_last memory format on CUDA and CPU (about 1.3x faster small CNNs on CPU; docs/BENCHMARKS.md).")
     compile: bool = Field(False, description="torch.compile the model on CUDA.")
+    deterministic: bool = Field(False, description="Bit-identical reruns on a GPU: deterministic CUDA kernels "
+                                "(torch.use_deterministic_algorithms, cuDNN without autotuning; slower). A CPU run is "
+                                "deterministic anyway.")
     eval_batch_size: int = Field(1000, gt=0, description="Batch size for test evaluation and feature extraction.")
     drop_last: bool = Field(False, description="Drop the last partial batch of each epoch.")
     eval_every: int = Field(1, gt=0, description="Evaluate on the test set every this many epochs (and always after the last).")

@@ -87,6 +87,7 @@ class TrainSpec:
     amp: str = "auto"
     channels_last: bool = True
     compile: bool = False
+    deterministic: bool = False                # deterministic CUDA kernels (identity on a GPU, see effective_numerics)
     eval_batch_size: int = 1000
     eval_every: int = 1
     progress: bool = True
@@ -99,11 +100,15 @@ class TrainSpec:
         numerics settings by their effective values on this machine."""
         from .plan import runtime_spec_fields
 
-        skip = set(runtime_spec_fields()) | {"device", "amp", "channels_last", "compile"}
+        skip = set(runtime_spec_fields()) | set(NUMERIC_FIELDS)
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-        d["numerics"] = effective_numerics(self.device, self.amp, self.channels_last, self.compile)
+        d["numerics"] = self.numerics()
         d["fingerprint"] = fingerprint
         return config_digest(d, 16)
+
+    def numerics(self) -> dict:
+        """:func:`effective_numerics` of this spec on this machine."""
+        return effective_numerics(self.device, self.amp, self.channels_last, self.compile, self.deterministic)
 
     def describe(self) -> dict:
         d = dataclasses.asdict(self)
@@ -113,13 +118,20 @@ class TrainSpec:
         return d
 
 
-def effective_numerics(device: str, amp: str, channels_last: bool, compile: bool) -> dict:
+NUMERIC_FIELDS = ("device", "amp", "channels_last", "compile", "deterministic")   # identity by effective value
+
+
+def effective_numerics(device: str, amp: str, channels_last: bool, compile: bool, deterministic: bool = False) -> dict:
     """What the numerics settings do on this machine: the device class, and bf16 autocast,
-    channels_last (CUDA and CPU, where it speeds convolutions up) and torch.compile (CUDA) as applied."""
+    channels_last (CUDA and CPU, where it speeds convolutions up), torch.compile (CUDA) and
+    deterministic kernels (CUDA; a key only when on, so runs from before the option keep theirs) as applied."""
     dev = resolve_device(device).type
     cuda = dev == "cuda"
-    return {"device": dev, "bf16": cuda and amp in ("auto", "bf16"), "channels_last": dev in ("cuda", "cpu") and bool(channels_last),
-            "compile": cuda and bool(compile)}
+    out = {"device": dev, "bf16": cuda and amp in ("auto", "bf16"), "channels_last": dev in ("cuda", "cpu") and bool(channels_last),
+           "compile": cuda and bool(compile)}
+    if cuda and deterministic:
+        out["deterministic"] = True
+    return out
 
 
 def check_arch(arch: str, field: str = "model.arch") -> None:
@@ -144,7 +156,7 @@ def full_data_spec(cfg: Config) -> TrainSpec:
 
 def _runtime(cfg: Config) -> dict:
     t, d = cfg.train, cfg.data
-    return dict(device=t.device, amp=t.amp, channels_last=t.channels_last, compile=t.compile,
+    return dict(device=t.device, amp=t.amp, channels_last=t.channels_last, compile=t.compile, deterministic=t.deterministic,
                 eval_batch_size=t.eval_batch_size, eval_every=t.eval_every, progress=t.progress,
                 resident=d.resident, resident_max_bytes=d.resident_max_bytes, num_workers=d.num_workers)
 
@@ -163,25 +175,24 @@ def coreset_batch_size(cfg: Config, rate: float) -> int:
 
 def coreset_spec(cfg: Config, *, rate: float, positions: np.ndarray, weights: np.ndarray, num_full: int,
                  arch: str | None = None, seed: int | None = None, weighting: str = "none") -> TrainSpec:
-    """Training on a selection: Strategy E (same epochs) or P (same iterations as the full-data run),
+    """Training on a selection: Strategy E (same epochs) or P (E / (1 - rate) epochs: as many sample
+    visits as the full-data run),
     with the loss ``weighting`` (:func:`weighted_loss`; ``mean1`` = ``sample`` with the kept
     samples' weights scaled to mean 1)."""
     t, c = cfg.train, cfg.coreset
     check_arch(arch or cfg.model.arch, "model.arch" if arch is None else "--arch / evaluate.archs")
     b = coreset_batch_size(cfg, rate)
     epochs = c.epochs or t.epochs
-    iterations = None
     if c.strategy == "P":
-        full_iters = t.epochs * (num_full // t.batch_size if t.drop_last else math.ceil(num_full / t.batch_size))
-        iterations = full_iters
-        per_epoch = max(1, math.ceil(len(positions) / b))
-        epochs = math.ceil(full_iters / per_epoch)
+        # the paper's Strategy-P: as many sample visits as the full-data run, E / (1 - p) epochs
+        # (whatever the batch sizes; CIFAR-100, E = 200, p = 0.9: 2000 epochs)
+        epochs = max(1, math.ceil(round(t.epochs / (1.0 - rate), 9)))
     return TrainSpec(arch=arch or cfg.model.arch, model_options=dict(cfg.model.options) if arch in (None, cfg.model.arch) else {},
                      epochs=epochs, batch_size=b, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
                      weight_decay=t.weight_decay, schedule=t.schedule, seed=t.seed if seed is None else seed,
                      augment=t.augment, drop_last=False, positions=[int(p) for p in positions],
                      weights=[float(w) for w in kept_weights(weights, weighting)],
-                     weighting="sample" if weighting == "mean1" else weighting, iterations=iterations, **_runtime(cfg))
+                     weighting="sample" if weighting == "mean1" else weighting, **_runtime(cfg))
 
 
 def kept_weights(weights: np.ndarray, weighting: str) -> np.ndarray:
@@ -333,9 +344,16 @@ class _Trainer:
         self.use_amp = cuda and spec.amp in ("auto", "bf16")
         self.channels_last = self.device.type in ("cuda", "cpu") and spec.channels_last
         if cuda:
-            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.benchmark = not spec.deterministic
+        if cuda and spec.deterministic:   # a CPU run is deterministic already
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS needs it before its first call
+            torch.backends.cudnn.deterministic = True
+            torch.use_deterministic_algorithms(True)
         self.n = len(splits.train)
         self.c = splits.num_classes
+        if spec.record_dynamics and spec.drop_last:
+            raise ConfigError("drop_last with dynamics recording: every sample needs its logits every epoch; set "
+                              "train.drop_last: false (or dynamics.record: false)")
         positions = np.arange(self.n) if spec.positions is None else np.asarray(spec.positions, dtype=np.int64)
         if len(positions) == 0:
             raise ConfigError("the selection is empty: nothing to train on; use a lower pruning rate")
@@ -396,14 +414,18 @@ class _Trainer:
         return st
 
     def load(self, st: dict) -> None:
+        """Restore a checkpoint (loaded onto the CPU, :func:`load_checkpoint`): model and optimizer
+        state move to the training device; the RNG states stay CPU byte tensors, the only kind
+        ``torch.set_rng_state`` / ``torch.cuda.set_rng_state_all`` accept."""
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.sched.load_state_dict(st["sched"])
-        torch.set_rng_state(st["rng"]["torch"])
+        torch.set_rng_state(_cpu_bytes(st["rng"]["torch"]))
         np.random.set_state(st["rng"]["numpy"])
         random.setstate(st["rng"]["python"])
         if "cuda" in st["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(st["rng"]["cuda"])
+            saved = [_cpu_bytes(x) for x in st["rng"]["cuda"]]
+            torch.cuda.set_rng_state_all(saved[:torch.cuda.device_count()])
 
     def run(self) -> TrainResult:
         spec, out = self.spec, self.out
@@ -416,7 +438,7 @@ class _Trainer:
         start_epoch, iteration, history, best = 0, 0, [], (-1.0, -1)
         if ckpt.is_file():
             try:
-                st = torch.load(ckpt, map_location=self.device, weights_only=False)
+                st = load_checkpoint(ckpt)
             except Exception as e:  # noqa: BLE001 - a torn file cannot happen (atomic), but a foreign one can
                 raise ArtifactError(f"{ckpt} cannot be read ({e}); delete it to restart the run from scratch") from e
             self.load(st)
@@ -444,6 +466,8 @@ class _Trainer:
 
                 bar = tqdm(total=min(len(self.train_loader), self.total_iters - iteration), desc=f"epoch {epoch + 1}/{spec.epochs}",
                            leave=False, dynamic_ncols=True)
+            if rec_train:   # a row the epoch does not write stays NaN and fails the finite check below
+                buf.fill_(float("nan"))
             step_model = self.capture_step if rec_train else self.step_model
             step_model.train()
             for x, y, idx in self.train_loader.epoch(epoch, spec.seed):
@@ -485,8 +509,9 @@ class _Trainer:
                 arr = buf.float().cpu().numpy()
                 if not np.isfinite(arr).all():
                     bad = int((~np.isfinite(arr).all(1)).sum())
-                    raise ScoringError(f"epoch {epoch}: {bad} samples have NaN/Inf logits; training diverged "
-                                       "(lower train.lr or check the data); nothing was written for this epoch")
+                    raise ScoringError(f"epoch {epoch}: {bad} samples have NaN/Inf logits: training diverged (lower "
+                                       "train.lr or check the data) or the epoch did not visit them (train.drop_last); "
+                                       "nothing was written for this epoch")
                 writer.write_epoch(epoch, arr)
             last = epoch == spec.epochs - 1 or iteration >= self.total_iters
             if last or (epoch + 1) % spec.eval_every == 0:
@@ -533,6 +558,25 @@ class _Trainer:
         return result
 
 
+def _runtime_names() -> set[str]:
+    """TrainSpec fields that change no number (left out of a run's identity)."""
+    from .plan import runtime_spec_fields
+
+    return set(runtime_spec_fields()) | set(NUMERIC_FIELDS)
+
+
+def _cpu_bytes(t: Any) -> torch.Tensor:
+    """An RNG state as the CPU uint8 tensor torch's setters require, wherever it was loaded."""
+    return torch.as_tensor(t).detach().to("cpu", torch.uint8)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A training checkpoint, every tensor on the CPU (``load_state_dict`` then moves model and
+    optimizer state to the training device; RNG states must stay on the CPU: loading them onto a
+    GPU made every resume there fail)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def load_result(out_dir: str | os.PathLike) -> TrainResult | None:
     """The finished result in ``out_dir`` (checksums verified), or None when the run has not finished."""
     out = Path(out_dir)
@@ -556,15 +600,22 @@ def train(splits: Splits, spec: TrainSpec, out_dir: str | os.PathLike, *,
     if run_file.is_file():
         prev = read_json(run_file)
         if prev.get("spec_digest") != digest:
+            now = {**spec.describe(), "numerics": spec.numerics()}
+            was = {**prev.get("spec", {}), "numerics": prev.get("numerics")}
+            differ = sorted(k for k in now if k in was and was[k] != now[k] and k not in _runtime_names())
+            what = f" (differs in {', '.join(differ)}: {', '.join(f'{k} {was[k]!r} -> {now[k]!r}' for k in differ)})" \
+                if differ else ""
             raise ArtifactError(
-                f"{out} holds another run (spec {prev.get('spec_digest')}, this one {digest}); "
-                "refusing to mix them: choose another output folder or delete it."
+                f"{out} holds another run (spec {prev.get('spec_digest')}, this one {digest}){what}; "
+                "refusing to mix them: choose another output folder or delete it (numeric settings such as "
+                "train.amp, channels_last, compile and the device count as a different run)."
             )
         done = load_result(out)
         if done is not None:
             return done
     else:
         atomic_write_json(run_file, {"spec_digest": digest, "fingerprint": splits.fingerprint, "spec": spec.describe(),
+                                     "numerics": spec.numerics(),
                                      "tdds_version": _version()})
     return _Trainer(splits, spec, out, on_epoch, on_checkpoint).run()
 

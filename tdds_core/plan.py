@@ -48,7 +48,7 @@ FIELDS: dict[str, str] = {
     "train.epochs": IDENTITY, "train.batch_size": IDENTITY, "train.lr": IDENTITY, "train.momentum": IDENTITY,
     "train.nesterov": IDENTITY, "train.weight_decay": IDENTITY, "train.schedule": IDENTITY, "train.seed": IDENTITY,
     "train.augment": IDENTITY, "train.device": IDENTITY, "train.amp": IDENTITY, "train.channels_last": IDENTITY,
-    "train.compile": IDENTITY, "train.eval_batch_size": RUNTIME, "train.drop_last": IDENTITY,
+    "train.compile": IDENTITY, "train.deterministic": IDENTITY, "train.eval_batch_size": RUNTIME, "train.drop_last": IDENTITY,
     "train.eval_every": IDENTITY,        # which epochs are evaluated changes best_acc
     "train.progress": RUNTIME,
     "dynamics.record": IDENTITY, "dynamics.mode": IDENTITY, "dynamics.dtype": IDENTITY,
@@ -117,10 +117,10 @@ def numerics(cfg: Config) -> dict[str, Any]:
     from .engine import effective_numerics
 
     t = cfg.train
-    return effective_numerics(t.device, t.amp, t.channels_last, t.compile)
+    return effective_numerics(t.device, t.amp, t.channels_last, t.compile, t.deterministic)
 
 
-_NUMERICS = ("train.device", "train.amp", "train.channels_last", "train.compile")
+_NUMERICS = ("train.device", "train.amp", "train.channels_last", "train.compile", "train.deterministic")
 
 
 def stage_reads(stage: str) -> tuple[str, ...]:

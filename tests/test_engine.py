@@ -119,17 +119,54 @@ def test_weighting_modes_on_a_hand_made_batch():
     assert not torch.isclose(weighted_loss(l2, y, w2, "batch"), weighted_loss(logits, y, w2, "batch"))
 
 
-def test_strategy_p_runs_the_full_data_iterations(tmp_path):
+def test_strategy_p_trains_E_over_1_minus_p_epochs(tmp_path):
+    """The paper's Strategy-P: E / (1 - p) epochs whatever the batch sizes (the batch rule included)."""
     cfg = cfg_(**{"coreset.strategy": "P", "coreset.batch_size": 10, "train.epochs": 2})
     s = create_dataset(cfg.data)
-    full_iters = 2 * math.ceil(96 / 16)
-    pos = np.arange(0, 96, 4)  # 24 samples -> 3 batches an epoch
+    pos = np.arange(0, 96, 4)  # 24 samples kept of 96: p = 0.75
     spec = coreset_spec(cfg, rate=0.75, positions=pos, weights=np.ones(len(pos)), num_full=96)
-    assert spec.iterations == full_iters and spec.epochs == math.ceil(full_iters / 3)
+    assert spec.epochs == 8 and spec.iterations is None
     res = train(s, spec, tmp_path)
-    assert res.iterations == full_iters and res.num_train == 24
+    assert res.epochs == 8 and res.iterations == 8 * math.ceil(24 / 10) and res.num_train == 24
+    rule = cfg_(**{"coreset.strategy": "P", "coreset.batch_rule": True, "train.epochs": 200})
+    assert [coreset_spec(rule, rate=r, positions=pos, weights=np.ones(len(pos)), num_full=96).epochs
+            for r in (0.3, 0.5, 0.7, 0.9)] == [286, 400, 667, 2000]
     e = coreset_spec(cfg_(**{"coreset.batch_size": 10, "train.epochs": 2}), rate=0.75, positions=pos, weights=np.ones(len(pos)), num_full=96)
     assert e.iterations is None and e.epochs == 2
+
+
+def test_checkpoint_loads_onto_the_cpu_and_rng_states_restore_as_cpu_bytes(tmp_path, monkeypatch):
+    """A resume loads the checkpoint with map_location='cpu' and hands torch's RNG setters CPU uint8
+    tensors (loading onto the training device put them on the GPU, which the setters refuse)."""
+    from tdds_core import engine
+
+    cfg = cfg_()
+    s = create_dataset(cfg.data)
+    spec = full_data_spec(cfg)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="stop"):
+        train(s, spec, out, on_epoch=lambda rec: (_ for _ in ()).throw(RuntimeError("stop")) if rec["epoch"] == 1 else None)
+    assert (out / "checkpoint.pt").is_file()
+    loads, states = [], []
+    real_load, real_set = torch.load, torch.set_rng_state
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k.get("map_location")) or real_load(*a, **k))
+    monkeypatch.setattr(torch, "set_rng_state", lambda t: states.append((t.device.type, t.dtype)) or real_set(t))
+    st = engine.load_checkpoint(out / "checkpoint.pt")
+    st["rng"]["torch"] = st["rng"]["torch"].to(torch.int64)     # as a foreign loader might hand it over
+    assert engine._cpu_bytes(st["rng"]["torch"]).dtype == torch.uint8
+    resumed = train(s, spec, out)
+    assert loads and set(loads) == {"cpu"} and states and set(states) == {("cpu", torch.uint8)}
+    whole = train(s, spec, tmp_path / "whole")
+    assert resumed.final_acc == whole.final_acc
+
+
+def test_the_trainer_itself_refuses_drop_last_with_recording(tmp_path):
+    import dataclasses
+
+    cfg = cfg_()
+    spec = dataclasses.replace(full_data_spec(cfg), drop_last=True)
+    with pytest.raises(ConfigError, match="drop_last"):
+        train(create_dataset(cfg.data), spec, tmp_path)
 
 
 def test_batch_rule():
@@ -170,3 +207,14 @@ def test_streamed_dataloader_path_equals_resident_path(tmp_path):
     da, db = open_dynamics(tmp_path / "a" / "dynamics"), open_dynamics(tmp_path / "b" / "dynamics")
     for t in (0, 1):
         assert np.array_equal(da.epoch(t), db.epoch(t))
+
+
+def test_a_resume_with_other_numerics_is_refused_and_names_the_setting(tmp_path):
+    """channels_last changes a CPU run's numbers: resuming a run in the same folder with it toggled is
+    refused, naming the numeric setting, instead of mixing the two."""
+    cfg = cfg_()
+    s = create_dataset(cfg.data)
+    with pytest.raises(RuntimeError, match="stop"):
+        train(s, full_data_spec(cfg), tmp_path, on_epoch=lambda rec: (_ for _ in ()).throw(RuntimeError("stop")))
+    with pytest.raises(ArtifactError, match=r"differs in numerics: numerics .*'channels_last': True.* -> .*'channels_last': False"):
+        train(s, full_data_spec(cfg_(**{"train.channels_last": False})), tmp_path)

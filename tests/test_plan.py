@@ -81,10 +81,26 @@ def test_identity_field_changes_the_keys_of_the_stages_that_read_it(path):
 def test_numerics_are_keyed_by_their_effect_on_this_machine():
     # on a CPU, bf16 autocast and compile are not applied: the same numbers, one key; channels_last is
     base = Config()
-    for path, value in (("train.amp", "off"), ("train.compile", True), ("train.device", "cpu")):
+    for path, value in (("train.amp", "off"), ("train.compile", True), ("train.device", "cpu"), ("train.deterministic", True)):
         assert P.train_key(_with(path, value), FP) == P.train_key(base, FP), path
     assert P.train_key(_with("train.channels_last", False), FP) != P.train_key(base, FP)
     assert P.numerics(base)["device"] == "cpu" and P.numerics(base)["bf16"] is False
+
+
+
+def test_deterministic_kernels_are_identity_on_a_gpu(monkeypatch):
+    """On a GPU (the device resolution stubbed: no CUDA here) train.deterministic changes the key;
+    off, the numerics carry no such entry, so keys from before the option stand."""
+    import torch
+
+    from tdds_core import engine
+
+    monkeypatch.setattr(engine, "resolve_device", lambda name: torch.device("cuda"))
+    gpu = _with("train.device", "cuda")
+    assert "deterministic" not in P.numerics(gpu)
+    det = gpu.model_copy(update={"train": gpu.train.model_copy(update={"deterministic": True})})
+    assert P.numerics(det)["deterministic"] is True
+    assert P.train_key(det, FP) != P.train_key(gpu, FP)
 
 
 def test_stage_config_keeps_what_the_stage_reads():
