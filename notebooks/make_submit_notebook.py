@@ -13,17 +13,21 @@ This notebook drives the `tdds-prune` Kubeflow pipeline from Python:
 1. build a config (the quickstart config, here reduced further so a local run takes about a minute),
 2. compile the pipeline to KFP v2 YAML,
 3. run it **locally** through `kfp.local` (the same pipeline `tdds run` runs) or **submit** it to a
-   Kubeflow Pipelines cluster,
-4. read the results table back from MLflow and plot accuracy against the pruning rate.
+   Kubeflow Pipelines cluster and wait for it,
+4. read that run's results table back from MLflow and plot accuracy against the pruning rate.
 
 Settings come from environment variables so the same notebook runs in CI and against a cluster:
-`TDDS_NOTEBOOK_MODE` (`local` or `cluster`), `TDDS_KFP_HOST` (cluster mode), `TDDS_NOTEBOOK_OUTPUT`
-(output root), `TDDS_NOTEBOOK_QUICK` (`1`: tiny run; `0`: the full quickstart config)."""),
+`TDDS_NOTEBOOK_MODE` (`local` or `cluster`), `TDDS_KFP_HOST` (cluster mode; default `in-cluster`: the
+KFP API and service-account token of a Kubeflow notebook server with pipelines access),
+`TDDS_NOTEBOOK_OUTPUT` (output root; an `s3://bucket/prefix` in cluster mode),
+`TDDS_NOTEBOOK_QUICK` (`1`: tiny run; `0`: the full quickstart config). In cluster mode the config
+also needs the cluster settings of docs/CLUSTER.md section 4 (images, MLflow server, dataset
+volume, secrets): put them in `TDDS_NOTEBOOK_SETS` (`;`-separated `key=value`)."""),
     new_code_cell("""import os
 from pathlib import Path
 
 MODE = os.environ.get("TDDS_NOTEBOOK_MODE", "local")        # "local" or "cluster"
-HOST = os.environ.get("TDDS_KFP_HOST", "")                  # KFP API endpoint, cluster mode
+HOST = os.environ.get("TDDS_KFP_HOST", "in-cluster")        # KFP API endpoint, cluster mode
 OUTPUT = os.environ.get("TDDS_NOTEBOOK_OUTPUT", "../runs/notebook")
 QUICK = os.environ.get("TDDS_NOTEBOOK_QUICK", "1") == "1"
 REPO = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
@@ -32,6 +36,7 @@ print(MODE, OUTPUT, QUICK)"""),
     new_code_cell("""from tdds_core.config import load_config
 
 overrides = [f"output={OUTPUT}", "train.progress=false"]
+overrides += [s for s in os.environ.get("TDDS_NOTEBOOK_SETS", "").split(";") if s.strip()]
 if QUICK:
     overrides += ["data.train_subset=600", "data.test_subset=500", "train.epochs=2",
                   "methods=[{name: random}, {name: tdds, params: {T: 2, W: 2}}]", "selection.rates=[0.5]"]
@@ -45,24 +50,25 @@ if MODE == "cluster":
     print("compiled", yaml_path)
 else:
     print("local mode: not compiled (a cluster needs an s3:// output and an MLflow server)")"""),
-    new_markdown_cell("## 3. Run locally, or submit to a cluster"),
-    new_code_cell("""from pipelines.run import run_local, submit
-from tdds_core.tracking import default_experiment, default_tracking_uri
+    new_markdown_cell("## 3. Run locally, or submit to a cluster and wait"),
+    new_code_cell("""from pipelines.run import run_local, submit, wait_for_run
+from tdds_core.tracking import default_experiment
 
 if MODE == "local":
     result = run_local(cfg)
-    tracking_uri, experiment = result.tracking_uri, result.experiment
-    print("local run", result.run_id, "parent MLflow run", result.parent_run_id)
+    run_id, tracking_uri, experiment = result.run_id, result.tracking_uri, result.experiment
+    print("local run", run_id, "parent MLflow run", result.parent_run_id)
 else:
     run_id = submit(cfg, HOST)
-    print("submitted: KFP run", run_id, "- wait for it to finish in the KFP UI, then run the next cells")
+    print("submitted: KFP run", run_id, "- waiting for it to finish (the KFP UI shows its progress)")
+    print("finished:", wait_for_run(HOST, run_id))
     tracking_uri = cfg.tracking.uri or os.environ["MLFLOW_TRACKING_URI"]
     experiment = default_experiment(cfg)"""),
-    new_markdown_cell("## 4. Results from MLflow\nOne row per trained model (full data, and each method x pruning rate); the table aggregates over seeds."),
+    new_markdown_cell("## 4. Results from MLflow\nThis run's rows only (its parent MLflow run holds them, also for stages reused from the cache): one per trained model (full data, and each method x pruning rate); the table aggregates over seeds."),
     new_code_cell("""from IPython.display import Image, Markdown, display
-from tdds_core.report import build_table, plot_accuracy_vs_rate, rows_from_mlflow, to_markdown
+from tdds_core.report import build_table, plot_accuracy_vs_rate, rows_from_pipeline_run, to_markdown
 
-rows = rows_from_mlflow(tracking_uri, experiment)
+rows = rows_from_pipeline_run(tracking_uri, experiment, run_id)
 table = build_table(rows)
 display(Markdown(to_markdown(table)))
 plot = plot_accuracy_vs_rate(rows, Path(cfg.output) / "notebook_accuracy_vs_rate.png", title=cfg.name)

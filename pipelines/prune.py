@@ -42,14 +42,16 @@ WORKFLOW_LABEL_PATH = "metadata.labels['workflows.argoproj.io/workflow']"
 
 def _for_cluster(task: Any, p: PipelineConfig, *, gpu: bool) -> None:
     """What only a Kubernetes cluster uses: the pipeline instance (the Argo workflow's name, so a
-    task finds its own run's parent MLflow run), requests and retries of the light tasks, the
+    task finds its own run's parent MLflow run), the code version it was compiled from, requests and retries of the light tasks, the
     secrets and the data volume of every task, and the placement, /dev/shm and CUDA check of the
     training tasks."""
     from kfp import kubernetes
 
-    from tdds_core.steps import PIPELINE_INSTANCE_ENV
+    from tdds_core.steps import PIPELINE_INSTANCE_ENV, code_stamp
 
     kubernetes.use_field_path_as_env(task, env_name=PIPELINE_INSTANCE_ENV, field_path=WORKFLOW_LABEL_PATH)
+    for k, v in code_stamp().items():   # the task refuses an image of other code (steps.check_code_version)
+        task.set_env_variable(k, v)
     if not gpu:
         task.set_cpu_request(p.light_cpu_request).set_memory_request(p.light_memory_request)
         if p.retries > 0:

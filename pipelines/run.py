@@ -25,13 +25,13 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 from tdds_core.config import Config
 from tdds_core.errors import PipelineError
 
 __all__ = ["compile_pipeline", "check_cluster", "run_local", "submit", "schedule", "check_host", "LocalRunResult",
-           "cluster_env", "normalize_cron", "SECRET_ENV", "PIPELINES", "local_pipeline_root", "cache_context", "drop_stale_cache"]
+           "cluster_env", "normalize_cron", "register_pipeline_version", "version_name", "wait_for_run", "SECRET_ENV", "PIPELINES", "local_pipeline_root", "cache_context", "drop_stale_cache"]
 
 PIPELINES = ("prune", "reprune")
 # never baked into a compiled pipeline: these come from Kubernetes secrets (docs/CLUSTER.md)
@@ -464,6 +464,26 @@ def submit(cfg: Config, host: str, *, experiment: Optional[str] = None, kind: st
     return str(result.run_id)
 
 
+def wait_for_run(host: str, run_id: str, *, timeout_s: int = 6 * 3600, namespace: Optional[str] = None,
+                 token: Optional[str] = None, poll_s: int = 15) -> str:
+    """Wait until the KFP run ``run_id`` ends (``host``: as :func:`submit`, ``in-cluster`` from a
+    pod); returns its final state, PipelineError unless it SUCCEEDED or when ``timeout_s`` passes."""
+    host, access = Access.resolve(host, namespace, token)
+    host, client = _client(host, access)
+    try:
+        run = client.wait_for_run_completion(run_id, timeout=timeout_s, sleep_duration=poll_s)
+    except TimeoutError:
+        raise PipelineError(f"KFP run {run_id} at {host} did not finish within {timeout_s} s; it goes on running: "
+                            "wait again, or look at it in the KFP UI.") from None
+    except Exception as e:  # noqa: BLE001
+        raise _api_error(host, f"waiting for run {run_id}", e) from None
+    state = str(getattr(run, "state", "") or "")
+    if state != "SUCCEEDED":
+        raise PipelineError(f"KFP run {run_id} at {host} ended {state or 'without a state'}; open it in the KFP UI "
+                            "for the failing task's log, fix the cause and submit again (finished stages are reused).")
+    return state
+
+
 def normalize_cron(expr: str) -> str:
     """A KFP cron expression (6 fields, seconds first) from 5 standard fields (``0`` seconds
     prepended) or 6 fields as they are."""
@@ -476,10 +496,45 @@ def normalize_cron(expr: str) -> str:
                         "daily at 03:00) or KFP's 6 (seconds first).")
 
 
+def _by_name(name: str) -> str:
+    """A KFP API filter (JSON) for ``display_name == name``."""
+    return json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
+
+
+def version_name(cfg: Config, kind: str) -> str:
+    """The pipeline version a compiled config registers as: the code version and the build digest
+    (the plan and every stage's settings), so the same code and config give the same version."""
+    from tdds_core.steps import build_digest
+    from tdds_core.tracking import code_version
+
+    return f"{code_version()}-{build_digest(cfg, kind)[:12]}"
+
+
+def register_pipeline_version(client: Any, path: str | os.PathLike, cfg: Config, kind: str,
+                              namespace: Optional[str] = None) -> tuple[str, str]:
+    """Register the compiled pipeline at ``path`` as pipeline ``tdds-<kind>-<config name>`` (uploaded
+    on first use) in version :func:`version_name` (uploaded unless that version exists already).
+    Returns ``(pipeline_id, version_id)``."""
+    name, version = f"tdds-{kind}-{cfg.name}", version_name(cfg, kind)
+    pipeline_id = client.get_pipeline_id(name)
+    if pipeline_id is None:
+        created = client.upload_pipeline(str(path), pipeline_name=name, namespace=namespace,
+                                         description=f"tdds {kind} pipeline of config {cfg.name!r} ({cfg.data.name})")
+        pipeline_id = created.pipeline_id
+    found = client.list_pipeline_versions(pipeline_id, filter=_by_name(version), page_size=1).pipeline_versions or []
+    if found:
+        return pipeline_id, found[0].pipeline_version_id
+    created = client.upload_pipeline_version(str(path), pipeline_version_name=version, pipeline_id=pipeline_id,
+                                             description=f"tdds {version}")
+    return pipeline_id, created.pipeline_version_id
+
+
 def schedule(cfg: Config, host: str, cron: str, *, experiment: Optional[str] = None,
              env: Optional[Mapping[str, str]] = None, name: Optional[str] = None,
              namespace: Optional[str] = None, token: Optional[str] = None) -> str:
-    """A recurring run of ``tdds-reprune`` for ``cfg`` on the KFP at ``host`` (as :func:`submit`). Returns its id."""
+    """A recurring run of ``tdds-reprune`` for ``cfg`` on the KFP at ``host`` (as :func:`submit`),
+    pointing at a registered pipeline version (:func:`register_pipeline_version`): the schedule names
+    the code and config it runs, and the KFP UI lists it under the pipeline. Returns its id."""
     cron6 = normalize_cron(cron)
     env = cluster_env(cfg, env)
     host, access = Access.resolve(host, namespace, token)
@@ -487,11 +542,13 @@ def schedule(cfg: Config, host: str, cron: str, *, experiment: Optional[str] = N
         path = compile_pipeline(cfg, Path(tmp) / "tdds-reprune.yaml", kind="reprune", env=env)
         host, client = _client(host, access)
         try:
+            pipeline_id, version_id = register_pipeline_version(client, path, cfg, "reprune", access.namespace)
             exp = client.create_experiment(experiment or f"tdds-{cfg.name}", namespace=access.namespace)
             job = client.create_recurring_run(
                 experiment_id=exp.experiment_id, job_name=name or f"{cfg.name}-reprune", cron_expression=cron6,
-                params={"config_json": cfg.to_json()}, pipeline_package_path=str(path), max_concurrency=1,
-                no_catchup=True, enable_caching=cfg.pipeline.caching, pipeline_root=cfg.pipeline.pipeline_root)
+                params={"config_json": cfg.to_json()}, pipeline_id=pipeline_id, version_id=version_id,
+                max_concurrency=1, no_catchup=True, enable_caching=cfg.pipeline.caching,
+                pipeline_root=cfg.pipeline.pipeline_root)
         except Exception as e:  # noqa: BLE001
             raise _api_error(host, "scheduling tdds-reprune", e) from None
     return str(job.recurring_run_id)

@@ -36,7 +36,7 @@ from .tracking import (METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_ITERATIONS, MET
                        METRIC_WALL_S, STAGE_CORESET, STAGE_EVALUATE, STAGE_TRAIN_FULL, TAG_ARCH, TAG_METHOD,
                        TAG_RATE, TAG_SEED, TAG_STAGE, MlflowTracker, format_rate)
 
-__all__ = ["build_table", "to_csv", "to_markdown", "plot_accuracy_vs_rate", "rows_from_mlflow", "full_accuracy",
+__all__ = ["build_table", "to_csv", "to_markdown", "plot_accuracy_vs_rate", "rows_from_mlflow", "rows_from_pipeline_run", "full_accuracy",
            "paired_differences", "paired_markdown", "scale_note",
            "score_histogram_figure", "extremes_grid_figure", "FULL_METHOD", "TABLE_COLUMNS"]
 
@@ -370,6 +370,28 @@ def rows_from_mlflow(tracking_uri: str, experiment: str,
 
 
 _ALL_RUNS = 10 ** 9   # find_runs limit that means "every run" (it pages through them)
+
+
+def rows_from_pipeline_run(tracking_uri: str, experiment: str, pipeline_run_id: str) -> list[dict]:
+    """The result rows of one pipeline run (a KFP run id, or ``tdds run``'s ``local-...``): the
+    ``report/rows.json`` its parent MLflow run holds, whichever runs were reused from the cache.
+    TrackingError when no parent run has that id or it has no report yet (still running, failed)."""
+    import json
+
+    from .tracking import STAGE_PIPELINE, TAG_PIPELINE_RUN
+
+    tracker = MlflowTracker(tracking_uri, experiment, create_experiment=False)
+    parents = tracker.find_runs(tags={TAG_STAGE: STAGE_PIPELINE, TAG_PIPELINE_RUN: pipeline_run_id}, max_results=1)
+    if not parents:
+        raise TrackingError(f"no pipeline run {pipeline_run_id!r} in MLflow experiment {experiment!r} at "
+                            f"{tracker.uri_label}; pass the run id `tdds run` printed or `submit` returned, and the "
+                            "tracking URI the pipeline logged to.")
+    parent = parents[0]
+    try:
+        return json.loads(tracker.read_artifact(parent.id, "report/rows.json"))
+    except TrackingError:
+        raise TrackingError(f"pipeline run {pipeline_run_id!r} (MLflow run {parent.id}, {parent.status}) has no report "
+                            "yet: wait until it finishes (a failed run has none; see its tasks' logs).") from None
 
 
 # ------------------------------------------------------------------------------ score-stage figures

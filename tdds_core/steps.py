@@ -38,11 +38,46 @@ from .stages import Context, State, get_stage
 __all__ = ["load_config_json", "stage_config_json", "build_digest", "pipeline_key", "effective_run_id",
            "ParentedTracker", "find_parent_run", "open_run", "run_task", "collect", "close_run", "emit",
            "read_state", "missing_work", "TAG_PIPELINE_KEY", "TAG_PIPELINE_INSTANCE", "PIPELINE_INSTANCE_ENV",
-           "pipeline_instance"]
+           "pipeline_instance", "code_stamp", "check_code_version", "CODE_VERSION_ENV", "BUILD_SHA_ENV"]
 
 TAG_PIPELINE_KEY = "tdds.pipeline_key"   # digest of (config, dataset fingerprint): the fallback way to the parent run
 TAG_PIPELINE_INSTANCE = "tdds.pipeline_instance"   # the pipeline run's instance (PIPELINE_INSTANCE_ENV) on its parent
 PIPELINE_INSTANCE_ENV = "TDDS_PIPELINE_INSTANCE"   # set in every task's environment: which pipeline run it belongs to
+CODE_VERSION_ENV = "TDDS_CODE_VERSION"   # the tdds version a cluster pipeline was compiled from (every task)
+BUILD_SHA_ENV = "TDDS_BUILD_SHA"         # ... and its git commit, when known
+
+
+def code_stamp() -> dict[str, str]:
+    """What a compiled cluster pipeline carries in every task's environment: the tdds version and
+    git commit of the code that compiled it (:func:`check_code_version` compares them in the task)."""
+    from . import __version__
+    from .tracking import git_sha
+
+    stamp = {CODE_VERSION_ENV: __version__}
+    if git_sha():
+        stamp[BUILD_SHA_ENV] = str(git_sha())
+    return stamp
+
+
+def check_code_version(environ: Optional[Mapping[str, str]] = None) -> None:
+    """Refuse to run a task in an image of other code than the pipeline was compiled from: the
+    stamp of :func:`code_stamp` against this installation's version and ``$TDDS_GIT_SHA`` (baked in
+    by ``docker build --build-arg TDDS_GIT_SHA=...``). No stamp (a local run): nothing to check."""
+    from . import __version__
+    from .tracking import git_sha
+
+    environ = os.environ if environ is None else environ
+    want, want_sha = environ.get(CODE_VERSION_ENV), environ.get(BUILD_SHA_ENV)
+    if not want:
+        return
+    have_sha = git_sha()
+    if want != __version__ or (want_sha and have_sha and want_sha[:12] != have_sha[:12]):
+        compiled = f"{want}" + (f" (commit {want_sha[:12]})" if want_sha else "")
+        image = f"{__version__}" + (f" (commit {have_sha[:12]})" if have_sha else "")
+        raise PipelineError(
+            f"this pipeline was compiled from tdds {compiled} but its image holds tdds {image}; build and push the "
+            "image from the same commit (docker build --build-arg TDDS_GIT_SHA=$(git rev-parse HEAD) ..., "
+            "docs/CLUSTER.md) and set pipeline.image / gpu_image to it, or compile the pipeline from the image's code.")
 
 
 def pipeline_instance() -> str:
@@ -239,6 +274,7 @@ def open_run(config_json: str, *, run_id: str = "", job_id: str = "", build: str
     from .reprune import TAG_DATASET, dataset_identity
     from .tracking import STAGE_PIPELINE, TAG_CONFIG_NAME, TAG_FINGERPRINT, TAG_STAGE, make_tracker, run_name
 
+    check_code_version()
     cfg = load_config_json(config_json)
     if build and build_digest(cfg, pipeline) != build:
         raise PipelineError("config_json differs from the config the pipeline was built from (its loops and stage "
@@ -268,6 +304,7 @@ def run_task(stage: str, config_json: str, item_json: str = "{}", *, state: Opti
     first stage starts from ``fingerprint``). Returns what the item added."""
     from .plan import parse_item
 
+    check_code_version()
     cfg = load_config_json(config_json)
     st = get_stage(stage)
     state = state if state is not None else State(fingerprint=fingerprint)

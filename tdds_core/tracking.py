@@ -748,6 +748,15 @@ class MlflowTracker:
             return
         self._call("log_figure", self.client.log_figure, run.id, fig, name)
 
+    def read_artifact(self, run_id: str, path: str) -> bytes:
+        """The bytes of the artifact ``path`` of run ``run_id`` (TrackingError when it has none)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="tdds-artifact-") as tmp, _quiet("mlflow"):
+            local = self._call(f"artifact download of {path}", self.client.download_artifacts, _check_run_id(run_id),
+                               path, tmp)
+            return Path(local).read_bytes()
+
     def log_table(self, data: Mapping[str, Sequence[Any]], name: str) -> None:
         """A table (column -> values, equal lengths) as ``name`` (a ``.json`` artifact MLflow's UI
         shows as a table and ``mlflow.load_table`` reads back)."""

@@ -15,6 +15,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+import tdds_core
+
 from pipelines.prune import build_prune_pipeline
 from pipelines.run import cache_context, cluster_env, compile_pipeline, normalize_cron, schedule, submit
 from tdds_core.cli import main
@@ -245,6 +247,8 @@ def test_images_and_caching_and_env(prune):
         # the image holds kfp and tdds: no pip install at task start
         assert "pip install" not in " ".join(c["command"]), stage
         assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.mlflow.svc:5000"} in c["env"], stage
+        # the code version it was compiled from: the task refuses an image of other code
+        assert {"name": "TDDS_CODE_VERSION", "value": tdds_core.__version__} in c["env"], stage
     for stage in ("train-full", "score", "collect-score", "select", "collect-select", "coreset", "collect-coreset",
                   "evaluate", "collect-evaluate"):
         assert tasks[stage]["cachingOptions"].get("enableCache") is True, stage
@@ -386,7 +390,7 @@ def test_local_pipeline_has_no_cluster_settings(tmp_path):
     assert "platforms" not in spec and not any("iteratorPolicy" in t for t in tasks.values())
     assert {s for s in STAGES if s in tasks and "retryPolicy" in tasks[s]} == {"train-full", "coreset"}
     for name, e in spec["deploymentSpec"]["executors"].items():
-        assert "TDDS_REQUIRE_CUDA" not in {v["name"] for v in e["container"].get("env", [])}, name
+        assert not {"TDDS_REQUIRE_CUDA", "TDDS_CODE_VERSION"} & {v["name"] for v in e["container"].get("env", [])}, name
 
 
 def test_a_training_task_without_the_gpus_it_asked_for_fails(monkeypatch):
@@ -440,13 +444,54 @@ def _pins() -> dict[str, str]:
     return pins
 
 
+def test_a_task_refuses_an_image_of_other_code(monkeypatch):
+    from tdds_core import steps, tracking
+
+    monkeypatch.setattr(tracking, "git_sha", lambda: "a" * 40)    # the image's $TDDS_GIT_SHA
+    steps.check_code_version({})                                        # a local run: no stamp
+    steps.check_code_version({"TDDS_CODE_VERSION": tdds_core.__version__, "TDDS_BUILD_SHA": "a" * 40})
+    for stamp, words in (({"TDDS_CODE_VERSION": "0.0.1"}, "compiled from tdds 0.0.1"),
+                         ({"TDDS_CODE_VERSION": tdds_core.__version__, "TDDS_BUILD_SHA": "b" * 40},
+                          f"commit {'b' * 12}.* image holds tdds {tdds_core.__version__} \\(commit {'a' * 12}\\)")):
+        with pytest.raises(PipelineError, match=words) as e:
+            steps.check_code_version(stamp)
+        assert "TDDS_GIT_SHA=$(git rev-parse HEAD)" in str(e.value)
+    # and the task entry points check it before any work
+    monkeypatch.setenv("TDDS_CODE_VERSION", "0.0.1")
+    with pytest.raises(PipelineError, match="compiled from tdds 0.0.1"):
+        steps.run_task("report", _cfg().to_json(), "{}", fingerprint="fp")
+
+
+def test_image_lock_pins_every_dependency_with_hashes():
+    """docker/requirements.lock (scripts/lock_image.sh): every runtime dependency but torch/torchvision at
+    the version of docker/requirements.txt, each with a SHA-256 hash; the Dockerfile requires them."""
+    entries: dict[str, tuple[str, list[str]]] = {}
+    name = None
+    for line in (REPO / "docker" / "requirements.lock").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "==" in line and not line.startswith("--"):
+            name, version = line.rstrip(" \\").split("==")
+            entries[name.lower()] = (version.split(";")[0].strip(), [])
+        elif line.startswith("--hash=sha256:"):
+            entries[name.lower()][1].append(line.rstrip(" \\"))
+    pins = {k: v for k, v in _pins().items() if k not in ("torch", "torchvision")}
+    for pkg, version in pins.items():
+        assert entries.get(pkg, ("", []))[0] == version, pkg
+    assert len(entries) > 50 and "torch" not in entries
+    assert all(hashes and all(re.fullmatch(r"--hash=sha256:[0-9a-f]{64}", h) for h in hashes) for _, hashes in entries.values())
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert "pip install --require-hashes --no-deps -r docker/requirements.lock" in dockerfile
+    assert "ARG TDDS_GIT_SHA" in dockerfile and "TDDS_GIT_SHA=${TDDS_GIT_SHA}" in dockerfile
+
+
 def test_image_installs_exactly_pyprojects_dependencies_pinned():
     deps, pins = _pyproject_deps(), _pins()
     assert set(pins) == set(deps)
     for name, version in pins.items():
         assert deps[name].specifier.contains(version, prereleases=True), f"{name}=={version} violates {deps[name]}"
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
-    assert "pip install -r docker/requirements.txt" in dockerfile
     assert "pip install --no-deps ." in dockerfile
     assert re.search(r"pip install --index-url \"\$\{TORCH_INDEX_URL\}\" .*\(torch\|torchvision\)==", dockerfile)
     packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
@@ -461,6 +506,15 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _send_json(handler: BaseHTTPRequestHandler, code: int, body: dict) -> None:
+    data = json.dumps(body).encode()
+    handler.send_response(code)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
 
 
 class _FakeKfp(BaseHTTPRequestHandler):
@@ -481,12 +535,7 @@ class _FakeKfp(BaseHTTPRequestHandler):
             code, body = self.healthz_code, self.health
         else:
             code, body = self.code, {"error_message": "invalid pipeline spec", "message": "invalid pipeline spec"}
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        _send_json(self, code, body)
 
     do_GET = do_POST = do_PUT = do_DELETE = _answer
 
@@ -586,3 +635,102 @@ def test_in_cluster_access_reads_the_pod_token(tmp_path):
     assert Access.resolve("http://h:8080", "ns", "tok", environ={})[1] == Access("ns", "tok")
     with pytest.raises(PipelineError, match="token file"):
         Access.resolve("in-cluster", environ={"KF_PIPELINES_SA_TOKEN_PATH": str(tmp_path / "missing")})
+
+
+class _KfpRegistry(BaseHTTPRequestHandler):
+    """Just enough of the KFP v2beta1 API over HTTP for scheduling: healthz, pipelines and their
+    versions (list by name, upload), experiments and recurring runs; every call is recorded."""
+
+    state: dict
+
+    def _reply(self, body: dict, code: int = 200) -> None:
+        _send_json(self, code, body)
+
+    def _handle(self):
+        from urllib.parse import parse_qs, urlsplit
+
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else b""
+        url = urlsplit(self.path)
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        st = self.state
+        st["calls"].append((self.command, url.path))
+        wanted = json.loads(q["filter"])["predicates"][0]["stringValue"] if "filter" in q else None
+        if url.path == "/apis/v2beta1/healthz":
+            return self._reply({"tag_name": "2.5.0", "multi_user": False})
+        if url.path == "/apis/v2beta1/pipelines" and self.command == "GET":
+            return self._reply({"pipelines": [p for p in st["pipelines"] if p["display_name"] == wanted]})
+        if url.path == "/apis/v2beta1/pipelines/upload":
+            p = {"pipeline_id": f"p{len(st['pipelines']) + 1}", "display_name": q["name"]}
+            st["pipelines"].append(p)
+            st["versions"].append({"pipeline_id": p["pipeline_id"], "pipeline_version_id": f"v{len(st['versions']) + 1}",
+                                   "display_name": q["name"]})
+            return self._reply(p)
+        if url.path.startswith("/apis/v2beta1/pipelines/") and url.path.endswith("/versions"):
+            pid = url.path.split("/")[4]
+            return self._reply({"pipeline_versions": [v for v in st["versions"] if v["pipeline_id"] == pid
+                                                      and v["display_name"] == wanted]})
+        if url.path == "/apis/v2beta1/pipelines/upload_version":
+            assert b"pipelineSpec" in body or b"pipeline_spec" in body or b"deploymentSpec" in body
+            v = {"pipeline_id": q["pipelineid"], "pipeline_version_id": f"v{len(st['versions']) + 1}",
+                 "display_name": q["name"]}
+            st["versions"].append(v)
+            return self._reply(v)
+        if url.path == "/apis/v2beta1/experiments":
+            if self.command == "GET":
+                return self._reply({"experiments": [{"experiment_id": "e1", "display_name": wanted}]})
+            return self._reply({"experiment_id": "e1", "display_name": json.loads(body)["display_name"]})
+        if url.path.startswith("/apis/v2beta1/runs/") and self.command == "GET":
+            rid = url.path.rsplit("/", 1)[1]
+            return self._reply({"run_id": rid, "state": st["runs"][rid]})
+        if url.path == "/apis/v2beta1/recurringruns" and self.command == "POST":
+            st["recurring"].append(json.loads(body))
+            return self._reply({"recurring_run_id": f"r{len(st['recurring'])}"})
+        return self._reply({"message": f"unexpected {self.command} {url.path}"}, 404)
+
+    do_GET = do_POST = _handle
+
+    def log_message(self, *args):
+        pass
+
+
+def test_schedules_point_at_a_registered_pipeline_version():
+    state = {"calls": [], "pipelines": [], "versions": [], "recurring": []}
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), type("R", (_KfpRegistry,), {"state": state}))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        assert schedule(_cfg(), host, "0 3 * * *") == "r1"
+        assert schedule(_cfg(), host, "0 4 * * *") == "r2"                      # same code and config: same version
+        assert schedule(_cfg("selection.rates=[0.5, 0.7]"), host, "0 5 * * *") == "r3"   # another config: a new version
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    uploads = [p for m, p in state["calls"] if m == "POST" and p.startswith("/apis/v2beta1/pipelines/upload")]
+    assert uploads == ["/apis/v2beta1/pipelines/upload", "/apis/v2beta1/pipelines/upload_version",
+                       "/apis/v2beta1/pipelines/upload_version"]
+    assert [p["display_name"] for p in state["pipelines"]] == ["tdds-reprune-quickstart"]
+    ours = [v for v in state["versions"] if v["display_name"] != "tdds-reprune-quickstart"]
+    assert len(ours) == 2 and all(v["display_name"].startswith(tdds_core.__version__) for v in ours)
+    refs = [r["pipeline_version_reference"] for r in state["recurring"]]
+    assert refs == [{"pipeline_id": "p1", "pipeline_version_id": ours[0]["pipeline_version_id"]}] * 2 + \
+        [{"pipeline_id": "p1", "pipeline_version_id": ours[1]["pipeline_version_id"]}]
+    assert all("pipeline_spec" not in r for r in state["recurring"]), "a schedule must not embed the package"
+    assert state["recurring"][0]["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
+
+
+def test_wait_for_run_returns_success_and_names_a_failure():
+    from pipelines.run import wait_for_run
+
+    state = {"calls": [], "pipelines": [], "versions": [], "recurring": [], "runs": {"ok": "SUCCEEDED", "bad": "FAILED"}}
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), type("R", (_KfpRegistry,), {"state": state}))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        assert wait_for_run(host, "ok", poll_s=0) == "SUCCEEDED"
+        with pytest.raises(PipelineError, match="KFP run bad at .* ended FAILED; open it in the KFP UI"):
+            wait_for_run(host, "bad", poll_s=0)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert ("GET", "/apis/v2beta1/runs/ok") in state["calls"]

@@ -126,6 +126,14 @@ def test_tdds_run_end_to_end_then_cached_rerun(tmp_path, capfd):
     train_run = next(r for r in runs if r.data.tags["tdds.stage"] == "train-full")
     assert {m.source_run_id for m in models} == {r.info.run_id for r in coreset} | {train_run.info.run_id}
     _assert_parent_picture(client, parent)
+    from tdds_core.errors import TrackingError
+    from tdds_core.report import rows_from_pipeline_run
+
+    mine = rows_from_pipeline_run(f"sqlite:///{out / 'mlflow.db'}", "tdds-fashion-mnist", run_id)
+    assert sorted((r["method"], r["rate"] or 0) for r in mine) == [
+        ("full", 0), ("random", 0.5), ("random", 0.7), ("tdds[T=2,W=2]", 0.5), ("tdds[T=2,W=2]", 0.7)]
+    with pytest.raises(TrackingError, match="no pipeline run 'local-nope'"):
+        rows_from_pipeline_run(f"sqlite:///{out / 'mlflow.db'}", "tdds-fashion-mnist", "local-nope")
     log_file = re.search(r"task logs:\s+(\S+)", log).group(1)
     assert '"parameterValues"' in Path(log_file).read_text(), "the executor JSON goes to the log file"
     rows = rows_from_mlflow(f"sqlite:///{out / 'mlflow.db'}", "tdds-fashion-mnist")
