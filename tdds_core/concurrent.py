@@ -38,8 +38,14 @@ def default_workers(device: str = "auto") -> int:
     return 1
 
 
+WORKER_ENV = "TDDS_CONCURRENT_WORKER"   # set in a worker process: it runs its trainings itself, one at a time
+
+
 def resolve_workers(cfg: Any) -> int:
-    """``coreset.concurrent_runs``, or :func:`default_workers` of ``train.device`` when unset."""
+    """``coreset.concurrent_runs``, or :func:`default_workers` of ``train.device`` when unset; 1
+    inside a worker process (no workers of workers)."""
+    if os.environ.get(WORKER_ENV):
+        return 1
     n = cfg.coreset.concurrent_runs
     return int(n) if n else default_workers(cfg.train.device)
 
@@ -59,7 +65,7 @@ def _run_job(job: dict) -> str:
     torch.set_num_threads(max(1, int(job["threads"])))
     cfg = parse_config(json.loads(job["config_json"]))
     stage = get_stage(job["stage"])
-    tracker = make_tracker(cfg, cfg.output)
+    tracker = make_tracker(cfg, cfg.output, default_tags=job.get("default_tags"))
     if job.get("parent_run_id") and tracker.enabled:
         tracker = ParentedTracker(tracker, job["parent_run_id"])
     ctx = Context(cfg, job["fingerprint"], tracker, parent_run_id=job.get("parent_run_id"))
@@ -76,7 +82,7 @@ def _spawn(job: dict) -> str:
     import sys
     import tempfile
 
-    env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"])}
+    env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"]), WORKER_ENV: "1"}
     with tempfile.TemporaryDirectory(prefix="tdds-run-") as tmp:
         out = os.path.join(tmp, "part.json")
         proc = subprocess.run([sys.executable, "-m", "tdds_core.concurrent", out], input=json.dumps(job), text=True,
@@ -89,12 +95,45 @@ def _spawn(job: dict) -> str:
             return f.read()
 
 
+def run_seeds(stage: Any, ctx: Any, item: Any, state: Any, seeds: Sequence[int], workers: int) -> Any:
+    """One item of a training stage whose work is one training per coreset seed (a KFP coreset task
+    that has a whole GPU): each seed in its own worker process, ``workers`` at a time; returns the
+    item's part, the seeds' parts merged in seed order."""
+    import torch
+
+    from .stages import State
+
+    cfg = ctx.cfg
+    base = {**_context_job(ctx), "stage": stage.name, "state_json": state.model_dump_json(),
+            "item_json": item.model_dump_json(),
+            "threads": max(1, torch.get_num_threads() // max(1, min(workers, len(seeds))))}
+    jobs = [{**base, "config_json": cfg.model_copy(update={"coreset": cfg.coreset.model_copy(update={"seeds": [s]})}).to_json()}
+            for s in seeds]
+    parts = _map(jobs, workers)
+    first = State.model_validate_json(parts[0])
+    return first.merge(State.model_validate_json(p) for p in parts[1:])
+
+
+def _context_job(ctx: Any) -> dict:
+    """What a worker needs to rebuild ``ctx``: the dataset version, the parent MLflow run (given, or
+    the one a KFP task found) and the tracker's default tags (the pipeline run id)."""
+    return {"fingerprint": ctx.fingerprint, "parent_run_id": ctx.parent_run_id or getattr(ctx.tracker, "parent_id", None),
+            "default_tags": dict(getattr(ctx.tracker, "default_tags", {}) or {})}
+
+
+def _map(jobs: list[dict], workers: int) -> list[str]:
+    """:func:`_spawn` of every job, ``workers`` at a time; the results in job order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, min(workers, len(jobs)))) as pool:
+        futures = [pool.submit(_spawn, job) for job in jobs]
+        return [f.result() for f in futures]
+
+
 def run_items(stage: Any, ctx: Any, items: Sequence[Any], state: Any, workers: int) -> list[Any]:
     """``stage.run(ctx, item, state)`` for every item, ``workers`` processes at a time (1: here, in
     order). Returns the parts in item order; the first failing item's error is raised (the others
     finish first, so no work is lost)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from .stages import State
 
     if workers <= 1 or len(items) <= 1:
@@ -102,12 +141,11 @@ def run_items(stage: Any, ctx: Any, items: Sequence[Any], state: Any, workers: i
     import torch
 
     workers = min(workers, len(items))
-    base = {"stage": stage.name, "config_json": ctx.cfg.to_json(), "fingerprint": ctx.fingerprint,
-            "state_json": state.model_dump_json(), "parent_run_id": ctx.parent_run_id,
+    base = {**_context_job(ctx), "stage": stage.name, "config_json": ctx.cfg.to_json(),
+            "state_json": state.model_dump_json(),
             "threads": max(1, torch.get_num_threads() // workers)}
-    with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(_spawn, {**base, "item_json": item.model_dump_json()}) for item in items]
-        return [State.model_validate_json(f.result()) for f in futures]
+    return [State.model_validate_json(p) for p in _map([{**base, "item_json": item.model_dump_json()} for item in items],
+                                                       workers)]
 
 
 if __name__ == "__main__":   # the worker: a job (JSON) on stdin, its part (JSON) into the file argv[1]

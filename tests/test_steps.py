@@ -3,6 +3,8 @@ the stages before it, each loop's parts merged by a fan-in, exactly as the KFP D
 tiny synthetic dataset and a real (2-epoch) full-data run; tracking off."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tdds_core import steps
@@ -140,3 +142,32 @@ def test_concurrent_runs_of_one_config_attach_to_their_own_parents(tmp_path, mon
     monkeypatch.delenv(steps.PIPELINE_INSTANCE_ENV)
     assert steps._stage_tracker(cfg, fingerprint).parent_id == parents["wf-b"]
     assert state.refs["train-full"]
+
+
+def test_a_coreset_task_trains_its_seeds_side_by_side(tmp_path, monkeypatch):
+    """coreset.concurrent_runs in a KFP coreset task: each seed in its own worker process, the same
+    rows as one seed after another."""
+    import torch
+
+    from tdds_core import concurrent
+
+    spawned = []
+    real = concurrent._spawn
+    monkeypatch.setattr(concurrent, "_spawn", lambda job: spawned.append(job) or real(job))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows, weights = {}, {}
+        for name, extra in (("seq", {}), ("par", {"concurrent_runs": 2})):
+            cfg = parse_config({**CFG, "output": str(tmp_path / name), "coreset": {**CFG["coreset"], "seeds": [1, 2], **extra}})
+            state = _run_chain(cfg)["coreset"]
+            rows[name] = sorted((r["method"], r["rate"], r["seed"], r["final_acc"]) for r in state.rows if r["rate"])
+            weights[name] = {k: torch.load(f"{ref.uri}/model.pt", weights_only=False)["state_dict"]
+                             for k, ref in state.refs["coreset"].items()}
+    finally:
+        torch.set_num_threads(threads)
+    assert len(rows["par"]) == 6 and rows["par"] == rows["seq"]
+    assert weights["par"].keys() == weights["seq"].keys() and len(weights["par"]) == 6
+    for k, sd in weights["par"].items():     # the same trained weights, bit for bit
+        assert all(torch.equal(v, weights["seq"][k][n]) for n, v in sd.items()), k
+    assert len(spawned) == 6 and sorted({json.loads(j["config_json"])["coreset"]["seeds"][0] for j in spawned}) == [1, 2]

@@ -81,6 +81,12 @@ def tracked_coreset(ctx: Context, selection: Ref, pair: P.PairItem, *, seed: int
 
 
 def run(ctx: Context, item: P.PairItem, state: State) -> State:
+    from ..concurrent import resolve_workers, run_seeds
+
+    seeds = list(ctx.cfg.coreset.seeds)
+    workers = resolve_workers(ctx.cfg)      # 1 in the grid's own workers, which run the items side by side
+    if workers > 1 and len(seeds) > 1:      # a KFP task with a whole GPU: its seeds side by side
+        return run_seeds(STAGE, ctx, item, state, seeds, workers)
     selection = state.ref(STAGE_SELECT, item.key)
     done = [tracked_coreset(ctx, selection, item, seed=s) for s in ctx.cfg.coreset.seeds]
     return state.part(STAGE_CORESET, {f"{item.key}/s{s}": ref for s, (ref, _) in zip(ctx.cfg.coreset.seeds, done)},
