@@ -4,7 +4,7 @@ config, cold, then rerun unchanged (KFP cache), then rerun with one more pruning
     python benchmarks/pipeline_local.py [--config configs/quickstart.yaml] [--add-rate 0.7] [--set key=value ...]
 
 Each run is a separate ``python -m tdds_core run`` process into one fresh temporary output folder;
-the script counts the tasks each run executed (kfp.local's "Executing task" lines) and prints a
+the script counts the tasks each run executed (the lines `tdds run` prints per task) and prints a
 Markdown table (``--json FILE`` writes the rows too).
 """
 from __future__ import annotations
@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -22,8 +21,9 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from pipelines.console import TASK_LINE as _EXEC   # the line `tdds run` prints per task that ran
+
 REPO = Path(__file__).resolve().parents[1]
-_EXEC = re.compile(r"Executing task (?:\x1b\[[0-9;]*m)?'([a-z0-9-]+)'")
 
 
 def run_once(config: str, out: Path, sets: list[str]) -> tuple[float, Counter, str]:

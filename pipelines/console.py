@@ -17,12 +17,15 @@ import time
 from pathlib import Path
 from typing import IO, Iterator, Optional
 
-__all__ = ["TaskLines", "task_lines", "log_tail"]
+__all__ = ["TaskLines", "task_lines", "log_tail", "TASK_LINE"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _START = re.compile(r"Executing task '([^']+)'")
 _DONE = re.compile(r"Task '([^']+)' finished with status (\w+)")
 _HIT = re.compile(r"Task (\S+) cache hit")
+#: a line :class:`TaskLines` prints for a task that ran (group 1: the task's name); cached tasks print
+#: ``<name> cached`` instead
+TASK_LINE = re.compile(r"^  ([a-z0-9-]+)(?: #\d+)?\s+(?:done|FAILED)\s+-?[\d.]+ s$", re.M)
 
 
 class TaskLines(io.TextIOBase):

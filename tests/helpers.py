@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import gzip
 import pickle
-import re
 import struct
 from pathlib import Path
 
 import numpy as np
 
-
 # `tdds run` prints one line per task that ran: "  <task>[ #<n>]  done|FAILED  <seconds> s"
-EXECUTED = re.compile(r"^  ([a-z0-9-]+)(?: #\d+)?\s+(?:done|FAILED)\s+-?[\d.]+ s$", re.M)
+from pipelines.console import TASK_LINE as EXECUTED  # noqa: F401 - re-exported for the tests
 
 
 def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
