@@ -198,7 +198,7 @@ class SelectionConfig(_Strict):
 class CoresetConfig(_Strict):
     """Training on a selection (paper section 5.1, Eq. 13)."""
 
-    strategy: Literal["E", "P"] = Field("E", description="E: same epochs as full data; P: same iterations (more epochs).")
+    strategy: Literal["E", "P"] = Field("E", description="E: same epochs as full data; P: train.epochs / (1 - rate) epochs (the paper: as many sample visits as full data).")
     weighting: Literal["method", "batch", "sample", "mean1", "none"] = Field(
         "method", description="method: each method's own (TDDS: batch, its Eq. 13 as the authors' code applies it; "
         "the baselines: none, as their sources train); or one weighting for every method. batch: batch-mean CE x "
