@@ -349,4 +349,8 @@ def open_any_dynamics(folder: str | os.PathLike, *, format: str = "auto", labels
         return ReferenceDynamics(folder, labels=labels)
     if labels is not None:
         raise ScoringError("--labels only applies to --format reference; a tdds dynamics folder carries its own labels.")
+    from .statistics import STATS_FORMAT, open_statistics
+
+    if (folder / MANIFEST).is_file() and '"' + STATS_FORMAT + '"' in (folder / MANIFEST).read_text():
+        return open_statistics(folder)       # per-sample statistics (tdds_core.statistics)
     return open_dynamics(folder, verify=verify)

@@ -49,6 +49,15 @@ def register(sub) -> None:
                    help="Override a sampler option of the scoring method, e.g. --param beta=0.3 for CCS.")
     s.set_defaults(func=run_select)
 
+    t = sub.add_parser(
+        "stats", help="Convert a logits dynamics folder into per-sample statistics (a few numbers per sample and epoch).",
+        description="Write the per-sample statistics of every recorded epoch (TDDS inner terms, loss, EL2N norm, target "
+                    "probability, margins, correctness, entropy; tdds_core.statistics) into DIR. `tdds score --dynamics "
+                    "DIR --method tdds` then scores any T, W, decay and start from them without the logits.")
+    t.add_argument("--dynamics", required=True, metavar="DIR", help="A tdds dynamics folder (logits, `tdds train`).")
+    t.add_argument("--out", required=True, metavar="DIR", help="Output folder for the statistics.")
+    t.set_defaults(func=run_stats)
+
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
     import yaml
@@ -181,4 +190,15 @@ def run_select(args: argparse.Namespace) -> int:
                         extra={"scores_sha256": info.get("sha256"), "seed": args.seed,
                                "sampler": getattr(sampler, "__name__", None)})
         print(f"rate {rate:g}: kept {sel.num_selected} of {sel.num_samples} -> {folder}")
+    return 0
+
+
+def run_stats(args) -> int:
+    from ..dynamics import open_dynamics
+    from ..statistics import write_statistics
+
+    stats = write_statistics(open_dynamics(args.dynamics), args.out)
+    size = sum(p.stat().st_size for p in stats.folder.glob("epoch_*.npy"))
+    print(f"tdds: statistics of {stats.num_samples} samples x {len(stats.epochs)} epochs ({len(stats.columns)} columns, "
+          f"{size / max(1, stats.num_samples * len(stats.epochs)):.0f} bytes per sample and epoch) -> {args.out}")
     return 0

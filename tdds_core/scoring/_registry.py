@@ -54,6 +54,7 @@ class MethodInfo:
     module: str = ""
     weighting: str = "none"  # the coreset loss weighting its source trains with (tdds_core.plan.coreset_weighting)
     check: Optional[Callable[..., None]] = None  # raises ScoringError on options that cannot go together
+    stats: Optional[Callable[..., np.ndarray]] = None  # scores from per-sample statistics (tdds_core.statistics)
 
 
 _METHODS: dict[str, MethodInfo] = {}
@@ -112,7 +113,8 @@ def _unexport(name: str) -> None:
 
 
 def register_method(name: str, *, sampler: Optional[SamplerFactory] = None, weighting: str = "none",
-                    check: Optional[Callable[..., None]] = None) -> Callable:
+                    check: Optional[Callable[..., None]] = None,
+                    stats: Optional[Callable[..., np.ndarray]] = None) -> Callable:
     """Decorator: register ``fn`` as scoring method ``name`` (its module is recorded for
     ``list_methods(module=...)``).
 
@@ -124,6 +126,10 @@ def register_method(name: str, *, sampler: Optional[SamplerFactory] = None, weig
 
     ``check`` (optional) validates resolved options before any work (``W <= T``); it is called with
     the options its signature names and raises :class:`~tdds_core.errors.ScoringError`.
+
+    ``stats`` (optional) scores from a per-sample statistics folder (:mod:`tdds_core.statistics`)
+    with the same options: :func:`compute_scores` calls it when it is given statistics instead of
+    logits (the input is a property of the folder, not a flag).
     """
 
     def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
@@ -151,10 +157,17 @@ def register_method(name: str, *, sampler: Optional[SamplerFactory] = None, weig
         if weighting not in ("batch", "sample", "mean1", "none"):
             raise ValueError(f"scoring method {name!r}: unknown weighting {weighting!r}; use batch, sample, mean1 or none")
         _METHODS[name] = MethodInfo(name=name, fn=fn, options=options, sampler_factory=sampler, module=fn.__module__,
-                                    weighting=weighting, check=check)
+                                    weighting=weighting, check=check, stats=stats)
         return fn
 
     return deco
+
+
+def _is_statistics(dynamics: Any) -> bool:
+    from ..statistics import STATS_FORMAT
+
+    manifest = getattr(dynamics, "manifest", None)
+    return isinstance(manifest, dict) and manifest.get("format") == STATS_FORMAT
 
 
 def unregister_method(name: str) -> MethodInfo:
@@ -319,7 +332,15 @@ def compute_scores(name: str, dynamics: Any, *, nan_policy: str = "raise", **par
     info = _info(name)
     resolved = resolve_params(name, **params)
     given = {k: v for k, v in params.items() if v is not None}
-    scores = info.fn(dynamics, nan_policy=nan_policy, **given)
+    if _is_statistics(dynamics):
+        if info.stats is None:
+            with_stats = ", ".join(sorted(n for n, m in _METHODS.items() if m.stats is not None)) or "none"
+            raise ScoringError(f"method {name!r} scores from logits, and {dynamics.folder} holds per-sample statistics "
+                               f"only; score it from a run that recorded logits, or use a method that reads statistics "
+                               f"({with_stats}).")
+        scores = info.stats(dynamics, nan_policy=nan_policy, **given)
+    else:
+        scores = info.fn(dynamics, nan_policy=nan_policy, **given)
     scores = np.asarray(scores)
     n = int(dynamics.num_samples)
     if scores.shape != (n,):

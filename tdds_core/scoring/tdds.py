@@ -409,7 +409,24 @@ def _check(T: int, W: int, decay: float, inner: str, signed: bool, aggregate: st
     _check_options(T, W, decay, inner, signed, aggregate, dtype, "logits")
 
 
-@register_method("tdds", weighting="batch", check=_check)
+def _tdds_stats(stats: Any, *, T: int = 30, W: int = 10, decay: float = 0.9, start: Optional[int] = None,
+                inner: str = "kl", signed: bool = False, aggregate: str = "ema", dtype: str = "float64",
+                block_rows: Optional[int] = None, workers: Optional[int] = None, nan_policy: str = "raise") -> np.ndarray:
+    """TDDS from per-sample statistics (:func:`tdds_core.statistics.tdds_from_statistics`); the
+    performance options do not apply (the statistics are already a few numbers per sample)."""
+    from ..statistics import tdds_from_statistics
+
+    _check_options(T, W, decay, inner, signed, aggregate, dtype, "logits")
+    check_policy(nan_policy)
+    scores = tdds_from_statistics(stats, T=T, W=W, decay=decay, start=start, inner=inner, signed=signed,
+                                  aggregate=aggregate)
+    if nan_policy == "raise" and not np.isfinite(scores).all():
+        raise ScoringError(f"{int((~np.isfinite(scores)).sum())} samples have NaN/Inf statistics in the trajectory; "
+                           "training diverged (lower train.lr) or pass nan_policy='skip'.")
+    return np.where(np.isfinite(scores), scores, -np.inf)
+
+
+@register_method("tdds", weighting="batch", check=_check, stats=_tdds_stats)
 def tdds(dynamics: Any, *, T: int = 30, W: int = 10, decay: float = 0.9, start: Optional[int] = None,
          inner: str = "kl", signed: bool = False, aggregate: str = "ema", dtype: str = "float64",
          block_rows: Optional[int] = None, workers: Optional[int] = None, nan_policy: str = "raise") -> np.ndarray:

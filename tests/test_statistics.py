@@ -1,0 +1,145 @@
+"""Per-sample statistics (tdds_core.statistics): from one real CPU run's logits, TDDS scored from the
+statistics equals TDDS scored from the logits (and the authors' procedure) for settings chosen after
+the run, with the same kept sets; each column equals its definition; the folder is checksummed."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tdds_core.config import parse_config
+from tdds_core.data import create_dataset
+from tdds_core.dynamics import open_dynamics
+from tdds_core.engine import full_data_spec, train
+from tdds_core.errors import ArtifactError, ScoringError
+from tdds_core.scoring import compute_scores
+from tdds_core.statistics import COLUMNS, epoch_statistics, open_statistics, tdds_from_statistics, write_statistics
+from test_scoring_tdds import authors_procedure, slow_tdds, trajectory
+
+SYN = {"data": {"name": "synthetic", "options": {"num_train": 120, "num_test": 40, "image_size": 12}},
+       "model": {"arch": "small_cnn", "options": {"width": 8}},
+       "train": {"epochs": 8, "batch_size": 24, "lr": 0.05, "progress": False},
+       "dynamics": {"dtype": "float32", "save_features": False}}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One CPU run recording float32 logits, and its statistics."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = parse_config(SYN)
+    train(create_dataset(cfg.data), full_data_spec(cfg), out)
+    dyn = open_dynamics(out / "dynamics")
+    return dyn, write_statistics(dyn, out / "stats")
+
+
+def _kept(scores: np.ndarray, rate: float) -> set[int]:
+    keep = int(round((1 - rate) * len(scores)))
+    return set(np.lexsort((np.arange(len(scores)), -scores))[:keep].tolist())
+
+
+@pytest.mark.parametrize("T,W,decay,start", [(8, 4, 0.9, None), (6, 3, 0.5, 1), (5, 5, 0.9, 3), (7, 2, 0.9, 0),
+                                             (4, 3, 0.2, 4)])
+def test_tdds_from_statistics_equals_tdds_from_logits(run, T, W, decay, start):
+    dyn, stats = run
+    from_logits = compute_scores("tdds", dyn, T=T, W=W, decay=decay, start=start)
+    from_stats = tdds_from_statistics(stats, T=T, W=W, decay=decay, start=start)
+    scale = max(np.abs(from_logits).max(), 1e-300)
+    assert np.abs(from_stats - from_logits).max() / scale < 1e-9
+    if W > 2:
+        for rate in (0.3, 0.5, 0.7, 0.9):
+            assert _kept(from_stats, rate) == _kept(from_logits, rate), rate
+    # the authors' procedure on the same stored logits (every sample visited once an epoch)
+    first = start or 0
+    outputs = [np.asarray(dyn.epoch(t)) for t in range(first, first + T)]
+    idx = [np.arange(dyn.num_samples)] * T
+    assert np.allclose(from_stats, authors_procedure(outputs, idx, dyn.num_samples, T=T, W=W, decay=decay),
+                       rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("inner,signed,aggregate", [("loss", False, "ema"), ("loss", True, "mean"),
+                                                    ("el2n", False, "ema"), ("kl", True, "ema"), ("kl", False, "mean")])
+def test_ablation_variants_from_statistics(run, inner, signed, aggregate):
+    dyn, stats = run
+    kw = dict(T=8, W=4, inner=inner, signed=signed, aggregate=aggregate)
+    a, b = compute_scores("tdds", dyn, **kw), tdds_from_statistics(stats, **kw)
+    assert np.abs(a - b).max() / max(np.abs(a).max(), 1e-300) < 1e-9
+
+
+def test_columns_follow_their_definitions():
+    X, y = trajectory(3, 2, 30, 5)
+    first, p0 = epoch_statistics(X[0], y)
+    second, _ = epoch_statistics(X[1], y, p0)
+    col = {c: i for i, c in enumerate(COLUMNS)}
+    assert np.isnan(first[:, col["kl"]]).all()
+    # the KL term of the pair equals the oracle's two-epoch TDDS ingredients
+    p1 = np.exp(X[1] - X[1].max(1, keepdims=True))
+    p1 /= p1.sum(1, keepdims=True)
+    term = p1 * (np.log(p1 + 1e-8) - np.log(p0 + 1e-8))
+    assert np.allclose(second[:, col["kl"]], np.abs(term).sum(1)) and np.allclose(second[:, col["kl_signed"]], term.sum(1))
+    rows = np.arange(30)
+    assert np.allclose(second[:, col["p_target"]], p1[rows, y])
+    assert np.allclose(second[:, col["ce"]], -np.log(p1[rows, y] + 1e-8))
+    onehot = np.eye(5)[y]
+    assert np.allclose(second[:, col["el2n"]], np.linalg.norm(p1 - onehot, axis=1))
+    other = np.where(onehot > 0, -np.inf, X[1])
+    assert np.allclose(second[:, col["margin_logit"]], X[1][rows, y] - other.max(1))
+    assert np.array_equal(second[:, col["correct"]], (X[1].argmax(1) == y).astype(float))
+    assert np.allclose(second[:, col["entropy"]], -(p1 * np.log(p1)).sum(1))
+    # a 3-epoch trajectory through the statistics equals the slow per-sample oracle
+    X3, y3 = trajectory(4, 3, 20, 4)
+    terms, prev = [], None
+    for t in range(3):
+        s, prev = epoch_statistics(X3[t], y3, prev)
+        terms.append(s[:, col["kl"]])
+    d = np.stack(terms[1:], 1)
+    oracle = slow_tdds(X3, W=3)
+    assert np.allclose(np.sqrt(((d - d.mean(1, keepdims=True)) ** 2).sum(1)) * 0.9, oracle, rtol=1e-12)
+
+
+def test_statistics_are_small_and_checked(run, tmp_path):
+    dyn, stats = run
+    assert stats.epochs == dyn.epochs and stats.num_samples == dyn.num_samples and stats.fingerprint == dyn.fingerprint
+    assert np.array_equal(stats.labels, dyn.labels) and stats.ids == list(dyn.ids)
+    assert stats.epoch(0).shape == (dyn.num_samples, len(COLUMNS))
+    with pytest.raises(ScoringError, match="needs epochs 5..12"):
+        tdds_from_statistics(stats, T=8, W=4, start=5)
+    with pytest.raises(ScoringError, match="no column 'nope'"):
+        stats.column(0, "nope")
+    # a damaged epoch file (of a copy) is refused by its checksum
+    import shutil
+
+    copy = tmp_path / "stats"
+    shutil.copytree(stats.folder, copy)
+    damaged = copy / "epoch_0003.npy"
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError):
+        open_statistics(copy).epoch(3)
+    with pytest.raises(ArtifactError, match="not a statistics folder"):
+        open_statistics(tmp_path / "missing")
+
+
+def test_the_registered_method_reads_either_input_and_others_refuse_statistics(run):
+    """compute_scores('tdds', ...) takes the statistics folder as it takes logits (the input is the
+    folder's property); a method without a statistics path says so and names those that have one."""
+    from tdds_core.dynamics_reference import open_any_dynamics
+
+    dyn, stats = run
+    opened = open_any_dynamics(stats.folder)
+    a = compute_scores("tdds", opened, T=8, W=4)
+    assert np.abs(a - compute_scores("tdds", dyn, T=8, W=4)).max() / np.abs(a).max() < 1e-9
+    with pytest.raises(ScoringError, match=r"'forgetting' scores from logits.*\(tdds\)"):
+        compute_scores("forgetting", opened)
+
+
+def test_cli_converts_and_scores_from_statistics(run, tmp_path, capsys):
+    from tdds_core.cli import main
+
+    dyn, _ = run
+    assert main(["stats", "--dynamics", str(dyn.folder), "--out", str(tmp_path / "st")]) == 0
+    assert "9 columns" in capsys.readouterr().out
+    for src, out in ((tmp_path / "st", tmp_path / "a.npy"), (dyn.folder, tmp_path / "b.npy")):
+        assert main(["score", "--dynamics", str(src), "--method", "tdds", "--T", "6", "--W", "3", "--start", "2",
+                     "--out", str(out)]) == 0
+    a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+    assert np.abs(a - b).max() / np.abs(b).max() < 1e-9
