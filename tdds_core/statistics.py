@@ -36,7 +36,7 @@ import numpy as np
 from .errors import ArtifactError, ScoringError
 
 __all__ = ["COLUMNS", "STATS_FORMAT", "EPS", "epoch_statistics", "write_statistics", "open_statistics", "Statistics",
-           "tdds_from_statistics"]
+           "tdds_from_statistics", "column_over", "finite_scores"]
 
 STATS_FORMAT = "tdds-stats/1"
 EPS = 1e-8    # the authors' log offset
@@ -180,6 +180,23 @@ def open_statistics(folder: str | Path) -> Statistics:
         verify_file(folder, name, manifest)
     ids = (folder / "ids.txt").read_text().splitlines()
     return Statistics(folder, manifest, load_npy(folder / "labels.npy"), ids)
+
+
+def column_over(stats: Statistics, ts: Sequence[int], name: str) -> Iterator[np.ndarray]:
+    """Column ``name`` of each epoch of ``ts``, in order, one epoch in memory at a time."""
+    for t in ts:
+        yield stats.column(t, name)
+
+
+def finite_scores(scores: np.ndarray, nan_policy: str, method: str) -> np.ndarray:
+    """``scores`` with non-finite entries refused (``raise``) or scored lowest (``skip``: -inf)."""
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        if nan_policy == "raise":
+            raise ScoringError(f"{method}: {int(bad.sum())} samples have NaN/Inf statistics (training diverged: lower "
+                               "train.lr), or pass nan_policy='skip' to score them lowest.")
+        scores = np.where(bad, -np.inf, scores)
+    return scores
 
 
 def _pair_terms(stats: Statistics, ts: Sequence[int], inner: str, signed: bool) -> Iterator[np.ndarray]:

@@ -128,8 +128,21 @@ def test_the_registered_method_reads_either_input_and_others_refuse_statistics(r
     opened = open_any_dynamics(stats.folder)
     a = compute_scores("tdds", opened, T=8, W=4)
     assert np.abs(a - compute_scores("tdds", dyn, T=8, W=4)).max() / np.abs(a).max() < 1e-9
-    with pytest.raises(ScoringError, match=r"'forgetting' scores from logits.*\(tdds\)"):
-        compute_scores("forgetting", opened)
+    with pytest.raises(ScoringError, match=r"'dual' scores from logits.*\(aum, dyn_unc, el2n, forgetting, tdds\)"):
+        compute_scores("dual", opened, epochs=4, window=2)
+
+
+@pytest.mark.parametrize("method,params", [("forgetting", {}), ("forgetting", {"start": 2, "stop": 7}),
+                                           ("el2n", {"k": 3, "start": 1}), ("aum", {}), ("aum", {"space": "logit", "stop": 5}),
+                                           ("dyn_unc", {"width": 3}), ("dyn_unc", {"width": 4, "start": 2})])
+def test_baselines_from_statistics_equal_them_from_logits(run, method, params):
+    """Every baseline with a statistics path: the same scores (float64, < 1e-9 relative) and the same
+    kept sets at 30/50/70/90% as from the logits."""
+    dyn, stats = run
+    a, b = compute_scores(method, dyn, **params), compute_scores(method, stats, **params)
+    assert np.abs(a - b).max() <= 1e-9 * max(np.abs(a).max(), 1e-300)
+    for rate in (0.3, 0.5, 0.7, 0.9):
+        assert _kept(a, rate) == _kept(b, rate), rate
 
 
 def test_cli_converts_and_scores_from_statistics(run, tmp_path, capsys):

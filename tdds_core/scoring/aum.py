@@ -108,7 +108,17 @@ def aum_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, space: str = "
     return finish_skipped(total / E, guard.bad, "aum")
 
 
-@register_method("aum")
+def _aum_stats(stats: Any, *, space: str = "prob", start: Optional[int] = None, stop: Optional[int] = None,
+               nan_policy: str = "raise") -> np.ndarray:
+    """AUM from per-sample statistics (``margin_p`` or ``margin_logit``; tdds_core.statistics)."""
+    from ..statistics import column_over, finite_scores
+
+    column = {"prob": "margin_p", "logit": "margin_logit"}[_check_space(space)]
+    ts = select_epochs(stats, start, stop, method="aum", minimum=1)
+    return finite_scores(sum(column_over(stats, ts, column)) / len(ts), nan_policy, "aum")
+
+
+@register_method("aum", stats=_aum_stats)
 def aum(dynamics: Any, *, space: str = "prob", start: Optional[int] = None, stop: Optional[int] = None,
         nan_policy: str = "raise") -> np.ndarray:
     """AUM over the recorded epochs ``start <= t < stop`` (default: all).

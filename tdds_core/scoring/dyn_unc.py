@@ -63,7 +63,24 @@ def dyn_unc_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, width: int
     return finish_skipped(total / K, guard.bad, "dyn_unc")
 
 
-@register_method("dyn_unc")
+def _dyn_unc_stats(stats: Any, *, width: int = 10, start: Optional[int] = None, stop: Optional[int] = None,
+                   nan_policy: str = "raise") -> np.ndarray:
+    """Dyn-Unc from per-sample statistics (their ``p_target`` column; tdds_core.statistics)."""
+    from ..statistics import column_over, finite_scores
+
+    width = _check_width(width)
+    ts = select_epochs(stats, start, stop, method="dyn_unc", minimum=width)
+    ring: deque = deque(maxlen=width)
+    total, K = 0.0, 0
+    for py in column_over(stats, ts, "p_target"):
+        ring.append(py)
+        if len(ring) == width:
+            total = total + np.stack(ring).std(axis=0, ddof=1)
+            K += 1
+    return finite_scores(total / K, nan_policy, "dyn_unc")
+
+
+@register_method("dyn_unc", stats=_dyn_unc_stats)
 def dyn_unc(dynamics: Any, *, width: int = 10, start: Optional[int] = None, stop: Optional[int] = None,
             nan_policy: str = "raise") -> np.ndarray:
     """Dynamic uncertainty over the recorded epochs ``start <= t < stop`` (default: all).

@@ -44,13 +44,26 @@ def el2n_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, nan_policy: s
     return finish_skipped(total / E, guard.bad, "el2n")
 
 
-@register_method("el2n")
+def _check_k(k: Any) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ScoringError(f"el2n: k (epochs averaged) must be a positive integer, got {k!r}")
+
+
+def _el2n_stats(stats: Any, *, k: int = 10, start: Optional[int] = None, nan_policy: str = "raise") -> np.ndarray:
+    """EL2N from per-sample statistics (their ``el2n`` column; tdds_core.statistics)."""
+    from ..statistics import column_over, finite_scores
+
+    _check_k(k)
+    ts = select_epochs(stats, start, None, method="el2n", minimum=1)[: int(k)]
+    return finite_scores(sum(column_over(stats, ts, "el2n")) / len(ts), nan_policy, "el2n")
+
+
+@register_method("el2n", stats=_el2n_stats)
 def el2n(dynamics: Any, *, k: int = 10, start: Optional[int] = None, nan_policy: str = "raise") -> np.ndarray:
     """EL2N averaged over the first ``k`` recorded epochs from ``start`` (all of them if fewer).
 
     Returns float64 ``(N,)``; higher = keep first."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ScoringError(f"el2n: k (epochs averaged) must be a positive integer, got {k!r}")
+    _check_k(k)
     ts = select_epochs(dynamics, start, None, method="el2n", minimum=1)[: int(k)]
     labels = dynamics_labels(dynamics, required=True, method="el2n")
     return el2n_from_epochs(iter_selected(dynamics, ts), labels, nan_policy=nan_policy)

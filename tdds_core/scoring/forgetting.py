@@ -54,7 +54,26 @@ def forgetting_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, nan_pol
     return finish_skipped(score, guard.bad, "forgetting")
 
 
-@register_method("forgetting")
+def _forgetting_stats(stats: Any, *, start: Optional[int] = None, stop: Optional[int] = None,
+                      nan_policy: str = "raise") -> np.ndarray:
+    """Forgetting from per-sample statistics (their ``correct`` column; tdds_core.statistics)."""
+    from ..statistics import column_over, finite_scores
+
+    ts = select_epochs(stats, start, stop, method="forgetting", minimum=1)
+    prev: Optional[np.ndarray] = None
+    count, learned = 0, False
+    for c in column_over(stats, ts, "correct"):
+        correct = c > 0.5
+        learned = learned | correct
+        if prev is not None:
+            count = count + (prev & ~correct)
+        prev = correct
+    score = np.zeros(stats.num_samples, dtype=np.float64) + count
+    score[~learned] = len(ts) + 1
+    return finite_scores(score, nan_policy, "forgetting")
+
+
+@register_method("forgetting", stats=_forgetting_stats)
 def forgetting(dynamics: Any, *, start: Optional[int] = None, stop: Optional[int] = None,
                nan_policy: str = "raise") -> np.ndarray:
     """Forgetting events over the recorded epochs ``start <= t < stop`` (default: all).
