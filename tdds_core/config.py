@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -115,7 +115,10 @@ class TrainConfig(_Strict):
 class DynamicsConfig(_Strict):
     """What the full-data run records for scoring."""
 
-    record: bool = Field(True, description="Record per-sample logits every epoch.")
+    record: Union[bool, Literal["logits", "stats", "both"]] = Field(
+        True, description="What the full-data run records every epoch: logits (true, the default: every method, the "
+        "authors' layout), stats (a few numbers per sample: TDDS for any T/W/start, Forgetting, EL2N, AUM, Dyn-Unc; "
+        "72 bytes a sample and epoch whatever the classes, tdds_core.statistics), both, or nothing (false).")
     mode: Literal["train", "clean"] = Field(
         "train", description="'train': the training forward pass's logits (authors; no extra pass); "
         "'clean': an extra eval-mode pass without augmentation after each epoch."
@@ -124,6 +127,21 @@ class DynamicsConfig(_Strict):
     epoch_start: int = Field(0, ge=0, description="First epoch recorded.")
     epoch_stop: Optional[int] = Field(None, gt=0, description="Stop recording before this epoch (None = all).")
     save_features: bool = Field(True, description="Save penultimate features of every sample (Moderate needs them).")
+
+    @field_validator("record", mode="before")
+    @classmethod
+    def _record(cls, v: Any) -> Any:
+        return True if v == "logits" else v     # one value per meaning: true is the logits recording
+
+    @property
+    def logits(self) -> bool:
+        """Whether per-epoch logits are recorded."""
+        return self.record is True or self.record == "both"
+
+    @property
+    def stats(self) -> bool:
+        """Whether per-sample statistics are recorded."""
+        return self.record in ("stats", "both")
 
     @model_validator(mode="after")
     def _range(self) -> "DynamicsConfig":

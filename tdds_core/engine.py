@@ -77,6 +77,7 @@ class TrainSpec:
     dynamics_start: int = 0
     dynamics_stop: Optional[int] = None
     save_features: bool = False
+    record_stats: bool = False                 # per-sample statistics every recorded epoch (tdds_core.statistics)
     # coreset training
     positions: Optional[list[int]] = None      # training positions used (None = all)
     weights: Optional[list[float]] = None      # importance per position (aligned with positions)
@@ -102,6 +103,8 @@ class TrainSpec:
 
         skip = set(runtime_spec_fields()) | set(NUMERIC_FIELDS)
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        if not d["record_stats"]:
+            d.pop("record_stats")      # a key only when on: runs from before the option keep their keys
         d["numerics"] = self.numerics()
         d["fingerprint"] = fingerprint
         return config_digest(d, 16)
@@ -145,13 +148,13 @@ def full_data_spec(cfg: Config) -> TrainSpec:
     """The full-data run of ``cfg``: records dynamics as ``cfg.dynamics`` says."""
     t, d = cfg.train, cfg.dynamics
     check_arch(cfg.model.arch)
-    if d.record and t.drop_last:
+    if d.record is not False and t.drop_last:
         raise ConfigError("train.drop_last: dynamics need every sample in every epoch; set train.drop_last: false")
     return TrainSpec(arch=cfg.model.arch, model_options=dict(cfg.model.options), epochs=t.epochs, batch_size=t.batch_size,
                      lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay, schedule=t.schedule,
-                     seed=t.seed, augment=t.augment, drop_last=t.drop_last, record_dynamics=d.record,
+                     seed=t.seed, augment=t.augment, drop_last=t.drop_last, record_dynamics=d.logits, record_stats=d.stats,
                      dynamics_mode=d.mode, dynamics_dtype=d.dtype, dynamics_start=d.epoch_start,
-                     dynamics_stop=d.epoch_stop, save_features=d.record and d.save_features, **_runtime(cfg))
+                     dynamics_stop=d.epoch_stop, save_features=d.logits and d.save_features, **_runtime(cfg))
 
 
 def _runtime(cfg: Config) -> dict:
@@ -351,7 +354,7 @@ class _Trainer:
             torch.use_deterministic_algorithms(True)
         self.n = len(splits.train)
         self.c = splits.num_classes
-        if spec.record_dynamics and spec.drop_last:
+        if (spec.record_dynamics or spec.record_stats) and spec.drop_last:
             raise ConfigError("drop_last with dynamics recording: every sample needs its logits every epoch; set "
                               "train.drop_last: false (or dynamics.record: false)")
         positions = np.arange(self.n) if spec.positions is None else np.asarray(spec.positions, dtype=np.int64)
@@ -386,7 +389,7 @@ class _Trainer:
         # forward passes whose logits are stored: float32 head outside autocast (module docstring)
         self.capture_model = self.model
         self.capture_step = self.step_model
-        if spec.record_dynamics:
+        if spec.record_dynamics or spec.record_stats:
             self.capture_model = capture_forward(self.model)
             if self.capture_model is not self.model and spec.dynamics_mode == "train":
                 self.capture_step = torch.compile(self.capture_model) if (cuda and spec.compile) else self.capture_model
@@ -403,7 +406,8 @@ class _Trainer:
 
     def records(self, epoch: int) -> bool:
         s = self.spec
-        return s.record_dynamics and epoch >= s.dynamics_start and (s.dynamics_stop is None or epoch < s.dynamics_stop)
+        return (s.record_dynamics or s.record_stats) and epoch >= s.dynamics_start and \
+            (s.dynamics_stop is None or epoch < s.dynamics_stop)
 
     def state(self, epoch: int, iteration: int, history: list, best: tuple) -> dict:
         st = {"epoch": epoch, "iteration": iteration, "history": history, "best": best,
@@ -434,6 +438,12 @@ class _Trainer:
             writer = DynamicsWriter(out / "dynamics", ids=self.splits.train.ids, labels=self.splits.train.labels,
                                     num_classes=self.c, fingerprint=self.splits.fingerprint, dtype=spec.dynamics_dtype,
                                     mode=spec.dynamics_mode, extra={"arch": spec.arch, "seed": spec.seed})
+        stats = None
+        if spec.record_stats:
+            from .statistics import StatsWriter
+
+            stats = StatsWriter(out / "stats", ids=self.splits.train.ids, labels=self.splits.train.labels,
+                                num_classes=self.c, fingerprint=self.splits.fingerprint)
         ckpt = out / "checkpoint.pt"
         start_epoch, iteration, history, best = 0, 0, [], (-1.0, -1)
         if ckpt.is_file():
@@ -444,8 +454,10 @@ class _Trainer:
             self.load(st)
             start_epoch, iteration, history, best = st["epoch"] + 1, st["iteration"], st["history"], tuple(st["best"])
         buf = None
-        if spec.record_dynamics:
-            buf = torch.zeros(self.n, self.c, dtype=getattr(torch, spec.dynamics_dtype), device=self.device)
+        if spec.record_dynamics or spec.record_stats:
+            # the stored logits' dtype; float32 when only statistics are kept (no storage to save)
+            dtype = spec.dynamics_dtype if spec.record_dynamics else "float32"
+            buf = torch.zeros(self.n, self.c, dtype=getattr(torch, dtype), device=self.device)
         t_start = time.perf_counter() - sum(h.get("epoch_s", 0.0) for h in history)
         imgs_total = sum(h.get("images", 0) for h in history)
         train_s_total = sum(h.get("train_s", 0.0) for h in history)
@@ -512,7 +524,10 @@ class _Trainer:
                     raise ScoringError(f"epoch {epoch}: {bad} samples have NaN/Inf logits: training diverged (lower "
                                        "train.lr or check the data) or the epoch did not visit them (train.drop_last); "
                                        "nothing was written for this epoch")
-                writer.write_epoch(epoch, arr)
+                if writer is not None:
+                    writer.write_epoch(epoch, arr)
+                if stats is not None:
+                    stats.write_epoch(epoch, arr)
             last = epoch == spec.epochs - 1 or iteration >= self.total_iters
             if last or (epoch + 1) % spec.eval_every == 0:
                 acc, tloss, per_class = evaluate(self.model, self.test_loader, self.c, self.autocast)
@@ -541,6 +556,8 @@ class _Trainer:
                                     info={"head_fp32": self.capture_model is not self.model,
                                           "autocast": "bf16" if self.use_amp else "none"})
             writer.finalize()
+        if stats is not None:
+            stats.finalize()
         atomic_torch_save(out / "model.pt", {"arch": spec.arch, "num_classes": self.c, "in_channels": self.splits.channels,
                                              "image_size": self.splits.image_size, "options": spec.model_options,
                                              "state_dict": self.model.state_dict()})

@@ -60,10 +60,11 @@ def check_grid(cfg: Config) -> P.Plan:
     evaluation architectures are unknown (the error lists the known ones)."""
     from .engine import check_arch
     from .plugins import load_plugins
-    from .scoring import resolve_params
+    from .scoring import check_recorded_inputs, resolve_params
 
     load_plugins()
     plan = P.Plan.from_config(cfg)
+    check_recorded_inputs([item.method.name for item in plan.scores], cfg.dynamics.record)
     for item in plan.scores:
         resolve_params(item.method.name, **item.params)
     if cfg.evaluate.rates:

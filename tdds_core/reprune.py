@@ -137,7 +137,7 @@ def read_selection_ids(selection_uri: str) -> list[str]:
 
 
 def read_dataset_ids(train_uri: str) -> Optional[list[str]]:
-    """Every training id of the dataset version a full-data run saw (its ``dynamics/ids.txt``),
+    """Every training id of the dataset version a full-data run saw (its ``dynamics/ids.txt`` or ``stats/ids.txt``),
     or None when the run is gone."""
     from .stages import fetch
 
@@ -145,8 +145,11 @@ def read_dataset_ids(train_uri: str) -> Optional[list[str]]:
         folder = fetch(train_uri)
     except ArtifactError:
         return None
-    p = folder / "dynamics" / "ids.txt"
-    return p.read_text().splitlines() if p.is_file() else None
+    for sub in ("dynamics", "stats"):       # a logits or a statistics recording
+        p = folder / sub / "ids.txt"
+        if p.is_file():
+            return p.read_text().splitlines()
+    return None
 
 
 # ------------------------------------------------------------------------------------------ lookup

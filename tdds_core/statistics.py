@@ -22,8 +22,10 @@ any ``(T, W, decay, start)`` is scored after training without the logits
 
 Folder layout (``tdds-stats/1``): ``epoch_XXXX.npy`` (float64 ``[N, len(columns)]``, rows in
 sample-id order), ``labels.npy``, ``ids.txt`` and ``manifest.json`` (written last, checksums of every
-file, the columns, the recorded epochs, the dataset fingerprint). :func:`write_statistics` converts a
-logits dynamics folder; :func:`open_statistics` reads one back, one epoch at a time.
+file, the columns, the recorded epochs, the dataset fingerprint). The full-data run records one in
+``<run>/stats`` with ``dynamics.record: stats`` or ``both`` (:class:`StatsWriter`, from the logits it
+captures each epoch; resumable); :func:`write_statistics` converts a logits dynamics folder;
+:func:`open_statistics` reads one back, one epoch at a time.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ import numpy as np
 from .errors import ArtifactError, ScoringError
 
 __all__ = ["COLUMNS", "STATS_FORMAT", "EPS", "epoch_statistics", "write_statistics", "open_statistics", "Statistics",
-           "tdds_from_statistics", "column_over", "finite_scores"]
+           "StatsWriter", "tdds_from_statistics", "column_over", "finite_scores"]
 
 STATS_FORMAT = "tdds-stats/1"
 EPS = 1e-8    # the authors' log offset
@@ -136,6 +138,74 @@ class Statistics:
 
 def _epoch_file(t: int) -> str:
     return f"epoch_{int(t):04d}.npy"
+
+
+class StatsWriter:
+    """Records statistics epoch by epoch while training runs (the engine's ``dynamics.record: stats |
+    both``): :meth:`write_epoch` takes the epoch's captured logits ``[N, C]`` (rows in id order, the
+    same values a logits recording stores), writes that epoch's statistics and keeps its logits in
+    ``_last_XXXX.npy`` (float32; not part of the artifact) so a resumed run computes the next
+    epoch's TDDS term from exactly the same probabilities. :meth:`finalize` writes the manifest
+    with every checksum and removes the side files. The manifest of an unfinished folder carries
+    ``complete: false``."""
+
+    def __init__(self, folder: str | Path, *, ids: Sequence[str], labels: np.ndarray, num_classes: int,
+                 fingerprint: str):
+        from .io import atomic_save_npy, atomic_write_text, read_manifest
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.meta = {"format": STATS_FORMAT, "kind": "stats", "columns": list(COLUMNS), "num_samples": len(self.labels),
+                     "num_classes": int(num_classes), "fingerprint": fingerprint}
+        self.files: dict[str, dict] = {}
+        self.epochs: list[int] = []
+        if (self.folder / "manifest.json").is_file():
+            prev = read_manifest(self.folder)
+            if prev.get("fingerprint") != fingerprint or prev.get("num_samples") != len(self.labels):
+                raise ArtifactError(f"{self.folder} holds statistics of another dataset; choose another output folder "
+                                    "or delete it.")
+            self.files, self.epochs = dict(prev.get("files", {})), list(prev.get("epochs", []))
+        if "labels.npy" not in self.files:
+            self._put("labels.npy", lambda p: atomic_save_npy(p, self.labels))
+            self._put("ids.txt", lambda p: atomic_write_text(p, "".join(f"{i}\n" for i in ids)))
+            self._manifest(False)
+
+    def _put(self, name: str, write: Any) -> None:
+        from .io import sha256_file
+
+        p = self.folder / name
+        write(p)
+        self.files[name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+
+    def _manifest(self, complete: bool) -> None:
+        from .io import atomic_write_json
+
+        atomic_write_json(self.folder / "manifest.json", {**self.meta, "epochs": sorted(self.epochs),
+                                                          "complete": complete, "files": self.files})
+
+    def write_epoch(self, t: int, logits: np.ndarray) -> None:
+        """Epoch ``t``'s statistics from its logits ``[N, C]``; the previous recorded epoch (``t - 1``)
+        supplies the TDDS term's probabilities (NaN at the first recorded epoch)."""
+        from .io import atomic_save_npy, load_npy
+
+        z = np.asarray(logits, dtype=np.float32)
+        before = self.folder / f"_last_{t - 1:04d}.npy"
+        prev = _softmax(load_npy(before).astype(np.float64)) if before.is_file() else None
+        stats, _ = epoch_statistics(z, self.labels, prev)
+        self._put(_epoch_file(t), lambda p: atomic_save_npy(p, stats))
+        atomic_save_npy(self.folder / f"_last_{t:04d}.npy", z)
+        for old in self.folder.glob("_last_*.npy"):      # keep t and t - 1 (a resume restarts at t + 1 or at t)
+            if old.name not in (f"_last_{t:04d}.npy", before.name):
+                old.unlink(missing_ok=True)
+        if t not in self.epochs:
+            self.epochs.append(t)
+        self._manifest(False)
+
+    def finalize(self) -> None:
+        for old in self.folder.glob("_last_*.npy"):
+            old.unlink(missing_ok=True)
+        self._manifest(True)
 
 
 def write_statistics(dynamics: Any, out: str | Path) -> Statistics:

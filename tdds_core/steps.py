@@ -280,6 +280,10 @@ def open_run(config_json: str, *, run_id: str = "", job_id: str = "", build: str
         raise PipelineError("config_json differs from the config the pipeline was built from (its loops and stage "
                             "settings are fixed when it is built); compile the pipeline again from this config "
                             "(tdds compile --config ...) instead of changing the parameter.")
+    from .plan import Plan
+    from .scoring import check_recorded_inputs
+
+    check_recorded_inputs([item.method.name for item in Plan.from_config(cfg).scores], cfg.dynamics.record)
     fp = create_dataset(cfg.data).fingerprint
     rid = effective_run_id(run_id, job_id)
     tracker = make_tracker(cfg, cfg.output, pipeline_run_id=rid)

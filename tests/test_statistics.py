@@ -156,3 +156,65 @@ def test_cli_converts_and_scores_from_statistics(run, tmp_path, capsys):
                      "--out", str(out)]) == 0
     a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
     assert np.abs(a - b).max() / np.abs(b).max() < 1e-9
+
+
+def test_a_run_records_statistics_equal_to_those_of_its_logits_and_resumes_bit_identically(run, tmp_path):
+    """dynamics.record: both. The statistics the training records equal the statistics computed from
+    the logits it stored (bit for bit), and a run killed mid-way and resumed records the same bytes."""
+    import dataclasses
+
+    cfg = parse_config(SYN, ["dynamics.record=both", "dynamics.dtype=float16"])
+    spec = full_data_spec(cfg)
+    assert spec.record_dynamics and spec.record_stats
+    splits = create_dataset(cfg.data)
+    train(splits, spec, tmp_path / "whole")
+    recorded = open_statistics(tmp_path / "whole" / "stats")
+    converted = write_statistics(open_dynamics(tmp_path / "whole" / "dynamics"), tmp_path / "converted")
+    assert recorded.epochs == converted.epochs == list(range(8))
+    for t in recorded.epochs:
+        assert np.array_equal(recorded.epoch(t), converted.epoch(t), equal_nan=True), t
+    assert not list((tmp_path / "whole" / "stats").glob("_last_*")), "side files are removed when the run ends"
+
+    def stop(rec):
+        if rec["epoch"] == 4:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(splits, spec, tmp_path / "resumed", on_epoch=stop)
+    train(splits, spec, tmp_path / "resumed")
+    for t in recorded.epochs:
+        assert (tmp_path / "resumed" / "stats" / f"epoch_{t:04d}.npy").read_bytes() == \
+            (tmp_path / "whole" / "stats" / f"epoch_{t:04d}.npy").read_bytes(), t
+    assert open_statistics(tmp_path / "resumed" / "stats").manifest["complete"] is True
+    # a logits recording keeps the key it had before statistics existed
+    assert full_data_spec(parse_config(SYN, ["dynamics.record=logits", "dynamics.dtype=float16"])).digest("fp") == \
+        dataclasses.replace(spec, record_stats=False).digest("fp")
+
+
+def test_a_statistics_only_run_keeps_no_logits_and_scores_through_the_stages(run, tmp_path):
+    """dynamics.record: stats records no logits folder; its statistics equal, bit for bit, those
+    converted from a float32 logits recording of the same training (the module fixture), and the
+    stages' reader scores from them."""
+    from tdds_core.stages._artifacts import open_recorded
+
+    _, converted = run
+    spec = full_data_spec(parse_config(SYN, ["dynamics.record=stats"]))
+    assert not spec.record_dynamics and spec.record_stats
+    out = tmp_path / "stats-only"
+    train(create_dataset(parse_config(SYN).data), spec, out)
+    assert not (out / "dynamics").exists()
+    got = open_recorded(out)
+    for t in converted.epochs:
+        assert np.array_equal(got.epoch(t), converted.epoch(t), equal_nan=True), t
+    assert np.array_equal(compute_scores("tdds", got, T=8, W=4), tdds_from_statistics(converted, T=8, W=4))
+
+
+def test_statistics_only_refuses_methods_that_need_logits_before_training():
+    from tdds_core.errors import ConfigError
+    from tdds_core.grid import check_grid
+
+    cfg = parse_config({**SYN, "methods": [{"name": "tdds", "params": {"T": 4, "W": 3}}, {"name": "moderate"}]},
+                       ["dynamics.record=stats"])
+    with pytest.raises(ConfigError, match="dynamics.record: stats keeps no logits, and moderate score from logits"):
+        check_grid(cfg)
+    check_grid(parse_config({**SYN, "methods": [{"name": "tdds", "params": {"T": 4, "W": 3}}, {"name": "aum"}]},
+                            ["dynamics.record=stats"]))

@@ -26,7 +26,8 @@ from ..errors import ScoringError
 
 __all__ = [
     "MethodInfo", "register_method", "unregister_method", "registered", "export", "get_method", "list_methods",
-    "list_modules", "is_method", "method_options", "method_weighting", "resolve_params", "get_sampler", "compute_scores", "NAN_POLICIES",
+    "list_modules", "is_method", "method_options", "method_weighting", "resolve_params", "get_sampler", "compute_scores",
+    "check_recorded_inputs", "NAN_POLICIES",
 ]
 
 #: The package whose namespace :func:`export` fills (``tdds_core.scoring``).
@@ -161,6 +162,20 @@ def register_method(name: str, *, sampler: Optional[SamplerFactory] = None, weig
         return fn
 
     return deco
+
+
+def check_recorded_inputs(methods: Iterable[str], record: Any) -> None:
+    """Refuse, before any training, methods that need logits when the run records statistics only
+    (``dynamics.record: stats``): ConfigError naming them and the fix."""
+    from ..errors import ConfigError
+
+    if record != "stats":
+        return
+    need_logits = sorted({m for m in methods if _info(m).stats is None})
+    if need_logits:
+        with_stats = ", ".join(sorted(n for n, m in _METHODS.items() if m.stats is not None))
+        raise ConfigError(f"dynamics.record: stats keeps no logits, and {', '.join(need_logits)} score from logits; set "
+                          f"dynamics.record: both (or true), or use only methods that read statistics ({with_stats}).")
 
 
 def _is_statistics(dynamics: Any) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from ..io import atomic_write_json, load_npy, read_json, verify_manifest
 from ..storage import is_remote, join_uri
 
 __all__ = ["StageOutput", "work_dir", "publish", "train_into", "existing", "fetch", "claim_output", "load_scores",
-           "uri_of"]
+           "uri_of", "open_recorded"]
 
 
 @dataclass
@@ -163,6 +163,20 @@ def _check_claim(prev: dict, digest: str, root: str) -> None:
             f"output {root} holds the experiment {prev.get('name')!r} with other data/model/train/dynamics settings; "
             "refusing to mix runs: set another `output` (or --out), or delete that folder."
         )
+
+
+def open_recorded(train_dir: Path) -> Any:
+    """What a full-data run recorded for scoring: its logits (``dynamics/``, a Dynamics) when it has
+    them, else its per-sample statistics (``stats/``, tdds_core.statistics); ArtifactError when neither."""
+    from ..dynamics import open_dynamics
+    from ..statistics import open_statistics
+
+    if (train_dir / "dynamics" / "manifest.json").is_file():
+        return open_dynamics(train_dir / "dynamics")
+    if (train_dir / "stats" / "manifest.json").is_file():
+        return open_statistics(train_dir / "stats")
+    raise ArtifactError(f"{train_dir} recorded neither logits nor statistics; train with dynamics.record: true, stats "
+                        "or both.")
 
 
 def load_scores(score_dir: Path) -> tuple[np.ndarray, dict]:

@@ -13,7 +13,7 @@ from ..data import Splits
 from ..io import atomic_save_npy, atomic_write_json, read_json, write_manifest
 from ..tracking import (STAGE_SCORE, STAGE_TRAIN_FULL, TAG_FINGERPRINT, TAG_METHOD, TAG_METHOD_NAME, TAG_STAGE,
                         Tracker, artifact_tags, log_score_run, run_name, run_params)
-from ._artifacts import StageOutput, existing, fetch, load_scores, publish, uri_of, work_dir
+from ._artifacts import StageOutput, existing, fetch, load_scores, open_recorded, publish, uri_of, work_dir
 from ._registry import Context, Ref, Stage, State, register_stage
 
 __all__ = ["score", "tracked_score"]
@@ -23,7 +23,7 @@ def score(cfg: Config, train_uri: str, method: MethodSpec | str, params: Optiona
           nan_policy: str = "raise", splits: Optional[Splits] = None) -> StageOutput:
     """Score every sample of the full-data run at ``train_uri`` with one method (reused when
     finished). With ``splits``, dynamics from another dataset version are refused."""
-    from ..dynamics import check_matches, open_dynamics
+    from ..dynamics import check_matches
     from ..scoring import compute_scores
 
     m = method if isinstance(method, MethodSpec) else MethodSpec(name=method)
@@ -32,7 +32,7 @@ def score(cfg: Config, train_uri: str, method: MethodSpec | str, params: Optiona
     done = existing(uri)
     if done is not None:
         return StageOutput(uri, done, reused=True, info=read_json(done / "score.json"))
-    dyn = open_dynamics(fetch(train_uri) / "dynamics")
+    dyn = open_recorded(fetch(train_uri))
     if splits is not None:
         check_matches(dyn, num_samples=len(splits.train), num_classes=splits.num_classes, fingerprint=splits.fingerprint,
                       what=f"dataset {splits.name!r}")

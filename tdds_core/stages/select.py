@@ -10,7 +10,7 @@ from .. import plan as P
 from ..config import Config
 from ..errors import ArtifactError
 from ..tracking import STAGE_SCORE, STAGE_SELECT, STAGE_TRAIN_FULL
-from ._artifacts import StageOutput, existing, fetch, load_scores, publish, uri_of, work_dir
+from ._artifacts import StageOutput, existing, fetch, load_scores, open_recorded, publish, uri_of, work_dir
 from ._registry import Context, Ref, Stage, State, register_stage
 
 __all__ = ["select"]
@@ -18,7 +18,6 @@ __all__ = ["select"]
 
 def select(cfg: Config, train_uri: str, scores_uri: str, rate: float, *, label: Optional[str] = None) -> StageOutput:
     """Materialize the selection of the scores at ``scores_uri`` at pruning rate ``rate`` (reused when finished)."""
-    from ..dynamics import open_dynamics
     from ..scoring import get_sampler
     from ..selection import select as select_samples
     from ..selection import write_selection
@@ -30,7 +29,7 @@ def select(cfg: Config, train_uri: str, scores_uri: str, rate: float, *, label: 
     done = existing(uri)
     if done is not None:
         return StageOutput(uri, done, reused=True, info=meta)
-    dyn = open_dynamics(fetch(train_uri) / "dynamics")
+    dyn = open_recorded(fetch(train_uri))
     if dyn.fingerprint != info["fingerprint"] or len(scores) != dyn.num_samples:
         raise ArtifactError(f"scores at {scores_uri} belong to another dataset version than the dynamics at {train_uri}; "
                             "rescore.")
