@@ -18,12 +18,21 @@ run the feature extractor under autocast and then ``head(features.float())`` wit
 keeps ``dynamics.dtype``. Without autocast (CPU) this is the same computation as ``model(x)``,
 bit for bit.
 
+A run's identity (``run.json``, :meth:`TrainSpec.digest`) includes its numerics as applied on the
+machine (:func:`effective_numerics`: device class, bf16 autocast, channels_last, compile,
+deterministic kernels, process count): resuming a folder with other numerics is refused, naming the
+setting. Checkpoints load onto the CPU and the RNG states are restored from CPU byte tensors, so a
+run resumes on a GPU. ``train.deterministic`` selects deterministic CUDA kernels for the run
+(:func:`kernel_flags`). Under ``torchrun --nproc-per-node K`` one run trains in K processes
+(:func:`train`).
+
 Outputs in ``out_dir``: ``run.json`` (spec and digest; a folder holding another spec is refused),
 ``dynamics/`` (see :mod:`tdds_core.dynamics`), ``checkpoint.pt`` (removed at the end),
 ``model.pt``, ``history.json``, ``result.json`` and ``manifest.json`` (written last).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -32,7 +41,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -124,17 +133,33 @@ class TrainSpec:
 NUMERIC_FIELDS = ("device", "amp", "channels_last", "compile", "deterministic")   # identity by effective value
 
 
-def effective_numerics(device: str, amp: str, channels_last: bool, compile: bool, deterministic: bool = False) -> dict:
+def effective_numerics(device: str, amp: str, channels_last: bool, compile: bool, deterministic: bool = False,
+                       processes: int | None = None) -> dict:
     """What the numerics settings do on this machine: the device class, and bf16 autocast,
-    channels_last (CUDA and CPU, where it speeds convolutions up), torch.compile (CUDA) and
-    deterministic kernels (CUDA; a key only when on, so runs from before the option keep theirs) as applied."""
+    channels_last (CUDA and CPU, where it speeds convolutions up), torch.compile (CUDA),
+    deterministic kernels (CUDA) and the number of processes training together (``processes``;
+    None: this run's, :func:`world_size`) as applied. ``deterministic`` and ``world_size`` are
+    keys only when on / above 1, so runs from before those options keep theirs."""
     dev = resolve_device(device).type
     cuda = dev == "cuda"
     out = {"device": dev, "bf16": cuda and amp in ("auto", "bf16"), "channels_last": dev in ("cuda", "cpu") and bool(channels_last),
            "compile": cuda and bool(compile)}
     if cuda and deterministic:
         out["deterministic"] = True
+    k = world_size() if processes is None else processes
+    if k > 1:       # gradients and batch statistics reduced across processes: the same run within float tolerance
+        out["world_size"] = int(k)
     return out
+
+
+def world_size() -> int:
+    """How many processes train one run together: the initialised process group's size, else
+    torchrun's ``WORLD_SIZE`` (1 outside torchrun)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
 
 
 def check_arch(arch: str, field: str = "model.arch") -> None:
@@ -233,6 +258,103 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name!r} requested but CUDA is not available here; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+# ------------------------------------------------------------------------------ several processes (torchrun)
+@dataclass(frozen=True)
+class _Group:
+    """This process's place in the run: rank ``rank`` of ``size`` processes (1: a plain single process)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run's files (rank 0)."""
+        return self.rank == 0
+
+    def rows(self, n: int) -> slice:
+        """This rank's contiguous part of a global batch of ``n`` rows (sizes differ by at most one)."""
+        return slice(self.rank * n // self.size, (self.rank + 1) * n // self.size)
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+@contextlib.contextmanager
+def _process_group(device: torch.device) -> Iterator[_Group]:
+    """The process group of a run under ``torchrun`` (``WORLD_SIZE`` > 1): joined here when the
+    caller has not (nccl on CUDA, gloo on the CPU) and left at the end; a single process otherwise."""
+    import torch.distributed as dist
+
+    if world_size() <= 1:
+        yield _Group()
+        return
+    if not dist.is_available():
+        raise ConfigError("WORLD_SIZE > 1 but this torch has no torch.distributed; run one process (no torchrun)")
+    own = not dist.is_initialized()
+    if own:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield _Group(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0") or 0))
+    finally:
+        if own:
+            dist.destroy_process_group()
+
+
+class GlooSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training-mode statistics are those of the global batch across the process
+    group (what :class:`torch.nn.SyncBatchNorm` does on GPUs, which refuses CPU tensors): the mean
+    and then the biased variance all-reduced with gradients (``torch.distributed.nn``), running
+    statistics updated as BatchNorm2d does (unbiased variance). Same parameters and buffers as
+    BatchNorm2d, so state dicts load either way. Eval mode (and a single process) is BatchNorm2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        local = torch.tensor([x.numel() // c], dtype=x.dtype, device=x.device)
+        sums = all_reduce(torch.cat([x.sum((0, 2, 3)), local]))
+        count = sums[-1]
+        mean = sums[:c] / count
+        d = x - mean.view(1, c, 1, 1)
+        var = all_reduce((d * d).sum((0, 2, 3))) / count
+        out = d * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        if self.affine:
+            out = out * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                n = float(count)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * (n / max(n - 1.0, 1.0)), alpha=m)
+        return out
+
+
+def sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` with every BatchNorm synchronised across the process group: torch's SyncBatchNorm
+    on CUDA, :class:`GlooSyncBatchNorm` elsewhere (parameters and buffers carried over)."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if isinstance(child, nn.BatchNorm2d) and not isinstance(child, GlooSyncBatchNorm):
+            new = GlooSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats, device=device)
+            new.load_state_dict(child.state_dict())
+            new.train(child.training)
+            setattr(model, name, new)
+        else:
+            sync_batchnorm(child, device)
+    return model
 
 
 def weighted_loss(logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, mode: str) -> torch.Tensor:
@@ -339,19 +461,20 @@ def _predict(model, loader: ResidentLoader, n: int, num_classes: int, autocast, 
 
 
 class _Trainer:
-    def __init__(self, splits: Splits, spec: TrainSpec, out: Path, on_epoch, on_checkpoint=None):
+    def __init__(self, splits: Splits, spec: TrainSpec, out: Path, on_epoch, on_checkpoint=None,
+                 group: _Group = _Group()):
         self.splits, self.spec, self.out, self.on_epoch = splits, spec, out, on_epoch
         self.on_checkpoint = on_checkpoint
+        self.group = group
         self.device = resolve_device(spec.device)
         cuda = self.device.type == "cuda"
+        if cuda and group.size > 1:     # one GPU per process (torchrun's LOCAL_RANK)
+            if self.device.index is None:
+                self.device = torch.device("cuda", group.local_rank)
+            torch.cuda.set_device(self.device)
         self.use_amp = cuda and spec.amp in ("auto", "bf16")
         self.channels_last = self.device.type in ("cuda", "cpu") and spec.channels_last
-        if cuda:
-            torch.backends.cudnn.benchmark = not spec.deterministic
-        if cuda and spec.deterministic:   # a CPU run is deterministic already
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS needs it before its first call
-            torch.backends.cudnn.deterministic = True
-            torch.use_deterministic_algorithms(True)
+        # cuDNN / deterministic-kernel flags: set (and restored afterwards) by kernel_flags() in train()
         self.n = len(splits.train)
         self.c = splits.num_classes
         if (spec.record_dynamics or spec.record_stats) and spec.drop_last:
@@ -363,6 +486,8 @@ class _Trainer:
         if positions.max(initial=0) >= self.n or positions.min(initial=0) < 0:
             raise ArtifactError(f"selection positions exceed the dataset ({self.n} samples); the selection belongs to another dataset version")
         self.positions = positions
+        if group.size > 1:
+            self._check_split(len(positions))
         common = dict(device=self.device, mean=splits.mean, std=splits.std, flip=splits.flip, pad=splits.crop_padding,
                       channels_last=self.channels_last)
         resident, max_bytes, workers = spec.resident, spec.resident_max_bytes, spec.num_workers
@@ -383,6 +508,8 @@ class _Trainer:
         torch.manual_seed(spec.seed)
         self.model = create_model(spec.arch, num_classes=self.c, in_channels=splits.channels, image_size=splits.image_size,
                                   **spec.model_options).to(self.device)
+        if group.size > 1:
+            self.model = sync_batchnorm(self.model, self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.step_model = torch.compile(self.model) if (cuda and spec.compile) else self.model
@@ -393,11 +520,49 @@ class _Trainer:
             self.capture_model = capture_forward(self.model)
             if self.capture_model is not self.model and spec.dynamics_mode == "train":
                 self.capture_step = torch.compile(self.capture_model) if (cuda and spec.compile) else self.capture_model
+        if group.size > 1:
+            self._wrap_ddp()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
                                    weight_decay=spec.weight_decay)
         per_epoch = len(self.train_loader)
         self.total_iters = spec.iterations if spec.iterations is not None else spec.epochs * per_epoch
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(spec.schedule, self.total_iters))
+
+    def _check_split(self, n: int) -> None:
+        """Every rank needs a part of every batch (a rank without samples has no batch statistics)."""
+        b, k = self.spec.batch_size, self.group.size
+        last = b if (n % b == 0 or self.spec.drop_last) else n % b
+        if min(b, last, n) < k:
+            raise ConfigError(f"{k} processes cannot share a batch of {min(b, last, n)} samples (train.batch_size "
+                              f"{b}, {n} samples); use a train.batch_size whose last batch has at least {k} samples, "
+                              "or fewer processes (torchrun --nproc-per-node)")
+
+    def _wrap_ddp(self) -> None:
+        """One DistributedDataParallel wrapper for every training step: around the float32-head
+        forward when this run records train-mode logits (on the CPU the same numbers as the model,
+        bit for bit), else around the model (two wrappers over one set of parameters would reduce
+        their gradients twice)."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        cuda = self.device.type == "cuda"
+        base = self.capture_model if self.capture_step is not self.step_model else self.model
+        ddp = DDP(base, device_ids=[self.device.index] if cuda else None)
+        self.step_model = self.capture_step = torch.compile(ddp) if (cuda and self.spec.compile) else ddp
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+        """The loss of this rank's rows ``idx`` of the global batch (positions ``whole``):
+        :func:`weighted_loss`, with ``batch`` weighting by the whole batch's mean importance."""
+        spec = self.spec
+        if self.group.size > 1 and spec.weighting == "batch" and self.weights is not None:
+            return F.cross_entropy(logits, y) * self.weights[whole].mean()
+        return weighted_loss(logits, y, self.weights[idx] if self.weights is not None else None, spec.weighting)
+
+    def _backward(self, loss: torch.Tensor, rows: int, whole: int) -> None:
+        """Gradients of the global batch's loss: a rank's mean over its ``rows`` of the ``whole``
+        batch counts ``K * rows / whole`` times, since DDP averages the K ranks' gradients."""
+        if self.group.size > 1:
+            loss = loss * (self.group.size * rows / whole)
+        loss.backward()
 
     def autocast(self):
         if self.use_amp:
@@ -432,14 +597,15 @@ class _Trainer:
             torch.cuda.set_rng_state_all(saved[:torch.cuda.device_count()])
 
     def run(self) -> TrainResult:
-        spec, out = self.spec, self.out
-        writer = None
-        if spec.record_dynamics:
+        spec, out, group = self.spec, self.out, self.group
+        writer = None      # the files are written by rank 0 (the only process of a single-process run)
+        if spec.record_dynamics and group.main:
             writer = DynamicsWriter(out / "dynamics", ids=self.splits.train.ids, labels=self.splits.train.labels,
                                     num_classes=self.c, fingerprint=self.splits.fingerprint, dtype=spec.dynamics_dtype,
-                                    mode=spec.dynamics_mode, extra={"arch": spec.arch, "seed": spec.seed})
+                                    mode=spec.dynamics_mode,
+                                    extra={"arch": spec.arch, "seed": spec.seed, "world_size": group.size})
         stats = None
-        if spec.record_stats:
+        if spec.record_stats and group.main:
             from .statistics import StatsWriter
 
             stats = StatsWriter(out / "stats", ids=self.splits.train.ids, labels=self.splits.train.labels,
@@ -473,7 +639,7 @@ class _Trainer:
             correct = torch.zeros((), dtype=torch.int64, device=self.device)
             seen = 0
             bar = None
-            if spec.progress:
+            if spec.progress and group.main:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=min(len(self.train_loader), self.total_iters - iteration), desc=f"epoch {epoch + 1}/{spec.epochs}",
@@ -485,12 +651,15 @@ class _Trainer:
             for x, y, idx in self.train_loader.epoch(epoch, spec.seed):
                 if iteration >= self.total_iters:
                     break
+                whole = idx
+                if group.size > 1:      # the global batch of a single process; this rank trains on its part
+                    part = group.rows(len(idx))
+                    x, y, idx = x[part], y[part], idx[part]
                 with self.autocast():
                     logits = step_model(x)
-                w = self.weights[idx] if self.weights is not None else None
-                loss = weighted_loss(logits.float(), y, w, spec.weighting)
+                loss = self._loss(logits.float(), y, idx, whole)
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()
+                self._backward(loss, len(y), len(whole))
                 self.opt.step()
                 self.sched.step()
                 iteration += 1
@@ -508,17 +677,24 @@ class _Trainer:
                                         img_s=f"{seen / max(el, 1e-9):.0f}")
             if bar is not None:
                 bar.close()
+            if group.size > 1:          # the epoch's metrics over every rank's samples
+                loss_sum, correct, seen = _sum_over_ranks(loss_sum, correct, seen)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             train_s = time.perf_counter() - t0
             rec = {"epoch": epoch, "train_loss": float(loss_sum) / max(seen, 1), "train_acc": 100.0 * int(correct) / max(seen, 1),
                    "lr": self.opt.param_groups[0]["lr"], "images": seen, "train_s": train_s,
                    "img_per_s": seen / max(train_s, 1e-9), "iteration": iteration}
-            if self.records(epoch):
+            if self.records(epoch) and group.size > 1 and spec.dynamics_mode == "train":
+                arr = _rows_from_ranks(buf)     # rank 0: every rank's rows; NaN where no rank wrote exactly once
+            elif self.records(epoch) and group.main:
                 if spec.dynamics_mode == "clean":
                     logits_all, _ = _predict(self.capture_model, self.plain_train, self.n, self.c, self.autocast, False)
                     buf.copy_(logits_all.to(buf.dtype))
                 arr = buf.float().cpu().numpy()
+            else:
+                arr = None
+            if arr is not None and group.main:
                 if not np.isfinite(arr).all():
                     bad = int((~np.isfinite(arr).all(1)).sum())
                     raise ScoringError(f"epoch {epoch}: {bad} samples have NaN/Inf logits: training diverged (lower "
@@ -539,6 +715,8 @@ class _Trainer:
             history.append(rec)
             imgs_total += seen
             train_s_total += train_s
+            if not group.main:
+                continue
             if self.on_epoch is not None:
                 self.on_epoch(rec)
             if not last:
@@ -547,6 +725,20 @@ class _Trainer:
                     self.on_checkpoint(out)
         if final is None:  # resumed after the last epoch had finished but before result.json was written
             final = evaluate(self.model, self.test_loader, self.c, self.autocast)
+        if group.main:
+            self._save_outputs(writer, stats, history)
+        result = TrainResult(final_acc=final[0], best_acc=max(best[0], final[0]), best_epoch=best[1], final_loss=final[1],
+                             per_class_acc=[float(v) for v in final[2]], epochs=len(history), iterations=iteration,
+                             num_train=len(self.positions), wall_s=time.perf_counter() - t_start,
+                             img_per_s=imgs_total / max(train_s_total, 1e-9), history=history)
+        if group.main:
+            self._publish(result, ckpt)
+        group.barrier()     # the other ranks return once the run's files are there
+        return result
+
+    def _save_outputs(self, writer: DynamicsWriter | None, stats: Any, history: list[dict]) -> None:
+        """Rank 0: the clean final pass, the finished recordings and the final model."""
+        spec, out = self.spec, self.out
         if writer is not None:
             # the clean final pass: the final model, eval mode, no augmentation (Entropy, Moderate)
             logits_all, feats = _predict(self.capture_model, self.plain_train, self.n, self.c, self.autocast,
@@ -561,18 +753,44 @@ class _Trainer:
         atomic_torch_save(out / "model.pt", {"arch": spec.arch, "num_classes": self.c, "in_channels": self.splits.channels,
                                              "image_size": self.splits.image_size, "options": spec.model_options,
                                              "state_dict": self.model.state_dict()})
-        result = TrainResult(final_acc=final[0], best_acc=max(best[0], final[0]), best_epoch=best[1], final_loss=final[1],
-                             per_class_acc=[float(v) for v in final[2]], epochs=len(history), iterations=iteration,
-                             num_train=len(self.positions), wall_s=time.perf_counter() - t_start,
-                             img_per_s=imgs_total / max(train_s_total, 1e-9), history=history)
-        atomic_write_json(out / "history.json", history)
+
+    def _publish(self, result: TrainResult, ckpt: Path) -> None:
+        """Rank 0: history, result and, last, the manifest of every file; the checkpoint is removed."""
+        spec, out = self.spec, self.out
+        atomic_write_json(out / "history.json", result.history)
         atomic_write_json(out / "result.json", dataclasses.asdict(result))
         if ckpt.exists():
             ckpt.unlink()
         # every file of the run (dynamics included), so the folder verifies and travels as one artifact
         write_manifest(out, None, kind="train", spec_digest=spec.digest(self.splits.fingerprint),
-                       fingerprint=self.splits.fingerprint)
-        return result
+                       fingerprint=self.splits.fingerprint, world_size=self.group.size)
+
+
+def _sum_over_ranks(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """An epoch's training-loss sum, correct count and sample count summed over the process group."""
+    import torch.distributed as dist
+
+    t = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), dtype=torch.float64,
+                                                                         device=loss_sum.device)])
+    dist.all_reduce(t)
+    return t[0], t[1].round().long(), int(t[2].item())
+
+
+def _rows_from_ranks(buf: torch.Tensor) -> np.ndarray | None:
+    """The epoch's captured rows of every rank, on rank 0 (None elsewhere): each rank sends the rows
+    it wrote (finite; NaN elsewhere after the per-epoch fill) and how many times each row was
+    written; a row written by no rank, or by two, comes out NaN and fails the finite check."""
+    import torch.distributed as dist
+
+    wrote = torch.isfinite(buf).all(1)
+    part = torch.where(wrote[:, None], buf.float(), torch.zeros((), dtype=torch.float32, device=buf.device))
+    count = wrote.float()
+    dist.reduce(part, 0)
+    dist.reduce(count, 0)
+    if dist.get_rank() != 0:
+        return None
+    part[count != 1] = float("nan")
+    return part.cpu().numpy()
 
 
 def _runtime_names() -> set[str]:
@@ -609,32 +827,100 @@ def train(splits: Splits, spec: TrainSpec, out_dir: str | os.PathLike, *,
     """Train (or resume, or return the finished result of) ``spec`` on ``splits`` into ``out_dir``.
 
     ``on_epoch(record)`` is called after every epoch with its metrics; ``on_checkpoint(out_dir)``
-    after every checkpoint (the stages use it to mirror the checkpoint to S3)."""
+    after every checkpoint (the stages use it to mirror the checkpoint to S3).
+
+    Under ``torchrun --nproc-per-node K`` (one machine, a shared ``out_dir``) the K processes train
+    one run with DistributedDataParallel and synchronised batch norm: each epoch's order and
+    augmentation are those of a single process (the global batch is drawn as one process draws it
+    and each rank trains on its contiguous part), each rank captures its own samples' logits, and
+    rank 0 writes the same files as a single process, with ``"world_size": K`` in the manifests and
+    the numerics (a different run from a single process's: the same numbers within float
+    tolerance, not bit for bit). The callbacks run on rank 0 only."""
     out = Path(out_dir)
+    device = resolve_device(spec.device)
+    with _process_group(device) as group:
+        done = _claim(out, splits, spec) if group.main else None
+        group.barrier()
+        if not group.main:      # rank 0 claimed the folder: the same answer, nothing written
+            done = _claim(out, splits, spec)
+        if done is not None:
+            return done
+        with kernel_flags(device, spec.deterministic):
+            return _Trainer(splits, spec, out, on_epoch, on_checkpoint, group=group).run()
+
+
+def _claim(out: Path, splits: Splits, spec: TrainSpec) -> TrainResult | None:
+    """Claim ``out`` for ``spec`` (``run.json``): its finished result, None to train (fresh or
+    resumed), or ArtifactError when it holds another run."""
     out.mkdir(parents=True, exist_ok=True)
     digest = spec.digest(splits.fingerprint)
     run_file = out / "run.json"
     if run_file.is_file():
         prev = read_json(run_file)
         if prev.get("spec_digest") != digest:
-            now = {**spec.describe(), "numerics": spec.numerics()}
-            was = {**prev.get("spec", {}), "numerics": prev.get("numerics")}
-            differ = sorted(k for k in now if k in was and was[k] != now[k] and k not in _runtime_names())
-            what = f" (differs in {', '.join(differ)}: {', '.join(f'{k} {was[k]!r} -> {now[k]!r}' for k in differ)})" \
-                if differ else ""
-            raise ArtifactError(
-                f"{out} holds another run (spec {prev.get('spec_digest')}, this one {digest}){what}; "
-                "refusing to mix them: choose another output folder or delete it (numeric settings such as "
-                "train.amp, channels_last, compile and the device count as a different run)."
-            )
-        done = load_result(out)
-        if done is not None:
-            return done
-    else:
-        atomic_write_json(run_file, {"spec_digest": digest, "fingerprint": splits.fingerprint, "spec": spec.describe(),
-                                     "numerics": spec.numerics(),
-                                     "tdds_version": _version()})
-    return _Trainer(splits, spec, out, on_epoch, on_checkpoint).run()
+            raise ArtifactError(_other_run_message(out, prev, spec, digest))
+        return load_result(out)
+    atomic_write_json(run_file, {"spec_digest": digest, "fingerprint": splits.fingerprint, "spec": spec.describe(),
+                                 "numerics": spec.numerics(), "world_size": world_size(), "tdds_version": _version()})
+    return None
+
+
+#: effective numerics entry (:func:`effective_numerics`) -> the setting that changes it
+_NUMERIC_SETTING = {"device": "train.device (the device class)", "bf16": "train.amp", "channels_last": "train.channels_last",
+                    "compile": "train.compile", "deterministic": "train.deterministic",
+                    "world_size": "the process count (torchrun --nproc-per-node)"}
+
+
+def _other_run_message(out: Path, prev: dict, spec: TrainSpec, digest: str) -> str:
+    """Why ``out`` (whose ``run.json`` is ``prev``) cannot take ``spec``: the differing fields and,
+    for numerics, each differing effect with the setting behind it, then the fix."""
+    now = spec.describe()
+    was = prev.get("spec", {})
+    differ = [f"{k} {was[k]!r} -> {now[k]!r}" for k in sorted(now)
+              if k in was and was[k] != now[k] and k not in _runtime_names()]
+    num_was, num_now = prev.get("numerics"), spec.numerics()
+    settings: list[str] = []
+    if isinstance(num_was, dict) and num_was != num_now:
+        for k in sorted(set(num_was) | set(num_now)):
+            a, b = num_was.get(k, False), num_now.get(k, False)
+            if a != b:
+                setting = _NUMERIC_SETTING.get(k, k)
+                differ.append(f"numerics {k} {a!r} -> {b!r} ({setting})")
+                settings.append(setting)
+    what = f" (differs in {'; '.join(differ)})" if differ else ""
+    fix = (f"set {', '.join(settings)} back to what the run used (a run's numbers must not mix numerics), or "
+           if settings else "")
+    return (f"{out} holds another run (spec {prev.get('spec_digest')}, this one {digest}){what}; refusing to mix "
+            f"them: {fix}choose another output folder or delete it (numeric settings such as train.amp, "
+            "channels_last, compile, deterministic and the device class count as a different run).")
+
+
+@contextlib.contextmanager
+def kernel_flags(device: torch.device, deterministic: bool) -> Iterator[None]:
+    """The kernel choice of one training run on ``device``, restored when it ends.
+
+    On CUDA: cuDNN autotuning (``benchmark``) unless ``deterministic``; with ``deterministic``
+    (``train.deterministic``), deterministic kernels for bit-identical reruns:
+    ``torch.use_deterministic_algorithms(True)``, ``cudnn.deterministic`` and
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (cuBLAS reads it at its first call, so it is left set).
+    Elsewhere nothing changes (a CPU run is deterministic already). Restoring keeps a later run or
+    a scorer in the same process (``tdds grid``) from inheriting the flags: some CUDA ops refuse
+    to run under deterministic mode."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = bool(deterministic)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(bool(deterministic))
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
 
 
 def _version() -> str:

@@ -11,8 +11,9 @@
   a pair per (setting, rate), a coreset item per (pair, seed) and an evaluation item per (evaluated
   pair, architecture). ``tdds grid``, the KFP DAG and the report iterate it.
 
-The numerics settings (``train.device``, ``amp``, ``channels_last``, ``compile``) are identity by
-their *effective* values on the machine that trains (:func:`numerics`): on a CPU, ``amp: auto`` and
+The numerics settings (``train.device``, ``amp``, ``channels_last``, ``compile``, ``deterministic``)
+and the number of processes training one run (torchrun's world size) are identity by their
+*effective* values on the machine that trains (:func:`numerics`): on a CPU, ``amp: auto`` and
 ``amp: off`` train the same numbers and share a key; a bf16 GPU run and an fp32 CPU run do not.
 """
 from __future__ import annotations

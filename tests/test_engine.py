@@ -216,5 +216,102 @@ def test_a_resume_with_other_numerics_is_refused_and_names_the_setting(tmp_path)
     s = create_dataset(cfg.data)
     with pytest.raises(RuntimeError, match="stop"):
         train(s, full_data_spec(cfg), tmp_path, on_epoch=lambda rec: (_ for _ in ()).throw(RuntimeError("stop")))
-    with pytest.raises(ArtifactError, match=r"differs in numerics: numerics .*'channels_last': True.* -> .*'channels_last': False"):
+    with pytest.raises(ArtifactError, match=r"numerics channels_last True -> False \(train.channels_last\).*"
+                                            r"set train.channels_last back to what the run used"):
         train(s, full_data_spec(cfg_(**{"train.channels_last": False})), tmp_path)
+
+
+class _StopTrainer:
+    """Stands in for the trainer where no GPU is at hand: the run's identity is claimed, nothing trains."""
+
+    def __init__(self, *a, **k):
+        pass
+
+    def run(self):
+        raise Stop
+
+
+def test_a_resume_with_another_amp_or_device_class_is_refused(tmp_path, monkeypatch):
+    """A bf16 GPU run's folder (the device resolution stubbed: no CUDA here) refuses a resume in
+    fp32, naming train.amp and the fix, and refuses a resume on a CPU, naming the device class."""
+    from tdds_core import engine
+
+    cfg = cfg_(**{"train.amp": "bf16"})
+    s = create_dataset(cfg.data)
+    with monkeypatch.context() as m:
+        m.setattr(engine, "resolve_device", lambda name: torch.device("cuda"))
+        m.setattr(engine, "_Trainer", _StopTrainer)
+        with pytest.raises(Stop):
+            train(s, full_data_spec(cfg), tmp_path)
+        assert engine.read_json(tmp_path / "run.json")["numerics"]["bf16"] is True
+        with pytest.raises(Stop):     # the same numerics resume
+            train(s, full_data_spec(cfg), tmp_path)
+        with pytest.raises(ArtifactError, match=r"numerics bf16 True -> False \(train.amp\).*set train.amp back"):
+            train(s, full_data_spec(cfg_(**{"train.amp": "'off'"})), tmp_path)
+    with pytest.raises(ArtifactError, match=r"numerics bf16 True -> False \(train.amp\); numerics device 'cuda' -> 'cpu'"):
+        train(s, full_data_spec(cfg), tmp_path)
+
+
+def test_kernel_flags_choose_deterministic_kernels_on_cuda_and_restore_them(monkeypatch):
+    """train.deterministic: deterministic kernels, no cuDNN autotuning, a cuBLAS workspace setting,
+    for the run only; a CPU run changes nothing."""
+    from tdds_core.engine import kernel_flags
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    cudnn = torch.backends.cudnn
+    before = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
+    with kernel_flags(torch.device("cuda"), True):
+        assert torch.are_deterministic_algorithms_enabled() and cudnn.deterministic and not cudnn.benchmark
+        import os
+
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled()) == before
+    with kernel_flags(torch.device("cuda"), False):
+        assert cudnn.benchmark and not cudnn.deterministic and not torch.are_deterministic_algorithms_enabled()
+    with kernel_flags(torch.device("cpu"), True):
+        assert (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled()) == before
+    assert (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled()) == before
+
+
+def test_rng_states_reach_the_setters_as_cpu_bytes_whatever_the_checkpoint_holds(tmp_path, monkeypatch):
+    """However a checkpoint's RNG states arrive (here int64, as a foreign loader or a device move
+    may hand them over), torch.set_rng_state and torch.cuda.set_rng_state_all get CPU uint8 tensors
+    with the saved bytes."""
+    from tdds_core import engine
+
+    cfg = cfg_()
+    trainer = engine._Trainer(create_dataset(cfg.data), full_data_spec(cfg), tmp_path, None)
+    st = trainer.state(0, 6, [], (-1.0, -1))
+    saved = st["rng"]["torch"].clone()
+    st["rng"]["torch"] = saved.to(torch.int64)
+    st["rng"]["cuda"] = [saved.to(torch.int64), saved.to(torch.int32)]
+    got, got_cuda = [], []
+    real_set = torch.set_rng_state
+    monkeypatch.setattr(torch, "set_rng_state", lambda t: got.append(t) or real_set(t))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: got_cuda.extend(states))
+    trainer.load(st)
+    assert len(got) == 1 and len(got_cuda) == 1
+    for t in got + got_cuda:
+        assert t.device.type == "cpu" and t.dtype == torch.uint8 and torch.equal(t, saved)
+
+
+@pytest.mark.parametrize("record", ["true", "stats"])
+def test_a_recorded_epoch_that_misses_samples_fails_instead_of_keeping_stale_rows(tmp_path, monkeypatch, record):
+    """The capture buffer is cleared (NaN) before each recorded epoch: an epoch that does not visit
+    every sample (its last batch skipped here) fails the finite check instead of storing the previous
+    epoch's rows for the samples it missed."""
+    from tdds_core.data.loader import ResidentLoader
+    from tdds_core.errors import ScoringError
+
+    real_epoch = ResidentLoader.epoch
+
+    def epoch(self, epoch=0, seed=0, shuffle=True):
+        batches = list(real_epoch(self, epoch, seed, shuffle))
+        yield from (batches[:-1] if shuffle and epoch == 1 else batches)
+
+    monkeypatch.setattr(ResidentLoader, "epoch", epoch)
+    cfg = cfg_(**{"dynamics.record": record, "data.resident": "always"})
+    with pytest.raises(ScoringError, match=r"epoch 1: 16 samples have NaN/Inf logits"):
+        train(create_dataset(cfg.data), full_data_spec(cfg), tmp_path)
