@@ -53,17 +53,18 @@ def is_reference_folder(folder: str | os.PathLike) -> bool:
 
 
 def _softmax_rows(src: np.ndarray, out: np.ndarray, chunk_values: int = 1 << 16) -> np.ndarray:
-    """``out[i] = softmax(src[i])`` row by row (``exp(x - max) / sum``), in cache-sized chunks."""
-    import torch
-
+    """``out[i] = softmax(src[i])`` row by row (``exp(x - max) / sum``), in cache-sized chunks
+    (numpy only; each row's sum is its own, so a row's value does not depend on the chunk)."""
     rows = max(1, chunk_values // max(1, src.shape[1]))
-    o = torch.from_numpy(out)
     for a in range(0, src.shape[0], rows):
-        x = o[a:a + rows]
-        x.copy_(torch.from_numpy(np.ascontiguousarray(src[a:a + rows])))
-        x.sub_(x.amax(dim=1, keepdim=True))
-        x.exp_()
-        x.div_(x.sum(dim=1, keepdim=True))
+        x = out[a:a + rows]
+        np.copyto(x, src[a:a + rows], casting="unsafe")
+        if x.size == 0:
+            continue
+        with np.errstate(invalid="ignore", over="ignore"):    # NaN/Inf rows stay NaN (flagged by the caller)
+            x -= x.max(axis=1, keepdims=True)
+            np.exp(x, out=x)
+            x /= x.sum(axis=1, keepdims=True)
     return out
 
 

@@ -604,12 +604,13 @@ class _Trainer:
                                     num_classes=self.c, fingerprint=self.splits.fingerprint, dtype=spec.dynamics_dtype,
                                     mode=spec.dynamics_mode,
                                     extra={"arch": spec.arch, "seed": spec.seed, "world_size": group.size})
-        stats = None
-        if spec.record_stats and group.main:
-            from .statistics import StatsWriter
+        stats = None        # per-sample statistics, computed in the training step on every process; rank 0 writes
+        if spec.record_stats:
+            from .statistics import StatsRecorder
 
-            stats = StatsWriter(out / "stats", ids=self.splits.train.ids, labels=self.splits.train.labels,
-                                num_classes=self.c, fingerprint=self.splits.fingerprint)
+            stats = StatsRecorder(out / "stats", ids=self.splits.train.ids, labels=self.splits.train.labels,
+                                  num_classes=self.c, fingerprint=self.splits.fingerprint, device=self.device,
+                                  main=group.main)
         ckpt = out / "checkpoint.pt"
         start_epoch, iteration, history, best = 0, 0, [], (-1.0, -1)
         if ckpt.is_file():
@@ -620,10 +621,8 @@ class _Trainer:
             self.load(st)
             start_epoch, iteration, history, best = st["epoch"] + 1, st["iteration"], st["history"], tuple(st["best"])
         buf = None
-        if spec.record_dynamics or spec.record_stats:
-            # the stored logits' dtype; float32 when only statistics are kept (no storage to save)
-            dtype = spec.dynamics_dtype if spec.record_dynamics else "float32"
-            buf = torch.zeros(self.n, self.c, dtype=getattr(torch, dtype), device=self.device)
+        if spec.record_dynamics:
+            buf = torch.zeros(self.n, self.c, dtype=getattr(torch, spec.dynamics_dtype), device=self.device)
         t_start = time.perf_counter() - sum(h.get("epoch_s", 0.0) for h in history)
         imgs_total = sum(h.get("images", 0) for h in history)
         train_s_total = sum(h.get("train_s", 0.0) for h in history)
@@ -644,8 +643,10 @@ class _Trainer:
 
                 bar = tqdm(total=min(len(self.train_loader), self.total_iters - iteration), desc=f"epoch {epoch + 1}/{spec.epochs}",
                            leave=False, dynamic_ncols=True)
-            if rec_train:   # a row the epoch does not write stays NaN and fails the finite check below
+            if rec_train and buf is not None:   # a row the epoch does not write stays NaN and fails the finite check below
                 buf.fill_(float("nan"))
+            if stats is not None and self.records(epoch):
+                stats.begin_epoch(epoch)
             step_model = self.capture_step if rec_train else self.step_model
             step_model.train()
             for x, y, idx in self.train_loader.epoch(epoch, spec.seed):
@@ -665,7 +666,10 @@ class _Trainer:
                 iteration += 1
                 det = logits.detach()
                 if rec_train:
-                    buf[idx] = det.to(buf.dtype)
+                    if buf is not None:
+                        buf[idx] = det.to(buf.dtype)
+                    if stats is not None:
+                        stats.update(idx, det)
                 loss_sum += loss.detach().double() * len(y)
                 correct += (det.argmax(1) == y).sum()
                 seen += len(y)
@@ -685,13 +689,16 @@ class _Trainer:
             rec = {"epoch": epoch, "train_loss": float(loss_sum) / max(seen, 1), "train_acc": 100.0 * int(correct) / max(seen, 1),
                    "lr": self.opt.param_groups[0]["lr"], "images": seen, "train_s": train_s,
                    "img_per_s": seen / max(train_s, 1e-9), "iteration": iteration}
-            if self.records(epoch) and group.size > 1 and spec.dynamics_mode == "train":
+            if self.records(epoch) and buf is not None and group.size > 1 and spec.dynamics_mode == "train":
                 arr = _rows_from_ranks(buf)     # rank 0: every rank's rows; NaN where no rank wrote exactly once
             elif self.records(epoch) and group.main:
                 if spec.dynamics_mode == "clean":
                     logits_all, _ = _predict(self.capture_model, self.plain_train, self.n, self.c, self.autocast, False)
-                    buf.copy_(logits_all.to(buf.dtype))
-                arr = buf.float().cpu().numpy()
+                    if buf is not None:
+                        buf.copy_(logits_all.to(buf.dtype))
+                    if stats is not None:
+                        stats.update(torch.arange(self.n, device=self.device), logits_all)
+                arr = buf.float().cpu().numpy() if buf is not None else None
             else:
                 arr = None
             if arr is not None and group.main:
@@ -702,8 +709,8 @@ class _Trainer:
                                        "nothing was written for this epoch")
                 if writer is not None:
                     writer.write_epoch(epoch, arr)
-                if stats is not None:
-                    stats.write_epoch(epoch, arr)
+            if stats is not None and self.records(epoch):
+                stats.end_epoch(epoch)      # every process (the rows are gathered); rank 0 writes
             last = epoch == spec.epochs - 1 or iteration >= self.total_iters
             if last or (epoch + 1) % spec.eval_every == 0:
                 acc, tloss, per_class = evaluate(self.model, self.test_loader, self.c, self.autocast)
@@ -739,6 +746,7 @@ class _Trainer:
     def _save_outputs(self, writer: DynamicsWriter | None, stats: Any, history: list[dict]) -> None:
         """Rank 0: the clean final pass, the finished recordings and the final model."""
         spec, out = self.spec, self.out
+        logits_all = None
         if writer is not None:
             # the clean final pass: the final model, eval mode, no augmentation (Entropy, Moderate)
             logits_all, feats = _predict(self.capture_model, self.plain_train, self.n, self.c, self.autocast,
@@ -749,6 +757,9 @@ class _Trainer:
                                           "autocast": "bf16" if self.use_amp else "none"})
             writer.finalize()
         if stats is not None:
+            if logits_all is None:      # the clean final pass, for the statistics alone
+                logits_all, _ = _predict(self.capture_model, self.plain_train, self.n, self.c, self.autocast, False)
+            stats.final_pass(logits_all, epoch=int(history[-1]["epoch"]) if history else None)
             stats.finalize()
         atomic_torch_save(out / "model.pt", {"arch": spec.arch, "num_classes": self.c, "in_channels": self.splits.channels,
                                              "image_size": self.splits.image_size, "options": spec.model_options,

@@ -297,11 +297,12 @@ def test_rng_states_reach_the_setters_as_cpu_bytes_whatever_the_checkpoint_holds
         assert t.device.type == "cpu" and t.dtype == torch.uint8 and torch.equal(t, saved)
 
 
-@pytest.mark.parametrize("record", ["true", "stats"])
-def test_a_recorded_epoch_that_misses_samples_fails_instead_of_keeping_stale_rows(tmp_path, monkeypatch, record):
+@pytest.mark.parametrize("record,message", [("true", r"epoch 1: 16 samples have NaN/Inf logits"),
+                                            ("stats", r"epoch 1: 16 samples were not visited exactly once")])
+def test_a_recorded_epoch_that_misses_samples_fails_instead_of_keeping_stale_rows(tmp_path, monkeypatch, record, message):
     """The capture buffer is cleared (NaN) before each recorded epoch: an epoch that does not visit
-    every sample (its last batch skipped here) fails the finite check instead of storing the previous
-    epoch's rows for the samples it missed."""
+    every sample (its last batch skipped here) fails the finite check (the statistics recorder: its
+    visit count) instead of storing the previous epoch's rows for the samples it missed."""
     from tdds_core.data.loader import ResidentLoader
     from tdds_core.errors import ScoringError
 
@@ -313,5 +314,5 @@ def test_a_recorded_epoch_that_misses_samples_fails_instead_of_keeping_stale_row
 
     monkeypatch.setattr(ResidentLoader, "epoch", epoch)
     cfg = cfg_(**{"dynamics.record": record, "data.resident": "always"})
-    with pytest.raises(ScoringError, match=r"epoch 1: 16 samples have NaN/Inf logits"):
+    with pytest.raises(ScoringError, match=message):
         train(create_dataset(cfg.data), full_data_spec(cfg), tmp_path)

@@ -179,10 +179,9 @@ def check_recorded_inputs(methods: Iterable[str], record: Any) -> None:
 
 
 def _is_statistics(dynamics: Any) -> bool:
-    from ..statistics import STATS_FORMAT
+    from ..statistics import is_statistics
 
-    manifest = getattr(dynamics, "manifest", None)
-    return isinstance(manifest, dict) and manifest.get("format") == STATS_FORMAT
+    return is_statistics(dynamics)
 
 
 def unregister_method(name: str) -> MethodInfo:

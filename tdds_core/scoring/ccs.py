@@ -274,7 +274,14 @@ def _make_sampler(params: dict) -> Callable[..., np.ndarray]:
     return sampler
 
 
-@register_method("ccs", sampler=_make_sampler)
+def _ccs_stats(stats: Any, *, base: str = "aum", base_params: Optional[dict] = None, beta: Any = "auto",
+               strata: int = STRATA, hard_end: Optional[str] = None, nan_policy: str = "raise") -> np.ndarray:
+    """CCS from a statistics folder: the base method scored from the statistics (AUM by default)."""
+    return ccs(stats, base=base, base_params=base_params, beta=beta, strata=strata, hard_end=hard_end,
+               nan_policy=nan_policy)
+
+
+@register_method("ccs", sampler=_make_sampler, stats=_ccs_stats)
 def ccs(dynamics: Any, *, base: str = "aum", base_params: Optional[dict] = None, beta: Any = "auto",
         strata: int = STRATA, hard_end: Optional[str] = None, nan_policy: str = "raise") -> np.ndarray:
     """Base difficulty scores for CCS (default AUM on probabilities, ``space="prob"``, as the CCS code

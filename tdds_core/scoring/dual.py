@@ -58,6 +58,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 
 from ..errors import ScoringError
+from ..statistics import is_statistics
 from ._common import (check_policy, dynamics_labels, finish_skipped, iter_selected, per_epoch_rows, recorded_range,
                       softmax64)
 from ._registry import export, register_method
@@ -101,17 +102,16 @@ def _target_probs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return softmax64(x)[np.arange(len(y)), y]
 
 
-def _stream(epochs: Iterable[Any], labels: np.ndarray, window: int,
-            nan_policy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One pass over the epochs: ``(summed window scores / K, pred_mean, bad rows)``.
+def _windows(probs: Iterable[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(summed window scores / K, pred_mean)`` over the target probabilities ``(N,)`` of each
+    epoch (from logits, or the ``p_target`` column of per-sample statistics).
 
     Memory: ``window`` probability vectors and two accumulators."""
     ring: deque = deque(maxlen=window)
     total: Any = 0.0
     psum: Any = 0.0
     K = E = 0
-    guard = None
-    for p, guard in per_epoch_rows(epochs, labels, _target_probs, nan_policy=nan_policy, method="dual"):
+    for p in probs:
         ring.append(p)
         psum = psum + p
         E += 1
@@ -122,8 +122,29 @@ def _stream(epochs: Iterable[Any], labels: np.ndarray, window: int,
     if K == 0:
         raise ScoringError(f"dual needs at least window={window} epochs but got {E}; lower window "
                            "(CLI: --param window=...) or record more epochs")
-    assert guard is not None
-    return total / K, psum / E, guard.bad
+    return total / K, psum / E
+
+
+def _stream(epochs: Iterable[Any], labels: np.ndarray, window: int,
+            nan_policy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One pass over the epochs' logits: ``(summed window scores / K, pred_mean, bad rows)``."""
+    guards: list = []
+
+    def probs() -> Iterable[np.ndarray]:
+        for p, guard in per_epoch_rows(epochs, labels, _target_probs, nan_policy=nan_policy, method="dual"):
+            guards[:] = [guard]
+            yield p
+
+    scores, pred_mean = _windows(probs(), window)
+    return scores, pred_mean, guards[0].bad
+
+
+def _stream_stats(stats: Any, ts: list[int], window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_stream` from per-sample statistics (``p_target``); bad rows: non-finite results."""
+    from ..statistics import column_over
+
+    scores, pred_mean = _windows(column_over(stats, ts, "p_target"), window)
+    return scores, pred_mean, ~(np.isfinite(scores) & np.isfinite(pred_mean))
 
 
 @export
@@ -302,8 +323,11 @@ def _make_sampler(params: dict, *, dynamics: Any = None) -> Optional[Callable[..
     def pred_mean() -> np.ndarray:
         if "m" not in cache:
             ts = _dual_epochs(dynamics, start, int(epochs), int(window))
-            labels = dynamics_labels(dynamics, required=True, method="dual beta sampling")
-            _, m, bad = _stream(iter_selected(dynamics, ts), labels, int(window), "skip")
+            if is_statistics(dynamics):
+                _, m, bad = _stream_stats(dynamics, ts, int(window))
+            else:
+                labels = dynamics_labels(dynamics, required=True, method="dual beta sampling")
+                _, m, bad = _stream(iter_selected(dynamics, ts), labels, int(window), "skip")
             m = np.array(m, dtype=np.float64, copy=True)
             m[bad] = np.nan  # those samples were refused or ranked last (-inf) at scoring
             cache["m"] = m
@@ -322,7 +346,19 @@ def _make_sampler(params: dict, *, dynamics: Any = None) -> Optional[Callable[..
     return sampler
 
 
-@register_method("dual", sampler=_make_sampler, check=_check_options)
+def _dual_stats(stats: Any, *, epochs: int = 30, window: int = 10, start: Optional[int] = None,
+                beta_sampling: bool = False, c_d: float = 4.0, nan_policy: str = "raise") -> np.ndarray:
+    """DUAL from per-sample statistics (their ``p_target`` column; tdds_core.statistics)."""
+    from ..statistics import finite_scores
+
+    _check_options(epochs, window, start, beta_sampling, c_d)
+    check_policy(nan_policy)
+    ts = _dual_epochs(stats, start, int(epochs), int(window))
+    scores, _, _ = _stream_stats(stats, ts, int(window))
+    return finite_scores(scores, nan_policy, "dual")
+
+
+@register_method("dual", sampler=_make_sampler, check=_check_options, stats=_dual_stats)
 def dual(dynamics: Any, *, epochs: int = 30, window: int = 10, start: Optional[int] = None,
          beta_sampling: bool = False, c_d: float = 4.0, nan_policy: str = "raise") -> np.ndarray:
     """DUAL scores (Cho et al., ICML 2025): mean over sliding windows of ``10 * std * (1 - mean)`` of

@@ -64,7 +64,36 @@ def entropy_from_logits(logits: np.ndarray, *, nan_policy: str = "raise", epoch:
     return finish_skipped(out, guard.bad, "entropy")
 
 
-@register_method("entropy")
+def _entropy_stats(stats: Any, *, source: str = "clean", epoch: Optional[int] = None,
+                   nan_policy: str = "raise") -> np.ndarray:
+    """Entropy from per-sample statistics: the ``entropy`` column of the clean final pass
+    (``final.npy``) or of ``epoch`` (default: the last recorded one); tdds_core.statistics."""
+    from ..statistics import finite_scores
+
+    t = _check(stats, source, epoch)
+    h = stats.final_column("entropy") if t is None else stats.column(t, "entropy")
+    return finite_scores(h, nan_policy, "entropy")
+
+
+def _check(dynamics: Any, source: str, epoch: Optional[int]) -> Optional[int]:
+    """The epoch ``source``/``epoch`` name (None for the clean final pass); ScoringError otherwise."""
+    if source not in SOURCES:
+        raise ScoringError(f"entropy: source must be one of {', '.join(SOURCES)}, not {source!r}")
+    if source == "clean":
+        if epoch is not None:
+            raise ScoringError("entropy: epoch only applies to source='last_epoch' (the clean pass is of the final "
+                               "model); pass source='last_epoch' with it, or drop epoch")
+        return None
+    recorded = sorted(int(t) for t in dynamics.epochs)
+    if not recorded:
+        raise ScoringError("entropy: the dynamics hold no recorded epochs")
+    t = recorded[-1] if epoch is None else int(epoch)
+    if t not in recorded:
+        raise ScoringError(f"entropy: epoch {t} was not recorded; recorded epochs: {recorded[0]}..{recorded[-1]}")
+    return t
+
+
+@register_method("entropy", stats=_entropy_stats)
 def entropy(dynamics: Any, *, source: str = "clean", epoch: Optional[int] = None, nan_policy: str = "raise") -> np.ndarray:
     """Entropy of the trained model's prediction for every sample.
 
@@ -73,20 +102,10 @@ def entropy(dynamics: Any, *, source: str = "clean", epoch: Optional[int] = None
     ``epoch`` (default: the last recorded epoch). ``epoch`` only applies to "last_epoch".
 
     Returns float64 ``(N,)``; higher entropy = keep first."""
-    if source not in SOURCES:
-        raise ScoringError(f"entropy: source must be one of {', '.join(SOURCES)}, not {source!r}")
-    if source == "clean":
-        if epoch is not None:
-            raise ScoringError("entropy: epoch only applies to source='last_epoch' (the clean pass is of the final "
-                               "model); pass source='last_epoch' with it, or drop epoch")
+    t = _check(dynamics, source, epoch)
+    if t is None:
         final = getattr(dynamics, "final_logits", None)
         if final is None:
             raise ScoringError("entropy: these dynamics offer no final_logits(); pass source='last_epoch'")
         return entropy_from_logits(final(), nan_policy=nan_policy, epoch="final (clean pass)")
-    recorded = sorted(int(t) for t in dynamics.epochs)
-    if not recorded:
-        raise ScoringError("entropy: the dynamics hold no recorded epochs")
-    t = recorded[-1] if epoch is None else int(epoch)
-    if t not in recorded:
-        raise ScoringError(f"entropy: epoch {t} was not recorded; recorded epochs: {recorded[0]}..{recorded[-1]}")
     return entropy_from_logits(dynamics.epoch(t), nan_policy=nan_policy, epoch=t)

@@ -62,7 +62,9 @@ def _forgetting_stats(stats: Any, *, start: Optional[int] = None, stop: Optional
     ts = select_epochs(stats, start, stop, method="forgetting", minimum=1)
     prev: Optional[np.ndarray] = None
     count, learned = 0, False
+    bad = np.zeros(stats.num_samples, dtype=bool)
     for c in column_over(stats, ts, "correct"):
+        bad |= ~np.isfinite(c)
         correct = c > 0.5
         learned = learned | correct
         if prev is not None:
@@ -70,6 +72,7 @@ def _forgetting_stats(stats: Any, *, start: Optional[int] = None, stop: Optional
         prev = correct
     score = np.zeros(stats.num_samples, dtype=np.float64) + count
     score[~learned] = len(ts) + 1
+    score[bad] = np.nan
     return finite_scores(score, nan_policy, "forgetting")
 
 

@@ -26,7 +26,12 @@ def random_scores(num_samples: int, *, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(int(seed)).random(int(num_samples), dtype=np.float64)
 
 
-@register_method("random")
+def _random_stats(stats: Any, *, seed: int = 0, nan_policy: str = "raise") -> np.ndarray:
+    """Random from a statistics folder: the same uniform scores (only N is read)."""
+    return random_(stats, seed=seed, nan_policy=nan_policy)
+
+
+@register_method("random", stats=_random_stats)
 def random_(dynamics: Any, *, seed: int = 0, nan_policy: str = "raise") -> np.ndarray:
     """Random baseline: uniform scores, reproducible by ``seed``. Reads no epochs, so
     ``nan_policy`` has nothing to check.

@@ -14,6 +14,8 @@ For epochs ``t = start .. start+T-1`` of the recorded trajectory:
 
 Higher score = more important = keep first (the paper's direction; nothing is flipped).
 
+numpy only (no torch: the scoring path imports no deep-learning framework).
+
 Streaming: each epoch is read and soft-maxed once; the accumulator keeps the previous epoch's
 per-class state and a ring of the last ``W-1`` terms, so memory does not grow with ``T``. For
 ``tdds-dynamics/1`` folders the work runs over row blocks, so memory is bounded by the block as
@@ -31,11 +33,9 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any, Iterable, Optional
 
 import numpy as np
-import torch
 
 from ..errors import ScoringError
 from ._common import (EPS, EpochBlocks, NanGuard, NonFiniteError, blockable, check_labels, check_policy,
@@ -46,11 +46,11 @@ __all__ = ["tdds", "tdds_from_epochs", "tdds_from_array", "TddsAccumulator", "wi
 
 INNERS = ("kl", "loss", "el2n")
 AGGREGATES = ("ema", "mean")
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
+DTYPES = {"float64": np.dtype(np.float64), "float32": np.dtype(np.float32)}
 INPUTS = ("logits", "probs")
 
 #: values per row block of the blocked path (rows = BLOCK_ELEMENTS // C): a block's buffers stay in
-#: the L2 cache and torch runs each operation on it single-threaded (parallelism comes from workers)
+#: the L2 cache and each operation on it runs in one thread (parallelism comes from workers)
 BLOCK_ELEMENTS = 1 << 16
 #: bytes of stored logits read ahead for one block (all T epochs of its rows)
 PREFETCH_BYTES = 1 << 22
@@ -106,51 +106,57 @@ def _window_score(D: np.ndarray) -> np.ndarray:
     return np.sqrt(_rowsum(dev * dev))
 
 
-def _source_tensor(x: Any) -> torch.Tensor:
-    """A tensor view of ``x`` (copied only when numpy cannot share it safely)."""
-    if isinstance(x, torch.Tensor):
-        return x
+def _source_array(x: Any) -> np.ndarray:
+    """``x`` as a 2-D numpy array (a CPU tensor or any array-like converts without a copy)."""
     arr = np.asarray(x)
-    if not arr.flags.writeable or not arr.flags.c_contiguous or arr.dtype.byteorder not in ("=", "|"):
-        arr = np.array(arr, dtype=arr.dtype.newbyteorder("="), order="C", copy=True)
-    return torch.from_numpy(arr)
+    if arr.dtype.byteorder not in ("=", "|"):
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
 
 
 # -- the per-epoch kernel (shared by the streaming and the one-shot paths, so both compute the
-#    same numbers operation for operation) --------------------------------------------------------
-def _softmax_(x: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
+#    same numbers operation for operation). Row sums reduce a C-contiguous [n, C] array over its
+#    last axis: numpy sums each row on its own (pairwise within the row), so a row's value does
+#    not depend on how many rows the block holds. ------------------------------------------------
+def _softmax_(x: np.ndarray, row_max: np.ndarray) -> np.ndarray:
     """Row-wise softmax in place: ``exp(x - max) * (1 / sum(exp(x - max)))``."""
-    x.sub_(row_max)
-    x.exp_()
-    x.mul_(x.sum(dim=1, keepdim=True).reciprocal_())
+    x -= row_max
+    np.exp(x, out=x)
+    s = x.sum(axis=1, keepdims=True)
+    np.reciprocal(s, out=s)
+    x *= s
     return x
 
 
-def _log_eps(p: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _log_eps(p: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out = log(p + 1e-8)``."""
-    torch.add(p, EPS, out=out)
-    return out.log_()
+    np.add(p, EPS, out=out)
+    return np.log(out, out=out)
 
 
-def _kl_term_(L_prev: torch.Tensor, L: torch.Tensor, p: torch.Tensor, signed: bool) -> torch.Tensor:
+def _kl_term_(L_prev: np.ndarray, L: np.ndarray, p: np.ndarray, signed: bool) -> np.ndarray:
     """``sum_c |p_c (L_c - Lprev_c)|`` per row (``signed``: without the absolute value).
     Overwrites ``L_prev``. Uses ``|a b| = p |Lprev - L|`` for ``p >= 0``, exactly."""
-    L_prev.sub_(L)
+    L_prev -= L
     if not signed:
-        L_prev.abs_()
-    L_prev.mul_(p)
-    d = L_prev.sum(dim=1)
-    return d.neg_() if signed else d
+        np.abs(L_prev, out=L_prev)
+    L_prev *= p
+    d = L_prev.sum(axis=1)
+    return np.negative(d, out=d) if signed else d
 
 
-def _row_range(x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+def _row_range(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(row max [n, 1], finite [n] bool)``. The max propagates NaN and +inf and the float64 sum
     of the block catches -inf, so one finite total means every value is finite (float16/float32
     logits cannot overflow it); otherwise the rows are checked value by value."""
-    hi = x.amax(dim=1, keepdim=True)
-    if np.isfinite(float(x.sum(dtype=torch.float64)) + float(hi.sum(dtype=torch.float64))):
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return np.zeros((x.shape[0], 1), dtype=x.dtype), np.ones(x.shape[0], dtype=bool)
+    hi = x.max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = float(x.sum(dtype=np.float64)) + float(hi.sum(dtype=np.float64))
+    if np.isfinite(total):
         return hi, np.ones(x.shape[0], dtype=bool)
-    return hi, torch.isfinite(x).all(dim=1).numpy()
+    return hi, np.isfinite(x).all(axis=1)
 
 
 @export
@@ -178,51 +184,53 @@ class TddsAccumulator:
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         if self.labels is not None and self.labels.shape != (self.n,):
             raise ScoringError(f"labels have shape {self.labels.shape} but there are {self.n} rows")
-        self._y: Optional[torch.Tensor] = None if self.labels is None else torch.from_numpy(self.labels.copy())
+        self._y: Optional[np.ndarray] = None if self.labels is None else self.labels.copy()
         self.guard = NanGuard(self.n, nan_policy)
         self.row_offset = int(row_offset)
         self.num_classes: Optional[int] = None
         self.seen = 0
-        self._x: Optional[torch.Tensor] = None  # this epoch's logits -> probabilities
-        self._stage: Optional[torch.Tensor] = None  # float32 staging for float16 input
-        self._L: Optional[torch.Tensor] = None  # this epoch's log(p + 1e-8)
-        self._L_prev: Optional[torch.Tensor] = None
-        self._prev_small: Optional[torch.Tensor] = None  # loss/el2n: last epoch's per-row value
+        self._x: Optional[np.ndarray] = None  # this epoch's logits -> probabilities
+        self._stage: Optional[np.ndarray] = None  # float32 staging for float16 input
+        self._L: Optional[np.ndarray] = None  # this epoch's log(p + 1e-8)
+        self._L_prev: Optional[np.ndarray] = None
+        self._prev_small: Optional[np.ndarray] = None  # loss/el2n: last epoch's per-row value
         self._ring: deque = deque(maxlen=self.W - 1)
         self._k = 0
+        self._terms = 0  # inner terms added (T - 1 for a whole trajectory)
         self._acc = np.zeros(self.n, dtype=np.float64)
 
     # -- per-epoch kernel --------------------------------------------------------------------
-    def _load(self, x: Any, out: Optional[torch.Tensor], epoch: Any, inputs: Optional[str] = None) -> torch.Tensor:
+    def _load(self, x: Any, out: Optional[np.ndarray], epoch: Any, inputs: Optional[str] = None) -> np.ndarray:
         """Copy ``x`` into ``out`` (compute dtype), check it and zero skipped rows; -> probabilities."""
-        src = _source_tensor(x)
-        if out is None:
-            out = torch.empty(src.shape, dtype=self.cdtype)
-        if src.dtype == torch.float16 and self.cdtype == torch.float64:
-            # float16 -> float32 -> float64 is exact and twice as fast as the direct conversion
+        src = _source_array(x)
+        if out is None or out.shape != src.shape:
+            out = np.empty(src.shape, dtype=self.cdtype)
+        if src.dtype == np.float16 and self.cdtype == np.float64:
+            # float16 -> float32 -> float64 is exact and faster than the direct conversion
             if self._stage is None or self._stage.shape != src.shape:
-                self._stage = torch.empty(src.shape, dtype=torch.float32)
-            src = self._stage.copy_(src)
-        out.copy_(src)
+                self._stage = np.empty(src.shape, dtype=np.float32)
+            np.copyto(self._stage, src)
+            src = self._stage
+        np.copyto(out, src, casting="unsafe")
         row_max, finite = _row_range(out)
         if not finite.all():
-            bad = torch.from_numpy(self.guard.check(finite, epoch, report_offset=self.row_offset))
+            bad = self.guard.check(finite, epoch, report_offset=self.row_offset)
             out[bad] = 0.0
             row_max[bad] = 0.0
         return _softmax_(out, row_max) if (inputs or self.inputs) == "logits" else out
 
-    def _small_state(self, p: torch.Tensor) -> torch.Tensor:
+    def _small_state(self, p: np.ndarray) -> np.ndarray:
         assert self._y is not None
         if self.inner == "loss":
-            return torch.log(p.gather(1, self._y.view(-1, 1)).squeeze(1) + EPS)
-        q = p.clone()
-        q[torch.arange(self.n), self._y] -= 1.0
-        return torch.sqrt((q * q).sum(dim=1))
+            return np.log(p[np.arange(self.n), self._y] + EPS)
+        q = p.copy()
+        q[np.arange(self.n), self._y] -= 1.0
+        return np.sqrt((q * q).sum(axis=1))
 
-    def _small_term(self, prev: torch.Tensor, cur: torch.Tensor) -> torch.Tensor:
+    def _small_term(self, prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
         if self.inner == "loss":
             d = prev - cur  # CE_{t+1} - CE_t with CE = -log(p_y + 1e-8)
-            return d if self.signed else d.abs()
+            return d if self.signed else np.abs(d)
         return cur  # el2n: the newer epoch's EL2N
 
     def _term(self, x: Any, epoch: Any, inputs: Optional[str] = None) -> Optional[np.ndarray]:
@@ -230,19 +238,19 @@ class TddsAccumulator:
         p = self._x = self._load(x, self._x, epoch, inputs)
         if self.inner == "kl":
             if self._L is None:
-                self._L = torch.empty_like(p)
+                self._L = np.empty_like(p)
             _log_eps(p, self._L)
             d = None
             if self._L_prev is not None:
                 d = _kl_term_(self._L_prev, self._L, p, self.signed)
             else:
-                self._L_prev = torch.empty_like(p)
+                self._L_prev = np.empty_like(p)
             self._L, self._L_prev = self._L_prev, self._L  # the used buffer becomes next epoch's L
         else:
             cur = self._small_state(p)
             d = None if self._prev_small is None else self._small_term(self._prev_small, cur)
             self._prev_small = cur
-        return None if d is None else d.to(torch.float64).numpy()
+        return None if d is None else d.astype(np.float64, copy=False)
 
     # -- public ------------------------------------------------------------------------------
     def update(self, x: Any, *, epoch: Any = None, inputs: Optional[str] = None) -> None:
@@ -265,12 +273,21 @@ class TddsAccumulator:
             raise ScoringError(f"epoch {epoch} has {shape[1]} classes but earlier epochs had {self.num_classes}")
         d = self._term(x, epoch, inputs)
         if d is not None:
-            self._ring.append(d)
-            if len(self._ring) == self.W - 1:
-                s = _window_score(np.stack(self._ring))
-                self._acc += self.weights[self._k] * s
-                self._k += 1
+            self.add_term(d)
         self.seen += 1
+
+    def add_term(self, d: np.ndarray) -> None:
+        """Add the next pair's inner term ``d`` (float64 ``(n,)``) directly: the path of per-sample
+        statistics (:mod:`tdds_core.statistics`), which hold the terms already. :meth:`update` calls
+        it with the term of each consecutive pair of epochs, so both paths share the windows."""
+        if self._terms >= self.T - 1:
+            raise ScoringError(f"TDDS already received the T-1={self.T - 1} inner terms of its T={self.T} epochs")
+        self._terms += 1
+        self._ring.append(np.asarray(d, dtype=np.float64))
+        if len(self._ring) == self.W - 1:
+            s = _window_score(np.stack(self._ring))
+            self._acc += self.weights[self._k] * s
+            self._k += 1
 
     @property
     def bad(self) -> np.ndarray:
@@ -279,7 +296,7 @@ class TddsAccumulator:
 
     def result(self) -> np.ndarray:
         """float64 ``[n]`` scores (rows with skipped NaN/Inf inputs are not yet set to -inf)."""
-        if self.seen < self.T:
+        if self.seen < self.T and self._terms < self.T - 1:
             raise ScoringError(f"TDDS got {self.seen} epochs but T={self.T}; pass {self.T} epochs or lower T")
         out = self._acc.copy()
         if self.aggregate == "mean":
@@ -323,7 +340,7 @@ def tdds_from_epochs(epochs: Iterable[Any], labels: Optional[np.ndarray] = None,
     n = c = None
     it = iter(epochs)
     nworkers = default_workers() if workers is None else int(workers)
-    with _torch_threads(1), ThreadPoolExecutor(max_workers=max(1, nworkers), thread_name_prefix="tdds") as pool:
+    with ThreadPoolExecutor(max_workers=max(1, nworkers), thread_name_prefix="tdds") as pool:
         for i in range(int(T)):
             try:
                 item = next(it)
@@ -380,12 +397,12 @@ def tdds_from_array(logits: np.ndarray, labels: Optional[np.ndarray] = None, *, 
     # every epoch's state kept at once, then all T-1 terms, with the accumulator's own kernel
     probs = [acc._load(x[t], None, t) for t in range(T)]
     if inner == "kl":
-        logs = [_log_eps(p, torch.empty_like(p)) for p in probs]
-        terms = [_kl_term_(logs[t].clone(), logs[t + 1], probs[t + 1], acc.signed) for t in range(T - 1)]
+        logs = [_log_eps(p, np.empty_like(p)) for p in probs]
+        terms = [_kl_term_(logs[t].copy(), logs[t + 1], probs[t + 1], acc.signed) for t in range(T - 1)]
     else:
         small = [acc._small_state(p) for p in probs]
         terms = [acc._small_term(small[t], small[t + 1]) for t in range(T - 1)]
-    D = np.stack([d.to(torch.float64).numpy() for d in terms])  # [T-1, N]
+    D = np.stack([d.astype(np.float64, copy=False) for d in terms])  # [T-1, N]
     weights = window_weights(T, W, decay, aggregate)
     score = np.zeros(n, dtype=np.float64)
     for k, w in enumerate(weights):
@@ -414,16 +431,13 @@ def _tdds_stats(stats: Any, *, T: int = 30, W: int = 10, decay: float = 0.9, sta
                 block_rows: Optional[int] = None, workers: Optional[int] = None, nan_policy: str = "raise") -> np.ndarray:
     """TDDS from per-sample statistics (:func:`tdds_core.statistics.tdds_from_statistics`); the
     performance options do not apply (the statistics are already a few numbers per sample)."""
-    from ..statistics import tdds_from_statistics
+    from ..statistics import finite_scores, tdds_from_statistics
 
     _check_options(T, W, decay, inner, signed, aggregate, dtype, "logits")
     check_policy(nan_policy)
     scores = tdds_from_statistics(stats, T=T, W=W, decay=decay, start=start, inner=inner, signed=signed,
                                   aggregate=aggregate)
-    if nan_policy == "raise" and not np.isfinite(scores).all():
-        raise ScoringError(f"{int((~np.isfinite(scores)).sum())} samples have NaN/Inf statistics in the trajectory; "
-                           "training diverged (lower train.lr) or pass nan_policy='skip'.")
-    return np.where(np.isfinite(scores), scores, -np.inf)
+    return finite_scores(scores, nan_policy, "tdds")
 
 
 @register_method("tdds", weighting="batch", check=_check, stats=_tdds_stats)
@@ -514,25 +528,11 @@ def _tdds_blocked(src: EpochBlocks, ts: list[int], labels: Optional[np.ndarray],
 
     starts = range(0, n, rows)
     try:
-        with _torch_threads(1):  # one block = one thread; torch's own pool would only spin between small ops
-            _run_blocks(src, ts, starts, rows, n, nworkers, work, settle)
+        _run_blocks(src, ts, starts, rows, n, nworkers, work, settle)
         src.finish()
     finally:
         src.close()
     return finish_skipped(scores, bad, "tdds")
-
-
-@contextmanager
-def _torch_threads(k: int):
-    """Temporarily limit torch's intra-op threads (restored afterwards)."""
-    prev = torch.get_num_threads()
-    if prev != k:
-        torch.set_num_threads(k)
-    try:
-        yield
-    finally:
-        if prev != k:
-            torch.set_num_threads(prev)
 
 
 def _run_blocks(src: EpochBlocks, ts: list[int], starts: range, rows: int, n: int, nworkers: int, work: Any,

@@ -6,17 +6,19 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import plan as P
 from ..config import Config, config_digest
 from ..data import Splits
-from ..engine import TrainResult, full_data_spec, train
 from ..errors import ArtifactError
 from ..io import atomic_write_json, load_npy, read_json, verify_manifest
 from ..storage import is_remote, join_uri
+
+if TYPE_CHECKING:       # the engine (torch) is imported where training runs, so scoring stays numpy-only
+    from ..engine import TrainResult
 
 __all__ = ["StageOutput", "work_dir", "publish", "train_into", "existing", "fetch", "claim_output", "load_scores",
            "uri_of", "open_recorded"]
@@ -93,6 +95,8 @@ class _RemoteCheckpoint:
 
 def train_into(uri: str, splits: Splits, spec, on_epoch) -> TrainResult:
     """Train into the stage folder of ``uri`` and publish it; on S3, resume from and mirror to ``_partial``."""
+    from ..engine import train
+
     work = work_dir(uri)
     if not is_remote(uri):
         return train(splits, spec, work, on_epoch=on_epoch)
@@ -133,6 +137,8 @@ def claim_output(cfg: Config) -> None:
     settings may change freely. The full-data settings are validated first, so a config that cannot
     run never claims the root."""
     import json
+
+    from ..engine import full_data_spec
 
     full_data_spec(cfg)  # ConfigError (unknown architecture, drop_last with dynamics) before anything is written
     ident = P.claim_identity(cfg)

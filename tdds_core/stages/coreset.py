@@ -10,7 +10,6 @@ import numpy as np
 from .. import plan as P
 from ..config import Config
 from ..data import Splits, create_dataset
-from ..engine import coreset_batch_size, coreset_spec, kept_weights, load_result
 from ..tracking import (METRIC_NOISY_KEPT, STAGE_CORESET, STAGE_SELECT, TAG_ARCH, TAG_FINGERPRINT, TAG_METHOD,
                         TAG_METHOD_NAME, TAG_RATE, TAG_SEED, TAG_STAGE, artifact_tags, format_rate, log_selection,
                         run_name, run_params)
@@ -26,6 +25,7 @@ def train_coreset(cfg: Config, selection_uri: str, *, arch: Optional[str] = None
                   weighting: Optional[str] = None) -> StageOutput:
     """Train on the selection at ``selection_uri`` (reused when finished); any architecture. The
     loss ``weighting`` defaults to the selection's method's (:func:`tdds_core.plan.coreset_weighting`)."""
+    from ..engine import coreset_spec, load_result      # torch: imported where training runs
     from ..selection import load_selection
 
     splits = splits or create_dataset(cfg.data)
@@ -43,6 +43,7 @@ def train_coreset(cfg: Config, selection_uri: str, *, arch: Optional[str] = None
 def tracked_coreset(ctx: Context, selection: Ref, pair: P.PairItem, *, seed: int, arch: Optional[str] = None,
                     stage: str = STAGE_CORESET) -> tuple[Ref, dict]:
     """:func:`train_coreset` on a pair's selection inside its MLflow run; returns (artifact, result row)."""
+    from ..engine import coreset_batch_size, kept_weights
     from ..selection import load_selection
 
     cfg, tracker, splits = ctx.cfg, ctx.tracker, ctx.splits

@@ -7,7 +7,6 @@ from typing import Any, Callable, Optional
 from .. import plan as P
 from ..config import Config
 from ..data import Splits, create_dataset
-from ..engine import full_data_spec, load_result
 from ..tracking import (STAGE_TRAIN_FULL, TAG_ARCH, TAG_FINGERPRINT, TAG_METHOD, TAG_SEED, TAG_STAGE, Tracker,
                         artifact_tags, run_name, run_params)
 from ._artifacts import StageOutput, claim_output, existing, train_into, uri_of, work_dir
@@ -20,6 +19,8 @@ __all__ = ["train_full", "tracked_train_full"]
 def train_full(cfg: Config, *, splits: Optional[Splits] = None,
                on_epoch: Optional[Callable[[dict], Any]] = None) -> StageOutput:
     """Full-data training with dynamics capture into the output root (reused when finished)."""
+    from ..engine import full_data_spec, load_result      # torch: imported where training runs
+
     splits = splits or create_dataset(cfg.data)
     spec = full_data_spec(cfg)
     claim_output(cfg)
