@@ -9,6 +9,9 @@ before scoring. Cases:
   and re-indexed with ``index_add``) on the same trajectory in the authors' ``{t}_Output.npy``
   layout, as the same-machine baseline;
 * tdds on that authors'-layout folder through ``ReferenceDynamics``;
+* whole processes as a user runs them, start to exit: ``tdds score`` against the authors' procedure
+  as a script (``benchmarks/authors_tdds.py``, which imports torch as theirs does) on that folder,
+  each started by a small wrapper that reads its rusage (``--whole`` runs only these);
 * a projection to ImageNet-1K size (N = 1,281,167, C = 1000) from the measured C = 1000 run, and
   with ``--imagenet`` a real run at that size with a short trajectory (T = 4).
 
@@ -36,6 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 IMAGENET_N, IMAGENET_C = 1_281_167, 1000
 
@@ -108,37 +112,6 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def authors_procedure(folder: Path, T: int, W: int, decay: float) -> np.ndarray:
-    """The authors' importance_evaluation.py procedure, restated for the baseline: load all T
-    epochs, then for every window soft-max its W epochs again (float32, as scipy does for float32
-    input), add the rows into an [N, C] matrix by index with torch's index_add, and take the
-    KL-like terms, the deviation norm and the EMA weight."""
-    import torch
-
-    try:
-        from scipy.special import softmax
-    except ImportError:  # pragma: no cover - scipy ships with the environment
-        def softmax(x, axis):
-            e = np.exp(x - x.max(axis=axis, keepdims=True))
-            return e / e.sum(axis=axis, keepdims=True)
-
-    outputs = np.array([np.load(folder / f"{t}_Output.npy") for t in range(T)])
-    indexes = np.array([np.load(folder / f"{t}_Index.npy") for t in range(T)])
-    total = None
-    for k in range(T - W + 1):
-        window = softmax(outputs[k:k + W], axis=2)
-        mats = []
-        for i in range(W):
-            m = torch.zeros_like(torch.tensor(window[0]))
-            mats.append(m.index_add(0, torch.tensor(indexes[k + i], dtype=torch.long), torch.tensor(window[i])))
-        kd = np.array([torch.abs(mats[j + 1] * (torch.log(mats[j + 1] + 1e-8) - torch.log(mats[j] + 1e-8))).sum(dim=1).numpy()
-                       for j in range(W - 1)])
-        dev = kd - kd.sum(axis=0) / (W - 1)
-        s = np.linalg.norm(dev, axis=0) * decay * (1 - decay) ** (T - W - k)
-        total = s if total is None else total + s
-    return total
-
-
 def _vm_hwm_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -154,7 +127,8 @@ def child(spec: dict) -> dict:
     if spec["kind"] == "make_reference":
         _make_reference(Path(spec["src"]), Path(spec["folder"]), spec["epochs"], spec["seed"])
         return {}
-    import torch  # noqa: F401  (imported before measuring the import baseline)
+    if spec["kind"] == "authors":
+        import torch  # noqa: F401  (the authors' script imports it; counted in its import baseline)
 
     from tdds_core.dynamics_reference import ReferenceDynamics
     from tdds_core.dynamics import open_dynamics
@@ -170,6 +144,8 @@ def child(spec: dict) -> dict:
     elif spec["kind"] == "reference":
         scores = compute_scores("tdds", ReferenceDynamics(spec["folder"]), **params)
     elif spec["kind"] == "authors":
+        from authors_tdds import authors_procedure
+
         scores = authors_procedure(Path(spec["folder"]), spec["T"], spec["W"], 0.9)
     else:  # pragma: no cover
         raise ValueError(spec["kind"])
@@ -188,6 +164,55 @@ def run_child(spec: dict) -> dict:
     if p.returncode != 0:
         raise RuntimeError(f"case {spec} failed:\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# -- whole processes, as a user runs them -------------------------------------------------------
+_WRAP = ("import json, resource, subprocess, sys, time\n"
+         "t = time.perf_counter(); p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+         "w = time.perf_counter() - t; r = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+         "print(json.dumps({'rc': p.returncode, 'err': p.stderr[-2000:], 'wall_s': w, 'cpu_s': r.ru_utime + r.ru_stime,"
+         " 'peak_rss_mb': r.ru_maxrss / 1024}))\n")
+
+
+def whole_process(cmd: list[str], repeat: int) -> dict:
+    """Wall time (start to exit, imports included), CPU time and peak RSS of ``cmd`` run as its own
+    process: a small wrapper starts it and reads its rusage, so nothing of this process counts.
+    Best of ``repeat`` runs (wall), with the median; the largest peak RSS."""
+    runs = []
+    for _ in range(repeat):
+        p = subprocess.run([sys.executable, "-c", _WRAP, *cmd], capture_output=True, text=True)
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        if r["rc"] != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{r['err']}")
+        runs.append(r)
+    walls = sorted(r["wall_s"] for r in runs)
+    best = min(runs, key=lambda r: r["wall_s"])
+    return {**best, "wall_median_s": walls[len(walls) // 2], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
+
+
+def tdds_command() -> list[str]:
+    """The ``tdds`` console script of this interpreter's environment (``python -m tdds_core`` without one)."""
+    exe = Path(sys.executable).parent / "tdds"
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "tdds_core"]
+
+
+def whole_rows(ref: Path, T: int, W: int, work: Path, repeat: int, baseline: bool) -> list[str]:
+    """``tdds score`` against the authors' script on the same authors'-layout folder, whole processes."""
+    ours = whole_process([*tdds_command(), "score", "--dynamics", str(ref), "--method", "tdds", "--T", str(T),
+                          "--W", str(W), "--out", str(work / "whole-ours.npy")], repeat)
+    lines = ["| process | wall best (s) | wall median (s) | CPU (s) | peak RSS (MB) |", "|---|---|---|---|---|",
+             f"| `tdds score --method tdds --T {T} --W {W}` | {ours['wall_s']:.2f} | {ours['wall_median_s']:.2f} | "
+             f"{ours['cpu_s']:.2f} | {ours['peak_rss_mb']:.0f} |"]
+    if baseline:
+        theirs = whole_process([sys.executable, str(Path(__file__).resolve().parent / "authors_tdds.py"), str(ref),
+                                "--T", str(T), "--W", str(W), "--out", str(work / "whole-authors.npy")], repeat)
+        lines.append(f"| the authors' procedure (`benchmarks/authors_tdds.py`) | {theirs['wall_s']:.2f} | "
+                     f"{theirs['wall_median_s']:.2f} | {theirs['cpu_s']:.2f} | {theirs['peak_rss_mb']:.0f} |")
+        a, b = np.load(work / "whole-ours.npy"), np.load(work / "whole-authors.npy")
+        lines += ["", f"whole process: {theirs['wall_s'] / ours['wall_s']:.1f}x faster (best runs), "
+                      f"{theirs['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x less peak memory; same scores to "
+                      f"{np.abs(a - b).max() / np.abs(b).max():.1e} of the largest (float64 here, float32 there)"]
+    return lines
 
 
 # -- driver --------------------------------------------------------------------------------------
@@ -240,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="Tiny sizes (seconds), for CI.")
     ap.add_argument("--imagenet", action="store_true", help="Also run N=1,281,167, C=1000, T=4 for real (about 11 GB of disk).")
     ap.add_argument("--no-baseline", action="store_true", help="Skip the authors'-procedure baseline.")
+    ap.add_argument("--whole", action="store_true", help="Only the whole-process comparison (N=50,000, C=100, T=30, W=10).")
     ap.add_argument("--repeat", type=int, default=None, help="Runs per case (best and median reported).")
     ap.add_argument("--workdir", default=None, help="Where the synthetic folders go (default: a temporary folder, removed).")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -277,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
 
         n, c = 50_000, 100
         d100 = make_tdds_folder(work / "n50k-c100", n, c, 60)
+        if args.whole:
+            ref = make_reference_folder(d100, work / "n50k-c100-ref", 30)
+            print(f"whole processes, N={n:,}, C={c}, T=30, W=10, the authors' layout (float32, shuffled visits), "
+                  f"{repeat} runs each\n")
+            print("\n".join(whole_rows(ref, 30, 10, work, repeat, not args.no_baseline)))
+            return 0
         print(header)
         main_case = measure({"kind": "tdds", "folder": str(d100), "T": 30, "W": 10, "save": str(work / "main.npy")}, repeat)
         print(row("tdds, tdds folder (float16), default workers", n, c, 30, 10, main_case), flush=True)
@@ -292,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_baseline:
             base = measure({"kind": "authors", "folder": str(ref), "T": 30, "W": 10, "save": str(work / "authors.npy")}, 1)
             print(row("authors' procedure (baseline), authors' layout", n, c, 30, 10, base), flush=True)
+        print("\nwhole processes on the same authors'-layout folder (imports, reading and writing included):\n")
+        print("\n".join(whole_rows(ref, 30, 10, work, repeat, not args.no_baseline)), flush=True)
+        print()
         shutil.rmtree(ref, ignore_errors=True)
 
         d1000 = make_tdds_folder(work / "n50k-c1000", n, 1000, 30)

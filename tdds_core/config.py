@@ -112,13 +112,19 @@ class TrainConfig(_Strict):
         return v
 
 
+#: bytes a sample and epoch of per-sample statistics (tdds_core.statistics: 9 float64 columns)
+STATS_BYTES_PER_SAMPLE = 72
+
+
 class DynamicsConfig(_Strict):
     """What the full-data run records for scoring."""
 
-    record: Union[bool, Literal["logits", "stats", "both"]] = Field(
-        True, description="What the full-data run records every epoch: logits (true, the default: every method, the "
-        "authors' layout), stats (a few numbers per sample: TDDS for any T/W/start, Forgetting, EL2N, AUM, Dyn-Unc; "
-        "72 bytes a sample and epoch whatever the classes, tdds_core.statistics), both, or nothing (false).")
+    record: Union[bool, Literal["logits", "stats", "both", "auto"]] = Field(
+        "auto", description="What the full-data run records every epoch: logits (true: C values a sample), stats (9 "
+        "numbers a sample whatever the classes, 72 bytes; every built-in method scores from them, TDDS for any "
+        "T/W/start; tdds_core.statistics), both, nothing (false), or auto (the default): stats where they are smaller "
+        "than the logits (more than 36 classes in float16, 18 in float32) and every configured method reads them, "
+        "else logits.")
     mode: Literal["train", "clean"] = Field(
         "train", description="'train': the training forward pass's logits (authors; no extra pass); "
         "'clean': an extra eval-mode pass without augmentation after each epoch."
@@ -133,15 +139,16 @@ class DynamicsConfig(_Strict):
     def _record(cls, v: Any) -> Any:
         return True if v == "logits" else v     # one value per meaning: true is the logits recording
 
-    @property
-    def logits(self) -> bool:
-        """Whether per-epoch logits are recorded."""
-        return self.record is True or self.record == "both"
-
-    @property
-    def stats(self) -> bool:
-        """Whether per-sample statistics are recorded."""
-        return self.record in ("stats", "both")
+    def resolved(self, num_classes: Optional[int] = None, stats_readable: bool = True) -> Union[bool, str]:
+        """``record`` with ``auto`` decided: True (logits), "stats", "both" or False. ``auto``
+        records statistics when they take fewer bytes than a sample's logits (``num_classes x``
+        the logits' itemsize > 72) and ``stats_readable`` (every configured method reads them);
+        logits otherwise, and when ``num_classes`` is not known yet."""
+        if self.record != "auto":
+            return self.record
+        itemsize = 2 if self.dtype == "float16" else 4
+        smaller = num_classes is not None and int(num_classes) * itemsize > STATS_BYTES_PER_SAMPLE
+        return "stats" if smaller and stats_readable else True
 
     @model_validator(mode="after")
     def _range(self) -> "DynamicsConfig":

@@ -169,17 +169,23 @@ def check_arch(arch: str, field: str = "model.arch") -> None:
                           f"{', '.join(list_models())} (see `tdds list`)")
 
 
-def full_data_spec(cfg: Config) -> TrainSpec:
-    """The full-data run of ``cfg``: records dynamics as ``cfg.dynamics`` says."""
+def full_data_spec(cfg: Config, num_classes: Optional[int] = None) -> TrainSpec:
+    """The full-data run of ``cfg``: records dynamics as ``cfg.dynamics`` says (``record: auto``
+    decided for a dataset of ``num_classes`` classes and the configured methods; logits while the
+    classes are not known)."""
+    from .plan import methods_read_statistics
+
     t, d = cfg.train, cfg.dynamics
     check_arch(cfg.model.arch)
+    record = d.resolved(num_classes, methods_read_statistics(cfg))
+    logits, stats = record is True or record == "both", record in ("stats", "both")
     if d.record is not False and t.drop_last:
         raise ConfigError("train.drop_last: dynamics need every sample in every epoch; set train.drop_last: false")
     return TrainSpec(arch=cfg.model.arch, model_options=dict(cfg.model.options), epochs=t.epochs, batch_size=t.batch_size,
                      lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay, schedule=t.schedule,
-                     seed=t.seed, augment=t.augment, drop_last=t.drop_last, record_dynamics=d.logits, record_stats=d.stats,
+                     seed=t.seed, augment=t.augment, drop_last=t.drop_last, record_dynamics=logits, record_stats=stats,
                      dynamics_mode=d.mode, dynamics_dtype=d.dtype, dynamics_start=d.epoch_start,
-                     dynamics_stop=d.epoch_stop, save_features=d.logits and d.save_features, **_runtime(cfg))
+                     dynamics_stop=d.epoch_stop, save_features=(logits or stats) and d.save_features, **_runtime(cfg))
 
 
 def _runtime(cfg: Config) -> dict:
@@ -746,7 +752,7 @@ class _Trainer:
     def _save_outputs(self, writer: DynamicsWriter | None, stats: Any, history: list[dict]) -> None:
         """Rank 0: the clean final pass, the finished recordings and the final model."""
         spec, out = self.spec, self.out
-        logits_all = None
+        logits_all = feats = None
         if writer is not None:
             # the clean final pass: the final model, eval mode, no augmentation (Entropy, Moderate)
             logits_all, feats = _predict(self.capture_model, self.plain_train, self.n, self.c, self.autocast,
@@ -758,8 +764,9 @@ class _Trainer:
             writer.finalize()
         if stats is not None:
             if logits_all is None:      # the clean final pass, for the statistics alone
-                logits_all, _ = _predict(self.capture_model, self.plain_train, self.n, self.c, self.autocast, False)
-            stats.final_pass(logits_all, epoch=int(history[-1]["epoch"]) if history else None)
+                logits_all, feats = _predict(self.capture_model, self.plain_train, self.n, self.c, self.autocast,
+                                             spec.save_features)
+            stats.final_pass(logits_all, features=feats, epoch=int(history[-1]["epoch"]) if history else None)
             stats.finalize()
         atomic_torch_save(out / "model.pt", {"arch": spec.arch, "num_classes": self.c, "in_channels": self.splits.channels,
                                              "image_size": self.splits.image_size, "options": spec.model_options,

@@ -140,6 +140,8 @@ def identity(cfg: Config, stage: str) -> dict[str, Any]:
             continue
         if any(path == r or path.startswith(r + ".") for r in reads):
             out[path] = _json(_get(cfg, path))
+    if out.get("dynamics.record") == "auto" and not methods_read_statistics(cfg):
+        out["dynamics.record"] = "auto:logits"   # auto decides by the methods too (DynamicsConfig.resolved)
     if any(r == "train" for r in reads):
         out["numerics"] = numerics(cfg)
     return out
@@ -167,6 +169,12 @@ def stage_config(cfg: Config, stage: str) -> Config:
         else:
             out[section] = default[section]
     return Config.model_validate(out)
+
+
+def methods_read_statistics(cfg: Config) -> bool:
+    from .scoring import method_reads_statistics
+
+    return all(method_reads_statistics(m.name) for m in cfg.methods)
 
 
 def claim_identity(cfg: Config) -> dict[str, Any]:

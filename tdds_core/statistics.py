@@ -25,7 +25,8 @@ number of classes (float16 logits: ``2 C`` bytes). Because the TDDS inner terms 
 
 Folder layout (``tdds-stats/1``): ``epoch_XXXX.npy`` (float64 ``[N, len(columns)]``, rows in
 sample-id order), optionally ``final.npy`` (the same columns for the clean final pass: the final
-model in eval mode without augmentation, ``kl`` NaN; the input of Entropy's default source),
+model in eval mode without augmentation, ``kl`` NaN; the input of Entropy's default source) and
+``features.npy`` (float32 ``[N, D]`` penultimate features of that pass, Moderate's input),
 ``labels.npy``, ``ids.txt`` and ``manifest.json`` (written last, checksums of every file, the
 columns, the recorded epochs, the dataset fingerprint, ``final_pass``, ``computed_on``).
 
@@ -44,7 +45,7 @@ Nothing here imports torch at module level: only :class:`StatsRecorder` does, wh
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
@@ -55,7 +56,7 @@ from .errors import ArtifactError, ScoringError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["COLUMNS", "STATS_FORMAT", "EPS", "FINAL", "epoch_statistics", "write_statistics", "open_statistics",
+__all__ = ["COLUMNS", "STATS_FORMAT", "EPS", "FINAL", "FEATURES", "epoch_statistics", "write_statistics", "open_statistics",
            "Statistics", "StatsWriter", "StatsRecorder", "tdds_from_statistics", "column_over", "finite_scores",
            "is_statistics", "bytes_per_sample_epoch"]
 
@@ -63,6 +64,7 @@ STATS_FORMAT = "tdds-stats/1"
 EPS = 1e-8    # the authors' log offset
 COLUMNS = ("kl", "kl_signed", "ce", "el2n", "p_target", "margin_p", "margin_logit", "correct", "entropy")
 FINAL = "final.npy"
+FEATURES = "features.npy"   # optional: the clean final pass's penultimate features (Moderate)
 _C = {c: i for i, c in enumerate(COLUMNS)}
 
 
@@ -155,6 +157,7 @@ class Statistics:
     manifest: dict
     labels: np.ndarray
     ids: list[str]
+    verified: set = field(default_factory=set, repr=False)   # files whose checksum this object checked
 
     @property
     def epochs(self) -> list[int]:
@@ -181,11 +184,34 @@ class Statistics:
         """Whether the folder holds the clean final pass's statistics (``final.npy``)."""
         return FINAL in self.manifest.get("files", {})
 
-    def _read(self, name: str) -> np.ndarray:
-        from .io import load_npy, verify_file
+    @property
+    def has_features(self) -> bool:
+        """Whether the folder holds the clean final pass's penultimate features (``features.npy``)."""
+        return FEATURES in self.manifest.get("files", {})
 
-        verify_file(self.folder, name, self.manifest)
-        arr = load_npy(self.folder / name)
+    def features(self) -> np.ndarray:
+        """float32 ``[N, D]`` penultimate features of the final model's clean pass (Moderate)."""
+        from .io import load_npy
+
+        if not self.has_features:
+            raise ArtifactError(f"{self.folder} has no features.npy; train with dynamics.save_features: true "
+                                "(Moderate needs it).")
+        self._verify(FEATURES)
+        return load_npy(self.folder / FEATURES)
+
+    def _verify(self, name: str) -> None:
+        """Check ``name``'s checksum once per opened folder (every later read is of the checked bytes)."""
+        from .io import verify_file
+
+        if name not in self.verified:
+            verify_file(self.folder, name, self.manifest)
+            self.verified.add(name)
+
+    def _read(self, name: str, mmap: bool = False) -> np.ndarray:
+        from .io import load_npy
+
+        self._verify(name)
+        arr = load_npy(self.folder / name, mmap=mmap)
         if arr.shape != (self.num_samples, len(self.columns)):
             raise ArtifactError(f"{self.folder / name} has shape {arr.shape}, the manifest says "
                                 f"({self.num_samples}, {len(self.columns)}); delete the folder and record it again.")
@@ -207,7 +233,9 @@ class Statistics:
     def column(self, t: int, name: str) -> np.ndarray:
         """Column ``name`` of epoch ``t``, float64 ``(N,)``."""
         i = self._index(name)
-        return np.ascontiguousarray(self.epoch(t)[:, i])
+        if t not in self.manifest["epochs"]:
+            self.epoch(t)   # the error naming the recorded epochs
+        return np.ascontiguousarray(self._read(_epoch_file(t), mmap=True)[:, i])   # one column in memory
 
     def final_column(self, name: str) -> np.ndarray:
         """Column ``name`` of the clean final pass, float64 ``(N,)`` (ArtifactError when not recorded)."""
@@ -219,7 +247,7 @@ class Statistics:
                 "version of tdds (dynamics.record: stats or both), convert a logits folder that has final_logits.npy "
                 "(`tdds stats`), or score from the last training epoch with source='last_epoch' "
                 "(CLI: --param source=last_epoch).")
-        return np.ascontiguousarray(self._read(FINAL)[:, i])
+        return np.ascontiguousarray(self._read(FINAL, mmap=True)[:, i])
 
 
 def _epoch_file(t: int) -> str:
@@ -394,6 +422,16 @@ class StatsWriter:
         self.final_pass = {"mode": "eval", "augment": False, "epoch": epoch, "stats": FINAL}
         self._manifest(False)
 
+    def put_features(self, features: np.ndarray) -> None:
+        """Write the clean final pass's penultimate features (float32 ``[N, D]``, id order)."""
+        from .io import atomic_save_npy
+
+        f = np.asarray(features, dtype=np.float32)
+        if f.ndim != 2 or f.shape[0] != len(self.labels):
+            raise ArtifactError(f"features have shape {f.shape}, expected ({len(self.labels)}, D)")
+        self._put(FEATURES, lambda p: atomic_save_npy(p, f))
+        self._manifest(False)
+
     def save_last(self, t: int, logits: np.ndarray) -> None:
         """Keep epoch ``t``'s logits (float32 ``[N, C]``) for a resume; older side files but ``t - 1`` go."""
         from .io import atomic_save_npy
@@ -456,6 +494,9 @@ def write_statistics(dynamics: Any, out: str | Path) -> Statistics:
         epoch = (dynamics.manifest.get("final_pass") or {}).get("epoch") if isinstance(
             getattr(dynamics, "manifest", None), dict) else None
         final_pass = {"mode": "eval", "augment": False, "epoch": epoch, "stats": FINAL}
+    if getattr(dynamics, "has_features", False):
+        atomic_save_npy(out / FEATURES, np.asarray(dynamics.features(), dtype=np.float32))
+        files.append(FEATURES)
     atomic_save_npy(out / "labels.npy", labels)
     atomic_write_text(out / "ids.txt", "".join(f"{i}\n" for i in dynamics.ids))
     write_manifest(out, files, kind="stats", format=STATS_FORMAT, columns=list(COLUMNS), epochs=epochs,
@@ -608,11 +649,15 @@ class StatsRecorder:
             self.writer.put_epoch(t, self.buf.cpu().numpy())
             self.writer.save_last(t, self.prev.cpu().numpy())
 
-    def final_pass(self, logits: "torch.Tensor", *, epoch: Optional[int]) -> None:
-        """Rank 0: the clean final pass's statistics from its logits ``[N, C]`` (id order)."""
+    def final_pass(self, logits: "torch.Tensor", *, features: "Optional[torch.Tensor]" = None,
+                   epoch: Optional[int]) -> None:
+        """Rank 0: the clean final pass's statistics from its logits ``[N, C]`` (id order), and its
+        penultimate features ``[N, D]`` when given (Moderate's input)."""
         if self.writer is not None:
             stats = device_statistics(logits.to(self.device), self.labels, None)
             self.writer.put_final(stats.cpu().numpy(), epoch=epoch)
+            if features is not None:
+                self.writer.put_features(features.float().cpu().numpy())
 
     def finalize(self) -> None:
         if self.writer is not None:

@@ -192,6 +192,29 @@ def test_streaming_equals_one_shot_exactly():
             np.testing.assert_array_equal(stream, oneshot)
 
 
+def test_the_reader_thread_hands_on_errors_and_stops_reading():
+    """With workers the next epoch is read on a reader thread: an error it meets is raised to the
+    caller as it is, a short input is the usual ScoringError, and nothing past T is read."""
+    X, y = trajectory(5, 10, 40, 4)
+    read: list[int] = []
+
+    def epochs(fail_at=None):
+        for t, x in enumerate(X):
+            read.append(t)
+            if t == fail_at:
+                raise ArtifactError(f"epoch {t} is damaged")
+            yield x
+
+    with pytest.raises(ArtifactError, match="epoch 3 is damaged"):
+        tdds_from_epochs(epochs(fail_at=3), y, T=10, W=3, workers=2)
+    with pytest.raises(ScoringError, match="held only 10"):
+        tdds_from_epochs(iter(X), y, T=11, W=3, workers=2)
+    read.clear()
+    got = tdds_from_epochs(epochs(), y, T=6, W=3, workers=2)
+    assert read == list(range(6))
+    np.testing.assert_array_equal(got, tdds_from_array(X[:6], y, W=3))
+
+
 @pytest.mark.parametrize("block_rows", [1, 7, 29, 57, 157])
 def test_blocked_folder_equals_streaming(tmp_path, block_rows):
     X, y = trajectory(29, 8, 57, 6)

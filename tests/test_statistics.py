@@ -12,13 +12,14 @@ from tdds_core.dynamics import open_dynamics
 from tdds_core.engine import full_data_spec, train
 from tdds_core.errors import ArtifactError, ScoringError
 from tdds_core.scoring import compute_scores
+from tdds_core.scoring._registry import registered
 from tdds_core.statistics import COLUMNS, epoch_statistics, open_statistics, tdds_from_statistics, write_statistics
 from test_scoring_tdds import authors_procedure, slow_tdds, trajectory
 
 SYN = {"data": {"name": "synthetic", "options": {"num_train": 120, "num_test": 40, "image_size": 12}},
        "model": {"arch": "small_cnn", "options": {"width": 8}},
        "train": {"epochs": 8, "batch_size": 24, "lr": 0.05, "progress": False},
-       "dynamics": {"dtype": "float32", "save_features": False}}
+       "dynamics": {"dtype": "float32", "save_features": True}}
 
 
 @pytest.fixture(scope="module")
@@ -128,14 +129,31 @@ def test_the_registered_method_reads_either_input_and_others_refuse_statistics(r
     opened = open_any_dynamics(stats.folder)
     a = compute_scores("tdds", opened, T=8, W=4)
     assert np.abs(a - compute_scores("tdds", dyn, T=8, W=4)).max() / np.abs(a).max() < 1e-9
-    with pytest.raises(ScoringError, match=r"'moderate' scores from logits.*\(aum, ccs, dual, dyn_unc, el2n, entropy, "
-                                           r"forgetting, random, tdds\)"):
-        compute_scores("moderate", opened)
+    with registered("toy_logits", _logits_only):
+        with pytest.raises(ScoringError, match=r"'toy_logits' scores from logits.*\(aum, ccs, dual, dyn_unc, el2n, "
+                                               r"entropy, forgetting, moderate, random, tdds\)"):
+            compute_scores("toy_logits", opened)
+
+
+def _logits_only(dynamics, *, nan_policy: str = "raise") -> np.ndarray:
+    """A method registered without a statistics path: the last epoch's largest logit."""
+    return np.asarray(dynamics.epoch(dynamics.epochs[-1]), dtype=np.float64).max(axis=1)
+
+
+def test_every_built_in_method_reads_statistics():
+    from tdds_core.scoring import list_methods
+    from tdds_core.scoring._registry import _info
+
+    assert [m for m in list_methods() if _info(m).stats is None] == []
 
 
 @pytest.mark.parametrize("method,params", [("forgetting", {}), ("forgetting", {"start": 2, "stop": 7}),
                                            ("el2n", {"k": 3, "start": 1}), ("aum", {}), ("aum", {"space": "logit", "stop": 5}),
-                                           ("dyn_unc", {"width": 3}), ("dyn_unc", {"width": 4, "start": 2})])
+                                           ("dyn_unc", {"width": 3}), ("dyn_unc", {"width": 4, "start": 2}),
+                                           ("dual", {"epochs": 8, "window": 3}), ("dual", {"epochs": 5, "window": 4, "start": 2}),
+                                           ("ccs", {}), ("ccs", {"base": "el2n", "base_params": {"k": 2}}),
+                                           ("entropy", {}), ("entropy", {"source": "last_epoch", "epoch": 5}),
+                                           ("moderate", {}), ("random", {"seed": 3})])
 def test_baselines_from_statistics_equal_them_from_logits(run, method, params):
     """Every baseline with a statistics path: the same scores (float64, < 1e-9 relative) and the same
     kept sets at 30/50/70/90% as from the logits."""
@@ -214,15 +232,45 @@ def test_a_statistics_only_run_keeps_no_logits_and_scores_through_the_stages(run
         assert np.allclose(got.epoch(t), converted.epoch(t), rtol=1e-9, atol=1e-12, equal_nan=True), t
     a, b = compute_scores("tdds", got, T=8, W=4), tdds_from_statistics(converted, T=8, W=4)
     assert np.abs(a - b).max() <= 1e-9 * np.abs(a).max()
+    # the clean final pass's features travel with the statistics: Moderate needs no logits either
+    assert got.has_features and got.has_final
+    np.testing.assert_array_equal(compute_scores("moderate", got), compute_scores("moderate", converted))
+    np.testing.assert_allclose(compute_scores("entropy", got), compute_scores("entropy", converted), rtol=1e-9)
 
 
 def test_statistics_only_refuses_methods_that_need_logits_before_training():
     from tdds_core.errors import ConfigError
     from tdds_core.grid import check_grid
 
-    cfg = parse_config({**SYN, "methods": [{"name": "tdds", "params": {"T": 4, "W": 3}}, {"name": "moderate"}]},
-                       ["dynamics.record=stats"])
-    with pytest.raises(ConfigError, match="dynamics.record: stats keeps no logits, and moderate score from logits"):
-        check_grid(cfg)
+    with registered("toy_logits", _logits_only):
+        cfg = parse_config({**SYN, "methods": [{"name": "tdds", "params": {"T": 4, "W": 3}}, {"name": "toy_logits"}]},
+                           ["dynamics.record=stats"])
+        with pytest.raises(ConfigError, match="dynamics.record: stats keeps no logits, and toy_logits score from logits"):
+            check_grid(cfg)
     check_grid(parse_config({**SYN, "methods": [{"name": "tdds", "params": {"T": 4, "W": 3}}, {"name": "aum"}]},
                             ["dynamics.record=stats"]))
+
+
+def test_record_auto_keeps_statistics_where_they_are_smaller_and_the_methods_read_them():
+    """dynamics.record: auto (the default): logits for 10 classes in float16 (20 bytes a sample
+    against the statistics' 72), statistics for 100 classes; logits again when a configured method
+    reads logits only, and that choice is part of the full-data run's key."""
+    from tdds_core.plan import train_key
+
+    cfg = parse_config(SYN, ["dynamics.dtype=float16"])
+    assert cfg.dynamics.record == "auto"
+
+    def recorded(c, conf=cfg):
+        s = full_data_spec(conf, c)
+        return s.record_dynamics, s.record_stats
+
+    assert recorded(10) == (True, False) and recorded(None) == (True, False)
+    assert recorded(36) == (True, False) and recorded(37) == (False, True) and recorded(100) == (False, True)
+    assert recorded(19, parse_config(SYN)) == (False, True)     # float32 logits: 76 bytes > 72
+    # 10 classes: the same key and spec as an explicit logits recording
+    assert full_data_spec(cfg, 10).digest("fp") == full_data_spec(parse_config(SYN, ["dynamics.record=true",
+                                                                                      "dynamics.dtype=float16"]), 10).digest("fp")
+    with registered("toy_logits", _logits_only):
+        mixed = parse_config({**SYN, "methods": [{"name": "tdds"}, {"name": "toy_logits"}]})
+        assert recorded(100, mixed) == (True, False)
+        assert train_key(mixed, "fp") != train_key(parse_config({**SYN, "methods": [{"name": "tdds"}]}), "fp")

@@ -20,8 +20,8 @@ import pkgutil
 
 from . import _registry
 from ._registry import (MethodInfo, check_recorded_inputs, compute_scores, export, get_method, get_sampler, is_method,
-                        list_methods, list_modules, method_options, method_weighting, register_method, registered,
-                        resolve_params, unregister_method)
+                        list_methods, list_modules, method_options, method_reads_statistics, method_weighting,
+                        register_method, registered, resolve_params, unregister_method)
 
 # the registry API; @export appends each exported name while the modules below are imported
 __all__ = [n for n in _registry.__all__ if n != "NAN_POLICIES"]

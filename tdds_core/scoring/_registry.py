@@ -27,7 +27,7 @@ from ..errors import ScoringError
 __all__ = [
     "MethodInfo", "register_method", "unregister_method", "registered", "export", "get_method", "list_methods",
     "list_modules", "is_method", "method_options", "method_weighting", "resolve_params", "get_sampler", "compute_scores",
-    "check_recorded_inputs", "NAN_POLICIES",
+    "check_recorded_inputs", "method_reads_statistics", "NAN_POLICIES",
 ]
 
 #: The package whose namespace :func:`export` fills (``tdds_core.scoring``).
@@ -176,6 +176,12 @@ def check_recorded_inputs(methods: Iterable[str], record: Any) -> None:
         with_stats = ", ".join(sorted(n for n, m in _METHODS.items() if m.stats is not None))
         raise ConfigError(f"dynamics.record: stats keeps no logits, and {', '.join(need_logits)} score from logits; set "
                           f"dynamics.record: both (or true), or use only methods that read statistics ({with_stats}).")
+
+
+def method_reads_statistics(name: str) -> bool:
+    """Whether registered method ``name`` scores from per-sample statistics (False when unknown)."""
+    info = _METHODS.get(name)
+    return info is not None and info.stats is not None
 
 
 def _is_statistics(dynamics: Any) -> bool:

@@ -133,7 +133,13 @@ def _load_features(dynamics: Any, features: str) -> np.ndarray:
     return f
 
 
-@register_method("moderate")
+def _moderate_stats(stats: Any, *, features: str = "clean", nan_policy: str = "raise") -> np.ndarray:
+    """Moderate from a statistics folder: the features it keeps of the clean final pass
+    (``features.npy``, recorded with ``dynamics.save_features``), or another extractor's file."""
+    return moderate(stats, features=features, nan_policy=nan_policy)
+
+
+@register_method("moderate", stats=_moderate_stats)
 def moderate(dynamics: Any, *, features: str = "clean", nan_policy: str = "raise") -> np.ndarray:
     """Moderate-DS over penultimate features: by default the full-data model's clean final pass
     (``features.npy``), or ``features="/path/feats.npy"`` (float ``[N, D]``, sample order) from

@@ -31,9 +31,11 @@ or ``CE_{t+1} - CE_t``), ``aggregate="mean"`` (simple average over windows inste
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterable, Optional
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -118,11 +120,19 @@ def _source_array(x: Any) -> np.ndarray:
 #    same numbers operation for operation). Row sums reduce a C-contiguous [n, C] array over its
 #    last axis: numpy sums each row on its own (pairwise within the row), so a row's value does
 #    not depend on how many rows the block holds. ------------------------------------------------
+def _row_sums(x: np.ndarray) -> np.ndarray:
+    """``(n,)`` sums of the rows of a C-contiguous ``[n, C]`` array, each row on its own (einsum's
+    contiguous inner loop: twice as fast as ``sum(axis=1)``; float32 input is summed in float64)."""
+    if x.dtype != np.float64:
+        return x.sum(axis=1, dtype=np.float64)
+    return np.einsum("ij->i", x)
+
+
 def _softmax_(x: np.ndarray, row_max: np.ndarray) -> np.ndarray:
     """Row-wise softmax in place: ``exp(x - max) * (1 / sum(exp(x - max)))``."""
     x -= row_max
     np.exp(x, out=x)
-    s = x.sum(axis=1, keepdims=True)
+    s = _row_sums(x).astype(x.dtype, copy=False)[:, None]
     np.reciprocal(s, out=s)
     x *= s
     return x
@@ -140,23 +150,24 @@ def _kl_term_(L_prev: np.ndarray, L: np.ndarray, p: np.ndarray, signed: bool) ->
     L_prev -= L
     if not signed:
         np.abs(L_prev, out=L_prev)
-    L_prev *= p
-    d = L_prev.sum(axis=1)
+    if L_prev.dtype == np.float64:
+        d = np.einsum("ij,ij->i", L_prev, p)     # the product and the row sum in one pass
+    else:
+        L_prev *= p
+        d = L_prev.sum(axis=1)
     return np.negative(d, out=d) if signed else d
 
 
 def _row_range(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(row max [n, 1], finite [n] bool)``. The max propagates NaN and +inf and the float64 sum
-    of the block catches -inf, so one finite total means every value is finite (float16/float32
-    logits cannot overflow it); otherwise the rows are checked value by value."""
+    """``(row max [n, 1], finite [n] bool)``: a row's float64 sum is finite exactly when all its
+    values are (NaN and +-inf propagate; float16/float32 logits cannot overflow it, float64 logits
+    only beyond 1e305)."""
     if x.shape[0] == 0 or x.shape[1] == 0:
         return np.zeros((x.shape[0], 1), dtype=x.dtype), np.ones(x.shape[0], dtype=bool)
     hi = x.max(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", over="ignore"):
-        total = float(x.sum(dtype=np.float64)) + float(hi.sum(dtype=np.float64))
-    if np.isfinite(total):
-        return hi, np.ones(x.shape[0], dtype=bool)
-    return hi, np.isfinite(x).all(axis=1)
+        finite = np.isfinite(_row_sums(x))
+    return hi, finite
 
 
 @export
@@ -189,9 +200,8 @@ class TddsAccumulator:
         self.row_offset = int(row_offset)
         self.num_classes: Optional[int] = None
         self.seen = 0
-        self._x: Optional[np.ndarray] = None  # this epoch's logits -> probabilities
-        self._stage: Optional[np.ndarray] = None  # float32 staging for float16 input
-        self._L: Optional[np.ndarray] = None  # this epoch's log(p + 1e-8)
+        # the only per-block state kept between epochs: last epoch's log(p + 1e-8) (kl) or per-row
+        # value (loss, el2n); this epoch's probabilities and logs live in per-thread scratch buffers
         self._L_prev: Optional[np.ndarray] = None
         self._prev_small: Optional[np.ndarray] = None  # loss/el2n: last epoch's per-row value
         self._ring: deque = deque(maxlen=self.W - 1)
@@ -207,10 +217,9 @@ class TddsAccumulator:
             out = np.empty(src.shape, dtype=self.cdtype)
         if src.dtype == np.float16 and self.cdtype == np.float64:
             # float16 -> float32 -> float64 is exact and faster than the direct conversion
-            if self._stage is None or self._stage.shape != src.shape:
-                self._stage = np.empty(src.shape, dtype=np.float32)
-            np.copyto(self._stage, src)
-            src = self._stage
+            stage = _scratch("stage", src.shape, np.float32)
+            np.copyto(stage, src)
+            src = stage
         np.copyto(out, src, casting="unsafe")
         row_max, finite = _row_range(out)
         if not finite.all():
@@ -235,17 +244,16 @@ class TddsAccumulator:
 
     def _term(self, x: Any, epoch: Any, inputs: Optional[str] = None) -> Optional[np.ndarray]:
         """Process one epoch; return the pair term with the previous epoch (None for the first)."""
-        p = self._x = self._load(x, self._x, epoch, inputs)
+        shape = tuple(getattr(x, "shape", ()))
+        p = self._load(x, _scratch("p", shape, self.cdtype) if len(shape) == 2 else None, epoch, inputs)
         if self.inner == "kl":
-            if self._L is None:
-                self._L = np.empty_like(p)
-            _log_eps(p, self._L)
+            L = _take("L", p.shape, p.dtype)
+            _log_eps(p, L)
             d = None
             if self._L_prev is not None:
-                d = _kl_term_(self._L_prev, self._L, p, self.signed)
-            else:
-                self._L_prev = np.empty_like(p)
-            self._L, self._L_prev = self._L_prev, self._L  # the used buffer becomes next epoch's L
+                d = _kl_term_(self._L_prev, L, p, self.signed)
+                _give("L", self._L_prev)  # its contents are spent: scratch for the next block
+            self._L_prev = L
         else:
             cur = self._small_state(p)
             d = None if self._prev_small is None else self._small_term(self._prev_small, cur)
@@ -338,9 +346,10 @@ def tdds_from_epochs(epochs: Iterable[Any], labels: Optional[np.ndarray] = None,
     accs: list[TddsAccumulator] = []
     spans: list[tuple[int, int]] = []
     n = c = None
-    it = iter(epochs)
     nworkers = default_workers() if workers is None else int(workers)
-    with ThreadPoolExecutor(max_workers=max(1, nworkers), thread_name_prefix="tdds") as pool:
+    # the next epoch is read (a reader thread) while this one is computed
+    it = _prefetched(epochs, int(T)) if nworkers > 1 else iter(epochs)
+    with ThreadPoolExecutor(max_workers=max(1, nworkers), thread_name_prefix="tdds") as pool, _scratch_scope():
         for i in range(int(T)):
             try:
                 item = next(it)
@@ -365,12 +374,17 @@ def tdds_from_epochs(epochs: Iterable[Any], labels: Optional[np.ndarray] = None,
                 raise ScoringError(f"epoch {t} has {shape[0]} rows but earlier epochs had {n}")
             elif shape[1] != c:
                 raise ScoringError(f"epoch {t} has {shape[1]} classes but earlier epochs had {c}")
+            def run(part: range, arr: Any = arr, t: Any = t, kind: Any = kind) -> None:
+                for j in part:
+                    a, b = spans[j]
+                    accs[j].update(arr[a:b], epoch=t, inputs=kind)
+
             try:
                 if nworkers <= 1 or len(accs) == 1:
-                    for acc, (a, b) in zip(accs, spans):
-                        acc.update(arr[a:b], epoch=t, inputs=kind)
-                else:
-                    for f in [pool.submit(acc.update, arr[a:b], epoch=t, inputs=kind) for acc, (a, b) in zip(accs, spans)]:
+                    run(range(len(accs)))
+                else:   # one task per worker: a contiguous run of cache-sized blocks
+                    step = -(-len(accs) // nworkers)
+                    for f in [pool.submit(run, range(j, min(len(accs), j + step))) for j in range(0, len(accs), step)]:
                         f.result()
             except NonFiniteError as e:  # report the whole epoch, not one block
                 bad_rows = ~finite_rows(np.asarray(arr))
@@ -378,6 +392,84 @@ def tdds_from_epochs(epochs: Iterable[Any], labels: Optional[np.ndarray] = None,
     scores = np.concatenate([acc.result() for acc in accs]) if accs else np.zeros(0)
     bad = np.concatenate([acc.bad for acc in accs]) if accs else np.zeros(0, dtype=bool)
     return finish_skipped(scores, bad, "tdds")
+
+
+_SCRATCH = threading.local()
+
+
+def _pool() -> dict:
+    pool = getattr(_SCRATCH, "pool", None)
+    if pool is None:
+        pool = _SCRATCH.pool = {}
+    return pool
+
+
+def _scratch(name: str, shape: tuple, dtype: Any) -> np.ndarray:
+    """This thread's scratch buffer ``name`` of ``shape`` and ``dtype`` (reused between calls)."""
+    key = (name, tuple(shape), np.dtype(dtype))
+    buf = _pool().get(key)
+    if buf is None:
+        buf = _pool()[key] = np.empty(shape, dtype=dtype)
+    return buf
+
+
+def _take(name: str, shape: tuple, dtype: Any) -> np.ndarray:
+    """A buffer the caller keeps (this thread's spare ``name`` buffer, or a new one)."""
+    buf = _pool().pop((name, tuple(shape), np.dtype(dtype)), None)
+    return np.empty(shape, dtype=dtype) if buf is None else buf
+
+
+def _give(name: str, buf: np.ndarray) -> None:
+    """Hand ``buf`` back as this thread's spare ``name`` buffer."""
+    _pool()[(name, buf.shape, buf.dtype)] = buf
+
+
+@contextmanager
+def _scratch_scope() -> Iterator[None]:
+    """Free this thread's scratch buffers when the block ends (worker threads free theirs on exit)."""
+    try:
+        yield
+    finally:
+        _SCRATCH.pool = {}
+
+
+def _prefetched(epochs: Iterable[Any], count: int) -> Iterable[Any]:
+    """The first ``count`` items of ``epochs``, each read by a reader thread while the caller works
+    on the one before (at most one read ahead); the reader's exceptions are raised here, in order."""
+    import itertools
+    import queue
+
+    q: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    done = object()
+
+    def read() -> None:
+        try:
+            for item in itertools.islice(epochs, count):
+                if stop.is_set():
+                    break
+                q.put((True, item))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            q.put((False, e))
+        q.put((True, done))
+
+    reader = threading.Thread(target=read, name="tdds-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while reader.is_alive():     # unblock a reader waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                reader.join(0.01)
 
 
 @export
@@ -528,7 +620,8 @@ def _tdds_blocked(src: EpochBlocks, ts: list[int], labels: Optional[np.ndarray],
 
     starts = range(0, n, rows)
     try:
-        _run_blocks(src, ts, starts, rows, n, nworkers, work, settle)
+        with _scratch_scope():
+            _run_blocks(src, ts, starts, rows, n, nworkers, work, settle)
         src.finish()
     finally:
         src.close()

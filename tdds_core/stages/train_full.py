@@ -22,7 +22,7 @@ def train_full(cfg: Config, *, splits: Optional[Splits] = None,
     from ..engine import full_data_spec, load_result      # torch: imported where training runs
 
     splits = splits or create_dataset(cfg.data)
-    spec = full_data_spec(cfg)
+    spec = full_data_spec(cfg, splits.num_classes)
     claim_output(cfg)
     uri = uri_of(cfg, P.train_key(cfg, splits.fingerprint))
     done = existing(uri)
