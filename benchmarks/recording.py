@@ -99,12 +99,19 @@ def overhead_rows(work: Path, quick: bool) -> list[str]:
                    "model:\n  arch: small_cnn_fc\ntrain:\n  batch_size: 100\n  lr: 0.05\n  augment: false\n"
                    "dynamics:\n  dtype: float16\n")
     cases.append((f"synthetic, {n:,} samples (C = 100)", str(syn), [f"train.epochs={epochs}", f"train.eval_every={epochs}"]))
-    rows = ["| data | record | whole epoch (s) | vs nothing | process wall (s) | run folder (MB) |", "|---|---|---|---|---|---|"]
+    repeats = 1 if quick else 2
+    rows = [f"| data | record | whole epoch (s), best of {repeats} | vs nothing | process wall (s) | run folder (MB) |",
+            "|---|---|---|---|---|---|"]
+    records = ("false", "true", "stats", "both")
     for i, (label, config, sets) in enumerate(cases):
-        base = None
-        for record in ("false", "true", "stats", "both"):
-            r = train_process(work / f"ov{i}-{record}", record, sets, config)
-            base = base or r["epoch_s"]
+        best: dict[str, dict] = {}
+        for rep in range(repeats):          # interleaved, so a busy spell of the machine hits every variant
+            for record in records:
+                r = train_process(work / f"ov{i}-{record}-{rep}", record, sets, config)
+                if record not in best or r["epoch_s"] < best[record]["epoch_s"]:
+                    best[record] = r
+        for record in records:
+            r, base = best[record], best["false"]["epoch_s"]
             name = {"false": "nothing", "true": "logits (float16)", "stats": "statistics", "both": "both"}[record]
             rows.append(f"| {label} | {name} | {r['epoch_s']:.2f} | {100 * (r['epoch_s'] / base - 1):+.1f}% | "
                         f"{r['wall_s']:.1f} | {r['disk_mb']:.1f} |")
@@ -150,8 +157,8 @@ w.finalize()
 def score_row(label: str, folder: Path, method: str, args: list[str], work: Path, repeat: int) -> tuple[str, dict]:
     r = whole_process([*tdds_command(), "score", "--dynamics", str(folder), "--method", method, *args,
                        "--out", str(work / f"s-{method}.npy")], repeat)
-    return (f"| {label} | `tdds score --method {method} {' '.join(args)}`".rstrip() +
-            f" | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_rss_mb']:.0f} |"), r
+    command = " ".join(["tdds score --method", method, *args])
+    return f"| {label} | `{command}` | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | {r['peak_rss_mb']:.0f} |", r
 
 
 def imagenet_rows(work: Path, quick: bool) -> list[str]:
@@ -161,7 +168,7 @@ def imagenet_rows(work: Path, quick: bool) -> list[str]:
     logits = make_tdds_folder(work / "inet-logits", n, 1000, short)
     gb = lambda f: sum(x.stat().st_size for x in f.rglob("*") if x.is_file()) / 1e9  # noqa: E731
     rows = [f"N = {n:,}; statistics of {E} epochs on disk: {gb(stats):.2f} GB; float16 logits of {short} epochs "
-            f"(C = 1000): {gb(logits):.2f} GB ({gb(logits) / short * E:.0f} GB for {E} epochs).", "",
+            f"(C = 1000): {gb(logits):.2f} GB ({gb(logits) / short * E:.1f} GB for {E} epochs).", "",
             "| input | process | wall (s) | CPU (s) | peak RSS (MB) |", "|---|---|---|---|---|"]
     W = 10 if E >= 10 else 3
     for label, method, args in ((f"statistics, {E} epochs", "tdds", ["--T", str(E), "--W", str(W)]),
@@ -174,7 +181,7 @@ def imagenet_rows(work: Path, quick: bool) -> list[str]:
     rows += [line_s, line_l, "",
              f"TDDS over {short} epochs: {rl['wall_s'] / rs['wall_s']:.0f}x faster from statistics than from the logits. "
              f"Projected to T = {E} from the logits (time per epoch x {E}, the logits of {E} epochs not written): "
-             f"{rl['wall_s'] / short * E / 60:.0f} min, against the measured {E}-epoch TDDS from statistics above."]
+             f"{rl['wall_s'] / short * E:.0f} s, against the measured {E}-epoch TDDS from statistics above."]
     shutil.rmtree(logits, ignore_errors=True)
     return rows
 

@@ -27,6 +27,7 @@ from tdds_core.config import Config, PipelineConfig
 from tdds_core.plan import Plan
 from tdds_core.stages import chain
 from tdds_core.steps import build_digest, stage_config_json
+from tdds_core.tracking import STAGE_TRAIN_FULL
 
 __all__ = ["build_prune_pipeline", "build_reprune_pipeline", "PRUNE_NAME", "REPRUNE_NAME", "RETRY_BACKOFF",
            "REQUIRE_CUDA_ENV", "SHM_VOLUME"]
@@ -40,7 +41,7 @@ SHM_VOLUME = "dshm"
 WORKFLOW_LABEL_PATH = "metadata.labels['workflows.argoproj.io/workflow']"
 
 
-def _for_cluster(task: Any, p: PipelineConfig, *, gpu: bool) -> None:
+def _for_cluster(task: Any, p: PipelineConfig, *, gpu: bool, processes: int = 1) -> None:
     """What only a Kubernetes cluster uses: the pipeline instance (the Argo workflow's name, so a
     task finds its own run's parent MLflow run), the code version it was compiled from, requests and retries of the light tasks, the
     secrets and the data volume of every task, and the placement, /dev/shm and CUDA check of the
@@ -69,25 +70,30 @@ def _for_cluster(task: Any, p: PipelineConfig, *, gpu: bool) -> None:
             kubernetes.empty_dir_mount(task, volume_name=SHM_VOLUME, mount_path="/dev/shm", medium="Memory",
                                        size_limit=p.shm_size)
         if p.gpus > 0:
-            task.set_env_variable(REQUIRE_CUDA_ENV, str(p.gpus))
+            task.set_env_variable(REQUIRE_CUDA_ENV, str(max(p.gpus, processes)))
 
 
 def _configure(task: Any, cfg: Config, env: Mapping[str, str], *, gpu: bool = False, cached: bool = True,
-               cluster: bool = False) -> Any:
+               cluster: bool = False, processes: int = 1, shared: bool = False) -> Any:
     """Resources, retries and caching of a task (training stages get the GPU settings; ``cluster``:
-    also :func:`_for_cluster`)."""
+    also :func:`_for_cluster`). ``processes``: the task trains one run in that many processes
+    (``train.processes``, torchrun in its pod), one GPU each."""
     p = cfg.pipeline
     if gpu:
         task.set_cpu_request(p.cpu_request).set_memory_request(p.memory_request)
         if p.gpus > 0:
-            task.set_accelerator_type(p.accelerator_type).set_accelerator_limit(p.gpus)
+            task.set_accelerator_type(p.accelerator_type).set_accelerator_limit(max(p.gpus, processes))
         if p.retries > 0:
             task.set_retry(num_retries=p.retries, **RETRY_BACKOFF)
     task.set_caching_options(p.caching and cached)
     for k, v in sorted(env.items()):
         task.set_env_variable(k, str(v))
     if cluster:
-        _for_cluster(task, p, gpu=gpu)
+        _for_cluster(task, p, gpu=gpu, processes=processes)
+        if shared and p.shared_volume is not None:
+            from kfp import kubernetes
+
+            kubernetes.mount_pvc(task, pvc_name=p.shared_volume.pvc_name, mount_path=p.shared_volume.mount_path)
     return task
 
 
@@ -116,7 +122,13 @@ def _wire(cfg: Config, plan: Plan, c: Components, config_json: Any, run_id: Any,
                 args["state"] = state
             if stage.loop == "once":
                 task = c.stages[stage.name](item_json=items[0], **args)
-                out = _configure(task, cfg, env, gpu=stage.gpu, cached=stage.cached, cluster=cluster).outputs["result"]
+                if stage.name == STAGE_TRAIN_FULL and cfg.train.nodes > 1:
+                    # it launches a PyTorchJob (tdds_core.launch) and waits: no GPU of its own, the shared folder
+                    out = _configure(task, cfg, env, cached=stage.cached, cluster=cluster, shared=True).outputs["result"]
+                else:
+                    k = cfg.train.processes if stage.name == STAGE_TRAIN_FULL else 1
+                    out = _configure(task, cfg, env, gpu=stage.gpu, cached=stage.cached, cluster=cluster,
+                                     processes=k).outputs["result"]
             else:
                 with dsl.ParallelFor(items, name=f"{stage.name}-items", parallelism=parallelism) as item:
                     task = _configure(c.stages[stage.name](item_json=item, **args), cfg, env, gpu=stage.gpu,

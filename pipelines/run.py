@@ -96,6 +96,10 @@ def check_cluster(cfg: Config, env: Optional[Mapping[str, str]] = None) -> None:
             raise PipelineError(f"the tracking URI {uri!r} is a local {'SQLite file' if uri.startswith('sqlite:') else 'path'}, "
                                 "which cluster pods cannot share; set tracking.uri (or --env "
                                 "MLFLOW_TRACKING_URI=http://mlflow.mlflow.svc:5000) to an MLflow server.")
+    if cfg.train.nodes > 1 and p.shared_volume is None:
+        from tdds_core.launch import SHARED_VOLUME_NEEDED
+
+        raise PipelineError(SHARED_VOLUME_NEEDED)
     if p.gpus > 0 and not p.gpu_image:
         raise PipelineError(f"pipeline.gpus is {p.gpus} but pipeline.gpu_image is unset: the training tasks would run "
                             f"in {p.image} (CPU torch) and train on the CPU; set pipeline.gpu_image to the CUDA image, "

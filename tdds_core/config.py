@@ -102,6 +102,15 @@ class TrainConfig(_Strict):
     eval_batch_size: int = Field(1000, gt=0, description="Batch size for test evaluation and feature extraction.")
     drop_last: bool = Field(False, description="Drop the last partial batch of each epoch.")
     eval_every: int = Field(1, gt=0, description="Evaluate on the test set every this many epochs (and always after the last).")
+    checkpoint_every: int = Field(1, gt=0, description="Save the resumable checkpoint every this many epochs (a "
+                                  "resume repeats the epochs after the last one; larger saves time on big models).")
+    processes: int = Field(1, gt=0, description="Processes training the full-data run on one machine (torchrun "
+                           "--nproc-per-node; DDP with synchronised batch norm; one GPU each on CUDA, and a KFP "
+                           "train-full task asks for that many GPUs). The dynamics are those of one process within "
+                           "float tolerance; above 1 it is part of the run's key.")
+    nodes: int = Field(1, gt=0, description="Machines training the full-data run together (a Kubeflow PyTorchJob of "
+                       "`nodes` pods with `processes` GPUs each, launched by the train-full task; needs the Kubeflow "
+                       "Training Operator and pipeline.shared_volume; docs/CLUSTER.md). Above 1 it is part of the key.")
     progress: bool = Field(True, description="Show a progress bar per epoch (loss, accuracy, img/s).")
 
     @field_validator("device")
@@ -319,6 +328,9 @@ class PipelineConfig(_Strict):
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the training tasks must run on, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-40GB}.")
     shm_size: Optional[str] = Field("2Gi", description="Size of the in-memory /dev/shm of the training tasks (DataLoader workers); None = the runtime's default (64 MB).")
     data_volume: Optional[DataVolume] = Field(None, description="A PVC with the dataset files mounted into every cluster task (needed for a local data.root).")
+    shared_volume: Optional[DataVolume] = Field(None, description="A ReadWriteMany PVC the pods of a several-node "
+                                                "full-data run (train.nodes > 1) share as their run folder; the "
+                                                "train-full task mounts it too.")
 
 
 class Config(_Strict):

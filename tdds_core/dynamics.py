@@ -34,8 +34,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import ArtifactError
-from .io import (MANIFEST, atomic_save_npy, atomic_write_json, atomic_write_text, load_npy, read_manifest,
-                 sha256_file, verify_file)
+from .io import MANIFEST, atomic_save_npy, atomic_write_json, atomic_write_text, load_npy, read_manifest, verify_file
 
 FORMAT = "tdds-dynamics/1"
 FINAL_LOGITS = "final_logits.npy"
@@ -92,9 +91,8 @@ class DynamicsWriter:
         return None
 
     def _put(self, name: str, write) -> None:
-        p = self.folder / name
-        write(p)
-        self.files[name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        """``write(path)`` (an atomic writer: it returns the file's checksum and size, hashed as written)."""
+        self.files[name] = write(self.folder / name)
 
     def _write_manifest(self, complete: bool) -> None:
         atomic_write_json(self.folder / MANIFEST, {**self.meta, "epochs": sorted(self.epochs), "complete": complete,

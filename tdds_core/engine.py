@@ -1,8 +1,10 @@
 """The one training loop: full-data training that records dynamics, and (weighted) coreset training.
 
 ``train(splits, spec, out_dir)`` trains, evaluates, optionally records per-epoch logits by sample
-id (no extra forward pass in the default ``train`` mode), checkpoints at every epoch end and
-resumes from the newest checkpoint when started again with the same spec and folder. Each epoch's
+id (no extra forward pass in the default ``train`` mode), checkpoints every ``checkpoint_every``
+epochs and resumes from the newest checkpoint when started again with the same spec and folder.
+An epoch's files (dynamics, statistics, checkpoint, the S3 mirror) are written by one writer thread
+while the next epoch trains, hashed as they are written. Each epoch's
 data order and augmentation come from generators seeded by ``(seed, epoch)``, so a resumed run is
 bit-identical on CPU to an uninterrupted one.
 
@@ -53,7 +55,8 @@ from .data import Splits
 from .data.loader import ResidentLoader, epoch_seed, make_loader
 from .dynamics import DynamicsWriter
 from .errors import ArtifactError, ConfigError, ScoringError
-from .io import MANIFEST, atomic_torch_save, atomic_write_json, read_json, verify_manifest, write_manifest
+from .io import (MANIFEST, atomic_torch_save, atomic_write_bytes, atomic_write_json, read_json, verify_manifest,
+                 write_manifest)
 from .models import create_model, is_model, list_models
 
 log = logging.getLogger("tdds.engine")
@@ -100,6 +103,7 @@ class TrainSpec:
     deterministic: bool = False                # deterministic CUDA kernels (identity on a GPU, see effective_numerics)
     eval_batch_size: int = 1000
     eval_every: int = 1
+    checkpoint_every: int = 1
     progress: bool = True
     resident: str = "auto"
     resident_max_bytes: int = 4 << 30
@@ -191,7 +195,8 @@ def full_data_spec(cfg: Config, num_classes: Optional[int] = None) -> TrainSpec:
 def _runtime(cfg: Config) -> dict:
     t, d = cfg.train, cfg.data
     return dict(device=t.device, amp=t.amp, channels_last=t.channels_last, compile=t.compile, deterministic=t.deterministic,
-                eval_batch_size=t.eval_batch_size, eval_every=t.eval_every, progress=t.progress,
+                eval_batch_size=t.eval_batch_size, eval_every=t.eval_every, checkpoint_every=t.checkpoint_every,
+                progress=t.progress,
                 resident=d.resident, resident_max_bytes=d.resident_max_bytes, num_workers=d.num_workers)
 
 
@@ -466,6 +471,46 @@ def _predict(model, loader: ResidentLoader, n: int, num_classes: int, autocast, 
     return logits, feats
 
 
+class _Background:
+    """The one writer thread of a run: an epoch's files (dynamics, statistics, checkpoint, the S3
+    mirror) are written in the order they are handed over, while the next epoch trains. A failed
+    write is raised by the next :meth:`submit` or by :meth:`flush`; :meth:`close` waits for every
+    write handed over (also when the run stops on an error), so what was finished lands."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tdds-writer")
+        self.pending: list = []
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        for f in [f for f in self.pending if f.done()]:
+            self.pending.remove(f)
+            f.result()
+        self.pending.append(self.pool.submit(fn, *args))
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for f in pending:
+            f.result()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    """``torch.save(obj)`` into memory: a snapshot of live tensors that a writer thread can store
+    while training changes them."""
+    import io as _io
+
+    buf = _io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
 class _Trainer:
     def __init__(self, splits: Splits, spec: TrainSpec, out: Path, on_epoch, on_checkpoint=None,
                  group: _Group = _Group()):
@@ -603,6 +648,13 @@ class _Trainer:
             torch.cuda.set_rng_state_all(saved[:torch.cuda.device_count()])
 
     def run(self) -> TrainResult:
+        self.bg = _Background()
+        try:
+            return self._run()
+        finally:
+            self.bg.close()
+
+    def _run(self) -> TrainResult:
         spec, out, group = self.spec, self.out, self.group
         writer = None      # the files are written by rank 0 (the only process of a single-process run)
         if spec.record_dynamics and group.main:
@@ -616,7 +668,7 @@ class _Trainer:
 
             stats = StatsRecorder(out / "stats", ids=self.splits.train.ids, labels=self.splits.train.labels,
                                   num_classes=self.c, fingerprint=self.splits.fingerprint, device=self.device,
-                                  main=group.main)
+                                  main=group.main, submit=self.bg.submit)
         ckpt = out / "checkpoint.pt"
         start_epoch, iteration, history, best = 0, 0, [], (-1.0, -1)
         if ckpt.is_file():
@@ -704,7 +756,8 @@ class _Trainer:
                         buf.copy_(logits_all.to(buf.dtype))
                     if stats is not None:
                         stats.update(torch.arange(self.n, device=self.device), logits_all)
-                arr = buf.float().cpu().numpy() if buf is not None else None
+                # a host copy of its own: the writer thread stores it while the next epoch refills buf
+                arr = buf.to("cpu", torch.float32, copy=True).numpy() if buf is not None else None
             else:
                 arr = None
             if arr is not None and group.main:
@@ -714,7 +767,7 @@ class _Trainer:
                                        "train.lr or check the data) or the epoch did not visit them (train.drop_last); "
                                        "nothing was written for this epoch")
                 if writer is not None:
-                    writer.write_epoch(epoch, arr)
+                    self.bg.submit(writer.write_epoch, epoch, arr)
             if stats is not None and self.records(epoch):
                 stats.end_epoch(epoch)      # every process (the rows are gathered); rank 0 writes
             last = epoch == spec.epochs - 1 or iteration >= self.total_iters
@@ -732,12 +785,16 @@ class _Trainer:
                 continue
             if self.on_epoch is not None:
                 self.on_epoch(rec)
-            if not last:
-                atomic_torch_save(ckpt, self.state(epoch, iteration, history, best))
+            if not last and (epoch + 1) % spec.checkpoint_every == 0:
+                # serialised now, stored by the writer thread after this epoch's recordings
+                self.bg.submit(atomic_write_bytes, ckpt, _torch_bytes(self.state(epoch, iteration, history, best)))
+                if stats is not None:
+                    self.bg.submit(stats.checkpointed, epoch)
                 if self.on_checkpoint is not None:
-                    self.on_checkpoint(out)
+                    self.bg.submit(self.on_checkpoint, out)
         if final is None:  # resumed after the last epoch had finished but before result.json was written
             final = evaluate(self.model, self.test_loader, self.c, self.autocast)
+        self.bg.flush()     # every epoch's recordings are on disk before the final pass and the manifest
         if group.main:
             self._save_outputs(writer, stats, history)
         result = TrainResult(final_acc=final[0], best_acc=max(best[0], final[0]), best_epoch=best[1], final_loss=final[1],

@@ -32,3 +32,7 @@ class TrackingError(TddsError):
 
 class PipelineError(TddsError):
     """Compiling, running or submitting a KFP pipeline failed."""
+
+
+class TrainingError(TddsError):
+    """A training run that stopped: its processes failed (the run resumes from its last checkpoint)."""

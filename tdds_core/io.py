@@ -39,16 +39,33 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _atomic(path: Path, write) -> None:
+class _Hashing:
+    """A write-only file that hashes (SHA-256) and counts what passes through it."""
+
+    def __init__(self, f: Any):
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def write(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        self.h.update(view)
+        self.n += len(view)
+        return self.f.write(view)
+
+
+def _atomic(path: Path, write) -> dict:
+    """Write ``path`` through a temporary file, fsync and rename; returns the manifest entry of what
+    was written (``{"sha256", "bytes"}``, hashed as it was written: no second read)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            hashing = _Hashing(f)
+            write(hashing)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        return {"sha256": hashing.h.hexdigest(), "bytes": hashing.n}
     except BaseException:
         try:
             os.unlink(tmp)
@@ -57,22 +74,23 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
-    _atomic(Path(path), lambda f: f.write(data))
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> dict:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place; returns
+    ``{"sha256", "bytes"}``."""
+    return _atomic(Path(path), lambda f: f.write(data))
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str) -> dict:
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
-def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    """``np.save`` through a temporary file and a rename."""
-    _atomic(Path(path), lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> dict:
+    """``np.save`` through a temporary file and a rename; returns ``{"sha256", "bytes"}``."""
+    return _atomic(Path(path), lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:

@@ -51,6 +51,9 @@ FIELDS: dict[str, str] = {
     "train.augment": IDENTITY, "train.device": IDENTITY, "train.amp": IDENTITY, "train.channels_last": IDENTITY,
     "train.compile": IDENTITY, "train.deterministic": IDENTITY, "train.eval_batch_size": RUNTIME, "train.drop_last": IDENTITY,
     "train.eval_every": IDENTITY,        # which epochs are evaluated changes best_acc
+    "train.checkpoint_every": RUNTIME,   # how often a resumable state is saved, not what is trained
+    "train.processes": IDENTITY,         # by its effect: the full-data run's world size (numerics)
+    "train.nodes": IDENTITY,             # likewise (world size = nodes x processes)
     "train.progress": RUNTIME,
     "dynamics.record": IDENTITY, "dynamics.mode": IDENTITY, "dynamics.dtype": IDENTITY,
     "dynamics.epoch_start": IDENTITY, "dynamics.epoch_stop": IDENTITY, "dynamics.save_features": IDENTITY,
@@ -73,7 +76,7 @@ FIELDS: dict[str, str] = {
     "pipeline.retries": RUNTIME, "pipeline.caching": RUNTIME, "pipeline.pipeline_root": RUNTIME,
     "pipeline.parallelism": RUNTIME, "pipeline.light_cpu_request": RUNTIME, "pipeline.light_memory_request": RUNTIME,
     "pipeline.secrets": RUNTIME, "pipeline.tolerations": RUNTIME, "pipeline.node_selector": RUNTIME,
-    "pipeline.shm_size": RUNTIME, "pipeline.data_volume": RUNTIME,
+    "pipeline.shm_size": RUNTIME, "pipeline.data_volume": RUNTIME, "pipeline.shared_volume": RUNTIME,
 }
 
 # sections every cached stage task gets besides the ones its stage reads (Stage.reads)
@@ -112,16 +115,20 @@ def _json(v: Any) -> Any:
     return v
 
 
-def numerics(cfg: Config) -> dict[str, Any]:
+def numerics(cfg: Config, stage: Optional[str] = None) -> dict[str, Any]:
     """The effective numerics of training on this machine: device class, bf16 autocast,
-    channels_last and torch.compile as the engine applies them (:func:`tdds_core.engine.effective_numerics`)."""
+    channels_last and torch.compile as the engine applies them (:func:`tdds_core.engine.effective_numerics`);
+    for the train-full stage also the processes that train it (``train.processes``)."""
     from .engine import effective_numerics
 
     t = cfg.train
-    return effective_numerics(t.device, t.amp, t.channels_last, t.compile, t.deterministic)
+    k = t.processes * t.nodes
+    processes = k if stage == "train-full" and k > 1 else None
+    return effective_numerics(t.device, t.amp, t.channels_last, t.compile, t.deterministic, processes=processes)
 
 
-_NUMERICS = ("train.device", "train.amp", "train.channels_last", "train.compile", "train.deterministic")
+_NUMERICS = ("train.device", "train.amp", "train.channels_last", "train.compile", "train.deterministic",
+             "train.processes", "train.nodes")
 
 
 def stage_reads(stage: str) -> tuple[str, ...]:
@@ -143,7 +150,7 @@ def identity(cfg: Config, stage: str) -> dict[str, Any]:
     if out.get("dynamics.record") == "auto" and not methods_read_statistics(cfg):
         out["dynamics.record"] = "auto:logits"   # auto decides by the methods too (DynamicsConfig.resolved)
     if any(r == "train" for r in reads):
-        out["numerics"] = numerics(cfg)
+        out["numerics"] = numerics(cfg, stage)
     return out
 
 
@@ -157,6 +164,8 @@ def stage_config(cfg: Config, stage: str) -> Config:
     configured, every other field at its default. KFP keys its cache on a task's inputs, so a
     stage's key changes only when something it reads changes (a new rate leaves train-full alone)."""
     keep = set(_COMMON) | set(stage_reads(stage))
+    if stage == "train-full" and cfg.train.nodes > 1:
+        keep.add("pipeline")    # it launches a PyTorchJob of the pipeline's image, volumes and resources
     data = cfg.model_dump(mode="json")
     default = Config().model_dump(mode="json")
     out: dict[str, Any] = {}
@@ -275,7 +284,7 @@ def run_key_of(stage: str, output: str, artifact_key: str) -> str:
 def experiment_key(cfg: Config, fingerprint: str) -> str:
     """Key of a whole experiment (the grid's parent run): every identity field and the dataset."""
     ident = {p: _json(_get(cfg, p)) for p, k in FIELDS.items() if k == IDENTITY and p not in _NUMERICS}
-    ident["numerics"] = numerics(cfg)
+    ident["numerics"] = numerics(cfg, "train-full")
     return f"pipeline|{cfg.name}|{fingerprint[:12]}|{config_digest(ident)}"
 
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -384,11 +384,8 @@ class StatsWriter:
             self._manifest(False)
 
     def _put(self, name: str, write: Any) -> None:
-        from .io import sha256_file
-
-        p = self.folder / name
-        write(p)
-        self.files[name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        """``write(path)`` (an atomic writer: it returns the file's checksum and size, hashed as written)."""
+        self.files[name] = write(self.folder / name)
 
     def _manifest(self, complete: bool) -> None:
         from .io import atomic_write_json
@@ -433,12 +430,17 @@ class StatsWriter:
         self._manifest(False)
 
     def save_last(self, t: int, logits: np.ndarray) -> None:
-        """Keep epoch ``t``'s logits (float32 ``[N, C]``) for a resume; older side files but ``t - 1`` go."""
+        """Keep epoch ``t``'s logits (float32 ``[N, C]``) for a resume (:meth:`prune_last` removes
+        those a resume can no longer need)."""
         from .io import atomic_save_npy
 
         atomic_save_npy(self.folder / _last_file(t), np.asarray(logits, dtype=np.float32))
-        for old in self.folder.glob("_last_*.npy"):      # keep t and t - 1 (a resume restarts at t + 1 or at t)
-            if old.name not in (_last_file(t), _last_file(t - 1)):
+
+    def prune_last(self, checkpoint: int) -> None:
+        """The run's checkpoint now holds epoch ``checkpoint``: a resume restarts at the epoch after
+        it and needs the side files from ``checkpoint`` on; older ones go."""
+        for old in self.folder.glob("_last_*.npy"):
+            if int(old.stem.rsplit("_", 1)[1]) < int(checkpoint):
                 old.unlink(missing_ok=True)
 
     def write_epoch(self, t: int, logits: np.ndarray) -> None:
@@ -450,6 +452,7 @@ class StatsWriter:
         stats, _ = epoch_statistics(z, self.labels, prev)
         self.put_epoch(t, stats)
         self.save_last(t, z)
+        self.prune_last(t - 1)
 
     def write_final_pass(self, logits: np.ndarray, *, epoch: Optional[int]) -> None:
         """Host path: statistics of the clean final pass's logits ``[N, C]``."""
@@ -576,9 +579,11 @@ class StatsRecorder:
     """
 
     def __init__(self, folder: str | Path, *, ids: Sequence[str], labels: np.ndarray, num_classes: int,
-                 fingerprint: str, device: Any, main: bool = True):
+                 fingerprint: str, device: Any, main: bool = True,
+                 submit: Optional[Callable[..., Any]] = None):
         import torch
 
+        self.submit = submit or (lambda fn, *args: fn(*args))   # the run's writer thread (engine)
         self.folder = Path(folder)
         self.device = torch.device(device)
         self.n, self.c = len(labels), int(num_classes)
@@ -645,9 +650,14 @@ class StatsRecorder:
             raise ScoringError(f"epoch {t}: {bad} samples were not visited exactly once (statistics need every sample "
                                "once an epoch); set train.drop_last: false, or dynamics.record: false")
         self.prev_epoch, self.epoch = int(t), None
+        if self.writer is not None:     # host copies of their own: the next epoch updates buf and prev in place
+            self.submit(self.writer.put_epoch, t, self.buf.to("cpu", copy=True).numpy())
+            self.submit(self.writer.save_last, t, self.prev.to("cpu", copy=True).numpy())
+
+    def checkpointed(self, t: int) -> None:
+        """The run's checkpoint now holds epoch ``t`` (called in order with the writes)."""
         if self.writer is not None:
-            self.writer.put_epoch(t, self.buf.cpu().numpy())
-            self.writer.save_last(t, self.prev.cpu().numpy())
+            self.writer.prune_last(t)
 
     def final_pass(self, logits: "torch.Tensor", *, features: "Optional[torch.Tensor]" = None,
                    epoch: Optional[int]) -> None:

@@ -27,6 +27,7 @@ RUNTIME_TOGGLES = {
     "pipeline.tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
     "pipeline.node_selector": {"pool": "gpu"}, "pipeline.shm_size": "8Gi",
     "pipeline.data_volume": {"pvc_name": "datasets", "mount_path": "/data"},
+    "pipeline.shared_volume": {"pvc_name": "shared", "mount_path": "/shared"}, "train.checkpoint_every": 5,
 }
 # identity fields whose change must change the key of the stages that read them
 IDENTITY_TOGGLES = {
@@ -37,6 +38,7 @@ IDENTITY_TOGGLES = {
     "train.lr": (0.2, ("train-full", "coreset", "evaluate")), "train.epochs": (3, ("train-full", "coreset", "evaluate")),
     "train.eval_every": (2, ("train-full", "coreset", "evaluate")),
     "dynamics.dtype": ("float32", ("train-full",)), "selection.class_balanced": (True, ("select",)),
+    "train.processes": (2, ("train-full",)),    # the full-data run's world size; coreset runs train in one process
     "coreset.weighting": ("none", ("coreset", "evaluate")), "coreset.batch_size": (64, ("coreset", "evaluate")),
     "coreset.epochs": (3, ("coreset", "evaluate")),
 }

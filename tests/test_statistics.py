@@ -210,6 +210,26 @@ def test_a_run_records_statistics_equal_to_those_of_its_logits_and_resumes_bit_i
         assert (tmp_path / "resumed" / "stats" / f"epoch_{t:04d}.npy").read_bytes() == \
             (tmp_path / "whole" / "stats" / f"epoch_{t:04d}.npy").read_bytes(), t
     assert open_statistics(tmp_path / "resumed" / "stats").manifest["complete"] is True
+    # checkpoints every 3 epochs: killed after epoch 4, the run resumes after epoch 2 (the side file of
+    # epoch 2 was kept for it) and writes epochs 3 and 4 again, to the same bytes
+    every3 = dataclasses.replace(spec, checkpoint_every=3)
+    assert every3.digest("fp") == spec.digest("fp")      # a runtime setting
+    seen: list[int] = []
+
+    def stop_and_watch(rec):
+        seen.append(rec["epoch"])
+        if rec["epoch"] == 4:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(splits, every3, tmp_path / "every3", on_epoch=stop_and_watch)
+    assert sorted(p.name for p in (tmp_path / "every3" / "stats").glob("_last_*")) == [
+        "_last_0002.npy", "_last_0003.npy", "_last_0004.npy"]
+    res = train(splits, every3, tmp_path / "every3", on_epoch=lambda rec: seen.append(rec["epoch"]))
+    assert seen == [0, 1, 2, 3, 4, 3, 4, 5, 6, 7] and res.epochs == 8
+    for t in recorded.epochs:
+        for kind in ("stats", "dynamics"):
+            assert (tmp_path / "every3" / kind / f"epoch_{t:04d}.npy").read_bytes() == \
+                (tmp_path / "whole" / kind / f"epoch_{t:04d}.npy").read_bytes(), (kind, t)
     # a logits recording keeps the key it had before statistics existed
     assert full_data_spec(parse_config(SYN, ["dynamics.record=logits"])).digest("fp") == \
         dataclasses.replace(spec, record_stats=False).digest("fp")

@@ -55,7 +55,8 @@ def publish(work: Path, uri: str) -> None:
 class _RemoteCheckpoint:
     """Mirror of a training folder's in-progress state under ``<uri>/_partial/`` on S3, so that a
     retried task on another machine resumes from the last epoch instead of starting over.
-    Files are pushed dynamics first and ``checkpoint.pt`` last; only changed files are sent."""
+    Files are pushed dynamics first and ``checkpoint.pt`` last; only new or rewritten files are sent
+    (known by size and modification time: nothing already sent is read or hashed again)."""
 
     def __init__(self, uri: str, work: Path):
         from ..storage import parent_and_key
@@ -63,49 +64,82 @@ class _RemoteCheckpoint:
         self.store, key = parent_and_key(uri)
         self.prefix = f"{key}/_partial"
         self.work = work
-        self.sent: dict[str, str] = {}
+        self.sent: dict[str, tuple[int, int]] = {}
+
+    @staticmethod
+    def _signature(p: Path) -> tuple[int, int]:
+        st = p.stat()
+        return st.st_size, st.st_mtime_ns      # every write is a new file renamed into place
 
     def restore(self) -> int:
-        from ..io import sha256_file
-
         n = 0
         for k in self.store.list(self.prefix):
             rel = k[len(self.prefix) + 1:]
             dst = self.work / rel
             self.store.get_file(k, dst)
-            self.sent[rel] = sha256_file(dst)
+            self.sent[rel] = self._signature(dst)
             n += 1
         return n
 
     def push(self, _out: Path) -> None:
-        from ..io import sha256_file
-
         files = [p for p in self.work.rglob("*") if p.is_file() and not p.name.startswith(".")]
         files.sort(key=lambda p: (p.name == "checkpoint.pt", str(p)))
         for p in files:
             rel = str(p.relative_to(self.work))
-            digest = sha256_file(p)
-            if self.sent.get(rel) != digest:
+            sig = self._signature(p)
+            if self.sent.get(rel) != sig:
                 self.store.put_file(p, f"{self.prefix}/{rel}")
-                self.sent[rel] = digest
+                self.sent[rel] = sig
 
     def clear(self) -> None:
         self.store.delete(self.prefix)
 
 
-def train_into(uri: str, splits: Splits, spec, on_epoch) -> TrainResult:
-    """Train into the stage folder of ``uri`` and publish it; on S3, resume from and mirror to ``_partial``."""
+def train_into(uri: str, splits: Splits, spec, on_epoch, *, cfg: Config | None = None) -> TrainResult:
+    """Train into the stage folder of ``uri`` and publish it; on S3, resume from and mirror to
+    ``_partial``. With ``cfg.train.processes`` above 1 (the full-data run), the training runs in that
+    many processes (:mod:`tdds_core.launch`, torchrun) and ``on_epoch`` gets the epochs afterwards."""
     from ..engine import train
+    from ..launch import train_in_processes, under_torchrun
 
+    if cfg is not None and cfg.train.nodes > 1 and not under_torchrun():
+        return _train_on_nodes(uri, cfg, on_epoch)
     work = work_dir(uri)
-    if not is_remote(uri):
-        return train(splits, spec, work, on_epoch=on_epoch)
-    remote = _RemoteCheckpoint(uri, work)
-    if not (work / "checkpoint.pt").is_file():
+    remote = _RemoteCheckpoint(uri, work) if is_remote(uri) else None
+    if remote is not None and not (work / "checkpoint.pt").is_file():
         remote.restore()
-    result = train(splits, spec, work, on_epoch=on_epoch, on_checkpoint=remote.push)
-    publish(work, uri)
-    remote.clear()
+    if cfg is not None and cfg.train.processes > 1 and not under_torchrun():
+        result = train_in_processes(cfg, work, mirror=uri if remote is not None else None)
+        for rec in result.history if on_epoch is not None else ():
+            on_epoch(rec)
+    else:
+        result = train(splits, spec, work, on_epoch=on_epoch, on_checkpoint=None if remote is None else remote.push)
+    if remote is not None:
+        publish(work, uri)
+        remote.clear()
+    return result
+
+
+def _train_on_nodes(uri: str, cfg: Config, on_epoch) -> TrainResult:
+    """The full-data run as a PyTorchJob over ``train.nodes`` pods (:func:`tdds_core.launch.train_on_nodes`):
+    its folder lies on ``pipeline.shared_volume`` and is published to ``uri`` when the job succeeds."""
+    import shutil
+
+    from ..launch import train_on_nodes
+
+    leaf = uri.rstrip("/").rsplit("/", 1)[-1]
+    assert cfg.pipeline.shared_volume is not None      # Config refuses nodes > 1 without one
+    work = Path(cfg.pipeline.shared_volume.mount_path) / "tdds" / hashlib.sha256(uri.encode()).hexdigest()[:16] / leaf
+    name = f"tdds-{P.slug(cfg.name).lower().replace('_', '-').replace('.', '-')[:30]}-{hashlib.sha256(uri.encode()).hexdigest()[:10]}"
+    result = train_on_nodes(cfg, work, uri if is_remote(uri) else None, name=name,
+                            image=cfg.pipeline.gpu_image or cfg.pipeline.image)
+    for rec in result.history if on_epoch is not None else ():
+        on_epoch(rec)
+    if is_remote(uri):
+        publish(work, uri)
+        _RemoteCheckpoint(uri, work).clear()
+    elif Path(uri).resolve() != work.resolve():
+        shutil.copytree(work, uri, dirs_exist_ok=True)
     return result
 
 

@@ -28,7 +28,7 @@ def train_full(cfg: Config, *, splits: Optional[Splits] = None,
     done = existing(uri)
     if done is not None:
         return StageOutput(uri, done, load_result(done), reused=True)
-    return StageOutput(uri, work_dir(uri), train_into(uri, splits, spec, on_epoch))
+    return StageOutput(uri, work_dir(uri), train_into(uri, splits, spec, on_epoch, cfg=cfg))
 
 
 def tracked_train_full(cfg: Config, tracker: Tracker, splits: Splits) -> StageOutput:
