@@ -16,8 +16,13 @@ Three parts, every figure from this run's own measurements:
    statistics, and the logits figure projected to T = 90 (time per epoch x 90; the logits of 90
    epochs, 230 GB, do not fit this disk).
 
-``--quick`` shrinks everything (seconds; checks the script). The tables go between
-``<!-- statistics:begin -->`` and ``<!-- statistics:end -->`` of docs/BENCHMARKS.md.
+2b. **The recorder's own cost** (``--parts recorder``), in process: milliseconds per batch of 128
+   of the statistics recorder's update and of logits capture, beside a CPU training step, for a
+   figure the whole-process timings of part 2 are too noisy to show on a small machine.
+
+``--quick`` shrinks everything (seconds; checks the script). Parts 1-3 go between
+``<!-- statistics:begin -->`` and ``<!-- statistics:end -->`` of docs/BENCHMARKS.md (when all three
+ran), part 2b between ``<!-- statistics-recorder:begin -->`` and ``<!-- statistics-recorder:end -->``.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ from publish import replace_block  # noqa: E402
 from scoring import IMAGENET_N, load, machine, make_tdds_folder, tdds_command, whole_process  # noqa: E402
 
 BEGIN, END = "<!-- statistics:begin -->", "<!-- statistics:end -->"
+RECORDER_BEGIN, RECORDER_END = "<!-- statistics-recorder:begin -->", "<!-- statistics-recorder:end -->"
 
 
 # -- 1. bytes ------------------------------------------------------------------------------------
@@ -115,6 +121,58 @@ def overhead_rows(work: Path, quick: bool) -> list[str]:
             name = {"false": "nothing", "true": "logits (float16)", "stats": "statistics", "both": "both"}[record]
             rows.append(f"| {label} | {name} | {r['epoch_s']:.2f} | {100 * (r['epoch_s'] / base - 1):+.1f}% | "
                         f"{r['wall_s']:.1f} | {r['disk_mb']:.1f} |")
+    return rows
+
+
+# -- 2b. the recorder's own cost, in process ----------------------------------------------------
+def _median_s(fn, repeat: int) -> float:
+    import statistics as _st
+
+    fn()      # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return _st.median(times)
+
+
+def recorder_rows(quick: bool) -> list[str]:
+    """Per batch of 128 on this CPU: the statistics recorder's update (from the step's logits, with
+    the previous epoch's logits table), logits capture into the float16 buffer, and a training step
+    (forward, backward, SGD) of the CPU protocol's CNN (1x28x28) and of ResNet-18 (3x32x32), C = 10."""
+    import torch
+
+    from tdds_core.models import create_model
+    from tdds_core.statistics import StatsRecorder
+
+    torch.manual_seed(0)
+    n, b, repeat = 50_000, 128, (20 if quick else 200)
+    rows = ["| C | statistics recorder (ms/batch) | logits capture (ms/batch) |", "|---|---|---|"]
+    for c in (10, 100, 1000):
+        labels = np.random.default_rng(0).integers(0, c, n)
+        with tempfile.TemporaryDirectory() as tmp:
+            rec = StatsRecorder(tmp, ids=[str(i) for i in range(n)], labels=labels, num_classes=c, fingerprint="bench",
+                                device="cpu", main=False)
+            rec.begin_epoch(1)
+            rec.prev_epoch, rec.prev = 0, torch.randn(n, c)        # the kl terms against a previous epoch
+            buf = torch.zeros(n, c, dtype=torch.float16)
+            idx = torch.randperm(n)[:b]
+            logits = torch.randn(b, c)
+            t_rec = _median_s(lambda: rec.update(idx, logits), repeat)
+            t_cap = _median_s(lambda: buf.__setitem__(idx, logits.to(torch.float16)), repeat)
+        rows.append(f"| {c} | {1e3 * t_rec:.3f} | {1e3 * t_cap:.3f} |")
+    rows += ["", "| model (C = 10, batch 128) | training step (ms) |", "|---|---|"]
+    for arch, shape in (("small_cnn_fc", (1, 28, 28)), ("resnet18", (3, 32, 32))):
+        model = create_model(arch, num_classes=10, in_channels=shape[0], image_size=shape[1]).train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        x, y = torch.randn(b, *shape), torch.randint(0, 10, (b,))
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        rows.append(f"| {arch} | {1e3 * _median_s(step, 5 if quick else 20):.1f} |")
     return rows
 
 
@@ -191,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="Small sizes (seconds); nothing is published.")
     ap.add_argument("--docs", default=str(ROOT / "docs"))
     ap.add_argument("--workdir", default=None, help="Where the synthetic folders go (default: a temporary folder).")
-    ap.add_argument("--parts", default="bytes,overhead,imagenet", help="Comma-separated parts to run.")
+    ap.add_argument("--parts", default="bytes,overhead,recorder,imagenet", help="Comma-separated parts to run.")
     args = ap.parse_args(argv)
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="tdds-stats-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -209,6 +267,14 @@ def main(argv: list[str] | None = None) -> int:
             rows = overhead_rows(work, args.quick)
             lines += ["**Capture overhead**, whole `tdds train` processes (mean whole epoch after the first):", "", *rows, ""]
             print("\n".join(rows), flush=True)
+        if "recorder" in parts:
+            rows = recorder_rows(args.quick)
+            print("\n".join(rows), flush=True)
+            if not args.quick:
+                replace_block(Path(args.docs) / "BENCHMARKS.md", "Benchmarks",
+                              "### The statistics recorder's own cost (issue 17)\n\n" + "\n".join(
+                                  [lines[0], lines[1], "", "In process, per batch of 128 (median of 200; training steps: "
+                                   "median of 20):", "", *rows]), RECORDER_BEGIN, RECORDER_END)
         if "imagenet" in parts:
             rows = imagenet_rows(work, args.quick)
             lines += ["**Scoring at ImageNet size**, whole `tdds score` processes:", "", *rows, ""]
@@ -217,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     lines.append(f"Whole benchmark: {(time.time() - t0) / 60:.1f} min.")
-    if not args.quick:
+    if not args.quick and {"bytes", "overhead", "imagenet"} <= parts:
         replace_block(Path(args.docs) / "BENCHMARKS.md", "Benchmarks",
                       "## Per-sample statistics against logits (issue 17)\n\n" + "\n".join(lines), BEGIN, END)
     print(lines[-1])

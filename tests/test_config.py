@@ -18,8 +18,24 @@ def test_defaults_are_the_authors_hyperparameters():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_shipped_configs_load(path):
+    """Every shipped config loads and validates as a dry run: its dataset and architectures are
+    registered, every method and option resolves, the plan builds (nothing trains)."""
+    import inspect
+
+    from tdds_core.data import list_datasets
+    from tdds_core.data.base import get_dataset_fn
+    from tdds_core.engine import check_arch, full_data_spec
+    from tdds_core.grid import check_grid
+
     cfg = load_config(path)
     assert cfg.train.epochs > 0 and cfg.selection.rates
+    assert cfg.data.name in list_datasets()
+    unknown = set(cfg.data.options) - set(inspect.signature(get_dataset_fn(cfg.data.name)).parameters)
+    assert not unknown, f"data.options {unknown} are not options of dataset {cfg.data.name}"
+    check_arch(cfg.model.arch)
+    plan = check_grid(cfg)
+    assert plan.scores and plan.pairs
+    full_data_spec(cfg)
 
 
 def test_unknown_key_names_the_field(tmp_path):

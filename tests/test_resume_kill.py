@@ -49,11 +49,14 @@ def _weights(folder: Path):
     return torch.load(folder / "model.pt")["state_dict"]
 
 
-@pytest.mark.parametrize("kind", ["full", "coreset"])
+@pytest.mark.parametrize("kind", ["full", "coreset", "both"])
 def test_kill9_then_resume_is_bit_identical(tmp_path, kind):
+    """``both``: the full-data run recording logits and per-sample statistics (whose TDDS terms need
+    the epoch before; a resume reads its logits back from the side file)."""
     import json
 
-    cfg = parse_config(CFG)
+    conf = {**CFG, "dynamics": {"record": "both"}} if kind == "both" else CFG
+    cfg = parse_config(conf)
     s = create_dataset(cfg.data)
     ref = train(s, _spec(kind, cfg, s), tmp_path / "ref")
     ref_epoch_s = np.mean([h["epoch_s"] for h in ref.history])
@@ -61,7 +64,7 @@ def test_kill9_then_resume_is_bit_identical(tmp_path, kind):
     kills = 0
     # kill at several moments: early in the first epoch, mid-run, late; then let it finish
     for frac in (0.4, 1.7, 3.2):
-        p = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(CFG), str(out), kind], stdout=subprocess.PIPE,
+        p = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(conf), str(out), kind], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
         assert p.stdout.readline().strip() == "ready"
         time.sleep(frac * ref_epoch_s)
@@ -74,8 +77,13 @@ def test_kill9_then_resume_is_bit_identical(tmp_path, kind):
     assert res.final_acc == ref.final_acc and res.iterations == ref.iterations
     wa, wb = _weights(tmp_path / "ref"), _weights(out)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    if kind == "full":
+    if kind in ("full", "both"):
         a, b = open_dynamics(tmp_path / "ref" / "dynamics"), open_dynamics(out / "dynamics")
         assert a.epochs == b.epochs
         for t in a.epochs:
             assert np.array_equal(a.epoch(t), b.epoch(t))
+    if kind == "both":
+        for t in range(cfg.train.epochs):
+            assert (out / "stats" / f"epoch_{t:04d}.npy").read_bytes() == \
+                (tmp_path / "ref" / "stats" / f"epoch_{t:04d}.npy").read_bytes(), t
+        assert (out / "stats" / "final.npy").read_bytes() == (tmp_path / "ref" / "stats" / "final.npy").read_bytes()
