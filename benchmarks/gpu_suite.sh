@@ -40,6 +40,19 @@ json.dump({"card": card, "torch": torch.__version__, "date": datetime.date.today
 print(json.load(open(sys.argv[1])))
 PY
 
+if [ "$MODE" = smoke ]; then
+  GRID_ARGS=(--config configs/quickstart.yaml --set data.train_subset=300 --set data.test_subset=200
+             --set train.epochs=3 --set train.progress=false --set selection.rates=[0.7]
+             --set 'methods=[{name: random}, {name: tdds, params: {T: 3, W: 3}}]'
+             --set evaluate.archs=[resnet18] --set evaluate.rates=[0.7] --set tracking.enabled=false)
+else
+  # no MLflow on the GPU machine (it has no mlflow package); the suite publishes from its own files
+  GRID_ARGS=(--config configs/fashion-mnist.yaml --set train.progress=false --set tracking.enabled=false)
+fi
+
+echo "== 0. the grid's config, validated before any GPU time is spent (methods, options, dataset files, plan)"
+"$PY" -m tdds_core grid "${GRID_ARGS[@]}" --out "$OUT/grid" --dry-run
+
 echo "== 1. training throughput"
 if [ "$MODE" = smoke ]; then
   "$PY" benchmarks/train_throughput.py --device cpu --arch small_cnn --n 300 --epochs 1 --repeat 1 --json "$OUT/throughput.json"
@@ -55,14 +68,6 @@ else
 fi
 
 echo "== 3+4. Fashion-MNIST grid (with cross-architecture rows)"
-if [ "$MODE" = smoke ]; then
-  GRID_ARGS=(--config configs/quickstart.yaml --set data.train_subset=300 --set data.test_subset=200
-             --set train.epochs=3 --set train.progress=false --set selection.rates=[0.7]
-             --set 'methods=[{name: random}, {name: tdds, params: {T: 3, W: 3}}]'
-             --set evaluate.archs=[resnet18] --set evaluate.rates=[0.7] --set tracking.enabled=false)
-else
-  GRID_ARGS=(--config configs/fashion-mnist.yaml --set train.progress=false)
-fi
 start=$(date +%s.%N)
 "$PY" -m tdds_core grid "${GRID_ARGS[@]}" --out "$OUT/grid"
 end=$(date +%s.%N)

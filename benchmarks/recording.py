@@ -81,6 +81,7 @@ def bytes_rows(work: Path, n: int) -> list[str]:
 
 # -- 2. capture overhead -------------------------------------------------------------------------
 def train_process(out: Path, record: str, sets: list[str], config: str) -> dict:
+    shutil.rmtree(out, ignore_errors=True)     # a finished run in the folder would be returned, not trained
     cmd = [*tdds_command(), "train", "--config", config, "--out", str(out), "--set", f"dynamics.record={record}",
            "--set", "train.progress=false", "--set", "tracking.enabled=false"] + [a for s in sets for a in ("--set", s)]
     t0 = time.perf_counter()

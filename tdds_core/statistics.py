@@ -207,11 +207,11 @@ class Statistics:
             verify_file(self.folder, name, self.manifest)
             self.verified.add(name)
 
-    def _read(self, name: str, mmap: bool = False) -> np.ndarray:
+    def _read(self, name: str) -> np.ndarray:
         from .io import load_npy
 
         self._verify(name)
-        arr = load_npy(self.folder / name, mmap=mmap)
+        arr = load_npy(self.folder / name)
         if arr.shape != (self.num_samples, len(self.columns)):
             raise ArtifactError(f"{self.folder / name} has shape {arr.shape}, the manifest says "
                                 f"({self.num_samples}, {len(self.columns)}); delete the folder and record it again.")
@@ -230,12 +230,40 @@ class Statistics:
                                f"{', '.join(self.columns)}); record them again with this version.")
         return self.columns.index(name)
 
+    def _column(self, name: str, i: int) -> np.ndarray:
+        """Column ``i`` of the file ``name`` (checksum verified once), read in row chunks: only the
+        column and a chunk are ever in memory (a memory map would keep every page it touched)."""
+        self._verify(name)
+        path = self.folder / name
+        n, k = self.num_samples, len(self.columns)
+        try:
+            with open(path, "rb") as f:
+                fmt = np.lib.format
+                read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(fmt.read_magic(f))
+                if read_header is None:
+                    raise ArtifactError(f"{path} is not a .npy file of a known version; record it again.")
+                shape, fortran, dtype = read_header(f)
+                if tuple(shape) != (n, k) or fortran or dtype != np.float64:
+                    raise ArtifactError(f"{path} holds a {dtype} array of shape {shape}, the manifest says float64 "
+                                        f"({n}, {k}); delete the folder and record it again.")
+                out = np.empty(n, dtype=np.float64)
+                rows = max(1, (1 << 20) // k)
+                for a in range(0, n, rows):
+                    b = min(n, a + rows)
+                    chunk = np.fromfile(f, dtype=np.float64, count=(b - a) * k)
+                    if chunk.size != (b - a) * k:
+                        raise ArtifactError(f"{path} is truncated; delete the folder and record it again.")
+                    out[a:b] = chunk.reshape(b - a, k)[:, i]
+        except (OSError, ValueError) as e:
+            raise ArtifactError(f"{path} cannot be read ({e}); delete the folder and record it again.") from e
+        return out
+
     def column(self, t: int, name: str) -> np.ndarray:
         """Column ``name`` of epoch ``t``, float64 ``(N,)``."""
         i = self._index(name)
         if t not in self.manifest["epochs"]:
             self.epoch(t)   # the error naming the recorded epochs
-        return np.ascontiguousarray(self._read(_epoch_file(t), mmap=True)[:, i])   # one column in memory
+        return self._column(_epoch_file(t), i)
 
     def final_column(self, name: str) -> np.ndarray:
         """Column ``name`` of the clean final pass, float64 ``(N,)`` (ArtifactError when not recorded)."""
@@ -247,7 +275,7 @@ class Statistics:
                 "version of tdds (dynamics.record: stats or both), convert a logits folder that has final_logits.npy "
                 "(`tdds stats`), or score from the last training epoch with source='last_epoch' "
                 "(CLI: --param source=last_epoch).")
-        return np.ascontiguousarray(self._read(FINAL, mmap=True)[:, i])
+        return self._column(FINAL, i)
 
 
 def _epoch_file(t: int) -> str:

@@ -177,3 +177,21 @@ def test_concurrent_coreset_runs_match_sequential_ones(tmp_path, monkeypatch):
     coreset = [r for r in runs if r.data.tags.get("tdds.stage") == "coreset"]
     assert len(coreset) == 4 and {r.data.tags["mlflow.parentRunId"] for r in coreset} == {par.run_id}
     assert all(r.info.status == "FINISHED" for r in coreset)
+
+
+def test_dry_run_validates_and_trains_nothing(tmp_path, capsys):
+    """`tdds grid --dry-run`: the plan, the dataset and what the full-data run records, printed; no
+    folder written; a bad method option is refused the same way."""
+    from pathlib import Path
+
+    from tdds_core.cli import main
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+    out = tmp_path / "out"
+    assert main(["grid", "--config", config, "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "config quickstart: valid" in printed and "records logits" in printed and "score settings" in printed
+    assert not out.exists()
+    assert main(["grid", "--config", config, "--out", str(out), "--dry-run",
+                 "--set", "methods=[{name: tdds, params: {window: 3}}]"]) == 2
+    assert "window" in capsys.readouterr().err and not out.exists()

@@ -27,6 +27,8 @@ def register(sub) -> None:
     g.add_argument("--out", help="Output root; default: the config's output.")
     g.add_argument("--methods", help="Comma-separated method labels or names: run only these rows of the config "
                    "(e.g. to split a grid over processes; a later full grid reuses their work).")
+    g.add_argument("--dry-run", action="store_true", help="Validate and print the plan without training: methods and "
+                   "their options, architectures, the dataset (its files are read), what the full-data run records.")
     g.set_defaults(func=run_grid_cmd)
 
     t = sub.add_parser("tune", help="Choose a method's settings per pruning rate on a validation split; write a tuned config.")
@@ -82,9 +84,31 @@ def run_grid_cmd(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     if args.methods:
         cfg = only_methods(cfg, split_names(args.methods))
+    if args.dry_run:
+        return _dry_run(cfg)
     res = run_grid(cfg)
     print(res.table_md)
     print(f"report: {res.report_dir} (table.csv, table.md, accuracy_vs_rate.png)")
+    return 0
+
+
+def _dry_run(cfg) -> int:
+    """Everything ``tdds grid`` checks before it trains, and the dataset, without training."""
+    from ..data import create_dataset
+    from ..engine import check_arch, full_data_spec
+    from ..grid import check_grid
+
+    plan = check_grid(cfg)
+    check_arch(cfg.model.arch)
+    splits = create_dataset(cfg.data)
+    spec = full_data_spec(cfg, splits.num_classes)
+    recorded = " and ".join(k for k, on in (("logits", spec.record_dynamics), ("statistics", spec.record_stats)) if on)
+    seeds = len(cfg.coreset.seeds)
+    print(f"config {cfg.name}: valid. dataset {cfg.data.name}: {len(splits.train):,} train / {len(splits.test):,} "
+          f"evaluation samples, {splits.num_classes} classes (fingerprint {splits.fingerprint[:12]})")
+    print(f"full-data run: {cfg.model.arch}, {cfg.train.epochs} epochs, records {recorded or 'nothing'}")
+    print(f"plan: {len(plan.scores)} score settings, {len(plan.pairs)} selections, {len(plan.pairs) * seeds} coreset "
+          f"trainings ({seeds} seeds), {len(plan.evals)} cross-architecture trainings")
     return 0
 
 

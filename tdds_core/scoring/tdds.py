@@ -101,6 +101,19 @@ def _rowsum(A: np.ndarray) -> np.ndarray:
     return total
 
 
+def _window_scores(ring: Any, rows: int = 1 << 16) -> np.ndarray:
+    """:func:`_window_score` of the window ``ring`` (``W-1`` arrays ``(n,)``, oldest first), in row
+    chunks: the same numbers (each sample's score is its own column), temporaries of one chunk."""
+    terms = list(ring)
+    n = len(terms[0])
+    if n <= rows:
+        return _window_score(np.stack(terms))
+    out = np.empty(n, dtype=np.float64)
+    for a in range(0, n, rows):
+        out[a:a + rows] = _window_score(np.stack([d[a:a + rows] for d in terms]))
+    return out
+
+
 def _window_score(D: np.ndarray) -> np.ndarray:
     """``[W-1, n]`` terms of one window (oldest first) -> L2 norm of their deviation from the mean."""
     m = _rowsum(D) / D.shape[0]
@@ -293,7 +306,7 @@ class TddsAccumulator:
         self._terms += 1
         self._ring.append(np.asarray(d, dtype=np.float64))
         if len(self._ring) == self.W - 1:
-            s = _window_score(np.stack(self._ring))
+            s = _window_scores(self._ring)
             self._acc += self.weights[self._k] * s
             self._k += 1
 
