@@ -35,8 +35,8 @@ Where they come from:
 * in training (``dynamics.record: stats | both``): :class:`StatsRecorder` computes them on the
   training device inside each training step, from the logits of the same forward pass that logits
   capture stores, with the previous epoch's logits kept on the device indexed by sample id (float32
-  ``[N, C]``; written beside the statistics at each epoch end, ``_last_XXXX.npy``, so a resumed run
-  continues bit for bit; removed when the run ends);
+  ``[N, C]``; written beside the statistics at each epoch end, ``_last_XXXX.npy``, and kept back to
+  the run's last checkpoint, so a resumed run continues bit for bit; removed when the run ends);
 * after training: :func:`write_statistics` converts a logits dynamics folder (``tdds stats``).
 
 :func:`open_statistics` reads a folder back, one epoch at a time; every dynamics-based method of
@@ -380,9 +380,9 @@ def tdds_from_statistics(stats: Statistics, *, T: int = 30, W: int = 10, decay: 
 class StatsWriter:
     """The files of a statistics folder while a run records it (resumable): :meth:`put_epoch`
     writes one epoch's statistics and rewrites the manifest (``complete: false``); :meth:`save_last`
-    keeps the epoch's logits beside them (``_last_XXXX.npy``, not part of the artifact; the two
-    newest are kept) for the next epoch's TDDS term after a resume; :meth:`finalize` removes those
-    and writes the manifest with ``complete: true``.
+    keeps the epoch's logits beside them (``_last_XXXX.npy``, not part of the artifact; those older
+    than the run's last checkpoint go, :meth:`prune_last`) for the next epoch's TDDS term after a
+    resume; :meth:`finalize` removes them and writes the manifest with ``complete: true``.
 
     :meth:`write_epoch` is the host path: statistics of an epoch's logits ``[N, C]`` computed here
     with :func:`epoch_statistics` (the previous epoch's from its ``_last`` file)."""
