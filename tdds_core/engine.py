@@ -494,9 +494,15 @@ class _Background:
         for f in pending:
             f.result()
 
-    def close(self) -> None:
+    def close(self, quiet: bool = False) -> None:
+        """Wait for every write handed over; ``quiet``: a failed write is logged, not raised (the
+        caller is already raising the run's own error)."""
         try:
             self.flush()
+        except Exception as e:  # noqa: BLE001
+            if not quiet:
+                raise
+            log.warning("a background write failed while the run stopped: %s", e)
         finally:
             self.pool.shutdown(wait=True)
 
@@ -650,9 +656,12 @@ class _Trainer:
     def run(self) -> TrainResult:
         self.bg = _Background()
         try:
-            return self._run()
-        finally:
-            self.bg.close()
+            result = self._run()
+        except BaseException:
+            self.bg.close(quiet=True)   # what was handed over lands; the run's own error is the one raised
+            raise
+        self.bg.close()
+        return result
 
     def _run(self) -> TrainResult:
         spec, out, group = self.spec, self.out, self.group

@@ -316,3 +316,33 @@ def test_a_recorded_epoch_that_misses_samples_fails_instead_of_keeping_stale_row
     cfg = cfg_(**{"dynamics.record": record, "data.resident": "always"})
     with pytest.raises(ScoringError, match=message):
         train(create_dataset(cfg.data), full_data_spec(cfg), tmp_path)
+
+
+def test_a_failed_background_write_stops_the_run_and_what_was_written_resumes(tmp_path, monkeypatch):
+    """The writer thread stores an epoch's files while the next epoch trains: a write that fails
+    (a full disk, here epoch 2's logits) is the run's error, raised before the run goes further,
+    and the epochs written before it (checkpoint included) are there for a resume that ends like
+    an uninterrupted run."""
+    from tdds_core.dynamics import DynamicsWriter
+
+    cfg = cfg_()
+    s = create_dataset(cfg.data)
+    ref = train(s, full_data_spec(cfg), tmp_path / "ref")
+    real = DynamicsWriter.write_epoch
+
+    def failing(self, t, logits):
+        if t == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, t, logits)
+
+    monkeypatch.setattr(DynamicsWriter, "write_epoch", failing)
+    with pytest.raises(OSError, match="No space left"):
+        train(s, full_data_spec(cfg), tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "run" / "result.json").exists()
+    monkeypatch.setattr(DynamicsWriter, "write_epoch", real)
+    res = train(s, full_data_spec(cfg), tmp_path / "run")
+    assert res.final_acc == ref.final_acc
+    a, b = open_dynamics(tmp_path / "ref" / "dynamics"), open_dynamics(tmp_path / "run" / "dynamics")
+    for t in a.epochs:
+        assert np.array_equal(a.epoch(t), b.epoch(t))
