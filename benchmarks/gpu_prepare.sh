@@ -28,4 +28,8 @@ first command on the GPU machine (installs the wheels offline, then checks the i
   python3 -m pip install --quiet --no-index --find-links data/wheels-py312 pydantic && \
   PYTHONPATH=$PWD python3 -c "import tdds_core.grid, tdds_core.engine, tdds_core.scoring, torch; print('imports ok', torch.cuda.get_device_name(0))" && \
   PYTHON=python3 PYTHONPATH=$PWD bash benchmarks/gpu_check.sh
+a grid that does not fit one call: end each call with
+  python3 benchmarks/gpu_carry.py benchmarks/out/full/grid "$OUT/grid"
+and copy the returned folder to benchmarks/out/full/grid (carried) before the next call: its finished
+stages are reused, nothing is trained twice (weights and features stay behind: 64 MiB carry).
 EOF

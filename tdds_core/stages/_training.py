@@ -39,7 +39,7 @@ def log_training_outputs(cfg: Any, tracker: Tracker, out: Any, classes: Optional
     per_class = list(out.result.per_class_acc)
     names = list(classes) if classes and len(classes) == len(per_class) else [str(i) for i in range(len(per_class))]
     tracker.log_table({"class": list(range(len(per_class))), "name": names, "acc": per_class}, "per_class_acc.json")
-    if cfg.tracking.log_models == "all" or (full and cfg.tracking.log_models == "full"):
+    if cfg.tracking.enabled and (cfg.tracking.log_models == "all" or (full and cfg.tracking.log_models == "full")):
         from ..engine import load_model
 
         tracker.log_model(load_model(out.local / "model.pt"), "model",
