@@ -716,13 +716,14 @@ class _Trainer:
                 stats.begin_epoch(epoch)
             step_model = self.capture_step if rec_train else self.step_model
             step_model.train()
-            for x, y, idx in self.train_loader.epoch(epoch, spec.seed):
+            # the global batch of a single process; under torchrun this rank gets its part of each
+            # (only its rows augmented, with the whole batch's random draws) and the whole batch's ids
+            shares = group.rows if group.size > 1 else None
+            for batch in self.train_loader.epoch(epoch, spec.seed, rows=shares):
                 if iteration >= self.total_iters:
                     break
-                whole = idx
-                if group.size > 1:      # the global batch of a single process; this rank trains on its part
-                    part = group.rows(len(idx))
-                    x, y, idx = x[part], y[part], idx[part]
+                x, y, idx = batch[:3]
+                whole = batch[3] if shares is not None else idx
                 with self.autocast():
                     logits = step_model(x)
                 loss = self._loss(logits.float(), y, idx, whole)

@@ -134,3 +134,24 @@ def test_gloo_sync_batchnorm_is_batchnorm_in_one_process():
     torch.testing.assert_close(sbn(x), bn(x))
     torch.testing.assert_close(sbn.running_var, bn.running_var)
     assert list(sbn.state_dict()) == list(bn.state_dict())
+
+
+@pytest.mark.parametrize("resident", ["always", "never"])
+def test_each_rank_augments_only_its_rows_as_the_whole_batch_would(resident):
+    """A rank's share of a global batch comes out of the loader as the rows of the whole batch
+    augmented and normalised by one process: the same random draws, only its rows worked on."""
+    from tdds_core.data.loader import make_loader
+
+    cfg = parse_config(SYN)
+    splits = create_dataset(cfg.data)
+    kw = dict(batch_size=15, device=torch.device("cpu"), mean=splits.mean, std=splits.std, augment=True,
+              flip=True, pad=2, resident=resident, resident_max_bytes=1 << 30, num_workers=0)
+    whole = list(make_loader(splits.train, **kw).epoch(3, 42))
+    for rank in range(2):
+        group = _Group(rank, 2, 0)
+        parts = list(make_loader(splits.train, **kw).epoch(3, 42, rows=group.rows))
+        assert len(parts) == len(whole)
+        for (x, y, idx), (xp, yp, ip, wp) in zip(whole, parts):
+            s = group.rows(len(idx))
+            assert torch.equal(wp, idx) and torch.equal(ip, idx[s]) and torch.equal(yp, y[s])
+            assert torch.equal(xp, x[s])

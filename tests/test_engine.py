@@ -308,8 +308,8 @@ def test_a_recorded_epoch_that_misses_samples_fails_instead_of_keeping_stale_row
 
     real_epoch = ResidentLoader.epoch
 
-    def epoch(self, epoch=0, seed=0, shuffle=True):
-        batches = list(real_epoch(self, epoch, seed, shuffle))
+    def epoch(self, epoch=0, seed=0, shuffle=True, **kw):
+        batches = list(real_epoch(self, epoch, seed, shuffle, **kw))
         yield from (batches[:-1] if shuffle and epoch == 1 else batches)
 
     monkeypatch.setattr(ResidentLoader, "epoch", epoch)

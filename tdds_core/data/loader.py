@@ -9,7 +9,7 @@ by ``(seed, epoch)``, so an epoch is reproducible on its own (resume needs no sa
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -21,18 +21,25 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     return (int(seed) * 1_000_003 + int(epoch) * 7_919 + stream * 104_729) % (2**63 - 1)
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator, *, pad: int, flip: bool) -> torch.Tensor:
-    """Random crop with ``pad`` zero padding and random horizontal flip on a uint8 batch ``[B, C, H, W]``."""
+def augment_batch(x: torch.Tensor, gen: torch.Generator, *, pad: int, flip: bool,
+                  batch: int | None = None, part: slice | None = None) -> torch.Tensor:
+    """Random crop with ``pad`` zero padding and random horizontal flip on a uint8 batch ``[B, C, H, W]``.
+
+    ``x`` may be the rows ``part`` of a batch of ``batch`` rows (one process's share of a global
+    batch): the random draws are those of the whole batch, so the rows come out as they would from
+    augmenting the whole batch and slicing."""
     b, _, h, w = x.shape
+    total = b if batch is None else int(batch)
+    sel = slice(None) if part is None else part
     if pad > 0:
         xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=x.device)
-        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen, device=x.device)
+        oy = torch.randint(0, 2 * pad + 1, (total,), generator=gen, device=x.device)[sel]
+        ox = torch.randint(0, 2 * pad + 1, (total,), generator=gen, device=x.device)[sel]
         rows = (oy[:, None] + torch.arange(h, device=x.device)[None])[:, :, None]   # [B, H, 1]
         cols = (ox[:, None] + torch.arange(w, device=x.device)[None])[:, None, :]   # [B, 1, W]
         x = xp[torch.arange(b, device=x.device)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
     if flip:
-        m = torch.rand(b, generator=gen, device=x.device) < 0.5
+        m = (torch.rand(total, generator=gen, device=x.device) < 0.5)[sel]
         x = torch.where(m[:, None, None, None], x.flip(3), x)
     return x
 
@@ -57,9 +64,10 @@ class _Base:
         n = len(self.positions)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _finish(self, xb: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    def _finish(self, xb: torch.Tensor, gen: torch.Generator | None, batch: int | None = None,
+                part: slice | None = None) -> torch.Tensor:
         if self.augment and gen is not None:
-            xb = augment_batch(xb, gen, pad=self.pad, flip=self.flip)
+            xb = augment_batch(xb, gen, pad=self.pad, flip=self.flip, batch=batch, part=part)
         x = (xb.float().div_(255.0) - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -81,7 +89,11 @@ class ResidentLoader(_Base):
         self.images = torch.from_numpy(np.array(ds.images, order="C", copy=True)).to(self.device)
         self.labels = torch.from_numpy(np.array(ds.labels, copy=True)).to(self.device)
 
-    def epoch(self, epoch: int = 0, seed: int = 0, shuffle: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int = 0, seed: int = 0, shuffle: bool = True,
+              rows: Callable[[int], slice] | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+        """``(x, y, idx)`` per batch; with ``rows`` (one process's share of each global batch,
+        ``rows(batch size) -> slice``) ``(x, y, idx, whole idx)`` with only that share's images
+        gathered, augmented (with the whole batch's random draws) and normalised."""
         order = torch.from_numpy(self._order(epoch, seed, shuffle)).to(self.device)
         gen = None
         if self.augment and shuffle:
@@ -91,7 +103,12 @@ class ResidentLoader(_Base):
         stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
         for s in range(0, stop, self.batch_size):
             idx = order[s:s + self.batch_size]
-            yield self._finish(self.images[idx], gen), self.labels[idx], idx
+            if rows is None:
+                yield self._finish(self.images[idx], gen), self.labels[idx], idx
+            else:
+                part = rows(len(idx))
+                mine = idx[part]
+                yield self._finish(self.images[mine], gen, len(idx), part), self.labels[mine], mine, idx
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -112,7 +129,9 @@ class StreamLoader(_Base):
         super().__init__(ds, **kw)
         self.num_workers = num_workers
 
-    def epoch(self, epoch: int = 0, seed: int = 0, shuffle: bool = True):
+    def epoch(self, epoch: int = 0, seed: int = 0, shuffle: bool = True,
+              rows: Callable[[int], slice] | None = None):
+        """As :meth:`ResidentLoader.epoch` (the whole batch is read; only the share is augmented)."""
         order = self._order(epoch, seed, shuffle).tolist()
         n = len(order)
         if self.drop_last:
@@ -125,8 +144,12 @@ class StreamLoader(_Base):
             gen = torch.Generator(device=self.device)
             gen.manual_seed(epoch_seed(seed, epoch, 1))
         for xb, yb, ib in dl:
-            xb = xb.to(self.device, non_blocking=True)
-            yield self._finish(xb, gen), yb.to(self.device, non_blocking=True), ib.to(self.device, non_blocking=True)
+            yb, ib = yb.to(self.device, non_blocking=True), ib.to(self.device, non_blocking=True)
+            if rows is None:
+                yield self._finish(xb.to(self.device, non_blocking=True), gen), yb, ib
+            else:
+                part = rows(len(ib))
+                yield self._finish(xb[part].to(self.device, non_blocking=True), gen, len(ib), part), yb[part], ib[part], ib
 
 
 def make_loader(ds: ArrayDataset, *, resident: str, resident_max_bytes: int, num_workers: int, **kw):
