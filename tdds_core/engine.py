@@ -735,7 +735,7 @@ class _Trainer:
                 det = logits.detach()
                 if rec_train:
                     if buf is not None:
-                        buf[idx] = det.to(buf.dtype)
+                        buf.index_copy_(0, idx, det.to(buf.dtype))     # each id once per batch
                     if stats is not None:
                         stats.update(idx, det)
                 loss_sum += loss.detach().double() * len(y)
@@ -745,7 +745,8 @@ class _Trainer:
                     bar.update(1)
                     if bar.n % 10 == 0 or bar.n == bar.total:
                         el = time.perf_counter() - t0
-                        bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{100 * int(correct) / seen:.1f}",
+                        ls, cs = torch.stack([loss_sum, correct.double()]).tolist()   # one host sync
+                        bar.set_postfix(loss=f"{ls / seen:.3f}", acc=f"{100 * cs / seen:.1f}",
                                         img_s=f"{seen / max(el, 1e-9):.0f}")
             if bar is not None:
                 bar.close()
