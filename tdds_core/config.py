@@ -121,8 +121,8 @@ class TrainConfig(_Strict):
         return v
 
 
-#: bytes a sample and epoch of per-sample statistics (tdds_core.statistics: 9 float64 columns)
-STATS_BYTES_PER_SAMPLE = 72
+#: bytes a sample and epoch of per-sample statistics (tdds_core.statistics: 9 columns), by their storage dtype
+STATS_BYTES_PER_SAMPLE = {"float64": 72, "float32": 36}
 
 
 class DynamicsConfig(_Strict):
@@ -130,15 +130,18 @@ class DynamicsConfig(_Strict):
 
     record: Union[bool, Literal["logits", "stats", "both", "auto"]] = Field(
         "auto", description="What the full-data run records every epoch: logits (true: C values a sample), stats (9 "
-        "numbers a sample whatever the classes, 72 bytes; every built-in method scores from them, TDDS for any "
-        "T/W/start; tdds_core.statistics), both, nothing (false), or auto (the default): stats where they are smaller "
-        "than the logits (more than 36 classes in float16, 18 in float32) and every configured method reads them, "
-        "else logits.")
+        "numbers a sample whatever the classes, 72 bytes, 36 with stats_dtype float32; every built-in method scores "
+        "from them, TDDS for any T/W/start; tdds_core.statistics), both, nothing (false), or auto (the default): "
+        "stats where they are smaller than the logits (float64 statistics: more than 36 classes with float16 logits, "
+        "18 with float32) and every configured method reads them, else logits.")
     mode: Literal["train", "clean"] = Field(
         "train", description="'train': the training forward pass's logits (authors; no extra pass); "
         "'clean': an extra eval-mode pass without augmentation after each epoch."
     )
     dtype: Literal["float16", "float32"] = Field("float16", description="Storage dtype of the logits.")
+    stats_dtype: Literal["float64", "float32"] = Field(
+        "float64", description="Storage dtype of the per-sample statistics (computed in float64 either way): float32 "
+        "halves them to 36 bytes a sample and epoch; scores then agree with float64 ones to float32 precision.")
     epoch_start: int = Field(0, ge=0, description="First epoch recorded.")
     epoch_stop: Optional[int] = Field(None, gt=0, description="Stop recording before this epoch (None = all).")
     save_features: bool = Field(True, description="Save penultimate features of every sample (Moderate needs them).")
@@ -151,12 +154,12 @@ class DynamicsConfig(_Strict):
     def resolved(self, num_classes: Optional[int] = None, stats_readable: bool = True) -> Union[bool, str]:
         """``record`` with ``auto`` decided: True (logits), "stats", "both" or False. ``auto``
         records statistics when they take fewer bytes than a sample's logits (``num_classes x``
-        the logits' itemsize > 72) and ``stats_readable`` (every configured method reads them);
+        the logits' itemsize > 72, or 36 for float32 statistics) and ``stats_readable`` (every configured method reads them);
         logits otherwise, and when ``num_classes`` is not known yet."""
         if self.record != "auto":
             return self.record
         itemsize = 2 if self.dtype == "float16" else 4
-        smaller = num_classes is not None and int(num_classes) * itemsize > STATS_BYTES_PER_SAMPLE
+        smaller = num_classes is not None and int(num_classes) * itemsize > STATS_BYTES_PER_SAMPLE[self.stats_dtype]
         return "stats" if smaller and stats_readable else True
 
     @model_validator(mode="after")

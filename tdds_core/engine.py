@@ -90,6 +90,7 @@ class TrainSpec:
     dynamics_stop: Optional[int] = None
     save_features: bool = False
     record_stats: bool = False                 # per-sample statistics every recorded epoch (tdds_core.statistics)
+    stats_dtype: str = "float64"               # their storage dtype
     # coreset training
     positions: Optional[list[int]] = None      # training positions used (None = all)
     weights: Optional[list[float]] = None      # importance per position (aligned with positions)
@@ -116,8 +117,10 @@ class TrainSpec:
 
         skip = set(runtime_spec_fields()) | set(NUMERIC_FIELDS)
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        if not d["record_stats"] or d["stats_dtype"] == "float64":
+            d.pop("stats_dtype")       # keys only when they matter: runs from before the options keep theirs
         if not d["record_stats"]:
-            d.pop("record_stats")      # a key only when on: runs from before the option keep their keys
+            d.pop("record_stats")
         d["numerics"] = self.numerics()
         d["fingerprint"] = fingerprint
         return config_digest(d, 16)
@@ -188,7 +191,7 @@ def full_data_spec(cfg: Config, num_classes: Optional[int] = None) -> TrainSpec:
     return TrainSpec(arch=cfg.model.arch, model_options=dict(cfg.model.options), epochs=t.epochs, batch_size=t.batch_size,
                      lr=t.lr, momentum=t.momentum, nesterov=t.nesterov, weight_decay=t.weight_decay, schedule=t.schedule,
                      seed=t.seed, augment=t.augment, drop_last=t.drop_last, record_dynamics=logits, record_stats=stats,
-                     dynamics_mode=d.mode, dynamics_dtype=d.dtype, dynamics_start=d.epoch_start,
+                     dynamics_mode=d.mode, dynamics_dtype=d.dtype, stats_dtype=d.stats_dtype, dynamics_start=d.epoch_start,
                      dynamics_stop=d.epoch_stop, save_features=(logits or stats) and d.save_features, **_runtime(cfg))
 
 
@@ -677,7 +680,7 @@ class _Trainer:
 
             stats = StatsRecorder(out / "stats", ids=self.splits.train.ids, labels=self.splits.train.labels,
                                   num_classes=self.c, fingerprint=self.splits.fingerprint, device=self.device,
-                                  main=group.main, submit=self.bg.submit)
+                                  main=group.main, submit=self.bg.submit, dtype=spec.stats_dtype)
         ckpt = out / "checkpoint.pt"
         start_epoch, iteration, history, best = 0, 0, [], (-1.0, -1)
         if ckpt.is_file():

@@ -55,7 +55,7 @@ FIELDS: dict[str, str] = {
     "train.processes": IDENTITY,         # by its effect: the full-data run's world size (numerics)
     "train.nodes": IDENTITY,             # likewise (world size = nodes x processes)
     "train.progress": RUNTIME,
-    "dynamics.record": IDENTITY, "dynamics.mode": IDENTITY, "dynamics.dtype": IDENTITY,
+    "dynamics.record": IDENTITY, "dynamics.mode": IDENTITY, "dynamics.dtype": IDENTITY, "dynamics.stats_dtype": IDENTITY,
     "dynamics.epoch_start": IDENTITY, "dynamics.epoch_stop": IDENTITY, "dynamics.save_features": IDENTITY,
     "methods": IDENTITY,                 # per score item
     "selection.rates": IDENTITY,         # per pair

@@ -19,11 +19,12 @@ scored from statistics converted in float64 gives the numbers it gives from the 
 * ``entropy``: ``-sum_c q_c log q_c`` through ``log q = z - logsumexp(z)`` (Entropy).
 
 A row whose logits hold NaN/Inf is NaN in every column (the scorers' ``nan_policy`` sees it). Every
-column is one float64 per sample, so an epoch costs ``8 * 9 = 72`` bytes per sample whatever the
-number of classes (float16 logits: ``2 C`` bytes). Because the TDDS inner terms are stored, any
+column is computed in float64 and stored as float64 (``8 * 9 = 72`` bytes a sample and epoch
+whatever the number of classes; float16 logits: ``2 C`` bytes) or, with ``dynamics.stats_dtype:
+float32``, as float32 (36 bytes; scores then agree with float64 ones to float32 precision). Because the TDDS inner terms are stored, any
 ``(T, W, decay, start)`` is scored after training without the logits (:func:`tdds_from_statistics`).
 
-Folder layout (``tdds-stats/1``): ``epoch_XXXX.npy`` (float64 ``[N, len(columns)]``, rows in
+Folder layout (``tdds-stats/1``): ``epoch_XXXX.npy`` (float64 or float32 ``[N, len(columns)]``, rows in
 sample-id order), optionally ``final.npy`` (the same columns for the clean final pass: the final
 model in eval mode without augmentation, ``kl`` NaN; the input of Entropy's default source) and
 ``features.npy`` (float32 ``[N, D]`` penultimate features of that pass, Moderate's input),
@@ -56,7 +57,7 @@ from .errors import ArtifactError, ScoringError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["COLUMNS", "STATS_FORMAT", "EPS", "FINAL", "FEATURES", "epoch_statistics", "write_statistics", "open_statistics",
+__all__ = ["COLUMNS", "STATS_FORMAT", "EPS", "FINAL", "FEATURES", "DTYPES", "epoch_statistics", "write_statistics", "open_statistics",
            "Statistics", "StatsWriter", "StatsRecorder", "tdds_from_statistics", "column_over", "finite_scores",
            "is_statistics", "bytes_per_sample_epoch"]
 
@@ -64,13 +65,15 @@ STATS_FORMAT = "tdds-stats/1"
 EPS = 1e-8    # the authors' log offset
 COLUMNS = ("kl", "kl_signed", "ce", "el2n", "p_target", "margin_p", "margin_logit", "correct", "entropy")
 FINAL = "final.npy"
+DTYPES = ("float64", "float32")   # storage dtypes (computed in float64 either way)
 FEATURES = "features.npy"   # optional: the clean final pass's penultimate features (Moderate)
 _C = {c: i for i, c in enumerate(COLUMNS)}
 
 
-def bytes_per_sample_epoch(num_classes: int, logits_dtype: str = "float16") -> dict[str, int]:
-    """Bytes one sample costs per recorded epoch: ``{"logits": C * itemsize, "stats": 72}``."""
-    return {"logits": int(num_classes) * np.dtype(logits_dtype).itemsize, "stats": len(COLUMNS) * 8}
+def bytes_per_sample_epoch(num_classes: int, logits_dtype: str = "float16", stats_dtype: str = "float64") -> dict[str, int]:
+    """Bytes one sample costs per recorded epoch: ``{"logits": C * itemsize, "stats": 72 (float64) or 36}``."""
+    return {"logits": int(num_classes) * np.dtype(logits_dtype).itemsize,
+            "stats": len(COLUMNS) * np.dtype(stats_dtype).itemsize}
 
 
 def is_statistics(obj: Any) -> bool:
@@ -217,12 +220,17 @@ class Statistics:
                                 f"({self.num_samples}, {len(self.columns)}); delete the folder and record it again.")
         return arr
 
+    @property
+    def dtype(self) -> str:
+        """Their storage dtype (``float64`` or ``float32``; every read returns float64)."""
+        return str(self.manifest.get("dtype", "float64"))
+
     def epoch(self, t: int) -> np.ndarray:
         """Epoch ``t``'s statistics, float64 ``[N, len(columns)]`` (checksum verified)."""
         if t not in self.manifest["epochs"]:
             raise ScoringError(f"epoch {t} is not in the statistics at {self.folder} (recorded: "
                                f"{self.epochs[0]}..{self.epochs[-1]}); choose start/T within them.")
-        return self._read(_epoch_file(t))
+        return self._read(_epoch_file(t)).astype(np.float64, copy=False)
 
     def _index(self, name: str) -> int:
         if name not in self.columns:
@@ -243,14 +251,14 @@ class Statistics:
                 if read_header is None:
                     raise ArtifactError(f"{path} is not a .npy file of a known version; record it again.")
                 shape, fortran, dtype = read_header(f)
-                if tuple(shape) != (n, k) or fortran or dtype != np.float64:
-                    raise ArtifactError(f"{path} holds a {dtype} array of shape {shape}, the manifest says float64 "
+                if tuple(shape) != (n, k) or fortran or dtype != np.dtype(self.dtype):
+                    raise ArtifactError(f"{path} holds a {dtype} array of shape {shape}, the manifest says {self.dtype} "
                                         f"({n}, {k}); delete the folder and record it again.")
                 out = np.empty(n, dtype=np.float64)
                 rows = max(1, (1 << 20) // k)
                 for a in range(0, n, rows):
                     b = min(n, a + rows)
-                    chunk = np.fromfile(f, dtype=np.float64, count=(b - a) * k)
+                    chunk = np.fromfile(f, dtype=dtype, count=(b - a) * k)
                     if chunk.size != (b - a) * k:
                         raise ArtifactError(f"{path} is truncated; delete the folder and record it again.")
                     out[a:b] = chunk.reshape(b - a, k)[:, i]
@@ -388,14 +396,18 @@ class StatsWriter:
     with :func:`epoch_statistics` (the previous epoch's from its ``_last`` file)."""
 
     def __init__(self, folder: str | Path, *, ids: Sequence[str], labels: np.ndarray, num_classes: int,
-                 fingerprint: str, computed_on: str = "cpu"):
+                 fingerprint: str, computed_on: str = "cpu", dtype: str = "float64"):
         from .io import atomic_save_npy, atomic_write_text, read_manifest
 
+        if dtype not in DTYPES:
+            raise ArtifactError(f"statistics are stored as {' or '.join(DTYPES)}, not {dtype!r}")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.labels = np.asarray(labels, dtype=np.int64)
+        self.dtype = np.dtype(dtype)
         self.meta = {"format": STATS_FORMAT, "kind": "stats", "columns": list(COLUMNS), "num_samples": len(self.labels),
-                     "num_classes": int(num_classes), "fingerprint": fingerprint, "computed_on": computed_on}
+                     "num_classes": int(num_classes), "fingerprint": fingerprint, "computed_on": computed_on,
+                     "dtype": dtype}
         self.files: dict[str, dict] = {}
         self.epochs: list[int] = []
         self.final_pass: Optional[dict] = None
@@ -426,7 +438,7 @@ class StatsWriter:
         arr = np.asarray(stats, dtype=np.float64)
         if arr.shape != (len(self.labels), len(COLUMNS)):
             raise ArtifactError(f"{what}: statistics of shape {arr.shape}, expected ({len(self.labels)}, {len(COLUMNS)})")
-        return arr
+        return arr.astype(self.dtype, copy=False)      # computed in float64, stored as configured
 
     def put_epoch(self, t: int, stats: np.ndarray) -> None:
         """Write epoch ``t``'s statistics ``[N, len(COLUMNS)]`` (float64)."""
@@ -500,12 +512,15 @@ def load_last(folder: str | Path, t: int) -> Optional[np.ndarray]:
     return load_npy(p) if p.is_file() else None
 
 
-def write_statistics(dynamics: Any, out: str | Path) -> Statistics:
+def write_statistics(dynamics: Any, out: str | Path, *, dtype: str = "float64") -> Statistics:
     """The statistics of every recorded epoch of ``dynamics`` (a logits dynamics folder opened with
     :func:`tdds_core.dynamics.open_dynamics`; its epochs must be consecutive), and of its clean final
-    pass when it has one, into the folder ``out`` (float64, numpy). Returns it opened."""
+    pass when it has one, into the folder ``out`` (computed in float64 with numpy, stored as ``dtype``:
+    float64 or float32). Returns it opened."""
     from .io import atomic_save_npy, atomic_write_text, write_manifest
 
+    if dtype not in DTYPES:
+        raise ArtifactError(f"statistics are stored as {' or '.join(DTYPES)}, not {dtype!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     epochs = list(dynamics.epochs)
@@ -516,11 +531,11 @@ def write_statistics(dynamics: Any, out: str | Path) -> Statistics:
     prev = None
     for t in epochs:
         stats, prev = epoch_statistics(np.asarray(dynamics.epoch(t)), labels, prev)
-        atomic_save_npy(out / _epoch_file(t), stats)
+        atomic_save_npy(out / _epoch_file(t), stats.astype(dtype, copy=False))
     files = [_epoch_file(t) for t in epochs] + ["labels.npy", "ids.txt"]
     final_pass = None
     if getattr(dynamics, "has_final_logits", False):
-        atomic_save_npy(out / FINAL, epoch_statistics(np.asarray(dynamics.final_logits()), labels)[0])
+        atomic_save_npy(out / FINAL, epoch_statistics(np.asarray(dynamics.final_logits()), labels)[0].astype(dtype, copy=False))
         files.append(FINAL)
         epoch = (dynamics.manifest.get("final_pass") or {}).get("epoch") if isinstance(
             getattr(dynamics, "manifest", None), dict) else None
@@ -533,7 +548,7 @@ def write_statistics(dynamics: Any, out: str | Path) -> Statistics:
     write_manifest(out, files, kind="stats", format=STATS_FORMAT, columns=list(COLUMNS), epochs=epochs,
                    num_samples=int(dynamics.num_samples), num_classes=int(dynamics.num_classes),
                    fingerprint=str(getattr(dynamics, "fingerprint", "") or ""), final_pass=final_pass,
-                   computed_on="cpu", complete=True, converted_from=str(getattr(dynamics, "folder", "")))
+                   computed_on="cpu", complete=True, converted_from=str(getattr(dynamics, "folder", "")), dtype=dtype)
     return open_statistics(out)
 
 
@@ -608,7 +623,7 @@ class StatsRecorder:
 
     def __init__(self, folder: str | Path, *, ids: Sequence[str], labels: np.ndarray, num_classes: int,
                  fingerprint: str, device: Any, main: bool = True,
-                 submit: Optional[Callable[..., Any]] = None):
+                 submit: Optional[Callable[..., Any]] = None, dtype: str = "float64"):
         import torch
 
         self.submit = submit or (lambda fn, *args: fn(*args))   # the run's writer thread (engine)
@@ -617,7 +632,7 @@ class StatsRecorder:
         self.n, self.c = len(labels), int(num_classes)
         self.main = bool(main)
         self.writer = StatsWriter(folder, ids=ids, labels=labels, num_classes=num_classes, fingerprint=fingerprint,
-                                  computed_on=self.device.type) if self.main else None
+                                  computed_on=self.device.type, dtype=dtype) if self.main else None
         self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)
         self.prev: Optional[torch.Tensor] = None     # float32 [N, C]: logits of epoch self.prev_epoch
         self.prev_epoch: Optional[int] = None

@@ -294,3 +294,32 @@ def test_record_auto_keeps_statistics_where_they_are_smaller_and_the_methods_rea
         mixed = parse_config({**SYN, "methods": [{"name": "tdds"}, {"name": "toy_logits"}]})
         assert recorded(100, mixed) == (True, False)
         assert train_key(mixed, "fp") != train_key(parse_config({**SYN, "methods": [{"name": "tdds"}]}), "fp")
+
+
+def test_float32_statistics_halve_the_bytes_and_agree_to_float32_precision(run, tmp_path):
+    """stats_dtype float32 (tdds stats --dtype float32, or recorded): 36 bytes a sample and epoch,
+    scores within float32 precision of the float64 statistics' and nearly the same kept sets; the
+    recording says float32 in its manifest and key, and auto counts the smaller size."""
+    from tdds_core.cli import main
+
+    dyn, stats64 = run
+    assert main(["stats", "--dynamics", str(dyn.folder), "--out", str(tmp_path / "s32"), "--dtype", "float32"]) == 0
+    stats32 = open_statistics(tmp_path / "s32")
+    assert stats32.dtype == "float32" and stats32.epoch(2).dtype == np.float64
+    assert (tmp_path / "s32" / "epoch_0002.npy").stat().st_size < 0.55 * (stats64.folder / "epoch_0002.npy").stat().st_size
+    for method, params in (("tdds", {"T": 8, "W": 4}), ("aum", {}), ("dual", {"epochs": 8, "window": 3}),
+                           ("forgetting", {}), ("el2n", {"k": 3})):
+        a, b = compute_scores(method, stats64, **params), compute_scores(method, stats32, **params)
+        assert np.abs(a - b).max() <= 1e-5 * max(np.abs(a).max(), 1.0), method
+        for rate in (0.3, 0.5, 0.7, 0.9):
+            assert len(_kept(a, rate) ^ _kept(b, rate)) <= 0.04 * len(a), (method, rate)
+    spec = full_data_spec(parse_config(SYN, ["dynamics.record=stats", "dynamics.stats_dtype=float32"]))
+    assert spec.stats_dtype == "float32"
+    assert spec.digest("fp") != full_data_spec(parse_config(SYN, ["dynamics.record=stats"])).digest("fp")
+    out = tmp_path / "rec32"
+    train(create_dataset(parse_config(SYN).data), spec, out)
+    recorded = open_statistics(out / "stats")
+    assert recorded.dtype == "float32" and np.load(out / "stats" / "epoch_0001.npy").dtype == np.float32
+    np.testing.assert_allclose(recorded.epoch(3), stats32.epoch(3), rtol=1e-6, atol=1e-9)
+    auto = parse_config(SYN, ["dynamics.dtype=float16", "dynamics.stats_dtype=float32"])
+    assert (full_data_spec(auto, 18).record_stats, full_data_spec(auto, 19).record_stats) == (False, True)
