@@ -2,8 +2,9 @@
 logits (issue 17; the TDDS paper's section 4.3 is about the memory the logits cost).
 
 Per epoch ``t`` and sample ``i``, from that epoch's logits ``z_t`` (float64), the columns of
-:data:`COLUMNS`, each computed with the operations of the method that reads it, so that a method
-scored from statistics converted in float64 gives the numbers it gives from the same logits:
+:data:`COLUMNS`, each computed as the method that reads it computes it, so that a method scored
+from statistics converted in float64 gives the numbers it gives from the same logits (to float64
+rounding):
 
 * ``kl``: the TDDS inner term of the pair ``(t-1, t)`` (the authors' semantics, tdds-facts.md):
   ``sum_c | p_{t,c} (log(p_{t,c} + 1e-8) - log(p_{t-1,c} + 1e-8)) |`` with TDDS's softmax
@@ -361,8 +362,7 @@ def tdds_from_statistics(stats: Statistics, *, T: int = 30, W: int = 10, decay: 
     The inner terms of the pairs of epochs ``start .. start+T-1`` go through the windows of
     :class:`tdds_core.scoring.tdds.TddsAccumulator` (``s_k = ||d - mean(d)||_2`` over the terms
     ``d_k .. d_{k+W-2}``, ``w_k = decay (1 - decay)^(T-W-k)``, or the mean over windows), so the
-    score equals TDDS scored from the logits the statistics were computed from (bit for bit for
-    ``inner="kl"`` and ``"loss"`` in float64; ``"el2n"`` within float64 rounding).
+    score equals TDDS scored from the logits the statistics were computed from, to float64 rounding.
 
     Returns float64 ``(N,)`` (NaN where a term is NaN), higher = keep first.
     """

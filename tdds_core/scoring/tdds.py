@@ -151,6 +151,26 @@ def _softmax_(x: np.ndarray, row_max: np.ndarray) -> np.ndarray:
     return x
 
 
+#: bounds on a row's sum of exp(logits) within which the softmax needs no max shift: the largest
+#: term is then far from overflow and from the denormals (logits within about -460 .. 690)
+UNSHIFTED_RANGE = (1e-200, 1e300)
+
+
+def _softmax_unshifted_(x: np.ndarray) -> bool:
+    """Row-wise softmax of float64 logits in place without the max shift, ``exp(x) * (1 / sum)``,
+    when every row's sum lies in :data:`UNSHIFTED_RANGE` (then it equals the shifted softmax to
+    float64 rounding, in two passes fewer). Returns False, with ``x`` overwritten, otherwise."""
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        np.exp(x, out=x)
+        s = _row_sums(x)
+    lo, hi = UNSHIFTED_RANGE
+    if not (np.all(s >= lo) and np.all(s <= hi)):    # NaN fails both
+        return False
+    np.reciprocal(s, out=s)
+    x *= s[:, None]
+    return True
+
+
 def _log_eps(p: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out = log(p + 1e-8)``."""
     np.add(p, EPS, out=out)
@@ -169,18 +189,6 @@ def _kl_term_(L_prev: np.ndarray, L: np.ndarray, p: np.ndarray, signed: bool) ->
         L_prev *= p
         d = L_prev.sum(axis=1)
     return np.negative(d, out=d) if signed else d
-
-
-def _row_range(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(row max [n, 1], finite [n] bool)``: a row's float64 sum is finite exactly when all its
-    values are (NaN and +-inf propagate; float16/float32 logits cannot overflow it, float64 logits
-    only beyond 1e305)."""
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        return np.zeros((x.shape[0], 1), dtype=x.dtype), np.ones(x.shape[0], dtype=bool)
-    hi = x.max(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", over="ignore"):
-        finite = np.isfinite(_row_sums(x))
-    return hi, finite
 
 
 @export
@@ -234,12 +242,22 @@ class TddsAccumulator:
             np.copyto(stage, src)
             src = stage
         np.copyto(out, src, casting="unsafe")
-        row_max, finite = _row_range(out)
+        if out.size == 0:
+            return out
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = np.isfinite(_row_sums(out))     # NaN and +-inf propagate into a row's sum
+        bad = None
         if not finite.all():
             bad = self.guard.check(finite, epoch, report_offset=self.row_offset)
             out[bad] = 0.0
-            row_max[bad] = 0.0
-        return _softmax_(out, row_max) if (inputs or self.inputs) == "logits" else out
+        if (inputs or self.inputs) != "logits":
+            return out
+        if out.dtype == np.float64 and _softmax_unshifted_(out):
+            return out
+        np.copyto(out, src, casting="unsafe")        # large logits: the max-shifted softmax
+        if bad is not None:
+            out[bad] = 0.0
+        return _softmax_(out, out.max(axis=1, keepdims=True))
 
     def _small_state(self, p: np.ndarray) -> np.ndarray:
         assert self._y is not None
