@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -46,17 +45,11 @@ def under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
 
 
-def torchrun_command(processes: int, args: list[str], *, nnodes: int = 1, rdzv: Optional[str] = None) -> list[str]:
-    """The command that trains with ``processes`` processes per node: ``torchrun --standalone`` on
-    one machine, a rendezvous at ``rdzv`` (``host:port``) across ``nnodes`` machines."""
-    head = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={int(processes)}"]
-    if nnodes > 1:
-        if not rdzv:
-            raise ConfigError("several nodes need a rendezvous endpoint (host:port)")
-        head += [f"--nnodes={int(nnodes)}", "--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv}"]
-    else:
-        head.append("--standalone")
-    return head + ["-m", "tdds_core.launch", *args]
+def torchrun_command(processes: int, args: list[str]) -> list[str]:
+    """``torchrun --standalone`` with ``processes`` processes on this machine (several machines:
+    the PyTorchJob of :func:`pytorchjob_manifest`, whose operator sets the rendezvous)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={int(processes)}",
+            "-m", "tdds_core.launch", *args]
 
 
 def train_in_processes(cfg: Config, work: Path, mirror: Optional[str] = None):
@@ -66,15 +59,11 @@ def train_in_processes(cfg: Config, work: Path, mirror: Optional[str] = None):
 
     k = int(cfg.train.processes)
     work.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, dir=work, prefix=".launch-") as f:
-        f.write(cfg.model_dump_json())
-    args = ["--config-json", f.name, "--out", str(work)] + (["--mirror", mirror] if mirror else [])
+    args = ["--config-json", f"env:{CONFIG_ENV}", "--out", str(work)] + (["--mirror", mirror] if mirror else [])
     env = {k_: v for k_, v in os.environ.items() if k_ not in TORCHRUN_ENV}
+    env[CONFIG_ENV] = cfg.model_dump_json()       # as a PyTorchJob's pods get it
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // k)))
-    try:
-        proc = subprocess.run(torchrun_command(k, args), env=env)
-    finally:
-        Path(f.name).unlink(missing_ok=True)
+    proc = subprocess.run(torchrun_command(k, args), env=env)
     if proc.returncode != 0:
         raise TrainingError(f"the {k}-process full-data run (torchrun) failed with exit code {proc.returncode}; its "
                             f"output is above. Rerun to resume from its last checkpoint, or set train.processes: 1.")

@@ -83,12 +83,6 @@ def is_statistics(obj: Any) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == STATS_FORMAT
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    """TDDS's softmax of float64 logits ``[N, C]``: ``exp(z - max) * (1 / sum)``."""
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e * (1.0 / e.sum(axis=1, keepdims=True))
-
-
 def epoch_statistics(logits: np.ndarray, labels: np.ndarray,
                      prev_probs: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """One epoch's statistics (numpy, float64).
@@ -391,9 +385,7 @@ class StatsWriter:
     keeps the epoch's logits beside them (``_last_XXXX.npy``, not part of the artifact; those older
     than the run's last checkpoint go, :meth:`prune_last`) for the next epoch's TDDS term after a
     resume; :meth:`finalize` removes them and writes the manifest with ``complete: true``.
-
-    :meth:`write_epoch` is the host path: statistics of an epoch's logits ``[N, C]`` computed here
-    with :func:`epoch_statistics` (the previous epoch's from its ``_last`` file)."""
+    The statistics come from :class:`StatsRecorder` (computed where the model trains)."""
 
     def __init__(self, folder: str | Path, *, ids: Sequence[str], labels: np.ndarray, num_classes: int,
                  fingerprint: str, computed_on: str = "cpu", dtype: str = "float64"):
@@ -482,21 +474,6 @@ class StatsWriter:
         for old in self.folder.glob("_last_*.npy"):
             if int(old.stem.rsplit("_", 1)[1]) < int(checkpoint):
                 old.unlink(missing_ok=True)
-
-    def write_epoch(self, t: int, logits: np.ndarray) -> None:
-        """Host path: epoch ``t``'s statistics from its logits ``[N, C]``; the previous epoch's
-        ``_last`` file supplies the TDDS term's probabilities (NaN at the first recorded epoch)."""
-        z = np.asarray(logits, dtype=np.float32)
-        before = load_last(self.folder, t - 1)
-        prev = None if before is None else _softmax(before.astype(np.float64))
-        stats, _ = epoch_statistics(z, self.labels, prev)
-        self.put_epoch(t, stats)
-        self.save_last(t, z)
-        self.prune_last(t - 1)
-
-    def write_final_pass(self, logits: np.ndarray, *, epoch: Optional[int]) -> None:
-        """Host path: statistics of the clean final pass's logits ``[N, C]``."""
-        self.put_final(epoch_statistics(logits, self.labels)[0], epoch=epoch)
 
     def finalize(self) -> None:
         for old in self.folder.glob("_last_*.npy"):

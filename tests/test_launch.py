@@ -56,12 +56,8 @@ def test_the_stage_trains_in_two_processes_like_one(tmp_path, monkeypatch):
 
 def test_torchrun_command():
     one = torchrun_command(4, ["--out", "x"])
-    assert one[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node=4"] and "--standalone" in one
+    assert one[1:3] == ["-m", "torch.distributed.run"] and "--nproc-per-node=4" in one and "--standalone" in one
     assert one[-4:] == ["-m", "tdds_core.launch", "--out", "x"]
-    many = torchrun_command(8, [], nnodes=2, rdzv="master:29400")
-    assert "--nnodes=2" in many and "--rdzv-endpoint=master:29400" in many and "--standalone" not in many
-    with pytest.raises(ConfigError, match="rendezvous"):
-        torchrun_command(8, [], nnodes=2)
 
 
 def _cluster_cfg(*extra: str):
