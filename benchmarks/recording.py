@@ -145,7 +145,7 @@ def recorder_rows(quick: bool) -> list[str]:
     import torch
 
     from tdds_core.models import create_model
-    from tdds_core.statistics import StatsRecorder
+    from tdds_core.recorder import StatsRecorder
 
     torch.manual_seed(0)
     n, b, repeat = 50_000, 128, (20 if quick else 200)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from . import tasks
+from tdds_core.stage_registry import list_stages
 
 __all__ = ["Components", "make_components", "tasks"]
 
@@ -38,8 +39,6 @@ def _component(fn: Any, image: str, name: Optional[str] = None) -> Any:
 
 def make_components(image: str, gpu_image: Optional[str] = None) -> Components:
     """Components whose light tasks run in ``image`` and training stages in ``gpu_image``."""
-    from tdds_core.stages import list_stages
-
     gpu_image = gpu_image or image
     stages = {s.name: _component(tasks.stage_task, gpu_image if s.gpu else image, s.name) for s in list_stages()}
     collects = {s.name: _component(tasks.collect_task, image, f"collect-{s.name}") for s in list_stages()

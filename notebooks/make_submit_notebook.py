@@ -66,7 +66,8 @@ else:
     experiment = default_experiment(cfg)"""),
     new_markdown_cell("## 4. Results from MLflow\nThis run's rows only (its parent MLflow run holds them, also for stages reused from the cache): one per trained model (full data, and each method x pruning rate); the table aggregates over seeds."),
     new_code_cell("""from IPython.display import Image, Markdown, display
-from tdds_core.report import build_table, plot_accuracy_vs_rate, rows_from_pipeline_run, to_markdown
+from tdds_core.report import build_table, plot_accuracy_vs_rate, to_markdown
+from tdds_core.tracking import rows_from_pipeline_run
 
 rows = rows_from_pipeline_run(tracking_uri, experiment, run_id)
 table = build_table(rows)

@@ -13,6 +13,10 @@ import argparse
 import time
 
 from tdds_core.cli import add_config_args
+from tdds_core.config import load_config
+from tdds_core.errors import ConfigError
+
+from .run import cluster_env, compile_pipeline, normalize_cron, run_local, schedule, submit
 
 
 def _add_env(p: argparse.ArgumentParser) -> None:
@@ -63,8 +67,6 @@ def register(sub) -> None:
 
 
 def _cfg(args):
-    from tdds_core.config import load_config
-
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "out", None) and args.func is run_cmd:
         cfg.output = args.out
@@ -72,8 +74,6 @@ def _cfg(args):
 
 
 def _env(items: list[str]) -> dict[str, str]:
-    from tdds_core.errors import ConfigError
-
     out = {}
     for item in items:
         if "=" not in item:
@@ -84,8 +84,6 @@ def _env(items: list[str]) -> dict[str, str]:
 
 
 def run_cmd(args: argparse.Namespace) -> int:
-    from .run import run_local
-
     cfg = _cfg(args)
     t0 = time.time()
     print(f"tdds {args.pipeline} pipeline {cfg.name!r}: one line per task (--verbose streams every task's log)")
@@ -107,8 +105,6 @@ def run_cmd(args: argparse.Namespace) -> int:
 
 
 def compile_cmd(args: argparse.Namespace) -> int:
-    from .run import cluster_env, compile_pipeline
-
     cfg = _cfg(args)
     path = compile_pipeline(cfg, args.out, kind=args.pipeline, env=cluster_env(cfg, _env(args.env)))
     print(f"wrote {path} (tdds-{args.pipeline}; images {cfg.pipeline.image}"
@@ -123,8 +119,6 @@ def _access_args(p: argparse.ArgumentParser) -> None:
 
 
 def submit_cmd(args: argparse.Namespace) -> int:
-    from .run import submit
-
     cfg = _cfg(args)
     run_id = submit(cfg, args.host, experiment=args.experiment, kind=args.pipeline, env=_env(args.env),
                     namespace=args.namespace, token=args.token,
@@ -134,8 +128,6 @@ def submit_cmd(args: argparse.Namespace) -> int:
 
 
 def schedule_cmd(args: argparse.Namespace) -> int:
-    from .run import normalize_cron, schedule
-
     cfg = _cfg(args)
     job = schedule(cfg, args.host, args.cron, experiment=args.experiment, env=_env(args.env), name=args.name,
                    namespace=args.namespace, token=args.token)

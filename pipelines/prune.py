@@ -25,9 +25,9 @@ from kfp import dsl
 from components import Components, make_components
 from tdds_core.config import Config, PipelineConfig
 from tdds_core.plan import Plan
-from tdds_core.stages import chain
-from tdds_core.steps import build_digest, stage_config_json
-from tdds_core.tracking import STAGE_TRAIN_FULL
+from tdds_core.names import STAGE_TRAIN_FULL
+from tdds_core.stage_registry import chain
+from tdds_core.steps import PIPELINE_INSTANCE_ENV, build_digest, code_stamp, stage_config_json
 
 __all__ = ["build_prune_pipeline", "build_reprune_pipeline", "PRUNE_NAME", "REPRUNE_NAME", "RETRY_BACKOFF",
            "REQUIRE_CUDA_ENV", "SHM_VOLUME"]
@@ -48,7 +48,6 @@ def _for_cluster(task: Any, p: PipelineConfig, *, gpu: bool, processes: int = 1)
     training tasks."""
     from kfp import kubernetes
 
-    from tdds_core.steps import PIPELINE_INSTANCE_ENV, code_stamp
 
     kubernetes.use_field_path_as_env(task, env_name=PIPELINE_INSTANCE_ENV, field_path=WORKFLOW_LABEL_PATH)
     for k, v in code_stamp().items():   # the task refuses an image of other code (steps.check_code_version)

@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import builtins
 import contextlib
 import inspect
 import json
@@ -27,8 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from tdds_core.config import Config
+from tdds_core.config import Config, config_digest
+from tdds_core.data.base import get_dataset_fn
 from tdds_core.errors import PipelineError
+from tdds_core.plugins import load_plugins
+from tdds_core.stage_registry import STATE_FORMAT
+from tdds_core.steps import PIPELINE_INSTANCE_ENV, build_digest, find_parent_run, missing_work
+from tdds_core.storage import Workspace, is_remote
+from tdds_core.tracking import code_version, default_experiment, make_tracker, tracker_identity
+
+from .console import log_tail, task_lines
 
 __all__ = ["compile_pipeline", "check_cluster", "run_local", "submit", "schedule", "check_host", "LocalRunResult",
            "cluster_env", "normalize_cron", "register_pipeline_version", "version_name", "wait_for_run", "SECRET_ENV", "PIPELINES", "local_pipeline_root", "cache_context", "drop_stale_cache"]
@@ -43,10 +52,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def _builder(kind: str):
-    from .prune import build_prune_pipeline, build_reprune_pipeline
-
     if kind not in PIPELINES:
         raise PipelineError(f"unknown pipeline {kind!r}; choose one of {', '.join(PIPELINES)}")
+    from .prune import build_prune_pipeline, build_reprune_pipeline   # kfp: loaded when a pipeline is built
+
     return build_prune_pipeline if kind == "prune" else build_reprune_pipeline
 
 
@@ -76,8 +85,6 @@ def check_cluster(cfg: Config, env: Optional[Mapping[str, str]] = None) -> None:
     ``env`` or of a secret in ``pipeline.secrets``), a local ``pipeline.pipeline_root``, GPU tasks
     without ``pipeline.gpu_image``, and dataset files the pods cannot reach (a local ``data.root``
     outside ``pipeline.data_volume``)."""
-    from tdds_core.storage import is_remote
-
     p, env = cfg.pipeline, env or {}
     if not is_remote(cfg.output):
         raise PipelineError(f"output {cfg.output!r} is a local folder, which every cluster pod sees as its own disk; "
@@ -97,7 +104,7 @@ def check_cluster(cfg: Config, env: Optional[Mapping[str, str]] = None) -> None:
                                 "which cluster pods cannot share; set tracking.uri (or --env "
                                 "MLFLOW_TRACKING_URI=http://mlflow.mlflow.svc:5000) to an MLflow server.")
     if cfg.train.nodes > 1 and p.shared_volume is None:
-        from tdds_core.launch import SHARED_VOLUME_NEEDED
+        from tdds_core.engine.launch import SHARED_VOLUME_NEEDED   # the launcher (torch) is not needed otherwise
 
         raise PipelineError(SHARED_VOLUME_NEEDED)
     if p.gpus > 0 and not p.gpu_image:
@@ -109,10 +116,6 @@ def check_cluster(cfg: Config, env: Optional[Mapping[str, str]] = None) -> None:
 
 def _check_data(cfg: Config) -> None:
     """A dataset read from local files needs them in the pods: ``data.root`` under ``pipeline.data_volume``."""
-    from tdds_core.data.base import get_dataset_fn
-    from tdds_core.plugins import load_plugins
-    from tdds_core.storage import is_remote
-
     root, volume = cfg.data.root, cfg.pipeline.data_volume
     if root and is_remote(root):
         return
@@ -167,29 +170,15 @@ def cache_context(cfg: Config, environ: Optional[Mapping[str, str]] = None) -> s
     endpoint of ``environ``) and the tracker's (tracking URI and experiment). Every cached task takes
     it as an input and the local cache folder is named by it, so a cached result is reused only
     against the store and tracker that hold its artifacts and runs."""
-    from tdds_core.config import config_digest
-    from tdds_core.storage import is_remote, open_store
-    from tdds_core.tracking import default_experiment, default_tracking_uri, tracker_identity
-
-    environ = os.environ if environ is None else environ
-    endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
-    store = open_store(cfg.output, endpoint_url=endpoint) if is_remote(cfg.output) and endpoint else open_store(cfg.output)
-    tracker = "none"
-    if cfg.tracking.enabled:
-        uri = cfg.tracking.uri or environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(cfg.output)
-        tracker = tracker_identity(uri, default_experiment(cfg))
-    return config_digest({"store": store.identity, "tracker": tracker}, 16)
+    ws = Workspace.of(cfg, environ=os.environ if environ is None else environ)
+    tracker = tracker_identity(ws.tracking_uri, default_experiment(cfg)) if cfg.tracking.enabled else "none"
+    return config_digest({"store": ws.identity, "tracker": tracker}, 16)
 
 
 def local_pipeline_root(cfg: Config, context: Optional[str] = None) -> Path:
     """``<output>/kfp/<context>`` for a local output, ``$TDDS_CACHE/kfp/<name>-<context>`` for an S3
     output (``context``: :func:`cache_context`); kfp.local keeps its cache in ``.kfp_cache`` there."""
-    from tdds_core.storage import cache_root, is_remote
-
-    context = context or cache_context(cfg)
-    if is_remote(cfg.output):
-        return cache_root() / "kfp" / f"{cfg.name}-{context}"
-    return Path(cfg.output) / "kfp" / context
+    return Workspace.of(cfg).pipeline_root(cfg.name, context or cache_context(cfg))
 
 
 def drop_stale_cache(cfg: Config, root: Path) -> list[str]:
@@ -197,16 +186,11 @@ def drop_stale_cache(cfg: Config, root: Path) -> list[str]:
     configured store or tracker no longer holds (a deleted or expired prefix, a new tracking
     store): the task runs again and recreates it instead of reporting it done. Returns the removed
     entries' files."""
-    from tdds_core.stages import STATE_FORMAT
-    from tdds_core.steps import missing_work
-    from tdds_core.storage import open_store
-    from tdds_core.tracking import make_tracker
-
     cache = root / ".kfp_cache"
     entries = sorted(cache.glob("*.json")) if cache.is_dir() else []
     if not entries:
         return []
-    store, tracker = open_store(cfg.output), make_tracker(cfg, cfg.output)
+    store, tracker = Workspace.of(cfg).store, make_tracker(cfg, cfg.output)
     dropped = []
     for entry in entries:
         try:
@@ -222,11 +206,8 @@ def drop_stale_cache(cfg: Config, root: Path) -> list[str]:
 
 
 def _absolute_output(cfg: Config) -> Config:
-    from tdds_core.storage import is_remote
-
-    if is_remote(cfg.output):
-        return cfg
-    return cfg.model_copy(update={"output": str(Path(cfg.output).expanduser().absolute())})
+    root = Workspace.of(cfg).root
+    return cfg if root == cfg.output else cfg.model_copy(update={"output": root})
 
 
 def run_local(cfg: Config, *, kind: str = "prune", run_id: Optional[str] = None, verbose: bool = False) -> LocalRunResult:
@@ -238,11 +219,7 @@ def run_local(cfg: Config, *, kind: str = "prune", run_id: Optional[str] = None,
     well). A failure names the task and shows the end of that log."""
     from kfp import local
 
-    from tdds_core.steps import PIPELINE_INSTANCE_ENV
-    from tdds_core.storage import open_store
 
-    from .console import log_tail, task_lines
-    from tdds_core.tracking import default_experiment, default_tracking_uri
 
     cfg = _absolute_output(cfg)
     context = cache_context(cfg)
@@ -271,12 +248,12 @@ def run_local(cfg: Config, *, kind: str = "prune", run_id: Optional[str] = None,
                                 "Fix the cause and run again (finished stages are reused).") from None
         counts = dict(lines.counts) if lines is not None else None
     try:
-        md = open_store(cfg.output).get_bytes("report/table.md").decode()
+        md = Workspace.of(cfg).store.get_bytes("report/table.md").decode()
     except Exception:  # noqa: BLE001 - a report is not essential to the result object
         md = ""
     tracking_uri = experiment = parent = None
     if cfg.tracking.enabled:
-        tracking_uri = cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(cfg.output)
+        tracking_uri = Workspace.of(cfg).tracking_uri
         experiment = default_experiment(cfg)
         parent = _parent_run(cfg, run_id)
     return LocalRunResult(run_id, cfg.output, str(root), tracking_uri, experiment, md, parent,
@@ -307,8 +284,6 @@ def _local_runner_fixes():
     * it indents task logs by swapping ``builtins.print`` per task, which concurrent tasks leave
       swapped: the original is put back afterwards.
     """
-    import builtins
-
     saved_print = builtins.print
     set_threads = "OMP_NUM_THREADS" not in os.environ
     if set_threads:
@@ -322,9 +297,6 @@ def _local_runner_fixes():
 
 
 def _parent_run(cfg: Config, run_id: str) -> Optional[str]:
-    from tdds_core.steps import find_parent_run
-    from tdds_core.tracking import make_tracker
-
     tracker = make_tracker(cfg, cfg.output)
     for status in ("FINISHED", "FAILED", "RUNNING"):
         run = find_parent_run(tracker, run_id=run_id, status=status)
@@ -508,9 +480,6 @@ def _by_name(name: str) -> str:
 def version_name(cfg: Config, kind: str) -> str:
     """The pipeline version a compiled config registers as: the code version and the build digest
     (the plan and every stage's settings), so the same code and config give the same version."""
-    from tdds_core.steps import build_digest
-    from tdds_core.tracking import code_version
-
     return f"{code_version()}-{build_digest(cfg, kind)[:12]}"
 
 

@@ -14,8 +14,20 @@ is unset.
 """
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Optional, Sequence
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import parse_config
+from .io import atomic_write_text
+from .plan import parse_item
+from .stage_registry import Context, State, get_stage
+from .tracking import ParentedTracker, make_tracker
 
 __all__ = ["run_items", "default_workers", "resolve_workers", "GPU_BYTES_PER_RUN", "MAX_AUTO_WORKERS"]
 
@@ -52,15 +64,7 @@ def resolve_workers(cfg: Any) -> int:
 
 def _run_job(job: dict) -> str:
     """One item, as the worker process runs it: rebuild the context, run the stage, return the part as JSON."""
-    import json
-
     import torch
-
-    from .config import parse_config
-    from .plan import parse_item
-    from .stages import Context, State, get_stage
-    from .steps import ParentedTracker
-    from .tracking import make_tracker
 
     torch.set_num_threads(max(1, int(job["threads"])))
     cfg = parse_config(json.loads(job["config_json"]))
@@ -77,11 +81,6 @@ def _spawn(job: dict) -> str:
     """Run ``job`` in a fresh ``python -m tdds_core.concurrent`` process (a whole process: no
     ``__main__`` guard needed in the caller's script); its part as JSON, or a RuntimeError with the
     end of its output."""
-    import json
-    import subprocess
-    import sys
-    import tempfile
-
     env = {**os.environ, "OMP_NUM_THREADS": str(job["threads"]), WORKER_ENV: "1"}
     with tempfile.TemporaryDirectory(prefix="tdds-run-") as tmp:
         out = os.path.join(tmp, "part.json")
@@ -100,8 +99,6 @@ def run_seeds(stage: Any, ctx: Any, item: Any, state: Any, seeds: Sequence[int],
     that has a whole GPU): each seed in its own worker process, ``workers`` at a time; returns the
     item's part, the seeds' parts merged in seed order."""
     import torch
-
-    from .stages import State
 
     cfg = ctx.cfg
     base = {**_context_job(ctx), "stage": stage.name, "state_json": state.model_dump_json(),
@@ -123,8 +120,6 @@ def _context_job(ctx: Any) -> dict:
 
 def _map(jobs: list[dict], workers: int) -> list[str]:
     """:func:`_spawn` of every job, ``workers`` at a time; the results in job order."""
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max(1, min(workers, len(jobs)))) as pool:
         futures = [pool.submit(_spawn, job) for job in jobs]
         return [f.result() for f in futures]
@@ -134,8 +129,6 @@ def run_items(stage: Any, ctx: Any, items: Sequence[Any], state: Any, workers: i
     """``stage.run(ctx, item, state)`` for every item, ``workers`` processes at a time (1: here, in
     order). Returns the parts in item order; the first failing item's error is raised (the others
     finish first, so no work is lost)."""
-    from .stages import State
-
     if workers <= 1 or len(items) <= 1:
         return [stage.run(ctx, item, state) for item in items]
     import torch
@@ -149,9 +142,4 @@ def run_items(stage: Any, ctx: Any, items: Sequence[Any], state: Any, workers: i
 
 
 if __name__ == "__main__":   # the worker: a job (JSON) on stdin, its part (JSON) into the file argv[1]
-    import json
-    import sys
-
-    from .io import atomic_write_text
-
-    atomic_write_text(__import__("pathlib").Path(sys.argv[1]), _run_job(json.load(sys.stdin)))
+    atomic_write_text(Path(sys.argv[1]), _run_job(json.load(sys.stdin)))

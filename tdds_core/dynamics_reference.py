@@ -38,8 +38,10 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from .dynamics import FINAL_LOGITS, missing_final_logits, open_dynamics
 from .errors import ArtifactError, ScoringError
 from .io import MANIFEST, load_npy, sha256_file
+from .statistics import STATS_FORMAT, open_statistics
 
 __all__ = ["ReferenceDynamics", "open_reference_dynamics", "open_any_dynamics", "is_reference_folder"]
 
@@ -214,8 +216,6 @@ class ReferenceDynamics:
     @property
     def has_final_logits(self) -> bool:
         """Whether the folder holds a ``final_logits.npy`` (the authors' code writes none; a user may add one)."""
-        from .dynamics import FINAL_LOGITS
-
         return (self.folder / FINAL_LOGITS).is_file()
 
     def final_logits(self) -> np.ndarray:
@@ -224,8 +224,6 @@ class ReferenceDynamics:
         The authors' layout records no such pass: this reads ``final_logits.npy`` in the folder when
         someone put one there (float ``[N, C]``, row i = sample i) and otherwise raises the same
         :class:`ArtifactError` as a tdds folder without it."""
-        from .dynamics import FINAL_LOGITS, missing_final_logits
-
         if not self.has_final_logits:
             raise missing_final_logits(self.folder, ": the authors' layout records none (a float [N, C] "
                                        f"{FINAL_LOGITS} in sample order may be put in the folder by hand)")
@@ -329,8 +327,6 @@ def open_any_dynamics(folder: str | os.PathLike, *, format: str = "auto", labels
     ``{t}_Output.npy``/``{t}_Index.npy``) or "auto" (by the files present). ``labels`` (array or
     ``.npy`` path) only applies to the reference layout.
     """
-    from .dynamics import open_dynamics
-
     folder = Path(folder)
     if format not in ("auto", "tdds", "reference"):
         raise ScoringError(f"--format must be auto, tdds or reference, not {format!r}")
@@ -350,8 +346,6 @@ def open_any_dynamics(folder: str | os.PathLike, *, format: str = "auto", labels
         return ReferenceDynamics(folder, labels=labels)
     if labels is not None:
         raise ScoringError("--labels only applies to --format reference; a tdds dynamics folder carries its own labels.")
-    from .statistics import STATS_FORMAT, open_statistics
-
     if (folder / MANIFEST).is_file() and '"' + STATS_FORMAT + '"' in (folder / MANIFEST).read_text():
         return open_statistics(folder)       # per-sample statistics (tdds_core.statistics)
     return open_dynamics(folder, verify=verify)

@@ -10,6 +10,7 @@ so an interrupted grid continues where it stopped, and MLflow runs are deduplica
 """
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,15 @@ from . import plan as P
 from .concurrent import resolve_workers, run_items
 from .config import Config
 from .data import create_dataset
-from .stages import Context, State, chain, claim_output
+from .engine import check_arch
+from .errors import ConfigError
+from .names import STAGE_PIPELINE, TAG_FINGERPRINT, TAG_STAGE, run_name
+from .plugins import load_plugins
+from .scoring import check_recorded_inputs, resolve_params
+from .stage_registry import Context, State, chain
 from .stages.report import report_dir
-from .tracking import STAGE_PIPELINE, TAG_FINGERPRINT, TAG_STAGE, NullTracker, Tracker, make_tracker, run_name
+from .stages.train_full import claim_output
+from .tracking import NullTracker, Tracker, make_tracker
 
 __all__ = ["GridResult", "check_grid", "only_methods", "run_grid", "split_names"]
 
@@ -37,16 +44,12 @@ class GridResult:
 
 def split_names(text: str) -> list[str]:
     """Comma-separated row names; commas inside brackets (``dual[epochs=3,window=3]``) do not separate."""
-    import re
-
     return [n.strip() for n in re.split(r",(?![^\[]*\])", text) if n.strip()]
 
 
 def only_methods(cfg: Config, names: list[str]) -> Config:
     """A copy of ``cfg`` with only the method entries whose label, name or row name is in ``names``
     (ConfigError naming the unknown ones and the known rows)."""
-    from .errors import ConfigError
-
     keys = [{m.label, m.name, m.display} for m in cfg.methods]
     unknown = [n for n in names if not any(n in k for k in keys)]
     if unknown:
@@ -58,10 +61,6 @@ def only_methods(cfg: Config, names: list[str]) -> Config:
 def check_grid(cfg: Config) -> P.Plan:
     """The plan of ``cfg``, refusing before any work a grid whose methods, method options or
     evaluation architectures are unknown (the error lists the known ones)."""
-    from .engine import check_arch
-    from .plugins import load_plugins
-    from .scoring import check_recorded_inputs, resolve_params
-
     load_plugins()
     plan = P.Plan.from_config(cfg)
     check_recorded_inputs([item.method.name for item in plan.scores], cfg.dynamics.record)
@@ -102,4 +101,5 @@ def run_grid(cfg: Config, *, tracker: Optional[Tracker] = None, pipeline_run_id:
         run_id = parent.id if not isinstance(tracker, NullTracker) else None
     out = report_dir(cfg)
     md = (out / "table.md").read_text() if (out / "table.md").is_file() else ""
-    return GridResult(state.rows, out, md, run_id)
+    outputs = {stage: {key: ref.uri for key, ref in refs.items()} for stage, refs in state.refs.items()}
+    return GridResult(state.rows, out, md, run_id, outputs)

@@ -18,83 +18,29 @@ and the number of processes training one run (torchrun's world size) are identit
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .config import Config, MethodSpec, config_digest
 from .errors import ConfigError
+from .fields import (FIELDS, IDENTITY, NUMERICS as _NUMERICS, RUNTIME, config_fields, methods_read_statistics,
+                     runtime_spec_fields)
+from .names import STAGE_SCORE, STAGE_TRAIN_FULL, format_rate, slug
+from .numerics import effective_numerics
+from .scoring import is_method, method_weighting
+from .stage_registry import get_stage
+from .storage import store_identity
 
 __all__ = ["IDENTITY", "RUNTIME", "FIELDS", "stage_reads", "Plan", "ScoreItem", "PairItem", "RateItem",
            "EvalItem", "parse_item", "config_fields", "identity", "numerics", "stage_config", "claim_identity", "slug",
            "format_rate", "method_label", "coreset_weighting", "train_key", "score_key", "selection_key", "coreset_key", "run_key_of",
            "experiment_key", "runtime_spec_fields", "ARTIFACT_VERSION", "RUNTIME_OPTIONS"]
 
-IDENTITY: Literal["identity"] = "identity"
-RUNTIME: Literal["runtime"] = "runtime"
-
-# every leaf field of Config (dotted path) -> identity | runtime. Dicts and lists are leaves.
-FIELDS: dict[str, str] = {
-    "name": RUNTIME,                     # labels and folder names only
-    "output": RUNTIME,                   # where; the store's identity keys the caches instead
-    "data.name": IDENTITY, "data.root": RUNTIME,   # the content is keyed by the dataset fingerprint
-    "data.download": RUNTIME, "data.train_subset": IDENTITY, "data.test_subset": IDENTITY,
-    "data.subset_seed": IDENTITY, "data.val_size": IDENTITY, "data.evaluate_on": IDENTITY, "data.image_size": IDENTITY, "data.resident": RUNTIME,
-    "data.resident_max_bytes": RUNTIME, "data.num_workers": RUNTIME, "data.options": IDENTITY,
-    "data.noise.label_noise": IDENTITY, "data.noise.corruption": IDENTITY,
-    "data.noise.corruption_types": IDENTITY, "data.noise.seed": IDENTITY,
-    "model.arch": IDENTITY, "model.options": IDENTITY,
-    "train.epochs": IDENTITY, "train.batch_size": IDENTITY, "train.lr": IDENTITY, "train.momentum": IDENTITY,
-    "train.nesterov": IDENTITY, "train.weight_decay": IDENTITY, "train.schedule": IDENTITY, "train.seed": IDENTITY,
-    "train.augment": IDENTITY, "train.device": IDENTITY, "train.amp": IDENTITY, "train.channels_last": IDENTITY,
-    "train.compile": IDENTITY, "train.deterministic": IDENTITY, "train.eval_batch_size": RUNTIME, "train.drop_last": IDENTITY,
-    "train.eval_every": IDENTITY,        # which epochs are evaluated changes best_acc
-    "train.checkpoint_every": RUNTIME,   # how often a resumable state is saved, not what is trained
-    "train.processes": IDENTITY,         # by its effect: the full-data run's world size (numerics)
-    "train.nodes": IDENTITY,             # likewise (world size = nodes x processes)
-    "train.progress": RUNTIME,
-    "dynamics.record": IDENTITY, "dynamics.mode": IDENTITY, "dynamics.dtype": IDENTITY, "dynamics.stats_dtype": IDENTITY,
-    "dynamics.epoch_start": IDENTITY, "dynamics.epoch_stop": IDENTITY, "dynamics.save_features": IDENTITY,
-    "methods": IDENTITY,                 # per score item
-    "selection.rates": IDENTITY,         # per pair
-    "selection.class_balanced": IDENTITY, "selection.export": RUNTIME,
-    "coreset.strategy": IDENTITY, "coreset.weighting": IDENTITY, "coreset.batch_size": IDENTITY,
-    "coreset.batch_rule": IDENTITY, "coreset.batch_rule_thresholds": IDENTITY, "coreset.epochs": IDENTITY,
-    "coreset.seeds": IDENTITY,           # per coreset item
-    "coreset.concurrent_runs": RUNTIME,  # how many trainings run side by side, not what they compute
-    "evaluate.archs": IDENTITY, "evaluate.rates": IDENTITY, "evaluate.methods": IDENTITY,   # which eval items exist
-    # `tdds tune` reads these and writes what it chose into methods; no stage reads them
-    "tune.method": RUNTIME, "tune.grid": RUNTIME, "tune.epochs": RUNTIME, "tune.seeds": RUNTIME,
-    "tune.rates": RUNTIME, "tune.baseline": RUNTIME, "tune.rule": RUNTIME,
-    "tracking.enabled": RUNTIME, "tracking.uri": RUNTIME, "tracking.experiment": RUNTIME,
-    "tracking.log_models": RUNTIME, "tracking.register_model": RUNTIME, "tracking.system_metrics": RUNTIME,
-    "tracking.system_metrics_interval_s": RUNTIME,
-    "pipeline.image": RUNTIME, "pipeline.gpu_image": RUNTIME, "pipeline.accelerator_type": RUNTIME,
-    "pipeline.gpus": RUNTIME, "pipeline.cpu_request": RUNTIME, "pipeline.memory_request": RUNTIME,
-    "pipeline.retries": RUNTIME, "pipeline.caching": RUNTIME, "pipeline.pipeline_root": RUNTIME,
-    "pipeline.parallelism": RUNTIME, "pipeline.light_cpu_request": RUNTIME, "pipeline.light_memory_request": RUNTIME,
-    "pipeline.secrets": RUNTIME, "pipeline.tolerations": RUNTIME, "pipeline.node_selector": RUNTIME,
-    "pipeline.shm_size": RUNTIME, "pipeline.data_volume": RUNTIME, "pipeline.shared_volume": RUNTIME,
-}
-
 # sections every cached stage task gets besides the ones its stage reads (Stage.reads)
 _COMMON = ("name", "output", "data", "model", "train", "dynamics", "tracking")
 _ITEM_FIELDS = {"selection.rates", "coreset.seeds", "methods"}   # carried by the items, not the stage config
-
-
-def config_fields(model: Any = Config, prefix: str = "") -> Iterator[str]:
-    """Every leaf field path of the config model (nested models recurse; dicts and lists are leaves)."""
-    from pydantic import BaseModel
-
-    for name, f in model.model_fields.items():
-        path = f"{prefix}{name}"
-        ann = f.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            yield from config_fields(ann, path + ".")
-        else:
-            yield path
 
 
 def _get(cfg: Any, path: str) -> Any:
@@ -104,8 +50,6 @@ def _get(cfg: Any, path: str) -> Any:
 
 
 def _json(v: Any) -> Any:
-    from pydantic import BaseModel
-
     if isinstance(v, BaseModel):
         return v.model_dump(mode="json")
     if isinstance(v, list):
@@ -117,24 +61,16 @@ def _json(v: Any) -> Any:
 
 def numerics(cfg: Config, stage: Optional[str] = None) -> dict[str, Any]:
     """The effective numerics of training on this machine: device class, bf16 autocast,
-    channels_last and torch.compile as the engine applies them (:func:`tdds_core.engine.effective_numerics`);
+    channels_last and torch.compile as the engine applies them (:func:`tdds_core.numerics.effective_numerics`);
     for the train-full stage also the processes that train it (``train.processes``)."""
-    from .engine import effective_numerics
-
     t = cfg.train
     k = t.processes * t.nodes
-    processes = k if stage == "train-full" and k > 1 else None
+    processes = k if stage == STAGE_TRAIN_FULL and k > 1 else None
     return effective_numerics(t.device, t.amp, t.channels_last, t.compile, t.deterministic, processes=processes)
-
-
-_NUMERICS = ("train.device", "train.amp", "train.channels_last", "train.compile", "train.deterministic",
-             "train.processes", "train.nodes")
 
 
 def stage_reads(stage: str) -> tuple[str, ...]:
     """The config sections (or fields) ``stage`` reads, as its registration declares them."""
-    from .stages import get_stage
-
     return get_stage(stage).reads
 
 
@@ -154,17 +90,12 @@ def identity(cfg: Config, stage: str) -> dict[str, Any]:
     return out
 
 
-def runtime_spec_fields() -> tuple[str, ...]:
-    """Names of :class:`~tdds_core.engine.TrainSpec` fields that are runtime settings (not in its digest)."""
-    return tuple(p.rsplit(".", 1)[1] for p, k in FIELDS.items() if k == RUNTIME and p.startswith(("train.", "data.")))
-
-
 def stage_config(cfg: Config, stage: str) -> Config:
     """``cfg`` as a cached stage task gets it: the sections it reads (plus the common ones) as
     configured, every other field at its default. KFP keys its cache on a task's inputs, so a
     stage's key changes only when something it reads changes (a new rate leaves train-full alone)."""
     keep = set(_COMMON) | set(stage_reads(stage))
-    if stage == "train-full" and cfg.train.nodes > 1:
+    if stage == STAGE_TRAIN_FULL and cfg.train.nodes > 1:
         keep.add("pipeline")    # it launches a PyTorchJob of the pipeline's image, volumes and resources
     data = cfg.model_dump(mode="json")
     default = Config().model_dump(mode="json")
@@ -180,32 +111,12 @@ def stage_config(cfg: Config, stage: str) -> Config:
     return Config.model_validate(out)
 
 
-def methods_read_statistics(cfg: Config) -> bool:
-    from .scoring import method_reads_statistics
-
-    return all(method_reads_statistics(m.name) for m in cfg.methods)
-
-
 def claim_identity(cfg: Config) -> dict[str, Any]:
     """What an output root holds one of: the full-data run's identity (its sections' identity fields)."""
-    return identity(cfg, "train-full")
+    return identity(cfg, STAGE_TRAIN_FULL)
 
 
 # ------------------------------------------------------------------------------------------ names
-def slug(s: str) -> str:
-    """A path- and tag-safe form of a label: runs of other characters become ``-``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "x"
-
-
-def format_rate(rate: float | None) -> str:
-    """``0.7`` -> ``"0.70"`` (two decimals unless more are needed); None -> ``""``."""
-    if rate is None:
-        return ""
-    r = float(rate)
-    s = f"{r:.2f}"
-    return s if abs(float(s) - r) < 1e-12 else repr(r)
-
-
 def coreset_weighting(cfg: Config, method: MethodSpec | str | None, rate: Optional[float] = None) -> str:
     """The loss weighting a method's coreset trains with at ``rate``: the method entry's (its
     ``per_rate`` entry's first), else ``coreset.weighting``, whose ``method`` rule takes the method's
@@ -215,8 +126,6 @@ def coreset_weighting(cfg: Config, method: MethodSpec | str | None, rate: Option
         return spec.weighting_for(rate)
     if cfg.coreset.weighting != "method":
         return cfg.coreset.weighting
-    from .scoring import is_method, method_weighting
-
     return method_weighting(spec.name) if spec is not None and is_method(spec.name) else "none"
 
 
@@ -233,12 +142,12 @@ def method_label(method: MethodSpec, params: dict) -> str:
 # bumped when what a stage stores changes meaning, so older artifacts are not reused:
 # train-full 2: dynamics carry the clean final pass (final_logits.npy) and fp32-head logits;
 # score 2: entropy reads the clean pass, moderate is Moderate-DS, aum uses probabilities, ccs cuts
-ARTIFACT_VERSION = {"train-full": 2, "score": 2}
+ARTIFACT_VERSION = {STAGE_TRAIN_FULL: 2, STAGE_SCORE: 2}
 
 
 def train_key(cfg: Config, fingerprint: str) -> str:
     """Store key of the full-data run: ``train/<fingerprint>-<identity digest>``."""
-    ident = {"id": identity(cfg, "train-full"), "fp": fingerprint, "v": ARTIFACT_VERSION["train-full"]}
+    ident = {"id": identity(cfg, STAGE_TRAIN_FULL), "fp": fingerprint, "v": ARTIFACT_VERSION[STAGE_TRAIN_FULL]}
     return f"train/{fingerprint[:12]}-{config_digest(ident, 12)}"
 
 
@@ -251,7 +160,7 @@ def score_key(train: str, method: str, params: dict, nan_policy: str = "raise") 
     leaf = train.rstrip("/").rsplit("/", 1)[-1]
     params = {k: v for k, v in params.items() if k not in RUNTIME_OPTIONS}
     digest = config_digest({"train": leaf, "method": method, "params": params, "nan_policy": nan_policy,
-                            "v": ARTIFACT_VERSION["score"]})
+                            "v": ARTIFACT_VERSION[STAGE_SCORE]})
     return f"scores/{slug(method)}-{digest}"
 
 
@@ -276,15 +185,13 @@ def coreset_key(cfg: Config, selection: str, arch: str, seed: int, weighting: st
 def run_key_of(stage: str, output: str, artifact_key: str) -> str:
     """MLflow dedup key of the run that made (or logged) the artifact at ``artifact_key`` of the
     store at ``output``: the same work in another store is another run."""
-    from .storage import store_identity
-
     return f"{stage}|{config_digest(store_identity(output), 8)}|{artifact_key}"
 
 
 def experiment_key(cfg: Config, fingerprint: str) -> str:
     """Key of a whole experiment (the grid's parent run): every identity field and the dataset."""
     ident = {p: _json(_get(cfg, p)) for p, k in FIELDS.items() if k == IDENTITY and p not in _NUMERICS}
-    ident["numerics"] = numerics(cfg, "train-full")
+    ident["numerics"] = numerics(cfg, STAGE_TRAIN_FULL)
     return f"pipeline|{cfg.name}|{fingerprint[:12]}|{config_digest(ident)}"
 
 
@@ -335,8 +242,6 @@ _LOOPS: dict[str, type[_Item]] = {"once": Once, "scores": ScoreItem, "rates": Ra
 
 def parse_item(loop: str, item_json: str) -> _Item:
     """A loop item from its JSON (as the pipeline passes it); ConfigError when it is not one."""
-    from pydantic import ValidationError
-
     try:
         return _LOOPS[loop].model_validate_json(item_json or "{}")
     except (KeyError, ValidationError) as e:

@@ -11,10 +11,10 @@ A *result row* is one trained model::
      "num_train": 15000, "iterations": 30000, "wall_s": 812.0}
 
 :func:`build_table` aggregates rows over seeds per (method, rate, arch); :func:`to_csv`,
-:func:`to_markdown` and :func:`plot_accuracy_vs_rate` render it; :func:`rows_from_mlflow` reads the
-rows back from the finished coreset / evaluate / train-full runs of an MLflow experiment (through
-:meth:`tdds_core.tracking.MlflowTracker.find_runs`; tag and metric names: the ``TAG_*`` / ``METRIC_*``
-constants of :mod:`tdds_core.tracking`).
+:func:`to_markdown` and :func:`plot_accuracy_vs_rate` render it; :func:`rows_from_runs` turns
+tracked runs (:class:`tdds_core.tracking.RunRecord`, read back by
+:func:`tdds_core.tracking.rows_from_mlflow`) into rows (tag and metric names: the ``TAG_*`` /
+``METRIC_*`` constants of :mod:`tdds_core.names`). This module does not import the tracking.
 
 This module owns the plots (matplotlib, loaded lazily, Agg canvas, no pyplot): the accuracy-vs-rate
 plot and the score-stage figures :func:`score_histogram_figure` / :func:`extremes_grid_figure`
@@ -31,12 +31,12 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from .errors import TrackingError
-from .tracking import (METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_ITERATIONS, METRIC_NOISY_KEPT, METRIC_NUM_TRAIN,
-                       METRIC_WALL_S, STAGE_CORESET, STAGE_EVALUATE, STAGE_TRAIN_FULL, TAG_ARCH, TAG_METHOD,
-                       TAG_RATE, TAG_SEED, TAG_STAGE, MlflowTracker, format_rate)
+import numpy as np
 
-__all__ = ["build_table", "to_csv", "to_markdown", "plot_accuracy_vs_rate", "rows_from_mlflow", "rows_from_pipeline_run", "full_accuracy",
+from .names import (METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_ITERATIONS, METRIC_NOISY_KEPT, METRIC_NUM_TRAIN,
+                    METRIC_WALL_S, STAGE_TRAIN_FULL, TAG_ARCH, TAG_METHOD, TAG_RATE, TAG_SEED, TAG_STAGE, format_rate)
+
+__all__ = ["build_table", "to_csv", "to_markdown", "plot_accuracy_vs_rate", "rows_from_runs", "full_accuracy",
            "paired_differences", "paired_markdown", "scale_note",
            "score_histogram_figure", "extremes_grid_figure", "FULL_METHOD", "TABLE_COLUMNS"]
 
@@ -321,77 +321,45 @@ def plot_accuracy_vs_rate(rows: Iterable[dict], path: str | os.PathLike, full_ac
     return path
 
 
-def rows_from_mlflow(tracking_uri: str, experiment: str,
-                     stages: Sequence[str] = (STAGE_CORESET, STAGE_EVALUATE, STAGE_TRAIN_FULL)) -> list[dict]:
-    """Result rows from the FINISHED runs of ``experiment`` whose tag ``tdds.stage`` is in ``stages``.
+def rows_from_runs(runs: Iterable[Any]) -> list[dict]:
+    """Result rows from tracked runs (:class:`tdds_core.tracking.RunRecord`: ``tags``, ``metrics``,
+    ``params``, ``id``, ``start_time``), one per run that logged ``final_acc``.
 
-    Per run: ``method`` = tag ``tdds.method`` (``"full"`` for train-full runs), ``rate`` = tag
-    ``tdds.rate`` (None when absent), ``arch`` = tag ``tdds.arch``, ``seed`` = tag ``tdds.seed``;
-    metrics ``final_acc``, ``best_acc`` (percent), ``noisy_kept``, ``num_train``, ``iterations``,
-    ``wall_s``; plus ``stage`` and ``run_id``. Runs without ``final_acc`` are left out; for the same
-    (stage, method, rate, arch, seed) the newest run wins.
+    Per run: ``stage`` = tag ``tdds.stage``; ``method`` = tag ``tdds.method`` (``"full"`` for
+    train-full runs), ``rate`` = tag ``tdds.rate`` (None when absent), ``arch`` = tag ``tdds.arch``,
+    ``seed`` = tag ``tdds.seed``; metrics ``final_acc``, ``best_acc`` (percent), ``noisy_kept``,
+    ``num_train``, ``iterations``, ``wall_s``; param ``weighting``; plus ``run_id``. For the same
+    (stage, method, rate, arch, seed) the newest run wins (the first seen on a tie); rows in order of
+    start time.
     """
-    if tracking_uri.startswith("sqlite:///"):
-        db = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
-        if not db.is_file():
-            raise TrackingError(
-                f"no MLflow database at {db}; run the grid first, or pass --tracking-uri / --config naming the "
-                "tracking store the runs were logged to."
-            )
-    tracker = MlflowTracker(tracking_uri, experiment, create_experiment=False)
     newest: dict[tuple, tuple[int, dict]] = {}
-    for stage in stages:
-        for run in tracker.find_runs(tags={TAG_STAGE: stage}, status="FINISHED", max_results=_ALL_RUNS, order="oldest"):
-            tags, metrics = run.tags, run.metrics
-            if METRIC_FINAL_ACC not in metrics:
-                continue
-            seed = tags.get(TAG_SEED)
-            row = {
-                "method": tags.get(TAG_METHOD) or (FULL_METHOD if stage == STAGE_TRAIN_FULL else "?"),
-                "rate": _num(tags.get(TAG_RATE)),
-                "seed": int(seed) if seed not in (None, "") else None,
-                "arch": tags.get(TAG_ARCH, ""),
-                "final_acc": metrics.get(METRIC_FINAL_ACC),
-                "best_acc": metrics.get(METRIC_BEST_ACC),
-                "noisy_kept": metrics.get(METRIC_NOISY_KEPT),
-                "num_train": metrics.get(METRIC_NUM_TRAIN),
-                "iterations": metrics.get(METRIC_ITERATIONS),
-                "wall_s": metrics.get(METRIC_WALL_S),
-                "weighting": run.params.get("weighting"),
-                "stage": stage,
-                "run_id": run.id,
-            }
-            if stage == STAGE_TRAIN_FULL:
-                row["method"], row["rate"] = FULL_METHOD, None
-            key = (stage, row["method"], row["rate"], row["arch"], row["seed"])
-            if key not in newest or run.start_time > newest[key][0]:
-                newest[key] = (run.start_time, row)
+    for run in runs:
+        tags, metrics = run.tags, run.metrics
+        if METRIC_FINAL_ACC not in metrics:
+            continue
+        stage = tags.get(TAG_STAGE)
+        seed = tags.get(TAG_SEED)
+        row = {
+            "method": tags.get(TAG_METHOD) or (FULL_METHOD if stage == STAGE_TRAIN_FULL else "?"),
+            "rate": _num(tags.get(TAG_RATE)),
+            "seed": int(seed) if seed not in (None, "") else None,
+            "arch": tags.get(TAG_ARCH, ""),
+            "final_acc": metrics.get(METRIC_FINAL_ACC),
+            "best_acc": metrics.get(METRIC_BEST_ACC),
+            "noisy_kept": metrics.get(METRIC_NOISY_KEPT),
+            "num_train": metrics.get(METRIC_NUM_TRAIN),
+            "iterations": metrics.get(METRIC_ITERATIONS),
+            "wall_s": metrics.get(METRIC_WALL_S),
+            "weighting": run.params.get("weighting"),
+            "stage": stage,
+            "run_id": run.id,
+        }
+        if stage == STAGE_TRAIN_FULL:
+            row["method"], row["rate"] = FULL_METHOD, None
+        key = (stage, row["method"], row["rate"], row["arch"], row["seed"])
+        if key not in newest or run.start_time > newest[key][0]:
+            newest[key] = (run.start_time, row)
     return [row for _, row in sorted(newest.values(), key=lambda x: x[0])]
-
-
-_ALL_RUNS = 10 ** 9   # find_runs limit that means "every run" (it pages through them)
-
-
-def rows_from_pipeline_run(tracking_uri: str, experiment: str, pipeline_run_id: str) -> list[dict]:
-    """The result rows of one pipeline run (a KFP run id, or ``tdds run``'s ``local-...``): the
-    ``report/rows.json`` its parent MLflow run holds, whichever runs were reused from the cache.
-    TrackingError when no parent run has that id or it has no report yet (still running, failed)."""
-    import json
-
-    from .tracking import STAGE_PIPELINE, TAG_PIPELINE_RUN
-
-    tracker = MlflowTracker(tracking_uri, experiment, create_experiment=False)
-    parents = tracker.find_runs(tags={TAG_STAGE: STAGE_PIPELINE, TAG_PIPELINE_RUN: pipeline_run_id}, max_results=1)
-    if not parents:
-        raise TrackingError(f"no pipeline run {pipeline_run_id!r} in MLflow experiment {experiment!r} at "
-                            f"{tracker.uri_label}; pass the run id `tdds run` printed or `submit` returned, and the "
-                            "tracking URI the pipeline logged to.")
-    parent = parents[0]
-    try:
-        return json.loads(tracker.read_artifact(parent.id, "report/rows.json"))
-    except TrackingError:
-        raise TrackingError(f"pipeline run {pipeline_run_id!r} (MLflow run {parent.id}, {parent.status}) has no report "
-                            "yet: wait until it finishes (a failed run has none; see its tasks' logs).") from None
 
 
 # ------------------------------------------------------------------------------ score-stage figures
@@ -404,8 +372,6 @@ def _figure(width: float, height: float) -> Any:
 
 def _image_for_display(img: Any) -> tuple[Any, Optional[str]]:
     """One image ``[C, H, W]`` (or ``[H, W]`` / ``[H, W, C]``) -> an array imshow takes, and a cmap."""
-    import numpy as np
-
     a = np.asarray(img)
     if a.ndim == 3 and a.shape[0] in (1, 3, 4):
         a = np.transpose(a, (1, 2, 0))
@@ -419,8 +385,6 @@ def _image_for_display(img: Any) -> tuple[Any, Optional[str]]:
 
 def score_histogram_figure(scores: Any, *, method: str = "", bins: int = 50) -> Any:
     """A matplotlib Figure: histogram of the finite ``scores`` (higher = keep first)."""
-    import numpy as np
-
     s = np.asarray(scores, dtype=np.float64)
     fig = _figure(6, 4)
     ax = fig.add_subplot(1, 1, 1)
@@ -437,8 +401,6 @@ def extremes_grid_figure(images: Any, labels: Any, scores: Any, *, class_names: 
                          k: int = 16, method: str = "") -> Any:
     """A figure with the ``k`` most important (highest score) images on top and the ``k`` least
     important below, each titled with its label and score. ``images``: uint8 ``[N, C, H, W]``."""
-    import numpy as np
-
     s = np.asarray(scores, dtype=np.float64)
     n = len(s)
     k = max(1, min(int(k), n))

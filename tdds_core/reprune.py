@@ -30,7 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from .artifacts import fetch
+from .config import config_digest
 from .errors import ArtifactError
+from .io import verify_manifest
+from .names import (STAGE_REPRUNE, TAG_DATASET, TAG_FINGERPRINT, TAG_METHOD, TAG_METHOD_NAME, TAG_PREVIOUS_FINGERPRINT,
+                    TAG_PREVIOUS_SELECTION_URI, TAG_RATE, TAG_SELECTION_URI, TAG_STAGE, TAG_TRAIN_URI, format_rate,
+                    run_name)
+from .storage import open_store
+from .tracking import run_key, run_params
 
 __all__ = [
     "SelectionDiff", "PreviousSelection", "compare_selections", "dataset_identity", "find_previous_selection",
@@ -38,12 +46,6 @@ __all__ = [
     "TAG_SELECTION_URI", "TAG_TRAIN_URI", "TAG_PREVIOUS_FINGERPRINT", "TAG_PREVIOUS_SELECTION_URI", "HISTORY_PREFIX",
 ]
 
-STAGE_REPRUNE = "reprune"
-TAG_DATASET = "tdds.dataset"                         # dataset_identity(cfg.data)
-TAG_SELECTION_URI = "tdds.selection_uri"             # the current version's selection
-TAG_TRAIN_URI = "tdds.train_uri"                     # the full-data run (its dynamics/ids.txt lists the version's ids)
-TAG_PREVIOUS_FINGERPRINT = "tdds.previous_fingerprint"
-TAG_PREVIOUS_SELECTION_URI = "tdds.previous_selection_uri"
 HISTORY_PREFIX = "reprune"                           # store key prefix of the history entries
 
 
@@ -117,7 +119,6 @@ def dataset_identity(data_cfg: Any) -> str:
     extra = {k: v for k, v in (("options", data_cfg.options), ("train_subset", data_cfg.train_subset),
                                ("image_size", data_cfg.image_size)) if v}
     if extra:
-        from .config import config_digest
 
         ident += f"#{config_digest(extra, 8)}"
     return ident
@@ -126,8 +127,6 @@ def dataset_identity(data_cfg: Any) -> str:
 # ------------------------------------------------------------------------------------------ reading
 def read_selection_ids(selection_uri: str) -> list[str]:
     """The ids of the selection at ``selection_uri`` (local folder or s3://), checksums verified."""
-    from .io import verify_manifest
-    from .stages import fetch
 
     folder = fetch(selection_uri)
     manifest = verify_manifest(folder)
@@ -139,7 +138,6 @@ def read_selection_ids(selection_uri: str) -> list[str]:
 def read_dataset_ids(train_uri: str) -> Optional[list[str]]:
     """Every training id of the dataset version a full-data run saw (its ``dynamics/ids.txt`` or ``stats/ids.txt``),
     or None when the run is gone."""
-    from .stages import fetch
 
     try:
         folder = fetch(train_uri)
@@ -167,8 +165,6 @@ def _slug(s: str) -> str:
 
 
 def _history_prefix(dataset: str, label: str, rate: float) -> str:
-    from .config import config_digest
-    from .tracking import format_rate
 
     return f"{HISTORY_PREFIX}/{config_digest(dataset, 10)}/{_slug(label)}-p{format_rate(rate)}"
 
@@ -182,7 +178,6 @@ def find_previous_selection(tracker: Any, output: str, *, dataset: str, label: s
     ``fingerprint``. Otherwise (or when MLflow has none): the newest entry of the store history
     ``reprune/...`` under ``output`` with another fingerprint. None when there is no earlier version.
     """
-    from .tracking import TAG_FINGERPRINT, TAG_METHOD, TAG_RATE, TAG_STAGE, format_rate
 
     if getattr(tracker, "enabled", False):
         runs = tracker.find_runs(tags={TAG_STAGE: STAGE_REPRUNE, TAG_DATASET: dataset, TAG_METHOD: label,
@@ -192,7 +187,6 @@ def find_previous_selection(tracker: Any, output: str, *, dataset: str, label: s
             if tags.get(TAG_FINGERPRINT) and tags.get(TAG_FINGERPRINT) != fingerprint and tags.get(TAG_SELECTION_URI):
                 return PreviousSelection(tags[TAG_FINGERPRINT], tags[TAG_SELECTION_URI], tags.get(TAG_TRAIN_URI, ""),
                                          f"mlflow:{run.id}")
-    from .storage import open_store
 
     store = open_store(output)
     prefix = _history_prefix(dataset, label, rate)
@@ -222,9 +216,6 @@ def record_reprune(cfg: Any, tracker: Any, *, selection_uri: str, train_uri: str
     id lists as artifacts ``reprune/{kept,dropped,added}.txt``, and a history entry in the store.
     Returns a row: the counts plus ``method``, ``rate``, ``fingerprint``, ``previous_fingerprint``.
     """
-    from .storage import open_store
-    from .tracking import (TAG_FINGERPRINT, TAG_METHOD, TAG_METHOD_NAME, TAG_RATE, TAG_STAGE, run_key, run_name)
-
     dataset = dataset_identity(cfg.data)
     current = read_selection_ids(selection_uri)
     prev = find_previous_selection(tracker, cfg.output, dataset=dataset, label=label, rate=rate, fingerprint=fingerprint)
@@ -246,7 +237,6 @@ def record_reprune(cfg: Any, tracker: Any, *, selection_uri: str, train_uri: str
             TAG_PREVIOUS_SELECTION_URI: prev.selection_uri if prev else ""}
     with tracker.start_run(name, key=key, tags=tags, parent=parent) as run:
         if not run.reused and getattr(tracker, "enabled", False):
-            from .tracking import run_params
 
             tracker.log_params(run_params(method=method, label=label, rate=rate))
             tracker.log_metrics(counts)
@@ -266,6 +256,5 @@ def record_reprune(cfg: Any, tracker: Any, *, selection_uri: str, train_uri: str
 
 
 def _fmt_rate(rate: float) -> str:
-    from .tracking import format_rate
 
     return format_rate(rate)

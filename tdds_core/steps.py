@@ -31,12 +31,23 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from . import __version__
+from . import plan as P
 from .config import Config, config_digest, parse_config
+from .data import create_dataset
 from .errors import ArtifactError, ConfigError, PipelineError
-from .stages import Context, State, get_stage
+from .io import atomic_write_json, json_safe
+from .names import (STAGE_PIPELINE, TAG_CONFIG_NAME, TAG_DATASET, TAG_FINGERPRINT, TAG_PIPELINE_RUN, TAG_STAGE,
+                    format_rate, run_name, slug)
+from .plan import Plan, parse_item, stage_config
+from .reprune import dataset_identity
+from .scoring import check_recorded_inputs
+from .stage_registry import Context, State, chain, get_stage
+from . import tracking
+from .tracking import ParentedTracker, make_tracker
 
 __all__ = ["load_config_json", "stage_config_json", "build_digest", "pipeline_key", "effective_run_id",
-           "ParentedTracker", "find_parent_run", "open_run", "run_task", "collect", "close_run", "emit",
+           "find_parent_run", "open_run", "run_task", "collect", "close_run", "emit",
            "read_state", "missing_work", "TAG_PIPELINE_KEY", "TAG_PIPELINE_INSTANCE", "PIPELINE_INSTANCE_ENV",
            "pipeline_instance", "code_stamp", "check_code_version", "CODE_VERSION_ENV", "BUILD_SHA_ENV"]
 
@@ -50,12 +61,9 @@ BUILD_SHA_ENV = "TDDS_BUILD_SHA"         # ... and its git commit, when known
 def code_stamp() -> dict[str, str]:
     """What a compiled cluster pipeline carries in every task's environment: the tdds version and
     git commit of the code that compiled it (:func:`check_code_version` compares them in the task)."""
-    from . import __version__
-    from .tracking import git_sha
-
     stamp = {CODE_VERSION_ENV: __version__}
-    if git_sha():
-        stamp[BUILD_SHA_ENV] = str(git_sha())
+    if tracking.git_sha():
+        stamp[BUILD_SHA_ENV] = str(tracking.git_sha())
     return stamp
 
 
@@ -63,14 +71,11 @@ def check_code_version(environ: Optional[Mapping[str, str]] = None) -> None:
     """Refuse to run a task in an image of other code than the pipeline was compiled from: the
     stamp of :func:`code_stamp` against this installation's version and ``$TDDS_GIT_SHA`` (baked in
     by ``docker build --build-arg TDDS_GIT_SHA=...``). No stamp (a local run): nothing to check."""
-    from . import __version__
-    from .tracking import git_sha
-
     environ = os.environ if environ is None else environ
     want, want_sha = environ.get(CODE_VERSION_ENV), environ.get(BUILD_SHA_ENV)
     if not want:
         return
-    have_sha = git_sha()
+    have_sha = tracking.git_sha()
     if want != __version__ or (want_sha and have_sha and want_sha[:12] != have_sha[:12]):
         compiled = f"{want}" + (f" (commit {want_sha[:12]})" if want_sha else "")
         image = f"{__version__}" + (f" (commit {have_sha[:12]})" if have_sha else "")
@@ -102,8 +107,6 @@ def load_config_json(config_json: str) -> Config:
 
 def stage_config_json(cfg: Config, stage: str) -> str:
     """``cfg`` as the JSON a cached stage task gets (:func:`tdds_core.plan.stage_config`)."""
-    from .plan import stage_config
-
     try:
         return stage_config(cfg, stage).to_json()
     except ConfigError as e:
@@ -112,9 +115,6 @@ def stage_config_json(cfg: Config, stage: str) -> str:
 
 def build_digest(cfg: Config, pipeline: str = "prune") -> str:
     """Digest of what a pipeline built from ``cfg`` bakes in: the plan and every cached stage's config."""
-    from .plan import Plan
-    from .stages import chain
-
     return config_digest({"plan": Plan.from_config(cfg).digest(),
                           "stages": {s.name: stage_config_json(cfg, s.name) for s in chain(pipeline) if s.cached}}, 16)
 
@@ -135,29 +135,10 @@ def effective_run_id(run_id: str, job_id: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ MLflow glue
-class ParentedTracker:
-    """A tracker whose top-level runs are children of ``parent_id``; everything else is the wrapped tracker's."""
-
-    def __init__(self, tracker: Any, parent_id: Optional[str]):
-        self._tracker = tracker
-        self.parent_id = parent_id
-
-    def start_run(self, name: str, *, parent: Any = None, tags: Optional[Mapping[str, Any]] = None,
-                  key: Optional[str] = None, system_metrics: bool = False):
-        if parent is None and self._tracker.active_run is None:
-            parent = self.parent_id
-        return self._tracker.start_run(name, parent=parent, tags=tags, key=key, system_metrics=system_metrics)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tracker, name)
-
-
 def find_parent_run(tracker: Any, *, pipeline_key_value: Optional[str] = None, run_id: Optional[str] = None,
                     instance: Optional[str] = None, status: Optional[str] = "RUNNING") -> Optional[Any]:
     """The newest pipeline parent run (a :class:`~tdds_core.tracking.RunRecord`) with the given
     pipeline key, pipeline run id or pipeline instance and ``status`` (None: any), or None."""
-    from .tracking import STAGE_PIPELINE, TAG_PIPELINE_RUN, TAG_STAGE
-
     if not tracker.enabled:
         return None
     tags = {TAG_STAGE: STAGE_PIPELINE}
@@ -177,8 +158,6 @@ def _stage_tracker(cfg: Config, fingerprint: str, parent_run_id: str = "") -> An
     """The tracker a task logs with: children of ``parent_run_id``, else of this pipeline run's
     parent (:func:`pipeline_instance`), else of the one open for this config and dataset version
     (none found: top-level runs)."""
-    from .tracking import TAG_PIPELINE_RUN, make_tracker
-
     tracker = make_tracker(cfg, cfg.output)
     if not tracker.enabled:
         return tracker
@@ -216,8 +195,6 @@ def read_state(source: str | os.PathLike | Mapping) -> State:
 
 def _row_metrics(rows: Sequence[dict]) -> dict[str, float]:
     """Scalar metrics of result rows for the KFP UI: ``<method>@p<rate>/<arch>/s<seed>.<field>``."""
-    from .plan import format_rate, slug
-
     out = {}
     for r in rows:
         tag = slug("/".join(str(x) for x in (r.get("method"), r.get("rate") is not None and f"p{format_rate(r['rate'])}",
@@ -233,8 +210,6 @@ def emit(state: State, *, artifact: Any = None, metrics: Any = None) -> None:
     """Write a task's state into KFP output artifacts (duck-typed: ``.path``, ``.metadata``,
     ``.log_metric``): the state as JSON into ``artifact.path`` and its metadata; the rows'
     scalars into ``metrics``."""
-    from .io import atomic_write_json, json_safe
-
     data = json_safe(state.model_dump(mode="json"))
     if artifact is not None:
         Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
@@ -250,8 +225,6 @@ def emit(state: State, *, artifact: Any = None, metrics: Any = None) -> None:
 def missing_work(state: State | Mapping, output: str, store: Any, tracker: Any) -> list[str]:
     """What a state (a cached task's output) names that is gone: artifacts not complete in ``store``
     and runs with no finished run in ``tracker``. A cache entry naming missing work must not be trusted."""
-    from . import plan as P
-
     state = state if isinstance(state, State) else State.model_validate(state)
     missing = []
     for items in state.refs.values():
@@ -270,18 +243,12 @@ def open_run(config_json: str, *, run_id: str = "", job_id: str = "", build: str
     """Check that the config is the one the pipeline was built from (``build`` =
     :func:`build_digest`), fingerprint the dataset and open the parent MLflow run. Returns
     ``(parent_run_id or "", fingerprint)``."""
-    from .data import create_dataset
-    from .reprune import TAG_DATASET, dataset_identity
-    from .tracking import STAGE_PIPELINE, TAG_CONFIG_NAME, TAG_FINGERPRINT, TAG_STAGE, make_tracker, run_name
-
     check_code_version()
     cfg = load_config_json(config_json)
     if build and build_digest(cfg, pipeline) != build:
         raise PipelineError("config_json differs from the config the pipeline was built from (its loops and stage "
                             "settings are fixed when it is built); compile the pipeline again from this config "
                             "(tdds compile --config ...) instead of changing the parameter.")
-    from .plan import Plan
-    from .scoring import check_recorded_inputs
 
     check_recorded_inputs([item.method.name for item in Plan.from_config(cfg).scores], cfg.dynamics.record)
     fp = create_dataset(cfg.data).fingerprint
@@ -306,8 +273,6 @@ def run_task(stage: str, config_json: str, item_json: str = "{}", *, state: Opti
              fingerprint: str = "", parent_run_id: str = "") -> State:
     """Run one item of a registered stage: ``state`` is the output of the stages before it (the
     first stage starts from ``fingerprint``). Returns what the item added."""
-    from .plan import parse_item
-
     check_code_version()
     cfg = load_config_json(config_json)
     st = get_stage(stage)
@@ -328,8 +293,6 @@ def collect(state: State, parts: Sequence[State]) -> State:
 def close_run(config_json: str, *, run_id: str = "", job_id: str = "") -> str:
     """Exit handler: end the pipeline's parent run FAILED if it is still RUNNING (the report ends it
     FINISHED on success). Returns the parent's final status ("" without tracking)."""
-    from .tracking import make_tracker
-
     cfg = load_config_json(config_json)
     rid = effective_run_id(run_id, job_id)
     tracker = make_tracker(cfg, cfg.output)

@@ -28,8 +28,11 @@ import yaml
 
 from .config import Config, MethodSpec
 from .errors import ConfigError, TddsError
+from .grid import run_grid
 from .io import atomic_write_text
-from .plan import format_rate
+from .names import format_rate
+from .report import _mean_std
+from .scoring import resolve_params
 from .storage import join_uri
 
 __all__ = ["PAPER_RULE", "paper_rule", "tune_config", "tune", "TuneResult"]
@@ -76,8 +79,6 @@ def _entry(cfg: Config) -> tuple[int, MethodSpec]:
 
 def _candidates(cfg: Config, entry: MethodSpec) -> list[tuple[str, dict, Optional[str]]]:
     """(label, params, weighting) per valid combination of ``cfg.tune.grid``, in grid order."""
-    from .scoring import resolve_params
-
     grid = dict(cfg.tune.grid)
     if not grid or any(not v for v in grid.values()):
         raise ConfigError("tune.grid: give at least one value per option, e.g. {T: [3, 5, 10], W: [3, 5]}")
@@ -131,9 +132,6 @@ def tune_config(cfg: Config) -> tuple[Config, list[tuple[str, dict, Optional[str
 
 def tune(cfg: Config, write: Optional[str | Path] = None) -> TuneResult:
     """Choose ``cfg.tune.method``'s settings per rate on the validation split; write the tuned config to ``write``."""
-    from .grid import run_grid
-    from .report import _mean_std
-
     idx, entry = _entry(cfg)
     tcfg, cands = tune_config(cfg)
     rows = run_grid(tcfg).rows

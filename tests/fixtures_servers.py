@@ -1,4 +1,5 @@
-"""Real servers on 127.0.0.1 for the storage/tracking tests: moto_server (S3) and `mlflow server`.
+"""Real servers on 127.0.0.1 for the storage/tracking tests (moto_server for S3, `mlflow server`), and
+the MLflow stores.
 
 Session-scoped fixtures (each server starts once per test session and stops at the end):
 
@@ -9,6 +10,15 @@ Session-scoped fixtures (each server starts once per test session and stops at t
   --serve-artifacts --artifacts-destination s3://MLFLOW_BUCKET/mlartifacts`` whose artifacts land in
   the moto server (``MLFLOW_S3_ENDPOINT_URL``).
 
+Per-test fixtures:
+
+* ``own_moto`` -> a moto_server of the test's own (a :class:`ServerProcess`; a test may stop it).
+* ``auth_moto`` -> ``(server, key)``: an own moto_server with IAM authentication on, bucket
+  ``secured`` and a user allowed ``s3:*`` whose access key is ``key`` (``AccessKeyId``,
+  ``SecretAccessKey``); see :func:`start_moto_with_auth`.
+* ``local_tracking`` -> :func:`sqlite_uri`, with ``MLFLOW_TRACKING_URI`` unset: runs track to the
+  default store, the SQLite file ``mlflow.db`` under the output root.
+
 Helpers for tests that need servers of their own: :func:`start_moto`, :func:`start_mlflow`,
 :func:`free_port`, :func:`s3_client`, and :class:`TcpRelay` (a TCP forwarder that can cut the line
 after N bytes, to make a server vanish mid-transfer while it keeps what it received).
@@ -16,6 +26,7 @@ after N bytes, to make a server vanish mid-transfer while it keeps what it recei
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -30,11 +41,6 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-
-__all__ = [
-    "s3_server", "s3_server_process", "mlflow_server", "mlflow_server_process", "free_port", "start_moto", "start_mlflow", "s3_client", "ServerProcess",
-    "TcpRelay", "FAKE_ACCESS_KEY", "FAKE_SECRET_KEY", "MLFLOW_BUCKET", "BIN",
-]
 
 BIN = Path(sys.executable).parent
 FAKE_ACCESS_KEY = "AKIATDDSTESTFAKE0001"
@@ -217,6 +223,59 @@ def mlflow_server_process(s3_server, tmp_path_factory):
 def mlflow_server(mlflow_server_process) -> str:
     """Tracking URL of the session-wide ``mlflow server``."""
     return mlflow_server_process.url
+
+
+def start_moto_with_auth(workdir: Path) -> tuple[ServerProcess, dict]:
+    """A moto_server with IAM authentication on (``/moto-api/reset-auth``, server-wide, hence its own
+    server), bucket ``secured`` and a user ``tdds`` allowed ``s3:*``. Returns the server and the user's
+    access key (``AccessKeyId``, ``SecretAccessKey``); the caller stops the server."""
+    import boto3
+
+    server = start_moto(workdir)
+    try:
+        iam = boto3.client("iam", endpoint_url=server.url, region_name="us-east-1",
+                           aws_access_key_id="AKIASETUP", aws_secret_access_key="setup")
+        s3_client(server.url).create_bucket(Bucket="secured")
+        iam.create_user(UserName="tdds")
+        iam.put_user_policy(UserName="tdds", PolicyName="s3", PolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        key = iam.create_access_key(UserName="tdds")["AccessKey"]
+        req = urllib.request.Request(server.url + "/moto-api/reset-auth", data=b"0", method="POST",
+                                     headers={"Content-Type": "text/plain"})
+        assert json.loads(urllib.request.urlopen(req).read())["status"] == "ok"
+    except BaseException:
+        server.stop()
+        raise
+    return server, key
+
+
+@pytest.fixture
+def own_moto(tmp_path):
+    """A moto_server of this test's own (a :class:`ServerProcess`), stopped at the end."""
+    server = start_moto(tmp_path / "own-moto")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def auth_moto(tmp_path):
+    """``(server, key)`` from :func:`start_moto_with_auth`, stopped at the end."""
+    server, key = start_moto_with_auth(tmp_path / "auth-moto")
+    yield server, key
+    server.stop()
+
+
+def sqlite_uri(output: Path) -> str:
+    """The default MLflow store of an output root: the SQLite file ``<output>/mlflow.db``."""
+    return f"sqlite:///{Path(output) / 'mlflow.db'}"
+
+
+@pytest.fixture
+def local_tracking(monkeypatch):
+    """``MLFLOW_TRACKING_URI`` unset, so runs track to their output root's SQLite file; returns
+    :func:`sqlite_uri`."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return sqlite_uri
 
 
 class TcpRelay:

@@ -12,16 +12,18 @@ import json
 import os
 import shutil
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from fixtures_servers import FAKE_SECRET_KEY, free_port, s3_client, start_moto
+from fixtures_config import synthetic_config
+from fixtures_servers import FAKE_SECRET_KEY, free_port, s3_client
 from helpers import make_idx_dataset, write_idx
-from tdds_core import stages
+from tdds_core.stages.score import score
+from tdds_core.stages.select import select
+from tdds_core.stages.train_full import train_full
 from tdds_core.cli import main
 from tdds_core.config import parse_config
 from tdds_core.data import create_dataset
@@ -31,15 +33,11 @@ from tdds_core.errors import ArtifactError
 from tdds_core.io import sha256_file, write_manifest
 
 SYN = {"num_train": 64, "num_test": 32, "image_size": 8}
-BASE = {"name": "bad-input",
-        "data": {"name": "synthetic", "options": SYN},
-        "model": {"arch": "small_cnn", "options": {"width": 4}},
-        "train": {"epochs": 4, "batch_size": 32, "lr": 0.05, "progress": False},
-        "dynamics": {"save_features": False},
-        "methods": [{"name": "random"}, {"name": "tdds", "params": {"T": 3, "W": 2}}],
-        "selection": {"rates": [0.5]}, "coreset": {"batch_size": 16, "epochs": 1},
-        "evaluate": {"archs": ["small_cnn"], "rates": []},
-        "tracking": {"enabled": False}}
+BASE = synthetic_config(**SYN, name="bad-input", width=4, epochs=4, batch_size=32,
+                        dynamics={"save_features": False},
+                        methods=[{"name": "random"}, {"name": "tdds", "params": {"T": 3, "W": 2}}],
+                        selection={"rates": [0.5]}, coreset={"batch_size": 16, "epochs": 1},
+                        evaluate={"archs": ["small_cnn"], "rates": []}, tracking={"enabled": False})
 
 
 def merged(base: dict, over: dict) -> dict:
@@ -84,9 +82,9 @@ def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("finished")
     cfg = parse_config(merged(BASE, {"output": str(root / "out")}))
     splits = create_dataset(cfg.data)
-    full = stages.train_full(cfg, splits=splits)
-    sc = stages.score(cfg, full.uri, cfg.methods[1], splits=splits)
-    sel = stages.select(cfg, full.uri, sc.uri, 0.5)
+    full = train_full(cfg, splits=splits)
+    sc = score(cfg, full.uri, cfg.methods[1], splits=splits)
+    sel = select(cfg, full.uri, sc.uri, 0.5)
 
     class Finished:
         pass
@@ -235,7 +233,7 @@ def test_dynamics_N_or_C_differ_from_dataset(untouched, options, fragments):
     other = create_dataset(parse_config(merged(BASE, {"data": {"options": options}})).data)
     with pytest.raises(ArtifactError) as e:
         # a method/params whose scores do not exist yet: the stage would write them
-        stages.score(untouched.cfg, untouched.train_uri, "random", {"seed": 123}, splits=other)
+        score(untouched.cfg, untouched.train_uri, "random", {"seed": 123}, splits=other)
     for f in fragments:
         assert f in str(e.value), str(e.value)
     assert not list((untouched.root / "scores").glob("random-*"))
@@ -375,40 +373,25 @@ def test_unreachable_kfp_host(tmp_path, capsys):
 
 
 @pytest.mark.servers
-def test_wrong_s3_credentials(tmp_path, capsys, fake_aws):
+def test_wrong_s3_credentials(tmp_path, capsys, fake_aws, auth_moto):
     """moto with IAM authentication on (its own server: /moto-api/reset-auth is server-wide)."""
-    import boto3
+    server, key = auth_moto
+    good = s3_client(server.url, access_key=key["AccessKeyId"], secret_key=key["SecretAccessKey"])
+    good.put_object(Bucket="secured", Key="run/keep/manifest.json", Body=b'{"files": {}}')
 
-    server = start_moto(tmp_path / "auth-moto")
-    try:
-        iam = boto3.client("iam", endpoint_url=server.url, region_name="us-east-1",
-                           aws_access_key_id="AKIASETUP", aws_secret_access_key="setup")
-        s3_client(server.url).create_bucket(Bucket="secured")
-        iam.create_user(UserName="tdds")
-        iam.put_user_policy(UserName="tdds", PolicyName="s3", PolicyDocument=json.dumps({
-            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-        key = iam.create_access_key(UserName="tdds")["AccessKey"]
-        good = s3_client(server.url, access_key=key["AccessKeyId"], secret_key=key["SecretAccessKey"])
-        good.put_object(Bucket="secured", Key="run/keep/manifest.json", Body=b'{"files": {}}')
-        req = urllib.request.Request(server.url + "/moto-api/reset-auth", data=b"0", method="POST",
-                                     headers={"Content-Type": "text/plain"})
-        assert json.loads(urllib.request.urlopen(req).read())["status"] == "ok"
+    def listing():
+        return sorted((o["Key"], o["ETag"]) for o in good.list_objects_v2(Bucket="secured").get("Contents", []))
 
-        def listing():
-            return sorted((o["Key"], o["ETag"]) for o in good.list_objects_v2(Bucket="secured").get("Contents", []))
-
-        before = listing()
-        fake_aws.setenv("AWS_ENDPOINT_URL", server.url)
-        fake_aws.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
-        fake_aws.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET_KEY)  # the right key id, a wrong secret
-        cfg = write_cfg(tmp_path)
-        rc, _, err = run(capsys, "train", "--config", cfg, "--out", "s3://secured/run")
-        refused(rc, err, f"S3 endpoint {server.url} refused the request", "the credentials are wrong or lack permission",
-                "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
-        assert FAKE_SECRET_KEY not in err and key["SecretAccessKey"] not in err
-        assert listing() == before  # nothing written, nothing deleted
-    finally:
-        server.stop()
+    before = listing()
+    fake_aws.setenv("AWS_ENDPOINT_URL", server.url)
+    fake_aws.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    fake_aws.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET_KEY)  # the right key id, a wrong secret
+    cfg = write_cfg(tmp_path)
+    rc, _, err = run(capsys, "train", "--config", cfg, "--out", "s3://secured/run")
+    refused(rc, err, f"S3 endpoint {server.url} refused the request", "the credentials are wrong or lack permission",
+            "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+    assert FAKE_SECRET_KEY not in err and key["SecretAccessKey"] not in err
+    assert listing() == before  # nothing written, nothing deleted
 
 
 # ------------------------------------------------------------------------------------------ config files

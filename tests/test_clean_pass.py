@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-import tdds_core.engine as engine
+from fixtures_config import synthetic_config
+import tdds_core.engine.forward as engine
 from tdds_core.config import parse_config
 from tdds_core.data import create_dataset
 from tdds_core.dynamics import FINAL_LOGITS, open_dynamics
@@ -22,9 +23,7 @@ from tdds_core.io import verify_manifest
 from tdds_core.models import create_model
 from tdds_core.scoring import compute_scores, entropy_from_logits, moderate_from_features
 
-SYN = {"data": {"name": "synthetic", "options": {"num_train": 80, "num_test": 40, "image_size": 12}},
-       "model": {"arch": "small_cnn", "options": {"width": 8}},
-       "train": {"epochs": 3, "batch_size": 16, "lr": 0.05, "progress": False}}
+SYN = synthetic_config(80, 40, 12)
 
 
 def cfg_(**over):

@@ -12,19 +12,18 @@ import numpy as np
 import pytest
 import torch
 
+from fixtures_config import synthetic_config
 from tdds_core.config import parse_config
 from tdds_core.data import create_dataset
 from tdds_core.dynamics import open_dynamics
-from tdds_core.engine import GlooSyncBatchNorm, _Group, full_data_spec, load_model, train
+from tdds_core.engine import GlooSyncBatchNorm, full_data_spec, load_model, train
+from tdds_core.engine.distributed import _Group
 from tdds_core.errors import ConfigError
 from tdds_core.io import read_json, verify_manifest
 from tdds_core.statistics import open_statistics
 
 # 100 samples in batches of 15: six batches split 7 / 8 between two ranks, a last one of 10 split 5 / 5
-SYN = {"data": {"name": "synthetic", "options": {"num_train": 100, "num_test": 40, "image_size": 12}},
-       "model": {"arch": "small_cnn", "options": {"width": 8}},
-       "train": {"epochs": 3, "batch_size": 15, "lr": 0.05, "progress": False},
-       "dynamics": {"record": "both", "dtype": "float32"}}
+SYN = synthetic_config(100, 40, 12, batch_size=15, dynamics={"record": "both", "dtype": "float32"})
 
 SCRIPT = """
 import json, sys
@@ -52,6 +51,7 @@ def _torchrun(tmp_path, cfg: dict, out, *extra: str, nproc: int = 2) -> subproce
                            str(script), json.dumps(cfg), str(out), *extra], env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_record_the_single_process_dynamics(tmp_path):
     proc = _torchrun(tmp_path, SYN, tmp_path / "two")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -88,6 +88,7 @@ def test_two_gloo_processes_record_the_single_process_dynamics(tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_two_process_run_resumes_bit_for_bit(tmp_path):
     """Stopped after its second epoch (rank 0 fails, torchrun ends the other), the run resumes from
     rank 0's checkpoint in both processes and ends with the uninterrupted run's files, bit for bit."""
@@ -110,7 +111,7 @@ def test_a_two_process_run_resumes_bit_for_bit(tmp_path):
 def test_a_batch_too_small_to_share_is_refused(tmp_path):
     """Every rank needs a part of every batch: a last batch of one sample cannot be split in two
     (checked as rank 0 of 2 builds its trainer, before anything trains)."""
-    from tdds_core.engine import _Trainer
+    from tdds_core.engine.trainer import _Trainer
 
     cfg = parse_config({**SYN, "data": {"name": "synthetic", "options": {"num_train": 31, "num_test": 40, "image_size": 12}}})
     with pytest.raises(ConfigError, match=r"2 processes cannot share a batch of 1 samples .*torchrun --nproc-per-node"):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from fixtures_config import synthetic_config
 from tdds_core.config import parse_config
 from tdds_core.data import create_dataset
 from tdds_core.dynamics import open_dynamics
@@ -11,9 +12,7 @@ from tdds_core.engine import coreset_batch_size, coreset_spec, full_data_spec, l
 from tdds_core.errors import ArtifactError, ConfigError
 from tdds_core.io import verify_manifest
 
-SYN = {"data": {"name": "synthetic", "options": {"num_train": 96, "num_test": 48, "image_size": 12}},
-       "model": {"arch": "small_cnn", "options": {"width": 8}},
-       "train": {"epochs": 3, "batch_size": 16, "lr": 0.05, "progress": False}}
+SYN = synthetic_config(96, 48, 12)
 
 
 def cfg_(**over):
@@ -138,7 +137,7 @@ def test_strategy_p_trains_E_over_1_minus_p_epochs(tmp_path):
 def test_checkpoint_loads_onto_the_cpu_and_rng_states_restore_as_cpu_bytes(tmp_path, monkeypatch):
     """A resume loads the checkpoint with map_location='cpu' and hands torch's RNG setters CPU uint8
     tensors (loading onto the training device put them on the GPU, which the setters refuse)."""
-    from tdds_core import engine
+    from tdds_core.engine import checkpoint as engine
 
     cfg = cfg_()
     s = create_dataset(cfg.data)
@@ -234,12 +233,13 @@ class _StopTrainer:
 def test_a_resume_with_another_amp_or_device_class_is_refused(tmp_path, monkeypatch):
     """A bf16 GPU run's folder (the device resolution stubbed: no CUDA here) refuses a resume in
     fp32, naming train.amp and the fix, and refuses a resume on a CPU, naming the device class."""
-    from tdds_core import engine
+    from tdds_core import numerics
+    from tdds_core.engine import run as engine
 
     cfg = cfg_(**{"train.amp": "bf16"})
     s = create_dataset(cfg.data)
     with monkeypatch.context() as m:
-        m.setattr(engine, "resolve_device", lambda name: torch.device("cuda"))
+        m.setattr(numerics, "resolve_device", lambda name: torch.device("cuda"))
         m.setattr(engine, "_Trainer", _StopTrainer)
         with pytest.raises(Stop):
             train(s, full_data_spec(cfg), tmp_path)
@@ -277,7 +277,7 @@ def test_rng_states_reach_the_setters_as_cpu_bytes_whatever_the_checkpoint_holds
     """However a checkpoint's RNG states arrive (here int64, as a foreign loader or a device move
     may hand them over), torch.set_rng_state and torch.cuda.set_rng_state_all get CPU uint8 tensors
     with the saved bytes."""
-    from tdds_core import engine
+    from tdds_core.engine import trainer as engine
 
     cfg = cfg_()
     trainer = engine._Trainer(create_dataset(cfg.data), full_data_spec(cfg), tmp_path, None)

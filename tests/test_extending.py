@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures_config import synthetic_settings
 from tdds_core.cli import main
 from tdds_core.config import parse_config
 from helpers import EXECUTED as _EXEC
@@ -29,7 +30,8 @@ import numpy as np
 from tdds_core.io import atomic_write_json, write_manifest
 from tdds_core.scoring import register_method
 from tdds_core.selection import load_selection
-from tdds_core.stages import Ref, Stage, existing, fetch, publish, register_stage, uri_of, work_dir
+from tdds_core.artifacts import existing, fetch, publish, uri_of, work_dir
+from tdds_core.stage_registry import Ref, Stage, register_stage
 
 
 @register_method("toy_last")
@@ -60,18 +62,17 @@ register_stage(Stage("toy-count", order=45, loop="pairs", run=run))
 
 
 @pytest.fixture
-def plugin(tmp_path, monkeypatch):
+def plugin(tmp_path, monkeypatch, local_tracking):
     folder = tmp_path / "plugins"
     folder.mkdir()
     (folder / f"{PLUGIN}.py").write_text(textwrap.dedent(SOURCE))
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.setenv("PYTHONPATH", f"{folder}:{REPO}")       # the pipeline's task processes import it too
     monkeypatch.setenv("TDDS_PLUGINS", PLUGIN)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     yield
     from tdds_core import plugins
     from tdds_core.scoring import is_method, unregister_method
-    from tdds_core.stages import list_stages, unregister_stage
+    from tdds_core.stage_registry import list_stages, unregister_stage
 
     if is_method("toy_last"):
         unregister_method("toy_last")
@@ -81,11 +82,7 @@ def plugin(tmp_path, monkeypatch):
     sys.modules.pop(PLUGIN, None)
 
 
-SETTINGS = ["name=toy", "data.name=synthetic", "data.options={num_train: 120, num_test: 60, image_size: 12}",
-            "data.train_subset=null", "data.test_subset=null", "model.arch=small_cnn", "model.options={width: 8}",
-            "train.epochs=2", "train.batch_size=32", "train.progress=false",
-            "methods=[{name: toy_last}, {name: random}]", "selection.rates=[0.5]", "coreset.batch_size=16",
-            "pipeline.retries=0"]
+SETTINGS = synthetic_settings("toy", "[{name: toy_last}, {name: random}]")
 
 
 def _counts(out: Path) -> dict[str, list[int]]:
@@ -96,6 +93,7 @@ def _counts(out: Path) -> dict[str, list[int]]:
     return found
 
 
+@pytest.mark.slow
 def test_a_plugin_method_and_stage_run_in_the_grid_and_the_pipeline(plugin, tmp_path, capfd):
     from tdds_core.config import load_config
 

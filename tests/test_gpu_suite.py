@@ -32,7 +32,8 @@ def test_gpu_suite_smoke_mode(tmp_path):
     assert "tdds" in table and "random" in table and "resnet18" in table
 
 
-def test_a_slim_copy_of_a_grid_carries_its_finished_work(tmp_path):
+@pytest.mark.slow
+def test_a_slim_copy_of_a_grid_carries_its_finished_work(tmp_path, synthetic):
     """benchmarks/gpu_carry.py: the copy leaves out model weights and features, and a grid run on it
     trains nothing again (no weights reappear) and gives the same table."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -41,12 +42,10 @@ def test_a_slim_copy_of_a_grid_carries_its_finished_work(tmp_path):
     from tdds_core.config import parse_config
     from tdds_core.grid import run_grid
 
-    conf = {"name": "carry", "data": {"name": "synthetic", "options": {"num_train": 160, "num_test": 80, "image_size": 12}},
-            "model": {"arch": "small_cnn", "options": {"width": 8}},
-            "train": {"epochs": 3, "batch_size": 32, "lr": 0.05, "progress": False},
-            "methods": [{"name": "random"}, {"name": "moderate"}, {"name": "tdds", "params": {"T": 3, "W": 2}}],
-            "selection": {"rates": [0.5]}, "coreset": {"batch_size": 16},
-            "evaluate": {"rates": [0.5], "methods": ["tdds"], "archs": ["small_cnn_fc"]}, "tracking": {"enabled": False}}
+    conf = synthetic(160, 80, 12, name="carry", batch_size=32,
+                     methods=[{"name": "random"}, {"name": "moderate"}, {"name": "tdds", "params": {"T": 3, "W": 2}}],
+                     selection={"rates": [0.5]}, coreset={"batch_size": 16},
+                     evaluate={"rates": [0.5], "methods": ["tdds"], "archs": ["small_cnn_fc"]}, tracking={"enabled": False})
     first = run_grid(parse_config({**conf, "output": str(tmp_path / "call1")}))
     copied, left = slim_copy(tmp_path / "call1", tmp_path / "call2")
     assert any(p.endswith("model.pt") for p in left) and any(p.endswith("features.npy") for p in left)

@@ -2,17 +2,15 @@
 import numpy as np
 import pytest
 
+from fixtures_config import synthetic_config
 from tdds_core.config import parse_config
 from tdds_core.errors import ArtifactError
 from tdds_core.grid import run_grid
-from tdds_core.stages import train_full
+from tdds_core.stages.train_full import train_full
 
-SYN = {"name": "g", "data": {"name": "synthetic", "options": {"num_train": 160, "num_test": 80, "image_size": 12}},
-       "model": {"arch": "small_cnn", "options": {"width": 8}},
-       "train": {"epochs": 3, "batch_size": 32, "lr": 0.05, "progress": False},
-       "methods": [{"name": "random"}, {"name": "tdds", "params": {"T": 3, "W": 2}}],
-       "selection": {"rates": [0.5]}, "coreset": {"batch_size": 16},
-       "tracking": {"enabled": False}}
+SYN = synthetic_config(160, 80, 12, name="g", batch_size=32,
+                       methods=[{"name": "random"}, {"name": "tdds", "params": {"T": 3, "W": 2}}],
+                       selection={"rates": [0.5]}, coreset={"batch_size": 16}, tracking={"enabled": False})
 
 
 def _cfg(tmp_path, **extra):
@@ -20,6 +18,7 @@ def _cfg(tmp_path, **extra):
     return parse_config(d)
 
 
+@pytest.mark.slow
 def test_grid_resumes_without_redoing_finished_runs(tmp_path):
     cfg = _cfg(tmp_path)
     first = run_grid(cfg)
@@ -43,6 +42,7 @@ def test_grid_resumes_without_redoing_finished_runs(tmp_path):
     assert (second.report_dir / "accuracy_vs_rate.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_output_root_refuses_another_experiment(tmp_path):
     cfg = _cfg(tmp_path)
     train_full(cfg)
@@ -51,6 +51,7 @@ def test_output_root_refuses_another_experiment(tmp_path):
         train_full(other)
 
 
+@pytest.mark.slow
 def test_noise_fraction_kept_is_reported(tmp_path):
     cfg = _cfg(tmp_path, data={**SYN["data"], "noise": {"label_noise": 0.25, "seed": 3}},
                methods=[{"name": "random"}])
@@ -89,6 +90,7 @@ def _runs(db) -> list:
     return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id], max_results=1000)]
 
 
+@pytest.mark.slow
 def test_runtime_fields_reuse_every_artifact_and_run_identity_fields_make_new_ones(tmp_path):
     out = tmp_path / "out"
     base = {**SYN, "output": str(out), "tracking": {"enabled": True}}
@@ -115,6 +117,7 @@ def test_runtime_fields_reuse_every_artifact_and_run_identity_fields_make_new_on
     assert added == {"pipeline", "coreset"}
 
 
+@pytest.mark.slow
 def test_each_method_trains_with_its_own_weighting_and_the_table_says_so(tmp_path):
     out = tmp_path / "out"
     cfg = _cfg(tmp_path, tracking={"enabled": True},
@@ -149,6 +152,7 @@ def test_only_methods_keeps_the_named_rows_and_refuses_unknown_ones():
         only_methods(cfg, ["el2n"])
 
 
+@pytest.mark.slow
 def test_concurrent_coreset_runs_match_sequential_ones(tmp_path, monkeypatch):
     """coreset.concurrent_runs: the coreset trainings of a grid as two spawned processes give the same
     accuracies as one after another, and log their MLflow runs under the grid's parent."""

@@ -13,7 +13,7 @@ import pytest
 from fixtures_servers import MLFLOW_BUCKET, s3_client
 from tdds_core.config import load_config
 from tdds_core.grid import run_grid
-from tdds_core.report import rows_from_mlflow
+from tdds_core.tracking import rows_from_mlflow
 from tdds_core.tracking import (METRIC_FINAL_ACC, STAGE_CORESET, STAGE_PIPELINE, STAGE_SCORE, STAGE_TRAIN_FULL,
                                 TAG_ARTIFACT_URI, TAG_KEY, TAG_METHOD, TAG_PARENT_RUN, TAG_PIPELINE_RUN, TAG_RATE,
                                 TAG_SELECTION_SHA256, TAG_SELECTION_URI, TAG_STAGE)

@@ -10,24 +10,24 @@ import numpy as np
 import pytest
 import yaml
 
+from fixtures_config import synthetic_config
 from tdds_core.config import load_config, parse_config
 from tdds_core.data import create_dataset
 from tdds_core.dynamics import open_dynamics
 from tdds_core.engine import full_data_spec, train
 from tdds_core.errors import ConfigError
 from tdds_core.io import read_json
-from tdds_core.launch import pytorchjob_manifest, torchrun_command, train_on_nodes
+from tdds_core.engine.launch import pytorchjob_manifest, torchrun_command, train_on_nodes
 from tdds_core.plan import train_key
 
 REPO = Path(__file__).resolve().parents[1]
 # 100 samples in batches of 15 (as tests/test_distributed.py): both ranks train every step
-SYN = {"data": {"name": "synthetic", "options": {"num_train": 100, "num_test": 40, "image_size": 12}},
-       "model": {"arch": "small_cnn", "options": {"width": 8}},
-       "train": {"epochs": 3, "batch_size": 15, "lr": 0.05, "progress": False},
-       "dynamics": {"record": "both", "dtype": "float32"}, "tracking": {"enabled": False}}
+SYN = synthetic_config(100, 40, 12, batch_size=15, dynamics={"record": "both", "dtype": "float32"},
+                       tracking={"enabled": False})
 SHARED = "pipeline.shared_volume={pvc_name: tdds-shared, mount_path: /shared}"
 
 
+@pytest.mark.slow
 def test_the_stage_trains_in_two_processes_like_one(tmp_path, monkeypatch):
     """train.processes: 2 -> the stage starts torchrun; the run records the one-process dynamics
     within float tolerance, says world_size 2, gets its own key, and on_epoch sees every epoch."""
@@ -121,6 +121,7 @@ def test_without_a_cluster_the_launch_says_so(tmp_path, monkeypatch):
         train_on_nodes(cfg, tmp_path / "w", None, name="tdds-x", image="i")
 
 
+@pytest.mark.slow
 def test_compiled_train_full_asks_for_its_processes_or_launches_the_job(tmp_path):
     from pipelines.run import compile_pipeline
 

@@ -38,6 +38,7 @@ def test_unknown_option():
         create_model("small_cnn", num_classes=10, depth=3)
 
 
+@pytest.mark.slow
 def test_importing_the_library_leaves_torchvision_unloaded():
     # every KFP task is a new process: torchvision is imported only when a torchvision architecture
     # is built, not by `import tdds_core.engine` (the small CNN and the pipeline steps do not need it)

@@ -45,12 +45,11 @@ def venv_kernel(tmp_path, monkeypatch) -> str:
 
 
 @pytest.mark.slow
-def test_notebook_runs_locally(tmp_path, monkeypatch, venv_kernel):
+def test_notebook_runs_locally(tmp_path, monkeypatch, venv_kernel, local_tracking):
     out = tmp_path / "out"
     monkeypatch.setenv("TDDS_NOTEBOOK_MODE", "local")
     monkeypatch.setenv("TDDS_NOTEBOOK_OUTPUT", str(out))
     monkeypatch.setenv("TDDS_NOTEBOOK_QUICK", "1")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(nb, timeout=900, kernel_name=venv_kernel,
                    resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()

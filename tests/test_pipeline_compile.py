@@ -105,6 +105,7 @@ def prune(tmp_path_factory) -> tuple:
     return cfg, spec, _tasks(spec)
 
 
+@pytest.mark.slow
 def test_every_stage_is_a_component_and_a_task(prune):
     cfg, spec, tasks = prune
     for stage in STAGES:
@@ -118,6 +119,7 @@ def test_every_stage_is_a_component_and_a_task(prune):
     assert spec["defaultPipelineRoot"] == "s3://tdds-bucket/kfp-root"
 
 
+@pytest.mark.slow
 def test_edges(prune):
     cfg, spec, tasks = prune
     assert _producers(tasks["train-full"]) == {"open-run"}
@@ -159,6 +161,7 @@ def test_edges(prune):
     assert close["dependentTasks"] == [tasks["open-run"]["_dag"].removeprefix("comp-")]
 
 
+@pytest.mark.slow
 def test_loops_iterate_over_the_precomputed_plan(prune):
     cfg, spec, tasks = prune
     plan = Plan.from_config(cfg)
@@ -187,6 +190,7 @@ def test_loops_iterate_over_the_precomputed_plan(prune):
     assert [json.loads(x) for x in plan.items_json("pairs")] == pair_items
 
 
+@pytest.mark.slow
 def test_every_task_requests_resources_and_retries(prune):
     cfg, spec, tasks = prune
     execs = spec["deploymentSpec"]["executors"]
@@ -209,6 +213,7 @@ def test_every_task_requests_resources_and_retries(prune):
         assert retry["backoffMaxDuration"] == "1800s"
 
 
+@pytest.mark.slow
 def test_every_loop_has_its_parallelism(prune):
     cfg, spec, tasks = prune
     loops = [t for t in tasks.values() if "parameterIterator" in t]
@@ -216,6 +221,7 @@ def test_every_loop_has_its_parallelism(prune):
     assert all(t["iteratorPolicy"]["parallelismLimit"] == 3 for t in loops)
 
 
+@pytest.mark.slow
 def test_kubernetes_platform_spec(prune):
     cfg, spec, tasks = prune
     k8s = _k8s(spec)
@@ -238,6 +244,7 @@ def test_kubernetes_platform_spec(prune):
             assert not {"tolerations", "nodeSelector", "emptyDirMounts"} & set(ex), stage
 
 
+@pytest.mark.slow
 def test_images_and_caching_and_env(prune):
     cfg, spec, tasks = prune
     execs = spec["deploymentSpec"]["executors"]
@@ -256,6 +263,7 @@ def test_images_and_caching_and_env(prune):
         assert not tasks[stage].get("cachingOptions", {}).get("enableCache"), stage
 
 
+@pytest.mark.slow
 def test_cache_context_names_the_store_and_the_tracker(tmp_path):
     cfg = _cfg("output=s3://bucket/x", "tracking.uri=null")    # the tracker of the environment
     a = cache_context(cfg, {"AWS_ENDPOINT_URL": "http://minio-a:9000", "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
@@ -269,6 +277,7 @@ def test_cache_context_names_the_store_and_the_tracker(tmp_path):
     assert given == cache_context(cfg, {"AWS_ENDPOINT_URL": "http://minio-b:9000", "MLFLOW_TRACKING_URI": "http://mlflow:5000"})
 
 
+@pytest.mark.slow
 def test_caching_off_by_config_and_single_image(tmp_path):
     cfg = load_config(REPO / "configs" / "quickstart.yaml", [
         *CLUSTER, "pipeline.caching=false", "pipeline.gpus=0", "pipeline.retries=0", f"pipeline.image={IMAGE}",
@@ -287,6 +296,7 @@ def test_caching_off_by_config_and_single_image(tmp_path):
     assert "defaultPipelineRoot" not in spec
 
 
+@pytest.mark.slow
 def test_reprune_pipeline_adds_the_comparison(tmp_path):
     cfg = _cfg()
     spec = _compile(tmp_path, cfg, kind="reprune")
@@ -375,10 +385,12 @@ def test_compile_refuses_what_cannot_work_on_a_cluster(tmp_path, overrides, env,
     (["pipeline.data_volume=null", "data.root=null", "data.name=synthetic"], None),       # reads no files
     (["pipeline.data_volume=null", "data.name=manifest", "data.root=s3://pets/manifests/"], None),
 ])
+@pytest.mark.slow
 def test_compile_accepts_the_fixes(tmp_path, overrides, env):
     assert compile_pipeline(_cfg(*overrides), tmp_path / "p.yaml", env=env).is_file()
 
 
+@pytest.mark.slow
 def test_local_pipeline_has_no_cluster_settings(tmp_path):
     # tdds run builds without cluster=True: no checks, and none of the Kubernetes-only settings
     from kfp import compiler
@@ -404,6 +416,7 @@ def test_a_training_task_without_the_gpus_it_asked_for_fails(monkeypatch):
         tasks.stage_task("train-full", "{}", "", "{}", result=None, metrics=None)
 
 
+@pytest.mark.slow
 def test_cli_compile(tmp_path, capsys):
     out = tmp_path / "p.yaml"
     sets = [x for o in [*CLUSTER, f"pipeline.image={IMAGE}", f"pipeline.gpu_image={GPU_IMAGE}"] for x in ("--set", o)]
@@ -563,6 +576,7 @@ def fake_kfp():
         s.server_close()
 
 
+@pytest.mark.slow
 def test_submit_to_a_closed_port_names_host_and_fix():
     host = f"http://127.0.0.1:{_closed_port()}"
     with pytest.raises(PipelineError) as e:
@@ -578,6 +592,7 @@ def test_submit_to_a_closed_port_names_host_and_fix():
 
 @pytest.mark.parametrize("code,words", [(400, "rejected the request"), (403, "rejected the request"),
                                         (500, "check its logs")])
+@pytest.mark.slow
 def test_submit_rejected_by_the_server(fake_kfp, code, words):
     host, seen = fake_kfp(code)
     with pytest.raises(PipelineError) as e:
@@ -587,6 +602,7 @@ def test_submit_rejected_by_the_server(fake_kfp, code, words):
     assert ("GET", "/apis/v2beta1/healthz") in seen and any(p.startswith("/apis/v2beta1/experiments") for _, p in seen)
 
 
+@pytest.mark.slow
 def test_schedule_rejected_and_not_a_kfp_host(fake_kfp):
     host, _ = fake_kfp(400)
     with pytest.raises(PipelineError, match=r"scheduling tdds-reprune at .*HTTP 400"):
@@ -599,6 +615,7 @@ def test_schedule_rejected_and_not_a_kfp_host(fake_kfp):
         submit(_cfg(), auth)
 
 
+@pytest.mark.slow
 def test_cli_submit_error_exit_code(capsys):
     host = f"http://127.0.0.1:{_closed_port()}"
     sets = [x for o in [*CLUSTER, f"pipeline.gpu_image={GPU_IMAGE}"] for x in ("--set", o)]
@@ -607,6 +624,7 @@ def test_cli_submit_error_exit_code(capsys):
     assert host in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_namespace_and_token_reach_the_kfp_api(fake_kfp):
     calls: list = []
     host, _ = fake_kfp(400, health={"tag_name": "2.5.0", "multi_user": True}, calls=calls)
@@ -694,6 +712,7 @@ class _KfpRegistry(BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_schedules_point_at_a_registered_pipeline_version():
     state = {"calls": [], "pipelines": [], "versions": [], "recurring": []}
     srv = ThreadingHTTPServer(("127.0.0.1", 0), type("R", (_KfpRegistry,), {"state": state}))

@@ -13,22 +13,17 @@ import pytest
 from mlflow import MlflowClient
 
 from tdds_core.cli import main
-from tdds_core.report import rows_from_mlflow
+from tdds_core.tracking import rows_from_mlflow
 from tdds_core.selection import load_selection
 from tdds_core.steps import read_state
 from helpers import EXECUTED as _EXEC
 
 REPO = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_tracking")]
 
 TINY = ["data.train_subset=600", "data.test_subset=500", "train.epochs=2", "train.progress=false",
         "methods=[{name: random}, {name: tdds, params: {T: 2, W: 2}}]", "selection.rates=[0.5, 0.7]", "pipeline.retries=0"]
-
-
-@pytest.fixture(autouse=True)
-def _local_tracking(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
 def _run(out: Path, capfd, *extra: str) -> tuple[int, str]:
@@ -127,7 +122,7 @@ def test_tdds_run_end_to_end_then_cached_rerun(tmp_path, capfd):
     assert {m.source_run_id for m in models} == {r.info.run_id for r in coreset} | {train_run.info.run_id}
     _assert_parent_picture(client, parent)
     from tdds_core.errors import TrackingError
-    from tdds_core.report import rows_from_pipeline_run
+    from tdds_core.tracking import rows_from_pipeline_run
 
     mine = rows_from_pipeline_run(f"sqlite:///{out / 'mlflow.db'}", "tdds-fashion-mnist", run_id)
     assert sorted((r["method"], r["rate"] or 0) for r in mine) == [

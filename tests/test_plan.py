@@ -95,7 +95,7 @@ def test_deterministic_kernels_are_identity_on_a_gpu(monkeypatch):
     off, the numerics carry no such entry, so keys from before the option stand."""
     import torch
 
-    from tdds_core import engine
+    from tdds_core import numerics as engine
 
     monkeypatch.setattr(engine, "resolve_device", lambda name: torch.device("cuda"))
     gpu = _with("train.device", "cuda")

@@ -9,10 +9,11 @@ import pytest
 
 from tdds_core.cli import main as cli_main
 from tdds_core.errors import TrackingError
-from tdds_core.report import paired_differences, paired_markdown, build_table, plot_accuracy_vs_rate, rows_from_mlflow, to_csv, to_markdown
-from tdds_core.tracking import (METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_NOISY_KEPT, METRIC_NUM_TRAIN,
-                                STAGE_CORESET, STAGE_PIPELINE, STAGE_SCORE, STAGE_TRAIN_FULL, TAG_ARCH, TAG_METHOD,
-                                TAG_RATE, TAG_SEED, TAG_STAGE, MlflowTracker, format_rate, run_name)
+from tdds_core.report import paired_differences, paired_markdown, build_table, plot_accuracy_vs_rate, to_csv, to_markdown
+from tdds_core.names import (METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_NOISY_KEPT, METRIC_NUM_TRAIN, STAGE_CORESET,
+                             STAGE_PIPELINE, STAGE_SCORE, STAGE_TRAIN_FULL, TAG_ARCH, TAG_METHOD, TAG_RATE, TAG_SEED,
+                             TAG_STAGE, format_rate, run_name)
+from tdds_core.tracking import MlflowTracker, rows_from_mlflow
 
 
 def rows_fixture():

@@ -44,8 +44,7 @@ def test_compare_selections_edge_cases():
 
 
 @pytest.mark.slow
-def test_reprune_pipeline_on_a_growing_imagefolder(tmp_path, capfd, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+def test_reprune_pipeline_on_a_growing_imagefolder(tmp_path, capfd, local_tracking):
     root, out = tmp_path / "pets", tmp_path / "out"
     classes = ("cat", "dog", "fox")
     make_imagefolder(root, classes=classes, per_class=12, size=16)

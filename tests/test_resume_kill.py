@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from fixtures_config import synthetic_config
 from tdds_core.config import parse_config
 from tdds_core.data import create_dataset
 from tdds_core.dynamics import open_dynamics
 from tdds_core.engine import coreset_spec, full_data_spec, train
 
-CFG = {"data": {"name": "synthetic", "options": {"num_train": 1200, "num_test": 100, "image_size": 16}},
-       "model": {"arch": "small_cnn", "options": {"width": 8}},
-       "train": {"epochs": 5, "batch_size": 50, "lr": 0.05, "progress": False}}
+CFG = synthetic_config(1200, 100, 16, epochs=5, batch_size=50)
 
 CHILD = r"""
 import sys, json
@@ -50,6 +49,7 @@ def _weights(folder: Path):
 
 
 @pytest.mark.parametrize("kind", ["full", "coreset", "both"])
+@pytest.mark.slow
 def test_kill9_then_resume_is_bit_identical(tmp_path, kind):
     """``both``: the full-data run recording logits and per-sample statistics (whose TDDS terms need
     the epoch before; a resume reads its logits back from the side file)."""

@@ -3,16 +3,16 @@ import numpy as np
 import pytest
 import torch
 
+from fixtures_config import synthetic_config
 from fixtures_servers import s3_client
 from tdds_core.config import parse_config
 from tdds_core.data import create_dataset
 from tdds_core.dynamics import open_dynamics
 from tdds_core.engine import full_data_spec, train
-from tdds_core.stages import fetch, train_full
+from tdds_core.artifacts import fetch
+from tdds_core.stages.train_full import train_full
 
-CFG = {"name": "s3resume", "data": {"name": "synthetic", "options": {"num_train": 200, "num_test": 60, "image_size": 12}},
-       "model": {"arch": "small_cnn", "options": {"width": 8}},
-       "train": {"epochs": 4, "batch_size": 40, "lr": 0.05, "progress": False}, "tracking": {"enabled": False}}
+CFG = synthetic_config(200, 60, 12, name="s3resume", epochs=4, batch_size=40, tracking={"enabled": False})
 
 
 class Preempted(Exception):

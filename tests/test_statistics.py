@@ -13,7 +13,8 @@ from tdds_core.engine import full_data_spec, train
 from tdds_core.errors import ArtifactError, ScoringError
 from tdds_core.scoring import compute_scores
 from tdds_core.scoring._registry import registered
-from tdds_core.statistics import COLUMNS, epoch_statistics, open_statistics, tdds_from_statistics, write_statistics
+from tdds_core.scoring import tdds_from_statistics
+from tdds_core.statistics import COLUMNS, epoch_statistics, open_statistics, write_statistics
 from test_scoring_tdds import authors_procedure, slow_tdds, trajectory
 
 SYN = {"data": {"name": "synthetic", "options": {"num_train": 120, "num_test": 40, "image_size": 12}},
@@ -239,7 +240,7 @@ def test_a_statistics_only_run_keeps_no_logits_and_scores_through_the_stages(run
     """dynamics.record: stats records no logits folder; its statistics equal those converted from a
     float32 logits recording of the same training (the module fixture) to float64 rounding, and the
     stages' reader scores from them."""
-    from tdds_core.stages._artifacts import open_recorded
+    from tdds_core.artifacts import open_recorded
 
     _, converted = run
     spec = full_data_spec(parse_config(SYN, ["dynamics.record=stats"]))

@@ -7,20 +7,19 @@ import json
 
 import pytest
 
+from fixtures_config import synthetic_config
 from tdds_core import steps
 from tdds_core.config import parse_config
 from tdds_core.errors import ArtifactError, ConfigError, PipelineError
 from tdds_core.plan import Plan
 from tdds_core.selection import load_selection
-from tdds_core.stages import State, chain
+from tdds_core.stage_registry import State, chain
 
-CFG = {"name": "steps", "data": {"name": "synthetic", "options": {"num_train": 64, "num_test": 32, "image_size": 8}},
-       "model": {"arch": "small_cnn", "options": {"width": 4}},
-       "train": {"epochs": 2, "batch_size": 32, "lr": 0.05, "progress": False},
-       "dynamics": {"save_features": False},
-       "methods": [{"name": "random"}, {"name": "tdds", "params": {"T": 2, "W": 2}, "rates": [0.25]}],
-       "selection": {"rates": [0.25, 0.5]}, "coreset": {"batch_size": 16, "epochs": 1},
-       "evaluate": {"archs": ["small_cnn"], "rates": []}, "tracking": {"enabled": False}}
+CFG = synthetic_config(64, 32, 8, name="steps", width=4, epochs=2, batch_size=32,
+                       dynamics={"save_features": False},
+                       methods=[{"name": "random"}, {"name": "tdds", "params": {"T": 2, "W": 2}, "rates": [0.25]}],
+                       selection={"rates": [0.25, 0.5]}, coreset={"batch_size": 16, "epochs": 1},
+                       evaluate={"archs": ["small_cnn"], "rates": []}, tracking={"enabled": False})
 
 
 def _run_chain(cfg, until: str | None = None) -> dict[str, State]:
@@ -144,6 +143,7 @@ def test_concurrent_runs_of_one_config_attach_to_their_own_parents(tmp_path, mon
     assert state.refs["train-full"]
 
 
+@pytest.mark.slow
 def test_a_coreset_task_trains_its_seeds_side_by_side(tmp_path, monkeypatch):
     """coreset.concurrent_runs in a KFP coreset task: each seed in its own worker process, the same
     rows as one seed after another."""

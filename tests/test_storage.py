@@ -7,14 +7,13 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fixtures_servers import FAKE_SECRET_KEY, TcpRelay, s3_client, start_moto
+from fixtures_servers import FAKE_SECRET_KEY, TcpRelay, s3_client
 from tdds_core.errors import ArtifactError, StorageError
 from tdds_core.io import MANIFEST, read_manifest, sha256_bytes, sha256_file, write_manifest
 from tdds_core.storage import (LocalStore, ObjectInfo, S3Store, is_complete, is_remote, join_uri, local_copy, open_store,
@@ -408,13 +407,6 @@ def test_s3_unreachable_endpoint_fails_fast_with_clear_error(s3_server, monkeypa
 
 
 # ------------------------------------------------------------------------------------ own servers
-@pytest.fixture
-def own_moto(tmp_path):
-    server = start_moto(tmp_path / "own-moto")
-    yield server
-    server.stop()
-
-
 def test_s3_identity_names_endpoint_bucket_and_prefix(bucket, s3_server, own_moto):
     """Two servers holding the same bucket and key are two places: their identities and data differ."""
     s3_client(own_moto.url).create_bucket(Bucket=bucket)
@@ -499,42 +491,27 @@ def test_s3_server_gone_mid_upload_leaves_no_manifest_and_resumes(own_moto, tmp_
     same_tree(src, tmp_path / "out")
 
 
-def test_s3_wrong_credentials_are_a_clear_error(tmp_path, monkeypatch):
+def test_s3_wrong_credentials_are_a_clear_error(tmp_path, monkeypatch, auth_moto):
     """moto checks credentials once IAM authentication is switched on (``/moto-api/reset-auth``)."""
-    import boto3
-
-    server = start_moto(tmp_path / "auth-moto")
-    try:
-        iam = boto3.client("iam", endpoint_url=server.url, region_name="us-east-1",
-                           aws_access_key_id="AKIASETUP", aws_secret_access_key="setup")
-        s3_client(server.url).create_bucket(Bucket="secured")
-        iam.create_user(UserName="tdds")
-        iam.put_user_policy(UserName="tdds", PolicyName="s3", PolicyDocument=json.dumps({
-            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-        key = iam.create_access_key(UserName="tdds")["AccessKey"]
-        req = urllib.request.Request(server.url + "/moto-api/reset-auth", data=b"0", method="POST",
-                                     headers={"Content-Type": "text/plain"})
-        assert json.loads(urllib.request.urlopen(req).read())["status"] == "ok"
-        monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
-        # right credentials work
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
-        ok = open_store("s3://secured/p")
-        ok.put_dir(make_artifact(tmp_path / "art"), "a")
-        assert ok.is_complete("a")
-        # an unknown key id
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000001")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET_KEY)
-        with pytest.raises(StorageError) as e:
-            open_store("s3://secured/p").put_bytes("k", b"1")
-        msg = str(e.value)
-        assert "refused" in msg and "InvalidAccessKeyId" in msg and "AWS_SECRET_ACCESS_KEY" in msg
-        assert FAKE_SECRET_KEY not in msg and "AKIAUNKNOWNKEY000001" not in msg
-        # the right key id with a wrong secret (a HEAD: the error has only a status code)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
-        with pytest.raises(StorageError, match=r"refused the request .*\(403\)"):
-            open_store("s3://secured/p").is_complete("a")
-        with pytest.raises(StorageError, match="SignatureDoesNotMatch"):
-            open_store("s3://secured/p").get_bytes("a/manifest.json")
-    finally:
-        server.stop()
+    server, key = auth_moto
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.url)
+    # right credentials work
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    ok = open_store("s3://secured/p")
+    ok.put_dir(make_artifact(tmp_path / "art"), "a")
+    assert ok.is_complete("a")
+    # an unknown key id
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET_KEY)
+    with pytest.raises(StorageError) as e:
+        open_store("s3://secured/p").put_bytes("k", b"1")
+    msg = str(e.value)
+    assert "refused" in msg and "InvalidAccessKeyId" in msg and "AWS_SECRET_ACCESS_KEY" in msg
+    assert FAKE_SECRET_KEY not in msg and "AKIAUNKNOWNKEY000001" not in msg
+    # the right key id with a wrong secret (a HEAD: the error has only a status code)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    with pytest.raises(StorageError, match=r"refused the request .*\(403\)"):
+        open_store("s3://secured/p").is_complete("a")
+    with pytest.raises(StorageError, match="SignatureDoesNotMatch"):
+        open_store("s3://secured/p").get_bytes("a/manifest.json")

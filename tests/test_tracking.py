@@ -16,11 +16,11 @@ from fixtures_servers import FAKE_ACCESS_KEY, FAKE_SECRET_KEY, MLFLOW_BUCKET, fr
 from tdds_core.config import parse_config
 from tdds_core.errors import TrackingError
 from tdds_core.io import atomic_save_npy, write_manifest
-from tdds_core.tracking import (MAX_PARAM_VALUE_LENGTH, METRIC_BEST_ACC, METRIC_FINAL_ACC, STAGE_CORESET,
-                                STAGE_PIPELINE, TAG_ARCH, TAG_CODE_VERSION, TAG_FINGERPRINT, TAG_KEY, TAG_METHOD,
-                                TAG_PARENT_RUN, TAG_PIPELINE_RUN, TAG_RATE, TAG_SEED, TAG_SELECTION_SHA256, TAG_STAGE,
-                                MlflowTracker, NullTracker, RunRecord, Tracker, flatten_params, format_rate,
-                                log_score_run, log_selection, make_tracker, run_key, run_name, tracker_identity)
+from tdds_core.names import (METRIC_BEST_ACC, METRIC_FINAL_ACC, STAGE_CORESET, STAGE_PIPELINE, TAG_ARCH,
+                             TAG_CODE_VERSION, TAG_FINGERPRINT, TAG_KEY, TAG_METHOD, TAG_PARENT_RUN, TAG_PIPELINE_RUN,
+                             TAG_RATE, TAG_SEED, TAG_SELECTION_SHA256, TAG_STAGE, format_rate, run_name)
+from tdds_core.tracking import (MAX_PARAM_VALUE_LENGTH, MlflowTracker, NullTracker, RunRecord, Tracker, flatten_params,
+                                log_score_run, log_selection, make_tracker, run_key, tracker_identity)
 
 FP = "fp0123456789abcdef0123456789abcdef0123456789abcdef"  # longer than MLflow's 36-char digest
 
@@ -220,6 +220,7 @@ def test_log_score_run_and_log_selection(sqlite_setup, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ server + S3
+@pytest.mark.slow
 def test_server_artifacts_land_in_s3(server_tracker, s3_server, tmp_path):
     t = server_tracker
     payload = np.random.default_rng(5).bytes(300_000)
@@ -238,6 +239,7 @@ def test_server_artifacts_land_in_s3(server_tracker, s3_server, tmp_path):
     assert c.get_experiment(t.experiment_id).artifact_location.startswith("mlflow-artifacts:")
 
 
+@pytest.mark.slow
 def test_server_rerun_creates_no_duplicate_runs(server_tracker):
     t = server_tracker
     c = client_for(t.tracking_uri)
@@ -279,6 +281,7 @@ def test_unreachable_tracking_server_fails_fast():
         make_tracker(cfg, "/tmp/unused")
 
 
+@pytest.mark.slow
 def test_no_credential_in_params_tags_artifacts_or_logs(mlflow_server, s3_server_process, mlflow_server_process,
                                                        tmp_path, caplog, capfd, monkeypatch):
     import os
@@ -441,6 +444,7 @@ def test_has_finished_run(fresh_tracker):
     assert t.has_finished_run(key) and t.find_finished_run(key) is not None
 
 
+@pytest.mark.slow
 def test_identity_names_store_and_experiment(tmp_path, monkeypatch, server_tracker, mlflow_server):
     (tmp_path / "a").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "a")
@@ -521,6 +525,7 @@ def test_artifacts_of_a_named_sqlite_file_land_beside_it(tmp_path, monkeypatch):
     assert not (work / "mlruns").exists()
 
 
+@pytest.mark.slow
 def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path):
     # two `tdds grid --methods ...` processes on one output open its new mlflow.db together: without
     # the lock both create the tables and one fails with "table experiments already exists"
@@ -544,6 +549,7 @@ def test_processes_opening_a_new_sqlite_store_at_once_all_succeed(tmp_path):
     assert len({o[0].strip() for o in outs}) == 1, "the processes ended up in different experiments"
 
 
+@pytest.mark.slow
 def test_model_table_description_and_system_metrics_land_in_the_run(tmp_path, monkeypatch):
     """log_model (pickled torch model, registered on request), log_table, set_description and
     system metrics, each read back from the SQLite store; MLflow's global URI is left as it was."""

@@ -57,6 +57,7 @@ def test_tune_needs_a_validation_split_and_a_known_method():
         parse_config({"data": {"evaluate_on": "validation"}})
 
 
+@pytest.mark.slow
 def test_tune_chooses_on_validation_never_reads_test_labels_and_the_grid_runs_its_choice(tmp_path):
     cfg = parse_config({**CFG, "output": str(tmp_path / "a")})
     tcfg, cands = tune_config(cfg)

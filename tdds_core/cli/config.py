@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import load_config
+from ..data import list_datasets
+from ..models import list_models
+from ..scoring import list_methods
+
 
 def register(sub) -> None:
     p = sub.add_parser("config", help="Print the default config, or validate and print a resolved config.")
@@ -15,22 +20,15 @@ def register(sub) -> None:
 
 
 def run_config(args: argparse.Namespace) -> int:
-    from ..config import load_config
-
     cfg = load_config(None if args.show_defaults else args.config, args.overrides)
     print(cfg.to_yaml(), end="")
     return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from ..data import list_datasets
-    from ..models import list_models
-
     print("datasets:      " + ", ".join(list_datasets()))
     print("architectures: " + ", ".join(list_models()))
     try:
-        from ..scoring import list_methods
-
         print("methods:       " + ", ".join(list_methods()))
     except ImportError:  # pragma: no cover - scoring is part of the package
         pass

@@ -2,8 +2,16 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from . import add_config_args
+from ..config import load_config
+from ..data import create_dataset
+from ..engine import check_arch, full_data_spec
+from ..grid import check_grid, only_methods, run_grid, split_names
+from ..stages.coreset import train_coreset
+from ..stages.evaluate import evaluate_cross_arch
+from ..tune import tune
+from ._args import add_config_args
 
 
 def register(sub) -> None:
@@ -39,8 +47,6 @@ def register(sub) -> None:
 
 
 def _cfg(args):
-    from ..config import load_config
-
     cfg = load_config(args.config, args.overrides)
     if getattr(args, "out", None):
         cfg.output = args.out
@@ -57,8 +63,6 @@ HEADER = "| arch | final acc % | best acc % | train samples | iterations | wall 
 
 
 def run_coreset(args: argparse.Namespace) -> int:
-    from ..stages import train_coreset
-
     cfg = _cfg(args)
     out = train_coreset(cfg, args.selection, arch=args.arch, seed=args.seed)
     print(HEADER)
@@ -68,8 +72,6 @@ def run_coreset(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..stages import evaluate_cross_arch
-
     cfg = _cfg(args)
     archs = [a.strip() for a in args.archs.split(",")] if args.archs else None
     print(HEADER)
@@ -79,8 +81,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_grid_cmd(args: argparse.Namespace) -> int:
-    from ..grid import only_methods, run_grid, split_names
-
     cfg = _cfg(args)
     if args.methods:
         cfg = only_methods(cfg, split_names(args.methods))
@@ -94,10 +94,6 @@ def run_grid_cmd(args: argparse.Namespace) -> int:
 
 def _dry_run(cfg) -> int:
     """Everything ``tdds grid`` checks before it trains, and the dataset, without training."""
-    from ..data import create_dataset
-    from ..engine import check_arch, full_data_spec
-    from ..grid import check_grid
-
     plan = check_grid(cfg)
     check_arch(cfg.model.arch)
     splits = create_dataset(cfg.data)
@@ -113,10 +109,6 @@ def _dry_run(cfg) -> int:
 
 
 def run_tune_cmd(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from ..tune import tune
-
     cfg = _cfg(args)
     write = Path(args.write) if args.write else Path(args.config).with_suffix(".tuned.yaml")
     res = tune(cfg, write)

@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
+
+from ..config import load_config
+from ..errors import StorageError
+from ..io import atomic_write_text
+from ..report import build_table, plot_accuracy_vs_rate, to_csv, to_markdown
+from ..storage import Workspace, is_remote
+from ..tracking import default_experiment, rows_from_mlflow
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,22 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
-    from ..errors import StorageError
-    from ..io import atomic_write_text
-    from ..report import build_table, plot_accuracy_vs_rate, rows_from_mlflow, to_csv, to_markdown
-    from ..storage import is_remote
-    from ..tracking import default_experiment, default_tracking_uri
-
     cfg = load_config(args.config, args.overrides)
-    uri = args.tracking_uri or cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(cfg.output)
+    ws = Workspace.of(cfg)
+    uri = args.tracking_uri or ws.tracking_uri
     experiment = args.experiment or default_experiment(cfg)
-    out = args.out
-    if out is None:
-        if is_remote(cfg.output):
-            out = "report"
-        else:
-            out = str(Path(cfg.output) / "report")
+    out = args.out or ("report" if ws.remote else str(Path(ws.output) / "report"))
     if is_remote(out):
         raise StorageError("--out must be a local folder; copy the report to S3 afterwards if you need it there")
     rows = rows_from_mlflow(uri, experiment)

@@ -6,6 +6,17 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+import yaml
+
+from ..dynamics import open_dynamics
+from ..dynamics_reference import open_any_dynamics
+from ..errors import ArtifactError, ScoringError
+from ..io import atomic_save_npy, atomic_write_json, load_npy, read_json, sha256_file
+from ..scoring import compute_scores, get_sampler, is_method, method_options, resolve_params
+from ..selection import select_many, write_selection
+from ..statistics import write_statistics
+
 SCORES_FORMAT = "tdds-scores/1"
 
 
@@ -62,10 +73,6 @@ def register(sub) -> None:
 
 
 def _parse_params(items: list[str]) -> dict[str, Any]:
-    import yaml
-
-    from ..errors import ScoringError
-
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -82,13 +89,6 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ..dynamics_reference import open_any_dynamics
-    from ..errors import ScoringError
-    from ..io import atomic_save_npy, atomic_write_json, sha256_file
-    from ..scoring import compute_scores, resolve_params
-
     params = _parse_params(args.params)
     for key in ("T", "W", "decay", "start"):
         v = getattr(args, key)
@@ -118,9 +118,6 @@ def run_score(args: argparse.Namespace) -> int:
 
 
 def _read_sidecar(scores_path: Path) -> Optional[dict]:
-    from ..errors import ArtifactError
-    from ..io import read_json, sha256_file
-
     side = Path(str(scores_path) + ".json")
     if not side.is_file():
         return None
@@ -134,19 +131,11 @@ def _read_sidecar(scores_path: Path) -> Optional[dict]:
 
 def _turns_sampler_off(method: str, overrides: dict) -> bool:
     """Whether the overrides only switch the method's own sampler off (e.g. dual's beta_sampling=false)."""
-    from ..scoring import method_options
-
     opts = method_options(method)
     return all(k in opts and isinstance(opts[k], bool) and v is False for k, v in overrides.items())
 
 
 def run_select(args: argparse.Namespace) -> int:
-
-    from ..dynamics_reference import open_any_dynamics
-    from ..errors import ArtifactError, ScoringError
-    from ..io import load_npy
-    from ..scoring import get_sampler, is_method
-    from ..selection import select_many, write_selection
 
     scores_path = Path(args.scores)
     scores = load_npy(scores_path)
@@ -196,9 +185,6 @@ def run_select(args: argparse.Namespace) -> int:
 
 
 def run_stats(args) -> int:
-    from ..dynamics import open_dynamics
-    from ..statistics import write_statistics
-
     stats = write_statistics(open_dynamics(args.dynamics), args.out, dtype=args.dtype)
     size = sum(p.stat().st_size for p in stats.folder.glob("epoch_*.npy"))
     print(f"tdds: statistics of {stats.num_samples} samples x {len(stats.epochs)} epochs ({len(stats.columns)} columns, "

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_config_args
+from ..config import load_config
+from ..stages.train_full import train_full
+from ._args import add_config_args
 
 
 def register(sub) -> None:
@@ -17,9 +19,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_config
-    from ..stages import train_full
-
     cfg = load_config(args.config, args.overrides)
     if args.out:
         cfg.output = args.out

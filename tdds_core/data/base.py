@@ -1,36 +1,55 @@
-"""Dataset containers, the registry, stable sample ids and the dataset fingerprint."""
+"""Dataset containers, the dataset registry, stable sample ids and the dataset fingerprint."""
 from __future__ import annotations
 
 import hashlib
-import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from ..registry import Registry
 
-_DATASETS: dict[str, Callable[..., "Splits"]] = {}
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A registered dataset: ``fn(**options) -> Splits`` and what it takes. ``options``: the names of
+    its keyword options (``data.options``); ``files``: it reads files, so it takes ``root`` (the
+    folder or manifest, ``data.root``) and ``download``."""
+
+    fn: Callable[..., "Splits"]
+    options: tuple[str, ...] = ()
+    files: bool = True
 
 
-def register_dataset(name: str):
-    """Decorator: ``@register_dataset("cifar10") def cifar10(root, *, download=False, **kw) -> Splits``."""
+DATASETS: Registry[DatasetEntry] = Registry("dataset", "set data.name (see `tdds list`)")
+
+
+def register_dataset(name: str, *, options: tuple[str, ...] = (), files: bool = True):
+    """Decorator: ``@register_dataset("cifar10") def cifar10(root, *, download=False) -> Splits``;
+    ``options`` names the keyword options, ``files=False`` for a dataset that reads no files
+    (then it takes neither ``root`` nor ``download``)."""
 
     def deco(fn):
-        _DATASETS[name] = fn
+        DATASETS.add(name, DatasetEntry(fn, tuple(options), files), fn.__module__)
         return fn
 
     return deco
 
 
 def list_datasets() -> list[str]:
-    return sorted(_DATASETS)
+    return DATASETS.names()
+
+
+def dataset_entry(name: str) -> DatasetEntry:
+    """The registered dataset ``name``; ConfigError naming the known ones otherwise."""
+    if name not in DATASETS:
+        raise ConfigError(f"data.name: unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}")
+    return DATASETS.get(name)
 
 
 def get_dataset_fn(name: str) -> Callable[..., "Splits"]:
-    if name not in _DATASETS:
-        raise ConfigError(f"data.name: unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}")
-    return _DATASETS[name]
+    return dataset_entry(name).fn
 
 
 def fingerprint(ids: Sequence[str], labels: np.ndarray) -> str:
@@ -120,16 +139,16 @@ class Splits:
 
 
 def call_dataset_fn(name: str, root: str | None, download: bool, options: dict) -> Splits:
-    fn = get_dataset_fn(name)
-    sig = inspect.signature(fn)
-    accepts_var = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-    valid = [p for p in sig.parameters if p not in ("root", "download")]
+    """Load the registered dataset ``name`` with ``options``; an option it did not declare is a
+    ConfigError naming the valid ones."""
+    entry = dataset_entry(name)
     for k in options:
-        if k not in sig.parameters and not accepts_var:
-            raise ConfigError(f"data.options.{k}: dataset {name!r} has no option {k!r}; valid options: {', '.join(valid) or 'none'}")
+        if k not in entry.options:
+            raise ConfigError(f"data.options.{k}: dataset {name!r} has no option {k!r}; valid options: "
+                              f"{', '.join(entry.options) or 'none'}")
     kwargs = dict(options)
-    if "root" in sig.parameters and root is not None:
-        kwargs["root"] = root
-    if "download" in sig.parameters:
+    if entry.files:
+        if root is not None:
+            kwargs["root"] = root
         kwargs["download"] = download
-    return fn(**kwargs)
+    return entry.fn(**kwargs)

@@ -13,6 +13,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
 
 from ..errors import DataError
 from .base import ArrayDataset, Splits, register_dataset
@@ -178,9 +180,6 @@ def _decode(paths: list[Path], size: int, channels: int, *, describe=None,
     """Decode and resize images to uint8 ``[len(paths), channels, size, size]``. A file that does not
     decode is a DataError naming it (``describe(i)``, when given, names sample ``i`` instead) and
     ``fix``."""
-    from PIL import Image
-    from tqdm.auto import tqdm
-
     out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
     for i, p in enumerate(tqdm(paths, desc="decoding images", leave=False, disable=len(paths) < 2000)):
         try:
@@ -194,7 +193,7 @@ def _decode(paths: list[Path], size: int, channels: int, *, describe=None,
     return out
 
 
-@register_dataset("imagefolder")
+@register_dataset("imagefolder", options=("image_size", "channels", "test_percent"))
 def imagefolder(root: str, *, image_size: int = 32, channels: int = 3, test_percent: int = 10,
                 download: bool = False) -> Splits:
     """ImageNet-style class folders: ``root/train/<class>/*`` and ``root/test|val/<class>/*``, or just
@@ -241,7 +240,8 @@ def imagefolder(root: str, *, image_size: int = 32, channels: int = 3, test_perc
 
 
 # ----------------------------------------------------------------------------------- synthetic
-@register_dataset("synthetic")
+@register_dataset("synthetic", files=False,
+                  options=("num_train", "num_test", "num_classes", "image_size", "channels", "seed", "noise"))
 def synthetic(*, num_train: int = 512, num_test: int = 256, num_classes: int = 4, image_size: int = 16,
               channels: int = 3, seed: int = 0, noise: float = 40.0) -> Splits:
     """Seeded, learnable images: a smooth random pattern per class plus Gaussian pixel noise. For tests."""

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import ArtifactError, ConfigError, DataError, StorageError
 from ..storage import cache_root, is_remote, open_store, validate_key
@@ -347,8 +348,6 @@ def _common_prefix(keys: list[str]) -> str:
 def _fetch_s3(images: dict[str, list[tuple[str, ManifestRow]]], workers: int, uri: str) -> tuple[dict[str, Path], int, int]:
     """Bring every S3 image into the cache. ``images``: bucket -> [(key, row)]. Returns (local path
     per ``s3://`` URI, downloaded count, reused count)."""
-    from tqdm.auto import tqdm
-
     local: dict[str, Path] = {}
     todo: list[tuple[S3Store, str, Path, ManifestRow]] = []
     reused = 0
@@ -435,7 +434,7 @@ def _check_options(image_size: Any, channels: Any, test_percent: Any, classes: A
     return names
 
 
-@register_dataset("manifest")
+@register_dataset("manifest", options=("image_size", "channels", "test_percent", "classes", "workers"))
 def manifest(root: Optional[str] = None, *, image_size: int = 32, channels: int = 3, test_percent: int = 10,
              classes: Optional[list[str]] = None, workers: int = 16, download: bool = False) -> Splits:
     """Samples listed in a manifest (local or S3; see the module docstring for the format).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import Classifier, register_model
+from ._base import Classifier, register_model
 
 
 def _block(name: str) -> type[nn.Module]:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import Classifier, register_model
+from ._base import Classifier, register_model
 
 
-@register_model
+@register_model(options=("width",))
 def small_cnn(num_classes: int, in_channels: int = 3, image_size: int = 32, width: int = 32) -> Classifier:
     w = width
     feats = nn.Sequential(
@@ -18,7 +18,7 @@ def small_cnn(num_classes: int, in_channels: int = 3, image_size: int = 32, widt
     return Classifier(feats, nn.Linear(4 * w, num_classes))
 
 
-@register_model
+@register_model(options=("width", "hidden"))
 def small_cnn_fc(num_classes: int, in_channels: int = 3, image_size: int = 32, width: int = 32, hidden: int = 128) -> Classifier:
     """Two conv blocks and a fully connected hidden layer (the classic Fashion-MNIST CNN): cheaper on a CPU than
     :func:`small_cnn` (about 4M multiply-adds per 28x28 image against 7.5M) and keeps the spatial layout the

@@ -9,7 +9,7 @@ from types import ModuleType
 
 from torch import nn
 
-from . import Classifier, register_model
+from ._base import Classifier, register_model
 
 
 def _tvm() -> ModuleType:

@@ -1,42 +1,39 @@
-"""Scoring methods: one file per method, each registered under its name on import (timm style).
+"""Scoring methods: one file per method, each one function registered under its name (timm style).
 
 >>> from tdds_core.scoring import compute_scores, list_methods
 >>> scores = compute_scores("tdds", dyn, T=30, W=10, decay=0.9)   # float64 [N], higher = keep first
 
-Every method takes a dynamics object (``tdds_core.dynamics.Dynamics`` or
-``tdds_core.dynamics_reference.ReferenceDynamics``) plus keyword-only options and returns float64
-``(N,)`` scores in sample order where a higher score means keep first. Each method module also
-exposes the pure array-level function it is built on (``tdds_from_epochs``, ``aum_from_epochs``, ...),
-marked ``@export`` in its module and so importable from here.
-
-Every non-underscore module of this folder is imported below: ``@register_method`` registers its
-methods and ``@export`` adds its public functions to this namespace and ``__all__``, so a new
-method is one new file and nothing here changes.
+Every method reads the per-sample column view of a recording (:mod:`._view`: logits recordings and
+statistics recordings alike) with its declared options and returns float64 ``(N,)`` scores in
+sample order where a higher score means keep first. The registry (:mod:`._registry`) checks the
+options, applies the NaN policy and lists the methods; each method module also has the array-level
+functions it is built on (``tdds_from_epochs``, ``aum_from_epochs``, ...). A new method is one new
+module with one ``@register_method`` function, imported below (or named in ``$TDDS_PLUGINS``).
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from . import aum, ccs, dual, dyn_unc, el2n, entropy, forgetting, moderate, random_, tdds
+from ._registry import (MethodInfo, Option, check_recorded_inputs, compute_scores, export, get_method, get_sampler,
+                        is_method, list_methods, list_modules, method_options, method_reads_statistics,
+                        method_weighting, register_method, registered, resolve_params, unregister_method)
+from ._view import ColumnView
+from .aum import AUM_SPACES, aum_from_epochs, margins, probability_margins
+from .ccs import ccs_beta, ccs_sample
+from .dual import dual_beta_pdf, dual_beta_sample, dual_beta_weights, dual_from_epochs
+from .dyn_unc import dyn_unc_from_epochs
+from .el2n import el2n_from_epochs
+from .entropy import entropy_from_logits
+from .forgetting import forgetting_from_epochs
+from .moderate import class_distances, moderate_from_features, moderate_rank_score
+from .random_ import random_scores
+from .tdds import TddsAccumulator, tdds_from_array, tdds_from_epochs, tdds_from_statistics, window_weights
 
-from . import _registry
-from ._registry import (MethodInfo, check_recorded_inputs, compute_scores, export, get_method, get_sampler, is_method,
-                        list_methods, list_modules, method_options, method_reads_statistics, method_weighting,
-                        register_method, registered, resolve_params, unregister_method)
-
-# the registry API; @export appends each exported name while the modules below are imported
-__all__ = [n for n in _registry.__all__ if n != "NAN_POLICIES"]
-
-
-def _discover() -> list[str]:
-    """Import every non-underscore module of this package (as ``tdds_core.cli`` does); returns their names."""
-    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
-    for name in names:
-        importlib.import_module(f"{__name__}.{name}")
-    for name, (_, obj) in _registry._EXPORTS.items():  # modules imported earlier (a reload) export nothing anew
-        globals()[name] = obj
-        if name not in __all__:
-            __all__.append(name)
-    return names
-
-
-_discover()
+__all__ = [
+    "MethodInfo", "Option", "ColumnView", "register_method", "unregister_method", "registered", "export", "get_method",
+    "list_methods", "list_modules", "is_method", "method_options", "method_weighting", "resolve_params", "get_sampler",
+    "compute_scores", "check_recorded_inputs", "method_reads_statistics",
+    "margins", "probability_margins", "aum_from_epochs", "AUM_SPACES", "ccs_beta", "ccs_sample", "dual_from_epochs",
+    "dual_beta_pdf", "dual_beta_weights", "dual_beta_sample", "dyn_unc_from_epochs", "el2n_from_epochs",
+    "entropy_from_logits", "forgetting_from_epochs", "class_distances", "moderate_rank_score", "moderate_from_features",
+    "random_scores", "window_weights", "TddsAccumulator", "tdds_from_epochs", "tdds_from_array", "tdds_from_statistics",
+]

@@ -9,7 +9,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -52,17 +52,19 @@ class NanGuard:
         self.what = what
         self.bad = np.zeros(num_rows, dtype=bool)
 
-    def check(self, finite_rows: np.ndarray, epoch: Any, *, at: int = 0, report_offset: int = 0) -> Optional[np.ndarray]:
+    def check(self, finite_rows: np.ndarray, epoch: Any, *, at: int = 0, report_offset: int = 0,
+              what: Optional[str] = None) -> Optional[np.ndarray]:
         """``finite_rows``: bool per row of a block starting at row ``at`` of this guard (sample
-        ``report_offset + at`` in error messages). Returns the block's bad-row mask (None when all
-        are finite) after raising or recording."""
+        ``report_offset + at`` in error messages; ``what`` the input named there, default the
+        guard's). Returns the block's bad-row mask (None when all are finite) after raising or
+        recording."""
         finite_rows = np.asarray(finite_rows, dtype=bool)
         if finite_rows.all():
             return None
         badrows = ~finite_rows
         if self.policy == "raise":
             first = report_offset + at + int(np.flatnonzero(badrows)[0])
-            raise NonFiniteError(epoch, int(badrows.sum()), first, self.what)
+            raise NonFiniteError(epoch, int(badrows.sum()), first, what or self.what)
         self.bad[at:at + len(badrows)] |= badrows
         return badrows
 
@@ -91,6 +93,14 @@ def finite_rows(block: np.ndarray) -> np.ndarray:
     return ok
 
 
+def column_mean(columns: Iterable[np.ndarray]) -> np.ndarray:
+    """The mean of ``(N,)`` columns, added one after the other."""
+    total, count = 0.0, 0
+    for col in columns:
+        total, count = total + col, count + 1
+    return total / count
+
+
 def softmax64(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax in float64: ``exp(x - max) / sum(exp(x - max))``."""
     x = np.array(logits, dtype=np.float64, copy=True)
@@ -105,39 +115,6 @@ def row_chunks(n: int, c: int, elements: int = CHUNK_ELEMENTS) -> Iterator[tuple
     step = max(1, elements // max(1, c))
     for a in range(0, n, step):
         yield a, min(n, a + step)
-
-
-def guarded_rows(x: np.ndarray, guard: "NanGuard", fn: Callable[[np.ndarray, int, int], np.ndarray], *,
-                 epoch: Any, out_dtype: Any = np.float64) -> np.ndarray:
-    """``fn(block, a, b)`` over row blocks of one epoch's logits ``x`` ``[N, C]``, assembled into one
-    ``(N,)`` array of ``out_dtype``. Each block is float64 with its non-finite rows set to 0 after
-    ``guard`` checked them (it raises under ``nan_policy="raise"``)."""
-    n, c = x.shape
-    out = np.empty(n, dtype=out_dtype)
-    for a, b in row_chunks(n, c):
-        blk = np.asarray(x[a:b], dtype=np.float64)
-        bad = guard.check(finite_rows(blk), epoch, at=a)
-        if bad is not None:
-            blk = blk.copy()
-            blk[bad] = 0.0
-        out[a:b] = fn(blk, a, b)
-    return out
-
-
-def per_epoch_rows(epochs: Iterable[Any], labels: Any, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
-                   nan_policy: str, method: str, out_dtype: Any = np.float64) -> Iterator[tuple[np.ndarray, "NanGuard"]]:
-    """For each epoch of ``[N, C]`` logits (arrays or ``(t, array)`` pairs), ``fn(block, labels of
-    the block)`` per sample (see :func:`guarded_rows`), yielded with the run's :class:`NanGuard`
-    (``guard.bad``: the rows skipped so far). ScoringError when there is no epoch at all."""
-    y = guard = None
-    for t, x in stream_chunks(epochs):
-        n, c = x.shape
-        if y is None:
-            y = check_labels(labels, n, c)
-            guard = NanGuard(n, nan_policy)
-        yield guarded_rows(x, guard, lambda blk, a, b: fn(blk, y[a:b]), epoch=t, out_dtype=out_dtype), guard
-    if y is None:
-        raise ScoringError(f"{method} needs at least one epoch of logits")
 
 
 def split_item(item: Any, default_epoch: int) -> tuple[Any, np.ndarray]:
@@ -229,15 +206,6 @@ def contiguous_epochs(dynamics: Any, start: Optional[int], count: int, *, method
             f"Lower {what} or choose start within the recorded range."
         )
     return want
-
-
-def iter_selected(dynamics: Any, ts: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
-    """``(t, logits)`` for the given recorded epochs, one epoch in memory at a time."""
-    want = set(ts)
-    lo, hi = min(ts), max(ts) + 1
-    for t, arr in dynamics.iter_epochs(lo, hi):
-        if t in want:
-            yield t, arr
 
 
 class _NpyRows:

@@ -1,47 +1,103 @@
-"""The scoring-method registry (timm style): one decorated function per method.
+"""The scoring-method registry: one :class:`~tdds_core.registry.Registry` of :class:`MethodInfo`
+records (timm style: one decorated function per method, in its own module).
 
-A method is a function ``fn(dynamics, *, nan_policy="raise", **options) -> np.ndarray`` that
-returns float64 ``(N,)`` scores where a HIGHER score means KEEP FIRST. Its keyword-only
-parameters (other than ``nan_policy``) are its options; :func:`compute_scores` checks option names
-against them, so a misspelt option is an error instead of being swallowed.
+A method reads the per-sample column view (:class:`~tdds_core.scoring._view.ColumnView`, the same
+for a logits recording and a statistics recording) and returns float64 ``(N,)`` scores where a
+HIGHER score means KEEP FIRST::
 
-Registering is exporting: ``tdds_core.scoring`` imports every non-underscore module of its folder,
-so a module's ``@register_method`` makes the method known, and ``@export`` puts a public
-array-level function (or class) into the package namespace and its ``__all__``. Adding a method is
-one new file, with no edit elsewhere.
+    @register_method("el2n", options={"k": Option(10, int, min=1, doc="epochs averaged")})
+    def el2n(view, *, k, start): ...
+
+Its options are declared at registration (:class:`Option`: default, type, range or choices) and
+checked here, in :func:`resolve_params`, before any work; ``check`` adds the checks that span
+options (``W <= T``). A plain function ``fn(dynamics, *, opt=default, nan_policy="raise")``
+registered without ``options`` is a method over the stored logits (``logits=True``): it gets the
+dynamics object itself and its keyword-only defaults are its options (the short form of a plugin).
 """
 from __future__ import annotations
 
 import fnmatch
 import inspect
-import pkgutil
+import math
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import ScoringError
+from ..errors import ConfigError, ScoringError
+from ..registry import Registry
+from ._view import ColumnView, open_view
 
 __all__ = [
-    "MethodInfo", "register_method", "unregister_method", "registered", "export", "get_method", "list_methods",
-    "list_modules", "is_method", "method_options", "method_weighting", "resolve_params", "get_sampler", "compute_scores",
-    "check_recorded_inputs", "method_reads_statistics", "NAN_POLICIES",
+    "MethodInfo", "Option", "METHODS", "register_method", "unregister_method", "registered", "export", "get_method",
+    "list_methods", "list_modules", "is_method", "method_options", "method_weighting", "resolve_params", "check_option",
+    "get_sampler", "compute_scores", "score_view", "check_recorded_inputs", "method_reads_statistics", "NAN_POLICIES",
 ]
 
-#: The package whose namespace :func:`export` fills (``tdds_core.scoring``).
+#: The package whose namespace :func:`export` adds a plugin's public functions to.
 PACKAGE = __name__.rpartition(".")[0]
-
-T = TypeVar("T")
-Patterns = Union[str, Sequence[str]]
-
 NAN_POLICIES = ("raise", "skip")
+WEIGHTINGS = ("batch", "sample", "mean1", "none")
 
+Patterns = Union[str, Sequence[str]]
 Sampler = Callable[..., np.ndarray]
-#: ``factory(params) -> sampler or None``, or ``factory(params, *, dynamics=None)`` when the sampler
-#: needs more than the scores (DUAL's beta sampling reads the dynamics); None means plain top-k
+#: ``factory(params, dynamics=None) -> sampler or None`` (None: plain top-k with these options);
+#: ``dynamics`` is what the scores came from, when the caller has it (DUAL's beta sampling reads it)
 SamplerFactory = Callable[..., Optional[Sampler]]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a method: its default and what a value must be (checked by :func:`check_option`).
+
+    ``type``: int, float (any real number), bool, str, dict or None (anything); ``min``/``max``
+    bound a number (exclusive with ``min_open``/``max_open``); ``choices`` lists the allowed values;
+    a None default makes None allowed. ``doc`` and ``hint`` go into the error message."""
+
+    default: Any
+    type: Optional[type] = None
+    min: Optional[float] = None
+    max: Optional[float] = None
+    min_open: bool = False
+    max_open: bool = False
+    choices: tuple = ()
+    doc: str = ""
+    hint: str = ""
+
+    def requirement(self) -> str:
+        """What a value must be, in words (``an integer >= 2``, ``in (0, 1]``, ``one of a, b``)."""
+        if self.choices:
+            return "one of " + ", ".join(map(str, self.choices))
+        if self.type is bool:
+            return "true or false"
+        what = {int: "an integer", float: "a number", str: "a string", dict: "a mapping"}.get(self.type, "a value")
+        if self.min is not None and self.max is not None:
+            return f"in {'(' if self.min_open else '['}{self.min:g}, {self.max:g}{')' if self.max_open else ']'}"
+        if self.min == 0 and self.min_open:
+            return f"a positive {what.split()[-1]}"
+        if self.min is not None:
+            return f"{what} {'>' if self.min_open else '>='} {self.min:g}"
+        return what
+
+    def accepts(self, v: Any) -> bool:
+        if v is None and self.default is None:
+            return True
+        if self.choices:
+            return any(v == c and type(v) is type(c) for c in self.choices)
+        if self.type is bool:
+            return isinstance(v, (bool, np.bool_))
+        if self.type is int and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+            return False
+        if self.type is float and (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
+                                   or not math.isfinite(float(v))):
+            return False
+        if self.type in (str, dict) and not isinstance(v, self.type):
+            return False
+        lo_ok = self.min is None or (v > self.min if self.min_open else v >= self.min)
+        hi_ok = self.max is None or (v < self.max if self.max_open else v <= self.max)
+        return bool(lo_ok and hi_ok)
 
 
 @dataclass(frozen=True)
@@ -50,16 +106,21 @@ class MethodInfo:
 
     name: str
     fn: Callable[..., np.ndarray]
-    options: dict[str, Any] = field(default_factory=dict)  # option name -> default
+    options: dict[str, Option] = field(default_factory=dict)
     sampler_factory: Optional[SamplerFactory] = None  # builds the method's own selection sampler
     module: str = ""
     weighting: str = "none"  # the coreset loss weighting its source trains with (tdds_core.plan.coreset_weighting)
-    check: Optional[Callable[..., None]] = None  # raises ScoringError on options that cannot go together
-    stats: Optional[Callable[..., np.ndarray]] = None  # scores from per-sample statistics (tdds_core.statistics)
+    check: Optional[Callable[[dict], None]] = None  # raises ScoringError on options that cannot go together
+    logits: bool = False  # True: fn takes the dynamics object and reads the logits (no statistics recording)
+
+    @property
+    def stats(self) -> Optional[Callable[..., np.ndarray]]:
+        """The function that scores a statistics recording (None for a method over the logits)."""
+        return None if self.logits else self.fn
 
 
-_METHODS: dict[str, MethodInfo] = {}
-_EXPORTS: dict[str, tuple[str, Any]] = {}  # exported name -> (defining module, object)
+METHODS: Registry[MethodInfo] = Registry("scoring method")
+_EXPORTS: dict[str, str] = {}  # name a plugin exported -> its module
 
 
 def _short(module: str) -> str:
@@ -67,203 +128,139 @@ def _short(module: str) -> str:
     return module.rpartition(".")[2]
 
 
-def _package() -> Any:
-    """The ``tdds_core.scoring`` module object (present in ``sys.modules`` from the moment its
-    ``__init__`` starts, so exports made while it discovers its modules land there)."""
-    return sys.modules.get(PACKAGE)
+def _signature_options(name: str, fn: Callable) -> dict[str, Option]:
+    """The options of a method over the logits: its keyword-only parameters with their defaults
+    (besides ``nan_policy``); TypeError when ``fn`` does not have the form ``fn(dynamics, *, ...)``."""
+    params = list(inspect.signature(fn).parameters.values())
+    if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        raise TypeError(f"scoring method {name!r}: the first parameter must be the positional dynamics object")
+    options: dict[str, Option] = {}
+    for p in params[1:]:
+        if p.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+            raise TypeError(f"scoring method {name!r} may not take *args/**kwargs; list its options explicitly")
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY:
+            raise TypeError(f"scoring method {name!r}: option {p.name!r} must be keyword-only")
+        if p.default is inspect.Parameter.empty:
+            raise TypeError(f"scoring method {name!r}: option {p.name!r} needs a default")
+        if p.name != "nan_policy":
+            options[p.name] = Option(p.default)
+    if not any(p.name == "nan_policy" for p in params):
+        raise TypeError(f"scoring method {name!r} must accept the keyword-only option nan_policy")
+    return options
 
 
-def export(obj: T) -> T:
-    """Decorator: publish ``obj`` (a public array-level function or class of a method module) as
-    ``tdds_core.scoring.<obj.__name__>`` and add the name to the package's ``__all__``.
-
-    The same name exported by two different modules is a ``ValueError``; so is a name that shadows
-    a registry function or a method module of the package. Re-exporting from the same module
-    (a reload) replaces the object.
-    """
-    name = getattr(obj, "__name__", None)
-    module = getattr(obj, "__module__", None) or ""
-    if not name or name.startswith("_"):
-        raise ValueError(f"export needs a public named function or class, got {obj!r}")
-    prev = _EXPORTS.get(name)
-    if prev is not None and prev[0] != module:
-        raise ValueError(f"{PACKAGE}.{name} is already exported by {prev[0]}")
-    pkg = _package()
-    submodules = {m.name for m in pkgutil.iter_modules(getattr(pkg, "__path__", []))}
-    if name in __all__ or name in submodules:
-        raise ValueError(f"export {module}.{name} would shadow {PACKAGE}.{name}")
-    _EXPORTS[name] = (module, obj)
-    if pkg is not None:
-        setattr(pkg, name, obj)
-        names = pkg.__dict__.setdefault("__all__", [])
-        if name not in names:
-            names.append(name)
-    return obj
-
-
-def _unexport(name: str) -> None:
-    """Undo :func:`export` of ``name`` (package attribute and ``__all__`` entry)."""
-    module, obj = _EXPORTS.pop(name)
-    pkg = _package()
-    if pkg is not None:
-        if getattr(pkg, name, None) is obj:
-            delattr(pkg, name)
-        names = getattr(pkg, "__all__", None)
-        if isinstance(names, list) and name in names:
-            names.remove(name)
-
-
-def register_method(name: str, *, sampler: Optional[SamplerFactory] = None, weighting: str = "none",
-                    check: Optional[Callable[..., None]] = None,
-                    stats: Optional[Callable[..., np.ndarray]] = None) -> Callable:
+def register_method(name: str, *, options: Optional[dict[str, Any]] = None, weighting: str = "none",
+                    sampler: Optional[SamplerFactory] = None, check: Optional[Callable[[dict], None]] = None,
+                    logits: Optional[bool] = None) -> Callable:
     """Decorator: register ``fn`` as scoring method ``name`` (its module is recorded for
     ``list_methods(module=...)``).
 
-    ``sampler`` (optional) is a factory ``sampler(params) -> callable`` that builds the method's own
-    selection rule from the method's resolved options (CCS's stratified sampling); selection uses
-    it instead of the plain top-k. A factory that also accepts a ``dynamics`` keyword is given the
-    dynamics object by :func:`get_sampler` (None when the caller has none), and a factory may
-    return None for "plain top-k with these options" (DUAL without beta sampling).
-
-    ``check`` (optional) validates resolved options before any work (``W <= T``); it is called with
-    the options its signature names and raises :class:`~tdds_core.errors.ScoringError`.
-
-    ``stats`` (optional) scores from a per-sample statistics folder (:mod:`tdds_core.statistics`)
-    with the same options: :func:`compute_scores` calls it when it is given statistics instead of
-    logits (the input is a property of the folder, not a flag).
+    ``options``: option name -> :class:`Option` (a bare value is an Option with that default and no
+    type). Given, ``fn(view, **options)`` reads the column view; left out, ``fn(dynamics, *,
+    nan_policy, **options)`` reads the logits (``logits=True``) and its keyword-only defaults are
+    the options. ``weighting``: the coreset loss weighting its source trains with. ``sampler``: a
+    factory ``sampler(params, dynamics=None)`` of the method's own selection rule (CCS's stratified
+    sampling), or None for the plain top-k. ``check(options)``: raises ScoringError on resolved
+    options that cannot go together (``W > T``).
     """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"scoring method {name!r}: unknown weighting {weighting!r}; use {', '.join(WEIGHTINGS)}")
 
     def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-        sig = inspect.signature(fn)
-        params = list(sig.parameters.values())
-        if not params or params[0].kind not in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
-            raise TypeError(f"scoring method {name!r}: the first parameter must be the positional dynamics object")
-        options: dict[str, Any] = {}
-        has_nan_policy = False
-        for p in params[1:]:
-            if p.kind is inspect.Parameter.VAR_KEYWORD or p.kind is inspect.Parameter.VAR_POSITIONAL:
-                raise TypeError(f"scoring method {name!r} may not take *args/**kwargs; list its options explicitly")
-            if p.kind is not inspect.Parameter.KEYWORD_ONLY:
-                raise TypeError(f"scoring method {name!r}: option {p.name!r} must be keyword-only")
-            if p.name == "nan_policy":
-                has_nan_policy = True
-                continue
-            if p.default is inspect.Parameter.empty:
-                raise TypeError(f"scoring method {name!r}: option {p.name!r} needs a default")
-            options[p.name] = p.default
-        if not has_nan_policy:
-            raise TypeError(f"scoring method {name!r} must accept the keyword-only option nan_policy")
-        if name in _METHODS and _METHODS[name].module != fn.__module__:
-            raise ValueError(f"scoring method {name!r} is already registered by {_METHODS[name].module}")
-        if weighting not in ("batch", "sample", "mean1", "none"):
-            raise ValueError(f"scoring method {name!r}: unknown weighting {weighting!r}; use batch, sample, mean1 or none")
-        _METHODS[name] = MethodInfo(name=name, fn=fn, options=options, sampler_factory=sampler, module=fn.__module__,
-                                    weighting=weighting, check=check, stats=stats)
+        on_logits = options is None if logits is None else bool(logits)
+        opts = (_signature_options(name, fn) if options is None else
+                {k: v if isinstance(v, Option) else Option(v) for k, v in options.items()})
+        METHODS.add(name, MethodInfo(name=name, fn=fn, options=opts, sampler_factory=sampler, module=fn.__module__,
+                                     weighting=weighting, check=check, logits=on_logits), fn.__module__)
         return fn
 
     return deco
 
 
-def check_recorded_inputs(methods: Iterable[str], record: Any) -> None:
-    """Refuse, before any training, methods that need logits when the run records statistics only
-    (``dynamics.record: stats``): ConfigError naming them and the fix."""
-    from ..errors import ConfigError
-
-    if record != "stats":
-        return
-    need_logits = sorted({m for m in methods if _info(m).stats is None})
-    if need_logits:
-        with_stats = ", ".join(sorted(n for n, m in _METHODS.items() if m.stats is not None))
-        raise ConfigError(f"dynamics.record: stats keeps no logits, and {', '.join(need_logits)} score from logits; set "
-                          f"dynamics.record: both (or true), or use only methods that read statistics ({with_stats}).")
-
-
-def method_reads_statistics(name: str) -> bool:
-    """Whether registered method ``name`` scores from per-sample statistics (False when unknown)."""
-    info = _METHODS.get(name)
-    return info is not None and info.stats is not None
-
-
-def _is_statistics(dynamics: Any) -> bool:
-    from ..statistics import is_statistics
-
-    return is_statistics(dynamics)
+def export(obj: Any) -> Any:
+    """Decorator for a plugin module: publish its public array-level function ``obj`` as
+    ``tdds_core.scoring.<name>`` (and in ``__all__``) until its module's last method is unregistered.
+    A name the package already has is a ValueError (the built-in modules' names are listed in
+    ``tdds_core/scoring/__init__.py``)."""
+    name, module = getattr(obj, "__name__", ""), getattr(obj, "__module__", "") or ""
+    if not name or name.startswith("_"):
+        raise ValueError(f"export needs a public named function or class, got {obj!r}")
+    pkg = sys.modules[PACKAGE]
+    if _EXPORTS.get(name, module) != module:
+        raise ValueError(f"{PACKAGE}.{name} is already exported by {_EXPORTS[name]}")
+    if name not in _EXPORTS and (hasattr(pkg, name) or name in pkg.__all__):
+        raise ValueError(f"export {module}.{name} would shadow {PACKAGE}.{name}")
+    _EXPORTS[name] = module
+    setattr(pkg, name, obj)
+    if name not in pkg.__all__:
+        pkg.__all__.append(name)
+    return obj
 
 
 def unregister_method(name: str) -> MethodInfo:
-    """Remove method ``name`` (for tests). When it was the last method of its module, the names
-    that module exported with :func:`export` leave the package namespace too. Returns its info."""
-    info = _METHODS.pop(name, None)
-    if info is None:
-        raise KeyError(f"scoring method {name!r} is not registered")
-    if not any(other.module == info.module for other in _METHODS.values()):
-        for exported in [n for n, (mod, _) in _EXPORTS.items() if mod == info.module]:
-            _unexport(exported)
+    """Remove method ``name`` (tests, plugins; KeyError when unknown). When it was the last method of
+    its module, the names that module exported leave the package namespace too."""
+    info = METHODS.remove(name)
+    if not any(other.module == info.module for _, other in METHODS.items()):
+        pkg = sys.modules[PACKAGE]
+        for exported in [n for n, mod in _EXPORTS.items() if mod == info.module]:
+            del _EXPORTS[exported]
+            pkg.__dict__.pop(exported, None)
+            if exported in pkg.__all__:
+                pkg.__all__.remove(exported)
     return info
 
 
 @contextmanager
-def registered(name: str, fn: Callable[..., np.ndarray], *,
-               sampler: Optional[SamplerFactory] = None) -> Iterator[Callable[..., np.ndarray]]:
-    """``with registered("toy", toy_fn): ...``: method ``name`` exists only inside the block."""
-    if name in _METHODS:
-        raise ValueError(f"scoring method {name!r} is already registered by {_METHODS[name].module}")
-    register_method(name, sampler=sampler)(fn)
+def registered(name: str, fn: Callable[..., np.ndarray], **kw: Any) -> Iterator[Callable[..., np.ndarray]]:
+    """``with registered("toy", toy_fn): ...``: method ``name`` exists only inside the block
+    (``kw``: :func:`register_method`'s keywords)."""
+    if name in METHODS:
+        raise ValueError(f"scoring method {name!r} is already registered by {METHODS.module_of(name)}")
+    register_method(name, **kw)(fn)
     try:
         yield fn
     finally:
-        if name in _METHODS:
+        if name in METHODS:
             unregister_method(name)
 
 
 def _info(name: str) -> MethodInfo:
-    info = _METHODS.get(name)
-    if info is None:
-        from ..plugins import load_plugins
-
-        load_plugins()   # a plugin may register it (tdds_core.plugins)
-        info = _METHODS.get(name)
-    if info is None:
+    if name not in METHODS:     # (loads $TDDS_PLUGINS first: a plugin may register it)
         raise ScoringError(f"unknown scoring method {name!r}; known methods: {', '.join(list_methods())}")
-    return info
+    return METHODS.get(name)
 
 
 def is_method(name: str) -> bool:
     """Whether ``name`` is a registered method."""
-    return name in _METHODS
+    return name in METHODS
 
 
 def _patterns(p: Patterns) -> list[str]:
-    return [p] if isinstance(p, str) else list(p)
+    return [x for x in ([p] if isinstance(p, str) else list(p)) if x]
 
 
 def list_methods(filter: Patterns = "", module: Patterns = "", exclude_filters: Patterns = "") -> list[str]:
-    """Sorted registered method names (timm's ``list_models``).
-
-    ``filter``: shell-style pattern(s) (``"d*"`` or ``["a*", "e*"]``), a name matching any is kept;
-    ``module``: method module(s), short (``"tdds"``) or dotted (``"tdds_core.scoring.tdds"``);
-    ``exclude_filters``: pattern(s) whose matches are dropped.
-    """
-    names = sorted(_METHODS)
-    modules = [m for m in _patterns(module) if m]
+    """Sorted registered method names (timm's ``list_models``): ``filter`` shell pattern(s) a name must
+    match one of, ``module`` method module(s), short (``"tdds"``) or dotted, ``exclude_filters``
+    pattern(s) whose matches are dropped."""
+    names = METHODS.names()
+    modules = _patterns(module)
     if modules:
-        names = [n for n in names if _METHODS[n].module in modules or _short(_METHODS[n].module) in modules]
-    include = [f for f in _patterns(filter) if f]
+        names = [n for n in names if METHODS.module_of(n) in modules or _short(METHODS.module_of(n)) in modules]
+    include, exclude = _patterns(filter), _patterns(exclude_filters)
     if include:
         names = [n for n in names if any(fnmatch.fnmatch(n, f) for f in include)]
-    exclude = [f for f in _patterns(exclude_filters) if f]
-    if exclude:
-        names = [n for n in names if not any(fnmatch.fnmatch(n, f) for f in exclude)]
-    return names
+    return [n for n in names if not any(fnmatch.fnmatch(n, f) for f in exclude)]
 
 
 def list_modules() -> list[str]:
     """Sorted short names of the modules that register at least one method (timm's ``list_modules``)."""
-    return sorted({_short(info.module) for info in _METHODS.values()})
+    return sorted({_short(info.module) for _, info in METHODS.items()})
 
 
 def get_method(name: str) -> Callable[..., np.ndarray]:
-    """The registered function of method ``name`` (``ScoringError`` listing the known ones if unknown)."""
+    """The registered function of method ``name`` (ScoringError listing the known ones if unknown)."""
     return _info(name).fn
 
 
@@ -274,57 +271,80 @@ def method_weighting(name: str) -> str:
 
 def method_options(name: str) -> dict[str, Any]:
     """Option name -> default value of method ``name``."""
-    return dict(_info(name).options)
+    return {k: o.default for k, o in _info(name).options.items()}
+
+
+def method_reads_statistics(name: str) -> bool:
+    """Whether registered method ``name`` scores from per-sample statistics (False when unknown)."""
+    return name in METHODS and not METHODS.get(name).logits
+
+
+def check_option(method: str, name: str, value: Any) -> Any:
+    """``value`` when it is a valid value of option ``name`` of ``method``; ScoringError otherwise."""
+    opt = _info(method).options[name]
+    if not opt.accepts(value):
+        doc = f" ({opt.doc})" if opt.doc else ""
+        raise ScoringError(f"{method}: {name}{doc} must be {opt.requirement()}, got {value!r}"
+                           + (f"; {opt.hint}" if opt.hint else ""))
+    return value
 
 
 def resolve_params(name: str, **params: Any) -> dict[str, Any]:
-    """Check ``params`` against method ``name``'s options and return the defaults updated with them.
-    Options given as ``None`` fall back to their defaults."""
+    """Check ``params`` against method ``name``'s options and return the defaults updated with them
+    (options given as None fall back to their defaults): unknown names, types, ranges and the
+    method's ``check`` of the whole set."""
     info = _info(name)
     given = {k: v for k, v in params.items() if v is not None}
     unknown = sorted(set(given) - set(info.options))
     if unknown:
         valid = ", ".join(sorted(info.options)) or "(none)"
-        raise ScoringError(
-            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for scoring method "
-            f"{name!r}; valid options: {valid}"
-        )
-    out = dict(info.options)
+        raise ScoringError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
+                           f"scoring method {name!r}; valid options: {valid}")
+    out = {k: o.default for k, o in info.options.items()}
     out.update(given)
+    for k, v in out.items():
+        check_option(name, k, v)
     if info.check is not None:
-        names = inspect.signature(info.check).parameters
-        info.check(**{k: v for k, v in out.items() if k in names})
+        info.check(out)
     return out
 
 
-def _takes_dynamics(factory: Callable[..., Any]) -> bool:
-    """Whether a sampler factory accepts a ``dynamics`` keyword (named, or through ``**kwargs``)."""
-    try:
-        params = list(inspect.signature(factory).parameters.values())[1:]  # the first takes the options
-    except (TypeError, ValueError):  # a callable without a readable signature: the plain contract
-        return False
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD
-               or (p.name == "dynamics" and p.kind in (inspect.Parameter.KEYWORD_ONLY,
-                                                      inspect.Parameter.POSITIONAL_OR_KEYWORD))
-               for p in params)
+def check_recorded_inputs(methods: Iterable[str], record: Any) -> None:
+    """Refuse, before any training, methods that need logits when the run records statistics only
+    (``dynamics.record: stats``): ConfigError naming them and the fix."""
+    if record != "stats":
+        return
+    need_logits = sorted({m for m in methods if _info(m).logits})
+    if need_logits:
+        with_stats = ", ".join(n for n in list_methods() if method_reads_statistics(n))
+        raise ConfigError(f"dynamics.record: stats keeps no logits, and {', '.join(need_logits)} score from logits; set "
+                          f"dynamics.record: both (or true), or use only methods that read statistics ({with_stats}).")
 
 
 def get_sampler(name: str, params: Optional[dict] = None, *, dynamics: Any = None) -> Optional[Sampler]:
-    """The selection sampler of method ``name`` built from its (resolved) options, or None when the
-    method uses the plain top-k selection (no factory, or the factory returned None for these
-    options).
-
-    ``dynamics``: the dynamics object the scores came from, handed to factories that accept a
-    ``dynamics`` keyword (``factory(params, dynamics=dynamics)``, also when it is None, so the
-    factory can say it needs one); other factories are called ``factory(params)`` as before."""
-    info = _info(name)
-    factory = info.sampler_factory
+    """The selection sampler of method ``name`` built from its resolved options, or None when the
+    method uses the plain top-k. ``dynamics``: what the scores came from (None when the caller has
+    none), handed to the factory as ``factory(params, dynamics=dynamics)``."""
+    factory = _info(name).sampler_factory
     if factory is None:
         return None
-    resolved = resolve_params(name, **(params or {}))
-    if _takes_dynamics(factory):
-        return factory(resolved, dynamics=dynamics)
-    return factory(resolved)
+    return factory(resolve_params(name, **(params or {})), dynamics=dynamics)
+
+
+def score_view(name: str, view: ColumnView, **params: Any) -> np.ndarray:
+    """Method ``name``'s scores over ``view`` with ``params`` (checked), NaN/Inf rows not yet
+    settled (:meth:`ColumnView.finish`): what :func:`compute_scores` and a method built on another
+    one (CCS over its base) call."""
+    info = _info(name)
+    resolved = resolve_params(name, **params)
+    if not info.logits:
+        return info.fn(view, **resolved)
+    if view.is_statistics:
+        with_stats = ", ".join(n for n in list_methods() if method_reads_statistics(n)) or "none"
+        raise ScoringError(f"method {name!r} scores from logits, and {view.source.folder} holds per-sample statistics "
+                           f"only; score it from a run that recorded logits, or use a method that reads statistics "
+                           f"({with_stats}).")
+    return info.fn(view.source, nan_policy=view.nan_policy, **resolved)
 
 
 def compute_scores(name: str, dynamics: Any, *, nan_policy: str = "raise", **params: Any) -> np.ndarray:
@@ -335,7 +355,8 @@ def compute_scores(name: str, dynamics: Any, *, nan_policy: str = "raise", **par
     name : str
         A registered method (see :func:`list_methods`).
     dynamics : Dynamics-like
-        ``tdds_core.dynamics.Dynamics`` or ``tdds_core.dynamics_reference.ReferenceDynamics``.
+        ``tdds_core.dynamics.Dynamics``, ``tdds_core.dynamics_reference.ReferenceDynamics`` or
+        ``tdds_core.statistics.Statistics``.
     nan_policy : {"raise", "skip"}
         "raise": NaN/Inf inputs are a :class:`ScoringError` naming the epoch and the count;
         "skip": those samples get score ``-inf`` (the lowest) and a warning reports the count.
@@ -349,24 +370,14 @@ def compute_scores(name: str, dynamics: Any, *, nan_policy: str = "raise", **par
     """
     if nan_policy not in NAN_POLICIES:
         raise ScoringError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, not {nan_policy!r}")
-    info = _info(name)
-    resolved = resolve_params(name, **params)
-    given = {k: v for k, v in params.items() if v is not None}
-    if _is_statistics(dynamics):
-        if info.stats is None:
-            with_stats = ", ".join(sorted(n for n, m in _METHODS.items() if m.stats is not None)) or "none"
-            raise ScoringError(f"method {name!r} scores from logits, and {dynamics.folder} holds per-sample statistics "
-                               f"only; score it from a run that recorded logits, or use a method that reads statistics "
-                               f"({with_stats}).")
-        scores = info.stats(dynamics, nan_policy=nan_policy, **given)
-    else:
-        scores = info.fn(dynamics, nan_policy=nan_policy, **given)
-    scores = np.asarray(scores)
+    resolve_params(name, **params)          # an unknown method or option: an error before any reading
+    view = open_view(dynamics, nan_policy=nan_policy, method=name)
+    scores = np.asarray(score_view(name, view, **params))
     n = int(dynamics.num_samples)
     if scores.shape != (n,):
         raise ScoringError(f"scoring method {name!r} returned shape {scores.shape}, expected ({n},)")
-    if scores.dtype != np.float64:
-        scores = scores.astype(np.float64)
+    scores = view.finish(scores.astype(np.float64, copy=False))
     if np.isnan(scores).any():
-        raise ScoringError(f"scoring method {name!r} produced NaN scores with options {resolved}")
+        raise ScoringError(f"scoring method {name!r} produced NaN scores with options {resolve_params(name, **params)}")
     return scores
+

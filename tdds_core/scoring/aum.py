@@ -34,19 +34,16 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from ..errors import ScoringError
-from ._common import dynamics_labels, finish_skipped, iter_selected, per_epoch_rows, select_epochs, softmax64
-from ._registry import export, register_method
+from ._common import column_mean, select_epochs, softmax64
+from ._registry import Option, check_option, register_method
+from ._view import ColumnView, EpochStream
 
 __all__ = ["margins", "probability_margins", "aum_from_epochs", "aum", "AUM_SPACES"]
 
 #: the margin spaces: "prob" (softmax probabilities, the TDDS/CCS default), "logit" (Pleiss et al.)
 AUM_SPACES = ("prob", "logit")
-
-
-def _check_space(space: Any) -> str:
-    if space not in AUM_SPACES:
-        raise ScoringError(f"aum: space must be one of {', '.join(map(repr, AUM_SPACES))}, got {space!r}")
-    return space
+#: the statistics column of each space
+_COLUMN = {"prob": "margin_p", "logit": "margin_logit"}
 
 
 def _target_minus_other(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -65,25 +62,19 @@ def _check_logits(logits: np.ndarray) -> np.ndarray:
     return x
 
 
-@export
 def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Logit margin (Pleiss et al.): float64 ``(N,)``, ``logits[i, y_i] - max_{c != y_i} logits[i, c]``
-    (needs C >= 2)."""
+    """Logit margin (Pleiss et al.) of one epoch: float64 ``(N,)``, ``logits[i, y_i] - max_{c != y_i}
+    logits[i, c]`` (needs C >= 2; the ``margin_logit`` column)."""
     return _target_minus_other(_check_logits(logits), labels)
 
 
-@export
 def probability_margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Probability margin (the TDDS paper's "probability gap", CCS's ``accumulated_margin`` term):
-    float64 ``(N,)`` in ``[-1, 1]``, ``p[i, y_i] - max_{c != y_i} p[i, c]`` with ``p = softmax(logits)``
-    (needs C >= 2)."""
+    """Probability margin (the TDDS paper's "probability gap", CCS's ``accumulated_margin`` term) of
+    one epoch: float64 ``(N,)`` in ``[-1, 1]``, ``p[i, y_i] - max_{c != y_i} p[i, c]`` with
+    ``p = softmax(logits)`` (needs C >= 2; the ``margin_p`` column)."""
     return _target_minus_other(softmax64(_check_logits(logits)), labels)
 
 
-_MARGIN = {"prob": probability_margins, "logit": margins}
-
-
-@export
 def aum_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, space: str = "prob",
                     nan_policy: str = "raise") -> np.ndarray:
     """Mean margin over the given epochs.
@@ -101,26 +92,15 @@ def aum_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, space: str = "
     np.ndarray
         float64 ``(N,)``; higher AUM = keep first (the TDDS paper's direction).
     """
-    fn = _MARGIN[_check_space(space)]
-    total, E = 0.0, 0
-    for margin, guard in per_epoch_rows(epochs, labels, fn, nan_policy=nan_policy, method="aum"):
-        total, E = total + margin, E + 1
-    return finish_skipped(total / E, guard.bad, "aum")
+    column = _COLUMN[check_option("aum", "space", space)]
+    view = EpochStream(epochs, labels, nan_policy=nan_policy, method="aum")
+    return view.finish(column_mean(view.columns(None, column)))
 
 
-def _aum_stats(stats: Any, *, space: str = "prob", start: Optional[int] = None, stop: Optional[int] = None,
-               nan_policy: str = "raise") -> np.ndarray:
-    """AUM from per-sample statistics (``margin_p`` or ``margin_logit``; tdds_core.statistics)."""
-    from ..statistics import column_over, finite_scores
-
-    column = {"prob": "margin_p", "logit": "margin_logit"}[_check_space(space)]
-    ts = select_epochs(stats, start, stop, method="aum", minimum=1)
-    return finite_scores(sum(column_over(stats, ts, column)) / len(ts), nan_policy, "aum")
-
-
-@register_method("aum", stats=_aum_stats)
-def aum(dynamics: Any, *, space: str = "prob", start: Optional[int] = None, stop: Optional[int] = None,
-        nan_policy: str = "raise") -> np.ndarray:
+@register_method("aum", options={"space": Option("prob", choices=AUM_SPACES),
+                                 "start": Option(None, int, doc="first epoch"),
+                                 "stop": Option(None, int, doc="epoch after the last")})
+def aum(view: ColumnView, *, space: str, start: Optional[int], stop: Optional[int]) -> np.ndarray:
     """AUM over the recorded epochs ``start <= t < stop`` (default: all).
 
     ``space="prob"`` (default): mean of ``p[y] - max_{c != y} p[c]`` on softmax probabilities, as the
@@ -128,7 +108,7 @@ def aum(dynamics: Any, *, space: str = "prob", start: Optional[int] = None, stop
     logit margin of Pleiss et al.
 
     Returns float64 ``(N,)``; higher AUM = keep first (the raw AUM, not flipped)."""
-    _check_space(space)
-    ts = select_epochs(dynamics, start, stop, method="aum", minimum=1)
-    labels = dynamics_labels(dynamics, required=True, method="aum")
-    return aum_from_epochs(iter_selected(dynamics, ts), labels, space=space, nan_policy=nan_policy)
+    if view.num_classes < 2:
+        raise ScoringError(f"the margin needs [N, C] logits with C >= 2, got C={view.num_classes}")
+    ts = select_epochs(view, start, stop, method="aum", minimum=1)
+    return column_mean(view.columns(ts, _COLUMN[space]))

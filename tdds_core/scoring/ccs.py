@@ -76,8 +76,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..errors import ScoringError
-from ._common import check_policy
-from ._registry import compute_scores, export, register_method, resolve_params
+from ._registry import Option, check_option, register_method, resolve_params, score_view
+from ._view import ColumnView
 
 __all__ = ["ccs_sample", "ccs_beta", "ccs", "HARD_END", "DEFAULT_BETA", "CCS_BETA_CIFAR10", "STRATA"]
 
@@ -136,7 +136,6 @@ def _beta_table(beta: Any) -> Optional[list[tuple[float, float]]]:
     return None
 
 
-@export
 def ccs_beta(rate: float, beta: Any = "auto") -> float:
     """The hard cutoff ratio CCS uses at pruning ``rate`` for the option ``beta`` ("auto": the
     CIFAR-10 table :data:`DEFAULT_BETA`; a number; or a mapping rate -> beta), interpolated linearly
@@ -153,12 +152,23 @@ def ccs_beta(rate: float, beta: Any = "auto") -> float:
     return float(np.interp(r, rates, values))
 
 
-def _check(beta: Any, strata: Any, hard_end: Any) -> None:
-    _beta_table(beta)
-    if isinstance(strata, bool) or not isinstance(strata, (int, np.integer)) or strata < 1:
-        raise ScoringError(f"ccs: strata must be a positive integer, got {strata!r}")
-    if hard_end not in (None, "low", "high"):
-        raise ScoringError(f"ccs: hard_end must be 'low' or 'high', got {hard_end!r}")
+def _check(opts: dict) -> None:
+    _beta_table(opts["beta"])
+    base, base_params = opts["base"], opts["base_params"]
+    if base == "ccs":
+        raise ScoringError("ccs: base may not be 'ccs' itself; use e.g. base='aum'")
+    if base_params is not None and not isinstance(base_params, dict):
+        raise ScoringError(f"ccs: base_params must be a mapping of the base method's options, got {base_params!r}")
+    resolve_params(base, **(base_params or {}))
+
+
+OPTIONS = {
+    "base": Option("aum", str, doc="the base method"),
+    "base_params": Option(None, doc="the base method's options"),
+    "beta": Option("auto", doc="hard cutoff ratio"),
+    "strata": Option(STRATA, int, min=1),
+    "hard_end": Option(None, choices=(None, "low", "high")),
+}
 
 
 def _strata_of(v: np.ndarray, k: int) -> np.ndarray:
@@ -188,7 +198,6 @@ def _budgets(sizes: np.ndarray, total: int) -> np.ndarray:
     return out
 
 
-@export
 def ccs_sample(scores: np.ndarray, n_keep: int, *, beta: Any = "auto", strata: int = STRATA, hard_end: str = "low",
                seed: int = 0) -> np.ndarray:
     """Coverage-centric stratified sample of ``n_keep`` positions (see the module docstring).
@@ -216,7 +225,9 @@ def ccs_sample(scores: np.ndarray, n_keep: int, *, beta: Any = "auto", strata: i
     np.ndarray
         int64 ``(n_keep,)`` positions, ascending.
     """
-    _check(beta, strata, hard_end)
+    _beta_table(beta)
+    check_option("ccs", "strata", strata)
+    check_option("ccs", "hard_end", hard_end)
     s = np.asarray(scores, dtype=np.float64)
     n_keep = int(n_keep)
     N = len(s)
@@ -260,11 +271,10 @@ def ccs_sample(scores: np.ndarray, n_keep: int, *, beta: Any = "auto", strata: i
     return out
 
 
-def _make_sampler(params: dict) -> Callable[..., np.ndarray]:
+def _make_sampler(params: dict, *, dynamics: Any = None) -> Callable[..., np.ndarray]:
     base = params["base"]
     hard_end = params["hard_end"] or HARD_END.get(base, "high")
     beta, strata = params["beta"], params["strata"]
-    _check(beta, strata, hard_end)
 
     def sampler(scores: np.ndarray, n_keep: int, *, labels: Optional[np.ndarray] = None, seed: int = 0) -> np.ndarray:
         return ccs_sample(scores, n_keep, beta=beta, strata=strata, hard_end=hard_end, seed=seed)
@@ -274,16 +284,9 @@ def _make_sampler(params: dict) -> Callable[..., np.ndarray]:
     return sampler
 
 
-def _ccs_stats(stats: Any, *, base: str = "aum", base_params: Optional[dict] = None, beta: Any = "auto",
-               strata: int = STRATA, hard_end: Optional[str] = None, nan_policy: str = "raise") -> np.ndarray:
-    """CCS from a statistics folder: the base method scored from the statistics (AUM by default)."""
-    return ccs(stats, base=base, base_params=base_params, beta=beta, strata=strata, hard_end=hard_end,
-               nan_policy=nan_policy)
-
-
-@register_method("ccs", sampler=_make_sampler, stats=_ccs_stats)
-def ccs(dynamics: Any, *, base: str = "aum", base_params: Optional[dict] = None, beta: Any = "auto",
-        strata: int = STRATA, hard_end: Optional[str] = None, nan_policy: str = "raise") -> np.ndarray:
+@register_method("ccs", options=OPTIONS, sampler=_make_sampler, check=_check)
+def ccs(view: ColumnView, *, base: str, base_params: Optional[dict], beta: Any, strata: int,
+        hard_end: Optional[str]) -> np.ndarray:
     """Base difficulty scores for CCS (default AUM on probabilities, ``space="prob"``, as the CCS code
     and the TDDS paper compute it); ``beta`` ("auto": the CCS paper's per-rate hard cutoff, or a
     number, or a mapping rate -> beta), ``strata`` (50) and ``hard_end`` (default "low" for aum)
@@ -291,11 +294,4 @@ def ccs(dynamics: Any, *, base: str = "aum", base_params: Optional[dict] = None,
 
     Returns float64 ``(N,)``: the base method's scores (higher = keep first under top-k; CCS's
     selection instead samples across their whole range after cutting the hardest)."""
-    check_policy(nan_policy)
-    _check(beta, strata, hard_end)
-    if base == "ccs":
-        raise ScoringError("ccs: base may not be 'ccs' itself; use e.g. base='aum'")
-    if base_params is not None and not isinstance(base_params, dict):
-        raise ScoringError(f"ccs: base_params must be a mapping of the base method's options, got {base_params!r}")
-    resolve_params(base, **(base_params or {}))
-    return compute_scores(base, dynamics, nan_policy=nan_policy, **(base_params or {}))
+    return score_view(base, view, **(base_params or {}))

@@ -58,10 +58,9 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 
 from ..errors import ScoringError
-from ..statistics import is_statistics
-from ._common import (check_policy, dynamics_labels, finish_skipped, iter_selected, per_epoch_rows, recorded_range,
-                      softmax64)
-from ._registry import export, register_method
+from ._common import recorded_range
+from ._registry import Option, check_option, register_method
+from ._view import ColumnView, EpochStream, open_view
 
 __all__ = ["dual_from_epochs", "dual_beta_weights", "dual_beta_sample", "dual_beta_pdf", "dual"]
 
@@ -72,39 +71,24 @@ STD_SCALE = 10.0
 #: how many of the highest-scored samples set the Beta anchor
 ANCHOR_TOP = 10
 
+OPTIONS = {
+    "epochs": Option(30, int, min=2, doc="how many early epochs to use", hint="the authors use 30 (CIFAR) or 60 (ImageNet)"),
+    "window": Option(10, int, min=2, doc="sliding window in epochs", hint="the authors use 10"),
+    "start": Option(None, int, min=0, doc="first epoch"),
+    "beta_sampling": Option(False, bool),
+    "c_d": Option(4.0, float, min=0, min_open=True, doc="Beta sampling exponent", hint="the authors use 4"),
+}
 
-def _is_int(v: Any) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, np.integer))
 
-
-def _check_options(epochs: Any, window: Any, start: Any, beta_sampling: Any, c_d: Any) -> None:
-    if not _is_int(epochs) or epochs < 2:
-        raise ScoringError(f"dual: epochs (how many early epochs to use) must be an integer >= 2, got {epochs!r}; "
-                           "the authors use 30 (CIFAR) or 60 (ImageNet)")
-    if not _is_int(window) or window < 2:
-        raise ScoringError(f"dual: window (sliding window in epochs) must be an integer >= 2, got {window!r}; "
-                           "the authors use 10")
-    if window > epochs:
-        raise ScoringError(f"dual: window={window} is longer than epochs={epochs}; use window <= epochs "
+def _check(opts: dict) -> None:
+    if opts["window"] > opts["epochs"]:
+        raise ScoringError(f"dual: window={opts['window']} is longer than epochs={opts['epochs']}; use window <= epochs "
                            "(e.g. epochs=30, window=10)")
-    if start is not None and (not _is_int(start) or start < 0):
-        raise ScoringError(f"dual: start must be a non-negative integer epoch, got {start!r}")
-    if not isinstance(beta_sampling, (bool, np.bool_)):
-        raise ScoringError(f"dual: beta_sampling must be true or false, got {beta_sampling!r}")
-    if isinstance(c_d, bool) or not isinstance(c_d, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(float(c_d)) or float(c_d) <= 0:
-        raise ScoringError(f"dual: c_d (Beta sampling exponent) must be a positive number, got {c_d!r}; "
-                           "the authors use 4")
-
-
-def _target_probs(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``softmax(x)[i, y_i]`` per row of float64 logits ``x`` ``[n, C]``."""
-    return softmax64(x)[np.arange(len(y)), y]
 
 
 def _windows(probs: Iterable[np.ndarray], window: int) -> tuple[np.ndarray, np.ndarray]:
     """``(summed window scores / K, pred_mean)`` over the target probabilities ``(N,)`` of each
-    epoch (from logits, or the ``p_target`` column of per-sample statistics).
+    epoch (the ``p_target`` column).
 
     Memory: ``window`` probability vectors and two accumulators."""
     ring: deque = deque(maxlen=window)
@@ -125,29 +109,6 @@ def _windows(probs: Iterable[np.ndarray], window: int) -> tuple[np.ndarray, np.n
     return total / K, psum / E
 
 
-def _stream(epochs: Iterable[Any], labels: np.ndarray, window: int,
-            nan_policy: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One pass over the epochs' logits: ``(summed window scores / K, pred_mean, bad rows)``."""
-    guards: list = []
-
-    def probs() -> Iterable[np.ndarray]:
-        for p, guard in per_epoch_rows(epochs, labels, _target_probs, nan_policy=nan_policy, method="dual"):
-            guards[:] = [guard]
-            yield p
-
-    scores, pred_mean = _windows(probs(), window)
-    return scores, pred_mean, guards[0].bad
-
-
-def _stream_stats(stats: Any, ts: list[int], window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_stream` from per-sample statistics (``p_target``); bad rows: non-finite results."""
-    from ..statistics import column_over
-
-    scores, pred_mean = _windows(column_over(stats, ts, "p_target"), window)
-    return scores, pred_mean, ~(np.isfinite(scores) & np.isfinite(pred_mean))
-
-
-@export
 def dual_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, window: int = 10, nan_policy: str = "raise",
                      return_pred_mean: bool = False) -> Any:
     """DUAL scores from an iterable of epochs (every item is used; pass the first 30).
@@ -167,21 +128,20 @@ def dual_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, window: int =
     np.ndarray or (np.ndarray, np.ndarray)
         float64 ``(N,)`` scores >= 0 (``-inf`` for skipped rows); higher = keep first.
     """
-    if not _is_int(window) or window < 2:
-        raise ScoringError(f"dual: window (sliding window in epochs) must be an integer >= 2, got {window!r}")
-    check_policy(nan_policy)
-    scores, pred_mean, bad = _stream(epochs, labels, int(window), nan_policy)
-    scores = finish_skipped(scores, bad, "dual")
+    window = int(check_option("dual", "window", window))
+    view = EpochStream(epochs, labels, nan_policy=nan_policy, method="dual")
+    scores, pred_mean = _windows(view.columns(None, "p_target"), window)
+    scores = view.finish(scores)
     if not return_pred_mean:
         return scores
     pred_mean = np.array(pred_mean, dtype=np.float64, copy=True)
-    pred_mean[bad] = np.nan
+    pred_mean[view.bad] = np.nan
     return scores, pred_mean
 
 
-def _dual_epochs(dynamics: Any, start: Optional[int], epochs: int, window: int) -> list[int]:
+def _dual_epochs(view: ColumnView, start: Optional[int], epochs: int, window: int) -> list[int]:
     """The first ``epochs`` consecutive recorded epochs from ``start`` (at least ``window``)."""
-    recorded = sorted(int(t) for t in dynamics.epochs)
+    recorded = view.epochs
     if not recorded:
         raise ScoringError("dual: the dynamics hold no recorded epochs")
     s = recorded[0] if start is None else int(start)
@@ -212,7 +172,6 @@ def _log_beta_pdf(x: np.ndarray, a: float, b: float) -> np.ndarray:
     return lo + hi - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
 
 
-@export
 def dual_beta_pdf(x: Any, a: float, b: float) -> np.ndarray:
     """The Beta(a, b) density at ``x`` in ``[0, 1]`` (float64, via ``math.lgamma``; ``a, b > 0``)."""
     if not (a > 0 and b > 0):
@@ -256,7 +215,6 @@ def _beta_log_weights(scores: np.ndarray, pred_mean: np.ndarray, n_keep: int, c_
     return logw, params
 
 
-@export
 def dual_beta_weights(scores: np.ndarray, pred_mean: np.ndarray, n_keep: int, *, c_d: float = 4.0) -> np.ndarray:
     """The first-draw probabilities of beta sampling: ``BetaPDF(pred_mean; a, b) * score``
     normalised to sum 1 (0 for samples never drawn). See the module docstring for ``a, b``."""
@@ -267,7 +225,6 @@ def dual_beta_weights(scores: np.ndarray, pred_mean: np.ndarray, n_keep: int, *,
     return w / w.sum()
 
 
-@export
 def dual_beta_sample(scores: np.ndarray, pred_mean: np.ndarray, n_keep: int, *, c_d: float = 4.0,
                      seed: int = 0) -> np.ndarray:
     """DUAL's beta sampling: ``n_keep`` positions drawn without replacement with probability
@@ -308,10 +265,8 @@ def dual_beta_sample(scores: np.ndarray, pred_mean: np.ndarray, n_keep: int, *, 
 def _make_sampler(params: dict, *, dynamics: Any = None) -> Optional[Callable[..., np.ndarray]]:
     """Selection sampler of ``dual``: None (plain top-k) unless ``beta_sampling``; then beta
     sampling with ``pred_mean`` read from ``dynamics`` (computed once, on the first call)."""
-    epochs, window, start, beta_sampling, c_d = (params["epochs"], params["window"], params["start"],
-                                                 params["beta_sampling"], params["c_d"])
-    _check_options(epochs, window, start, beta_sampling, c_d)
-    if not beta_sampling:
+    epochs, window, start, c_d = params["epochs"], params["window"], params["start"], params["c_d"]
+    if not params["beta_sampling"]:
         return None
     if dynamics is None:
         raise ScoringError(
@@ -322,14 +277,11 @@ def _make_sampler(params: dict, *, dynamics: Any = None) -> Optional[Callable[..
 
     def pred_mean() -> np.ndarray:
         if "m" not in cache:
-            ts = _dual_epochs(dynamics, start, int(epochs), int(window))
-            if is_statistics(dynamics):
-                _, m, bad = _stream_stats(dynamics, ts, int(window))
-            else:
-                labels = dynamics_labels(dynamics, required=True, method="dual beta sampling")
-                _, m, bad = _stream(iter_selected(dynamics, ts), labels, int(window), "skip")
+            view = open_view(dynamics, nan_policy="skip", method="dual beta sampling")
+            ts = _dual_epochs(view, start, int(epochs), int(window))
+            _, m = _windows(view.columns(ts, "p_target"), int(window))
             m = np.array(m, dtype=np.float64, copy=True)
-            m[bad] = np.nan  # those samples were refused or ranked last (-inf) at scoring
+            m[view.bad | ~np.isfinite(m)] = np.nan  # those samples were refused or ranked last (-inf) at scoring
             cache["m"] = m
         return cache["m"]
 
@@ -346,28 +298,17 @@ def _make_sampler(params: dict, *, dynamics: Any = None) -> Optional[Callable[..
     return sampler
 
 
-def _dual_stats(stats: Any, *, epochs: int = 30, window: int = 10, start: Optional[int] = None,
-                beta_sampling: bool = False, c_d: float = 4.0, nan_policy: str = "raise") -> np.ndarray:
-    """DUAL from per-sample statistics (their ``p_target`` column; tdds_core.statistics)."""
-    from ..statistics import finite_scores
-
-    _check_options(epochs, window, start, beta_sampling, c_d)
-    check_policy(nan_policy)
-    ts = _dual_epochs(stats, start, int(epochs), int(window))
-    scores, _, _ = _stream_stats(stats, ts, int(window))
-    return finite_scores(scores, nan_policy, "dual")
-
-
-@register_method("dual", sampler=_make_sampler, check=_check_options, stats=_dual_stats)
-def dual(dynamics: Any, *, epochs: int = 30, window: int = 10, start: Optional[int] = None,
-         beta_sampling: bool = False, c_d: float = 4.0, nan_policy: str = "raise") -> np.ndarray:
+@register_method("dual", options=OPTIONS, sampler=_make_sampler, check=_check)
+def dual(view: ColumnView, *, epochs: int, window: int, start: Optional[int], beta_sampling: bool,
+         c_d: float) -> np.ndarray:
     """DUAL scores (Cho et al., ICML 2025): mean over sliding windows of ``10 * std * (1 - mean)`` of
     the target-class probability over the first ``epochs`` epochs (see the module docstring).
 
     Parameters
     ----------
-    dynamics : Dynamics or ReferenceDynamics
-        Per-epoch ``[N, C]`` train-mode logits and the labels (``--labels`` for the authors' layout).
+    view : ColumnView
+        The recording's columns (its ``p_target`` column of each epoch; labels needed, ``--labels``
+        for the authors' layout).
     epochs : int
         How many early epochs: ``start .. start+epochs-1`` (fewer when fewer are recorded, at least
         ``window``). Default 30 (the authors' CIFAR setting; 60 for ImageNet).
@@ -380,15 +321,11 @@ def dual(dynamics: Any, *, epochs: int = 30, window: int = 10, start: Optional[i
         scores are the same). Default False.
     c_d : float
         Beta sampling exponent ``c_D``. Default 4.
-    nan_policy : {"raise", "skip"}
 
     Returns
     -------
     np.ndarray
         float64 ``(N,)`` >= 0; higher = keep first.
     """
-    _check_options(epochs, window, start, beta_sampling, c_d)
-    check_policy(nan_policy)
-    ts = _dual_epochs(dynamics, start, int(epochs), int(window))
-    labels = dynamics_labels(dynamics, required=True, method="dual")
-    return dual_from_epochs(iter_selected(dynamics, ts), labels, window=int(window), nan_policy=nan_policy)
+    ts = _dual_epochs(view, start, int(epochs), int(window))
+    return _windows(view.columns(ts, "p_target"), int(window))[0]

@@ -22,8 +22,8 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import ScoringError
-from ._common import NanGuard, finish_skipped, guarded_rows
-from ._registry import export, register_method
+from ._registry import Option, register_method
+from ._view import ColumnView, EpochStream
 
 __all__ = ["entropy_from_logits", "entropy", "SOURCES"]
 
@@ -31,20 +31,8 @@ __all__ = ["entropy_from_logits", "entropy", "SOURCES"]
 SOURCES = ("clean", "last_epoch")
 
 
-def _entropy_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    m = x.max(axis=1, keepdims=True)
-    z = x - m
-    lse = np.log(np.exp(z).sum(axis=1, keepdims=True))
-    logp = z - lse
-    p = np.exp(logp)
-    plogp = np.where(p > 0, p * logp, 0.0)
-    return -plogp.sum(axis=1)
-
-
-@export
 def entropy_from_logits(logits: np.ndarray, *, nan_policy: str = "raise", epoch: Any = None) -> np.ndarray:
-    """Entropy of ``softmax(logits)`` per row.
+    """Entropy of ``softmax(logits)`` per row (the ``entropy`` column of one epoch).
 
     Parameters
     ----------
@@ -59,53 +47,33 @@ def entropy_from_logits(logits: np.ndarray, *, nan_policy: str = "raise", epoch:
     x = np.asarray(logits)
     if x.ndim != 2 or x.shape[1] < 1:
         raise ScoringError(f"expected [N, C] logits, got shape {x.shape}")
-    guard = NanGuard(x.shape[0], nan_policy)
-    out = guarded_rows(x, guard, lambda blk, a, b: _entropy_rows(blk), epoch=epoch)
-    return finish_skipped(out, guard.bad, "entropy")
+    view = EpochStream([(epoch, x)], nan_policy=nan_policy, method="entropy")
+    return view.finish(next(view.columns(None, "entropy")))
 
 
-def _entropy_stats(stats: Any, *, source: str = "clean", epoch: Optional[int] = None,
-                   nan_policy: str = "raise") -> np.ndarray:
-    """Entropy from per-sample statistics: the ``entropy`` column of the clean final pass
-    (``final.npy``) or of ``epoch`` (default: the last recorded one); tdds_core.statistics."""
-    from ..statistics import finite_scores
-
-    t = _check(stats, source, epoch)
-    h = stats.final_column("entropy") if t is None else stats.column(t, "entropy")
-    return finite_scores(h, nan_policy, "entropy")
+def _check(opts: dict) -> None:
+    if opts["source"] == "clean" and opts["epoch"] is not None:
+        raise ScoringError("entropy: epoch only applies to source='last_epoch' (the clean pass is of the final "
+                           "model); pass source='last_epoch' with it, or drop epoch")
 
 
-def _check(dynamics: Any, source: str, epoch: Optional[int]) -> Optional[int]:
-    """The epoch ``source``/``epoch`` name (None for the clean final pass); ScoringError otherwise."""
-    if source not in SOURCES:
-        raise ScoringError(f"entropy: source must be one of {', '.join(SOURCES)}, not {source!r}")
+@register_method("entropy", options={"source": Option("clean", choices=SOURCES),
+                                     "epoch": Option(None, int, doc="recorded epoch (source='last_epoch')")},
+                 check=_check)
+def entropy(view: ColumnView, *, source: str, epoch: Optional[int]) -> np.ndarray:
+    """Entropy of the trained model's prediction for every sample.
+
+    ``source="clean"`` (default): the clean final pass (eval mode, no augmentation) of the final
+    model (``final_logits.npy``, or ``final.npy`` of statistics). ``source="last_epoch"``: the
+    epoch ``epoch`` (default: the last recorded epoch). ``epoch`` only applies to "last_epoch".
+
+    Returns float64 ``(N,)``; higher entropy = keep first."""
     if source == "clean":
-        if epoch is not None:
-            raise ScoringError("entropy: epoch only applies to source='last_epoch' (the clean pass is of the final "
-                               "model); pass source='last_epoch' with it, or drop epoch")
-        return None
-    recorded = sorted(int(t) for t in dynamics.epochs)
+        return view.final_column("entropy")
+    recorded = view.epochs
     if not recorded:
         raise ScoringError("entropy: the dynamics hold no recorded epochs")
     t = recorded[-1] if epoch is None else int(epoch)
     if t not in recorded:
         raise ScoringError(f"entropy: epoch {t} was not recorded; recorded epochs: {recorded[0]}..{recorded[-1]}")
-    return t
-
-
-@register_method("entropy", stats=_entropy_stats)
-def entropy(dynamics: Any, *, source: str = "clean", epoch: Optional[int] = None, nan_policy: str = "raise") -> np.ndarray:
-    """Entropy of the trained model's prediction for every sample.
-
-    ``source="clean"`` (default): the clean final pass (eval mode, no augmentation) of the final
-    model, ``dynamics.final_logits()``. ``source="last_epoch"``: the logits recorded for
-    ``epoch`` (default: the last recorded epoch). ``epoch`` only applies to "last_epoch".
-
-    Returns float64 ``(N,)``; higher entropy = keep first."""
-    t = _check(dynamics, source, epoch)
-    if t is None:
-        final = getattr(dynamics, "final_logits", None)
-        if final is None:
-            raise ScoringError("entropy: these dynamics offer no final_logits(); pass source='last_epoch'")
-        return entropy_from_logits(final(), nan_policy=nan_policy, epoch="final (clean pass)")
-    return entropy_from_logits(dynamics.epoch(t), nan_policy=nan_policy, epoch=t)
+    return view.column(t, "entropy")

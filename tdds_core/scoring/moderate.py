@@ -36,18 +36,18 @@ Also different from the source in detail: the median and the distances are compu
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 
 from ..errors import ArtifactError, ScoringError
-from ._common import NanGuard, dynamics_labels, finish_skipped, finite_rows
-from ._registry import export, register_method
+from ..io import load_npy
+from ._common import NanGuard, finish_skipped, finite_rows
+from ._registry import Option, register_method
+from ._view import ColumnView
 
 __all__ = ["class_distances", "moderate_from_features", "moderate", "moderate_rank_score"]
 
 
-@export
 def class_distances(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """float64 ``(N,)``: Euclidean distance of each feature to the coordinate-wise median feature
     of its class (Moderate-DS's class centre)."""
@@ -62,7 +62,6 @@ def class_distances(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return out
 
 
-@export
 def moderate_rank_score(distances: np.ndarray) -> np.ndarray:
     """float64 ``(N,)`` <= 0: ``-|rank - (N-1)/2|`` with ``rank`` the 0-based position of each
     distance in the stable ascending sort (Moderate-DS's global ranking). The top-k are the k
@@ -75,7 +74,17 @@ def moderate_rank_score(distances: np.ndarray) -> np.ndarray:
     return -np.abs(rank - mid)
 
 
-@export
+def _scores(f: np.ndarray, y: np.ndarray, guard: NanGuard) -> np.ndarray:
+    """Moderate-DS scores of features ``f`` ``[N, D]`` with labels ``y``; rows with NaN/Inf features
+    go to ``guard`` and take no part in the ranking."""
+    bad = guard.check(finite_rows(f), "features", what="features")
+    keep = np.ones(f.shape[0], dtype=bool) if bad is None else ~bad
+    score = np.zeros(f.shape[0], dtype=np.float64)
+    if keep.any():
+        score[keep] = moderate_rank_score(class_distances(f[keep], y[keep]))
+    return score
+
+
 def moderate_from_features(features: np.ndarray, labels: np.ndarray, *, nan_policy: str = "raise") -> np.ndarray:
     """Moderate-DS scores from features (see the module docstring).
 
@@ -98,54 +107,39 @@ def moderate_from_features(features: np.ndarray, labels: np.ndarray, *, nan_poli
     y = np.asarray(labels)
     if y.shape != (n,):
         raise ScoringError(f"labels have shape {y.shape} but the features have {n} rows")
-    y = y.astype(np.int64)
     guard = NanGuard(n, nan_policy, what="features")
-    bad = guard.check(finite_rows(f), "features")
-    keep = np.ones(n, dtype=bool) if bad is None else ~bad
-    score = np.zeros(n, dtype=np.float64)
-    if keep.any():
-        score[keep] = moderate_rank_score(class_distances(f[keep], y[keep]))
-    return finish_skipped(score, guard.bad, "moderate")
+    return finish_skipped(_scores(f, y.astype(np.int64), guard), guard.bad, "moderate")
 
 
-def _load_features(dynamics: Any, features: str) -> np.ndarray:
+def _load_features(view: ColumnView, features: str) -> np.ndarray:
     if not isinstance(features, (str, os.PathLike)):
         raise ScoringError(f"moderate: features must be 'clean' or a path to a .npy [N, D] file, not {features!r}")
     if str(features) == "clean":
-        if not getattr(dynamics, "has_features", False):
+        if not view.has_features:
             raise ScoringError(
-                f"moderate needs penultimate features but {getattr(dynamics, 'folder', 'these dynamics')} has none; "
+                f"moderate needs penultimate features but {getattr(view.source, 'folder', 'these dynamics')} has none; "
                 "train with dynamics.save_features: true, or pass another extractor's features with "
                 "features=/path/feats.npy (CLI: --param features=/path/feats.npy)"
             )
-        return dynamics.features()
-    from ..io import load_npy
-
+        return view.features()
     path = os.fspath(features)
     if not os.path.isfile(path):
         raise ArtifactError(f"moderate: feature file {path} does not exist; pass features='clean' or the path of a "
                             ".npy float [N, D] array in sample order")
     f = load_npy(path)
-    n = int(dynamics.num_samples)
+    n = view.num_samples
     if f.ndim != 2 or f.shape[0] != n or not np.issubdtype(f.dtype, np.number):
         raise ScoringError(f"moderate: {path} holds a {f.dtype} array of shape {f.shape}; expected numeric "
                            f"[{n}, D] features, row i = sample i")
     return f
 
 
-def _moderate_stats(stats: Any, *, features: str = "clean", nan_policy: str = "raise") -> np.ndarray:
-    """Moderate from a statistics folder: the features it keeps of the clean final pass
-    (``features.npy``, recorded with ``dynamics.save_features``), or another extractor's file."""
-    return moderate(stats, features=features, nan_policy=nan_policy)
-
-
-@register_method("moderate", stats=_moderate_stats)
-def moderate(dynamics: Any, *, features: str = "clean", nan_policy: str = "raise") -> np.ndarray:
+@register_method("moderate", options={"features": Option("clean", doc="'clean' or a .npy path")})
+def moderate(view: ColumnView, *, features: str) -> np.ndarray:
     """Moderate-DS over penultimate features: by default the full-data model's clean final pass
     (``features.npy``), or ``features="/path/feats.npy"`` (float ``[N, D]``, sample order) from
     another extractor.
 
     Returns float64 ``(N,)``; higher = distance rank nearer the median = keep first."""
-    f = _load_features(dynamics, features)
-    labels = dynamics_labels(dynamics, required=True, method="moderate")
-    return moderate_from_features(f, labels, nan_policy=nan_policy)
+    f = _load_features(view, features)
+    return _scores(f, view.labels, view.guard)

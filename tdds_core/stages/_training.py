@@ -1,15 +1,64 @@
-"""Tracking helpers of the training stages: per-epoch metrics, final metrics, the per-class table,
-the final model and the result row."""
+"""What the training stages share: training into a stage folder (in this process, in K torchrun
+processes or over nodes; resumed from and mirrored to S3), per-epoch metrics, final metrics, the
+per-class table, the final model and the result row."""
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..tracking import (METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_ITERATIONS, METRIC_NUM_TRAIN, METRIC_WALL_S,
-                        Tracker)
+from ..artifacts import RemoteCheckpoint, publish, work_dir
+from ..config import Config
+from ..data import Splits
+from ..engine import load_model, train
+from ..engine.launch import train_in_processes, train_on_nodes, under_torchrun
+from ..names import METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_ITERATIONS, METRIC_NUM_TRAIN, METRIC_WALL_S, slug
+from ..storage import is_remote
+from ..tracking import Tracker
 
-__all__ = ["epoch_logger", "result_metrics", "result_row", "noisy_kept", "log_training_outputs"]
+__all__ = ["train_into", "epoch_logger", "result_metrics", "result_row", "noisy_kept", "log_training_outputs"]
+
+
+def train_into(uri: str, splits: Splits, spec, on_epoch, *, cfg: Config | None = None) -> Any:
+    """Train into the stage folder of ``uri`` and publish it; on S3, resume from and mirror to
+    ``_partial``. With ``cfg.train.processes`` above 1 (the full-data run), the training runs in that
+    many processes (:mod:`tdds_core.launch`, torchrun) and ``on_epoch`` gets the epochs afterwards."""
+    if cfg is not None and cfg.train.nodes > 1 and not under_torchrun():
+        return _train_on_nodes(uri, cfg, on_epoch)
+    work = work_dir(uri)
+    remote = RemoteCheckpoint(uri, work) if is_remote(uri) else None
+    if remote is not None and not (work / "checkpoint.pt").is_file():
+        remote.restore()
+    if cfg is not None and cfg.train.processes > 1 and not under_torchrun():
+        result = train_in_processes(cfg, work, mirror=uri if remote is not None else None)
+        for rec in result.history if on_epoch is not None else ():
+            on_epoch(rec)
+    else:
+        result = train(splits, spec, work, on_epoch=on_epoch, on_checkpoint=None if remote is None else remote.push)
+    if remote is not None:
+        publish(work, uri)
+        remote.clear()
+    return result
+
+
+def _train_on_nodes(uri: str, cfg: Config, on_epoch) -> Any:
+    """The full-data run as a PyTorchJob over ``train.nodes`` pods (:func:`tdds_core.launch.train_on_nodes`):
+    its folder lies on ``pipeline.shared_volume`` and is published to ``uri`` when the job succeeds."""
+    leaf = uri.rstrip("/").rsplit("/", 1)[-1]
+    assert cfg.pipeline.shared_volume is not None      # Config refuses nodes > 1 without one
+    work = Path(cfg.pipeline.shared_volume.mount_path) / "tdds" / hashlib.sha256(uri.encode()).hexdigest()[:16] / leaf
+    name = f"tdds-{slug(cfg.name).lower().replace('_', '-').replace('.', '-')[:30]}-{hashlib.sha256(uri.encode()).hexdigest()[:10]}"
+    result = train_on_nodes(cfg, work, uri if is_remote(uri) else None, name=name,
+                            image=cfg.pipeline.gpu_image or cfg.pipeline.image)
+    for rec in result.history if on_epoch is not None else ():
+        on_epoch(rec)
+    publish(work, uri)
+    if is_remote(uri):
+        RemoteCheckpoint(uri, work).clear()
+    return result
+
 
 # per-epoch metrics; the learning rate as ``lr_epoch`` (the lr *setting* is the param ``lr``)
 _EPOCH_KEYS = {"train_loss": "train_loss", "train_acc": "train_acc", "test_loss": "test_loss", "test_acc": "test_acc",
@@ -40,8 +89,6 @@ def log_training_outputs(cfg: Any, tracker: Tracker, out: Any, classes: Optional
     names = list(classes) if classes and len(classes) == len(per_class) else [str(i) for i in range(len(per_class))]
     tracker.log_table({"class": list(range(len(per_class))), "name": names, "acc": per_class}, "per_class_acc.json")
     if cfg.tracking.enabled and (cfg.tracking.log_models == "all" or (full and cfg.tracking.log_models == "full")):
-        from ..engine import load_model
-
         tracker.log_model(load_model(out.local / "model.pt"), "model",
                           registered_name=cfg.tracking.register_model if full else None)
 

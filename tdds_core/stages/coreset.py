@@ -8,14 +8,17 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import plan as P
+from ..artifacts import StageOutput, existing, fetch, uri_of, work_dir
+from ..concurrent import resolve_workers, run_seeds
 from ..config import Config
 from ..data import Splits, create_dataset
-from ..tracking import (METRIC_NOISY_KEPT, STAGE_CORESET, STAGE_SELECT, TAG_ARCH, TAG_FINGERPRINT, TAG_METHOD,
-                        TAG_METHOD_NAME, TAG_RATE, TAG_SEED, TAG_STAGE, artifact_tags, format_rate, log_selection,
-                        run_name, run_params)
-from ._artifacts import StageOutput, existing, fetch, train_into, uri_of, work_dir
-from ._registry import Context, Ref, Stage, State, register_stage
-from ._training import epoch_logger, log_training_outputs, noisy_kept, result_metrics, result_row
+from ..engine import coreset_batch_size, coreset_spec, kept_weights, load_result
+from ..names import (METRIC_NOISY_KEPT, STAGE_CORESET, STAGE_SELECT, TAG_ARCH, TAG_FINGERPRINT, TAG_METHOD,
+                     TAG_METHOD_NAME, TAG_RATE, TAG_SEED, TAG_STAGE, format_rate, run_name)
+from ..selection import load_selection
+from ..stage_registry import Context, Ref, Stage, State, register_stage
+from ..tracking import artifact_tags, log_selection, run_params
+from ._training import epoch_logger, log_training_outputs, noisy_kept, result_metrics, result_row, train_into
 
 __all__ = ["train_coreset", "tracked_coreset"]
 
@@ -25,27 +28,22 @@ def train_coreset(cfg: Config, selection_uri: str, *, arch: Optional[str] = None
                   weighting: Optional[str] = None) -> StageOutput:
     """Train on the selection at ``selection_uri`` (reused when finished); any architecture. The
     loss ``weighting`` defaults to the selection's method's (:func:`tdds_core.plan.coreset_weighting`)."""
-    from ..engine import coreset_spec, load_result      # torch: imported where training runs
-    from ..selection import load_selection
-
     splits = splits or create_dataset(cfg.data)
     sel = load_selection(fetch(selection_uri), expected_fingerprint=splits.fingerprint)
     weighting = weighting or P.coreset_weighting(cfg, sel.meta.get("method") or None)
     spec = coreset_spec(cfg, rate=sel.rate, positions=sel.indices, weights=sel.weights, num_full=len(splits.train),
                         arch=arch, seed=seed, weighting=weighting)
-    uri = uri_of(cfg, P.coreset_key(cfg, selection_uri, spec.arch, spec.seed, weighting))
+    key = P.coreset_key(cfg, selection_uri, spec.arch, spec.seed, weighting)
+    uri = uri_of(cfg, key)
     done = existing(uri)
     if done is not None:
-        return StageOutput(uri, done, load_result(done), reused=True)
-    return StageOutput(uri, work_dir(uri), train_into(uri, splits, spec, on_epoch))
+        return StageOutput(uri, done, load_result(done), reused=True, key=key)
+    return StageOutput(uri, work_dir(uri), train_into(uri, splits, spec, on_epoch), key=key)
 
 
 def tracked_coreset(ctx: Context, selection: Ref, pair: P.PairItem, *, seed: int, arch: Optional[str] = None,
                     stage: str = STAGE_CORESET) -> tuple[Ref, dict]:
     """:func:`train_coreset` on a pair's selection inside its MLflow run; returns (artifact, result row)."""
-    from ..engine import coreset_batch_size, kept_weights
-    from ..selection import load_selection
-
     cfg, tracker, splits = ctx.cfg, ctx.tracker, ctx.splits
     arch = arch or cfg.model.arch
     label, rate = pair.score.label, pair.rate
@@ -82,8 +80,6 @@ def tracked_coreset(ctx: Context, selection: Ref, pair: P.PairItem, *, seed: int
 
 
 def run(ctx: Context, item: P.PairItem, state: State) -> State:
-    from ..concurrent import resolve_workers, run_seeds
-
     seeds = list(ctx.cfg.coreset.seeds)
     workers = resolve_workers(ctx.cfg)      # 1 in the grid's own workers, which run the items side by side
     if workers > 1 and len(seeds) > 1:      # a KFP task with a whole GPU: its seeds side by side

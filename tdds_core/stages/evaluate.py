@@ -9,9 +9,9 @@ from typing import Optional
 from .. import plan as P
 from ..config import Config
 from ..data import Splits, create_dataset
-from ..tracking import STAGE_EVALUATE, STAGE_SELECT
-from ._artifacts import StageOutput
-from ._registry import Context, Stage, State, register_stage
+from ..artifacts import StageOutput
+from ..names import STAGE_EVALUATE, STAGE_SELECT
+from ..stage_registry import Context, Stage, State, register_stage
 from .coreset import tracked_coreset, train_coreset
 
 __all__ = ["evaluate_cross_arch"]

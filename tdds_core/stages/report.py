@@ -10,9 +10,11 @@ from typing import Any
 
 from ..config import Config, config_digest
 from ..io import atomic_write_json, atomic_write_text, json_safe, write_manifest
-from ..storage import cache_root, is_remote, open_store
-from ..tracking import STAGE_REPORT, format_rate
-from ._registry import Context, Stage, State, register_stage
+from ..names import STAGE_REPORT, TAG_PIPELINE_RUN, format_rate, metric_name
+from ..report import (TABLE_COLUMNS, build_table, paired_differences, plot_accuracy_vs_rate, scale_note, to_csv,
+                      to_markdown)
+from ..stage_registry import Context, Stage, State, register_stage
+from ..storage import Workspace
 
 __all__ = ["report_dir", "write_report", "log_to_parent", "summary_metrics", "curve_metrics"]
 REPORT_FILES = ("table.csv", "table.md", "accuracy_vs_rate.png", "rows.json")
@@ -20,16 +22,12 @@ REPORT_FILES = ("table.csv", "table.md", "accuracy_vs_rate.png", "rows.json")
 
 def report_dir(cfg: Config) -> Path:
     """Where the report is written: ``<output>/report``, or a cache folder for an S3 output."""
-    if is_remote(cfg.output):
-        return cache_root() / "reports" / config_digest(open_store(cfg.output).identity, 16)
-    return Path(cfg.output) / "report"
+    return Workspace.of(cfg).report_dir()
 
 
 
 def write_report(cfg: Config, rows: list[dict], out: Path) -> str:
     """Table, plot and rows into ``out`` (manifest last); returns the Markdown table."""
-    from ..report import build_table, plot_accuracy_vs_rate, scale_note, to_csv, to_markdown
-
     out.mkdir(parents=True, exist_ok=True)
     table = build_table(rows)
     full = next((r for r in rows if r.get("rate") is None and r.get("num_train")), None)
@@ -44,22 +42,6 @@ def write_report(cfg: Config, rows: list[dict], out: Path) -> str:
     return md
 
 
-def _publish(cfg: Config, out: Path) -> None:
-    """Upload the report to the store's ``report/`` unless the same files are there already."""
-    import json
-
-    from ..io import read_manifest
-
-    store = open_store(cfg.output)
-    if store.is_complete("report"):
-        remote = json.loads(store.get_bytes("report/manifest.json"))
-        local = read_manifest(out)
-        if {k: v["sha256"] for k, v in remote.get("files", {}).items()} == \
-                {k: v["sha256"] for k, v in local["files"].items()}:
-            return
-    store.put_dir(out, "report", overwrite=True)
-
-
 TAG_REPORT_DIGEST = "tdds.report_digest"   # digest of the rows a parent's summary was logged from
 
 
@@ -67,9 +49,6 @@ def summary_metrics(rows: list[dict], arch: str, reference: str = "random") -> d
     """The parent run's metrics from result rows: ``final_acc/<method>/p<rate>`` (mean over seeds;
     ``/<arch>`` appended for another architecture than ``arch``), ``final_acc/full``, and
     ``diff_vs_<reference>/<method>/p<rate>`` (mean paired difference in points)."""
-    from ..report import build_table, paired_differences
-    from ..tracking import metric_name
-
     out: dict[str, float] = {}
     for t in build_table(rows):
         if t["final_acc_mean"] is None:
@@ -86,9 +65,6 @@ def summary_metrics(rows: list[dict], arch: str, reference: str = "random") -> d
 def curve_metrics(rows: list[dict], arch: str) -> list[tuple[str, int, float]]:
     """``acc_vs_rate/<method>`` at step = rate in percent (MLflow's charts draw accuracy against the
     pruning rate from it): (metric, step, mean final accuracy) for the model's own architecture."""
-    from ..report import build_table
-    from ..tracking import metric_name
-
     return [(metric_name("acc_vs_rate", t["method"]), int(round(100 * t["rate"])), float(t["final_acc_mean"]))
             for t in build_table(rows) if t["rate"] is not None and t["final_acc_mean"] is not None
             and (t["arch"] or arch) == arch]
@@ -108,9 +84,6 @@ def log_to_parent(ctx: Context, rows: list[dict], out: Path, md: str) -> bool:
     :func:`summary_metrics` and :func:`curve_metrics`, the table (``results_table.json``, MLflow's
     table view), the report files under ``report/`` and the description. Skipped when the parent
     already holds the report of the same rows; returns whether it logged."""
-    from ..report import TABLE_COLUMNS, build_table
-    from ..tracking import TAG_PIPELINE_RUN
-
     cfg, tracker = ctx.cfg, ctx.tracker
     digest = config_digest(json_safe(rows), 16)
     parent = tracker.get_run(ctx.parent_run_id)
@@ -134,8 +107,7 @@ def run(ctx: Context, item: Any, state: State) -> State:
     cfg, tracker = ctx.cfg, ctx.tracker
     out = report_dir(cfg)
     md = write_report(cfg, state.rows, out)
-    if is_remote(cfg.output):
-        _publish(cfg, out)
+    Workspace.of(cfg).publish(out, "report", replace=True)     # S3: uploaded unless the same files are there
     if tracker.enabled and ctx.parent_run_id:
         log_to_parent(ctx, state.rows, out, md)
     if ctx.finish_parent and ctx.parent_run_id and tracker.enabled:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..tracking import STAGE_SELECT, STAGE_TRAIN_FULL
-from ._registry import Context, Stage, State, register_stage
-
-from ..reprune import STAGE_REPRUNE  # noqa: E402
+from ..names import STAGE_REPRUNE, STAGE_SELECT, STAGE_TRAIN_FULL
+from ..reprune import record_reprune
+from ..stage_registry import Context, Stage, State, register_stage
 
 
 def run(ctx: Context, item: Any, state: State) -> State:
-    from ..reprune import record_reprune
-
     train = state.ref(STAGE_TRAIN_FULL)
     rows = [record_reprune(ctx.cfg, ctx.tracker, selection_uri=ref.uri, train_uri=train.uri, label=ref.label,
                            method=ref.method, rate=float(ref.rate), fingerprint=state.fingerprint)

@@ -9,12 +9,14 @@ import numpy as np
 
 from .. import plan as P
 from ..config import Config, MethodSpec
+from ..artifacts import StageOutput, existing, fetch, load_scores, open_recorded, publish, uri_of, work_dir
 from ..data import Splits
+from ..dynamics import check_matches
 from ..io import atomic_save_npy, atomic_write_json, read_json, write_manifest
-from ..tracking import (STAGE_SCORE, STAGE_TRAIN_FULL, TAG_FINGERPRINT, TAG_METHOD, TAG_METHOD_NAME, TAG_STAGE,
-                        Tracker, artifact_tags, log_score_run, run_name, run_params)
-from ._artifacts import StageOutput, existing, fetch, load_scores, open_recorded, publish, uri_of, work_dir
-from ._registry import Context, Ref, Stage, State, register_stage
+from ..names import STAGE_SCORE, STAGE_TRAIN_FULL, TAG_FINGERPRINT, TAG_METHOD, TAG_METHOD_NAME, TAG_STAGE, run_name
+from ..scoring import compute_scores
+from ..stage_registry import Context, Ref, Stage, State, register_stage
+from ..tracking import Tracker, artifact_tags, log_score_run, run_params
 
 __all__ = ["score", "tracked_score"]
 
@@ -23,15 +25,13 @@ def score(cfg: Config, train_uri: str, method: MethodSpec | str, params: Optiona
           nan_policy: str = "raise", splits: Optional[Splits] = None) -> StageOutput:
     """Score every sample of the full-data run at ``train_uri`` with one method (reused when
     finished). With ``splits``, dynamics from another dataset version are refused."""
-    from ..dynamics import check_matches
-    from ..scoring import compute_scores
-
     m = method if isinstance(method, MethodSpec) else MethodSpec(name=method)
     params = dict(m.params if params is None else params)
-    uri = uri_of(cfg, P.score_key(train_uri, m.name, params, nan_policy))
+    key = P.score_key(train_uri, m.name, params, nan_policy)
+    uri = uri_of(cfg, key)
     done = existing(uri)
     if done is not None:
-        return StageOutput(uri, done, reused=True, info=read_json(done / "score.json"))
+        return StageOutput(uri, done, reused=True, info=read_json(done / "score.json"), key=key)
     dyn = open_recorded(fetch(train_uri))
     if splits is not None:
         check_matches(dyn, num_samples=len(splits.train), num_classes=splits.num_classes, fingerprint=splits.fingerprint,
@@ -45,7 +45,7 @@ def score(cfg: Config, train_uri: str, method: MethodSpec | str, params: Optiona
     atomic_write_json(work / "score.json", info)
     write_manifest(work, ["scores.npy", "score.json"], kind="scores", **{k: info[k] for k in ("method", "fingerprint")})
     publish(work, uri)
-    return StageOutput(uri, work, info=info)
+    return StageOutput(uri, work, info=info, key=key)
 
 
 def tracked_score(cfg: Config, tracker: Tracker, splits: Splits, train_uri: str, item: P.ScoreItem) -> StageOutput:
@@ -69,7 +69,7 @@ def tracked_score(cfg: Config, tracker: Tracker, splits: Splits, train_uri: str,
 def run(ctx: Context, item: P.ScoreItem, state: State) -> State:
     train = state.ref(STAGE_TRAIN_FULL)
     out = tracked_score(ctx.cfg, ctx.tracker, ctx.splits, train.uri, item)
-    ref = Ref(uri=out.uri, key=P.score_key(train.uri, item.method.name, item.params), run_stage=STAGE_SCORE,
+    ref = Ref(uri=out.uri, key=out.key, run_stage=STAGE_SCORE,
               label=item.label, method=item.method.name)
     return state.part(STAGE_SCORE, {item.key: ref})
 

@@ -2,33 +2,62 @@
 interrupted). Key ``train/<fingerprint>-<identity digest>``; MLflow run ``train-full/<arch>/s<seed>``."""
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Optional
 
 from .. import plan as P
-from ..config import Config
+from ..artifacts import StageOutput, existing, uri_of, work_dir
+from ..config import Config, config_digest
 from ..data import Splits, create_dataset
-from ..tracking import (STAGE_TRAIN_FULL, TAG_ARCH, TAG_FINGERPRINT, TAG_METHOD, TAG_SEED, TAG_STAGE, Tracker,
-                        artifact_tags, run_name, run_params)
-from ._artifacts import StageOutput, claim_output, existing, train_into, uri_of, work_dir
-from ._registry import Context, Ref, Stage, State, register_stage
-from ._training import epoch_logger, log_training_outputs, result_metrics, result_row
+from ..engine import full_data_spec, load_result
+from ..errors import ArtifactError
+from ..names import STAGE_TRAIN_FULL, TAG_ARCH, TAG_FINGERPRINT, TAG_METHOD, TAG_SEED, TAG_STAGE, run_name
+from ..stage_registry import Context, Ref, Stage, State, register_stage
+from ..storage import Workspace
+from ..tracking import Tracker, artifact_tags, run_params
+from ._training import epoch_logger, log_training_outputs, result_metrics, result_row, train_into
 
-__all__ = ["train_full", "tracked_train_full"]
+__all__ = ["train_full", "tracked_train_full", "claim_output"]
 
 
 def train_full(cfg: Config, *, splits: Optional[Splits] = None,
                on_epoch: Optional[Callable[[dict], Any]] = None) -> StageOutput:
     """Full-data training with dynamics capture into the output root (reused when finished)."""
-    from ..engine import full_data_spec, load_result      # torch: imported where training runs
-
     splits = splits or create_dataset(cfg.data)
     spec = full_data_spec(cfg, splits.num_classes)
     claim_output(cfg)
-    uri = uri_of(cfg, P.train_key(cfg, splits.fingerprint))
+    key = P.train_key(cfg, splits.fingerprint)
+    uri = uri_of(cfg, key)
     done = existing(uri)
     if done is not None:
-        return StageOutput(uri, done, load_result(done), reused=True)
-    return StageOutput(uri, work_dir(uri), train_into(uri, splits, spec, on_epoch, cfg=cfg))
+        return StageOutput(uri, done, load_result(done), reused=True, key=key)
+    return StageOutput(uri, work_dir(uri), train_into(uri, splits, spec, on_epoch, cfg=cfg), key=key)
+
+
+def claim_output(cfg: Config) -> None:
+    """Record which experiment an output root holds (``experiment.json``) and refuse a config whose
+    full-data identity (:func:`tdds_core.plan.claim_identity`) differs: one root, one full-data run,
+    never mixed. Methods, rates, seeds and evaluation settings may change (the grid grows); runtime
+    settings may change freely. The full-data settings are validated first, so a config that cannot
+    run never claims the root."""
+    full_data_spec(cfg)  # ConfigError (unknown architecture, drop_last with dynamics) before anything is written
+    ident = P.claim_identity(cfg)
+    digest = config_digest(ident)
+    key = "experiment.json"
+    body = {"name": cfg.name, "digest": digest, "identity": ident}
+    store = Workspace.of(cfg).store
+    if store.exists(key):
+        _check_claim(json.loads(store.get_bytes(key)), digest, cfg.output)
+    else:
+        store.put_bytes(key, json.dumps(body, indent=2, sort_keys=True).encode())
+
+
+def _check_claim(prev: dict, digest: str, root: str) -> None:
+    if prev.get("digest") != digest:
+        raise ArtifactError(
+            f"output {root} holds the experiment {prev.get('name')!r} with other data/model/train/dynamics settings; "
+            "refusing to mix runs: set another `output` (or --out), or delete that folder."
+        )
 
 
 def tracked_train_full(cfg: Config, tracker: Tracker, splits: Splits) -> StageOutput:
@@ -57,7 +86,7 @@ def tracked_train_full(cfg: Config, tracker: Tracker, splits: Splits) -> StageOu
 def run(ctx: Context, item: Any, state: State) -> State:
     cfg = ctx.cfg
     out = tracked_train_full(cfg, ctx.tracker, ctx.splits)
-    ref = Ref(uri=out.uri, key=P.train_key(cfg, ctx.fingerprint), run_stage=STAGE_TRAIN_FULL)
+    ref = Ref(uri=out.uri, key=out.key, run_stage=STAGE_TRAIN_FULL)
     return state.part(STAGE_TRAIN_FULL, {"": ref},
                       [result_row("full", None, cfg.train.seed, cfg.model.arch, out.result, stage=STAGE_TRAIN_FULL)])
 

@@ -1,4 +1,6 @@
-"""The stage registry: one :class:`Stage` per module, registered on import (like scoring methods).
+"""The stage registry: one :class:`Stage` per module of :mod:`tdds_core.stages` (or of a plugin),
+registered on import. A stage module loads when its stage is first looked up (``get_stage("score")``
+imports ``tdds_core.stages.score`` alone), every one when the chain is asked for.
 
 A stage declares the config sections it reads (its keys and its KFP cache projection derive from
 them, :mod:`tdds_core.plan`), the plan items it runs once per (``loop``), and ``run(ctx, item,
@@ -14,12 +16,14 @@ from typing import Any, Callable, Iterable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import Config
-from ..errors import ArtifactError, ConfigError, DataError
-from ..plugins import PLUGINS_ENV, load_plugins
+from .config import Config
+from .data import create_dataset
+from .errors import ArtifactError, DataError
+from .plugins import PLUGINS_ENV, load_plugins
+from .registry import Registry
 
 __all__ = ["Stage", "State", "Ref", "Context", "register_stage", "unregister_stage", "get_stage", "list_stages",
-           "chain", "STATE_FORMAT", "load_plugins", "PLUGINS_ENV"]
+           "chain", "STATE_FORMAT", "STAGES", "load_plugins", "PLUGINS_ENV"]
 
 STATE_FORMAT = "tdds-state/1"
 Loop = Literal["once", "scores", "rates", "pairs", "evals"]
@@ -91,8 +95,6 @@ class Context:
     def splits(self) -> Any:
         """The dataset (loaded once); DataError when it is not the version the run started on."""
         if self._splits is None:
-            from ..data import create_dataset
-
             splits = create_dataset(self.cfg.data)
             if splits.fingerprint != self.fingerprint:
                 raise DataError(f"dataset {self.cfg.data.name!r} changed while the pipeline ran (fingerprint "
@@ -118,38 +120,31 @@ class Stage:
     module: str = field(default="", compare=False)
 
 
-_STAGES: dict[str, Stage] = {}
+STAGES: Registry[Stage] = Registry("stage", discover="tdds_core.stages")
+LOOPS = ("once", "scores", "rates", "pairs", "evals")
 
 
 def register_stage(stage: Stage) -> Stage:
     """Register ``stage`` (a name registered by another module is an error)."""
     module = stage.module or getattr(stage.run, "__module__", "")
-    prev = _STAGES.get(stage.name)
-    if prev is not None and prev.module != module:
-        raise ValueError(f"stage {stage.name!r} is already registered by {prev.module}")
-    if stage.loop not in ("once", "scores", "rates", "pairs", "evals"):
+    if stage.loop not in LOOPS:
         raise ValueError(f"stage {stage.name!r}: unknown loop {stage.loop!r}")
-    stage = Stage(**{**stage.__dict__, "module": module})
-    _STAGES[stage.name] = stage
-    return stage
+    return STAGES.add(stage.name, Stage(**{**stage.__dict__, "module": module}), module)
 
 
 def unregister_stage(name: str) -> Stage:
     """Remove a registered stage (tests); KeyError when unknown."""
-    return _STAGES.pop(name)
+    return STAGES.remove(name)
 
 
 def get_stage(name: str) -> Stage:
-    load_plugins()
-    if name not in _STAGES:
-        raise ConfigError(f"unknown stage {name!r}; the stages are {', '.join(s.name for s in list_stages())}")
-    return _STAGES[name]
+    """The stage registered as ``name`` (its module is imported on first use); ConfigError when unknown."""
+    return STAGES.get(name)
 
 
 def list_stages() -> list[Stage]:
     """Every registered stage in chain order."""
-    load_plugins()
-    return sorted(_STAGES.values(), key=lambda s: (s.order, s.name))
+    return sorted((s for _, s in STAGES.items()), key=lambda s: (s.order, s.name))
 
 
 def chain(pipeline: str = "prune") -> list[Stage]:
