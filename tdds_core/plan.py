@@ -27,7 +27,7 @@ from .config import Config, MethodSpec, config_digest
 from .errors import ConfigError
 from .fields import (FIELDS, IDENTITY, NUMERICS as _NUMERICS, RUNTIME, config_fields, methods_read_statistics,
                      runtime_spec_fields)
-from .names import STAGE_SCORE, STAGE_TRAIN_FULL, format_rate, slug
+from .names import STAGE_CORESET, STAGE_SCORE, STAGE_SELECT, STAGE_TRAIN_FULL, format_rate, slug
 from .numerics import effective_numerics
 from .scoring import is_method, method_weighting
 from .stage_registry import get_stage
@@ -167,14 +167,14 @@ def score_key(train: str, method: str, params: dict, nan_policy: str = "raise") 
 def selection_key(cfg: Config, score: str, label: str, rate: float) -> str:
     """Store key of the selection of one (score setting, rate) pair."""
     leaf = score.rstrip("/").rsplit("/", 1)[-1]
-    digest = config_digest({"scores": leaf, "rate": float(rate), "id": identity(cfg, "select")})
+    digest = config_digest({"scores": leaf, "rate": float(rate), "id": identity(cfg, STAGE_SELECT)})
     return f"selections/{slug(label)}-p{format_rate(rate)}-{digest}"
 
 
 def coreset_key(cfg: Config, selection: str, arch: str, seed: int, weighting: str) -> str:
     """Store key of a coreset (or cross-architecture) training run on a selection with a weighting."""
     leaf = selection.rstrip("/").rsplit("/", 1)[-1]
-    ident = identity(cfg, "coreset")
+    ident = identity(cfg, STAGE_CORESET)
     ident.pop("coreset.weighting", None)   # the resolved weighting below is what trains
     if arch != cfg.model.arch:
         ident.pop("model.options", None)   # another architecture is built with its defaults
