@@ -8,7 +8,7 @@ and the tracker the task writes to (:func:`pipelines.run.cache_context`), so a r
 store or MLflow never reuses a cached task whose artifacts and runs live elsewhere.
 """
 
-from typing import List, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from kfp.dsl import Artifact, Input, Metrics, Output
 
@@ -20,8 +20,8 @@ def open_run(config_json: str, run_id: str, job_id: str, build: str, pipeline: s
 
     from tdds_core import steps
 
-    parent_run_id, fingerprint = steps.open_run(config_json, run_id=run_id, job_id=job_id, build=build,
-                                                pipeline=pipeline)
+    parent_run_id, fingerprint = steps.retrying(lambda: steps.open_run(
+        config_json, run_id=run_id, job_id=job_id, build=build, pipeline=pipeline), what="open-run")
     return namedtuple("Opened", ["parent_run_id", "fingerprint"])(parent_run_id, fingerprint)
 
 
@@ -44,20 +44,24 @@ def stage_task(stage: str, config_json: str, context: str, item_json: str, resul
                 f"the {stage} task asked for {wanted} GPU(s) (pipeline.gpus) but sees {torch.cuda.device_count()} CUDA "
                 f"device(s) (torch {torch.__version__}, CUDA build {torch.version.cuda}); set pipeline.gpu_image to a "
                 "CUDA image, check the node's NVIDIA driver and device plugin, or set pipeline.gpus: 0 to train on CPUs.")
-    part = steps.run_task(stage, config_json, item_json, state=steps.read_state(state.path) if state else None,
+    part = steps.run_item(stage, config_json, item_json, state=steps.read_state(state.path) if state else None,
                           fingerprint=fingerprint, parent_run_id=parent_run_id)
     steps.emit(part, artifact=result, metrics=metrics)
 
 
-def collect_task(state: Input[Artifact], parts: Input[List[Artifact]], merged: Output[Artifact]):
-    """Fan-in after a stage's loop: the input state plus every item's output."""
+def collect_task(stage: str, config_json: str, context: str, items_json: str, state: Input[Artifact],
+                 merged: Output[Artifact]):
+    """Fan-in after a stage's loop: the input state plus every item's output, read from the store by
+    the keys the plan gives (``items_json``: the loop's items), so no artifact list crosses the loop."""
     from tdds_core import steps
 
-    steps.emit(steps.collect(steps.read_state(state.path), [steps.read_state(p.path) for p in parts]), artifact=merged)
+    merged_state = steps.retrying(lambda: steps.collect_items(stage, config_json, items_json,
+                                                              steps.read_state(state.path)), what=f"collect-{stage}")
+    steps.emit(merged_state, artifact=merged)
 
 
 def close_run(config_json: str, run_id: str, job_id: str) -> str:
     """Exit handler: mark the parent MLflow run FAILED if the pipeline stopped early."""
     from tdds_core import steps
 
-    return steps.close_run(config_json, run_id=run_id, job_id=job_id)
+    return steps.retrying(lambda: steps.close_run(config_json, run_id=run_id, job_id=job_id), what="close-run")

@@ -16,7 +16,11 @@ from tdds_core.cli import add_config_args
 from tdds_core.config import load_config
 from tdds_core.errors import ConfigError
 
-from .run import cluster_env, compile_pipeline, normalize_cron, run_local, schedule, submit
+from .run import cluster_env, compile_pipeline, normalize_cron, run_local, schedule, schedules, submit, unschedule
+
+
+_PIPELINE_HELP = ("prune (default): train, score, select, train coresets, report; reprune: the same on the dataset's "
+                  "newest version, plus how each coreset changed since the previous version (kept, dropped, new ids).")
 
 
 def _add_env(p: argparse.ArgumentParser) -> None:
@@ -31,35 +35,47 @@ def register(sub) -> None:
                        description="Run the Kubeflow pipeline tdds-prune on this machine through kfp.local's "
                                    "subprocess runner: the same pipeline that `tdds submit` sends to a cluster.")
     add_config_args(r)
-    r.add_argument("--pipeline", choices=["prune", "reprune"], default="prune",
-                   help="prune (default) or reprune (also record how each coreset changed since the previous dataset version).")
+    r.add_argument("--pipeline", choices=["prune", "reprune"], default="prune", help=_PIPELINE_HELP)
     r.add_argument("--out", help="Output root (local folder or s3://bucket/prefix); default: the config's output.")
     r.add_argument("--verbose", action="store_true",
                    help="Stream kfp.local's whole output (executor JSON, every task's log) instead of one line per task.")
     r.set_defaults(func=run_cmd)
 
-    c = sub.add_parser("compile", help="Compile the pipeline for a config to KFP v2 YAML.")
+    c = sub.add_parser("compile", help="Compile the pipeline for a config to KFP v2 YAML.",
+                       description="Write the KFP v2 YAML of tdds-prune (or tdds-reprune) for a config, for a cluster: "
+                                   "refuses what cannot work there (a local output or tracking URI, the placeholder "
+                                   "image, unreachable dataset files) and bakes in the pipeline.* Kubernetes settings. "
+                                   "Upload the file in the KFP UI, or let `tdds submit` compile and send it.")
     add_config_args(c)
     c.add_argument("--out", required=True, help="Output YAML file.")
-    c.add_argument("--pipeline", choices=["prune", "reprune"], default="prune")
+    c.add_argument("--pipeline", choices=["prune", "reprune"], default="prune", help=_PIPELINE_HELP)
     _add_env(c)
     c.set_defaults(func=compile_cmd)
 
-    s = sub.add_parser("submit", help="Submit tdds-prune (or --pipeline reprune) to a Kubeflow Pipelines cluster.")
+    s = sub.add_parser("submit", help="Submit tdds-prune (or --pipeline reprune) to a Kubeflow Pipelines cluster.",
+                       description="Compile the pipeline for a config (as `tdds compile`) and start one run of it on "
+                                   "the Kubeflow Pipelines API at --host (KFP 2.5 or newer), in the experiment "
+                                   "tdds-<config name> unless --experiment; prints the run id.")
     add_config_args(s)
     s.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080 (port-forwarded ml-pipeline-ui).")
     _access_args(s)
     s.add_argument("--experiment", help="KFP experiment name (default: tdds-<config name>).")
-    s.add_argument("--pipeline", choices=["prune", "reprune"], default="prune")
+    s.add_argument("--pipeline", choices=["prune", "reprune"], default="prune", help=_PIPELINE_HELP)
     s.add_argument("--run-name", help="KFP run name (default: <config name>-<pipeline>).")
     _add_env(s)
     s.set_defaults(func=submit_cmd)
 
-    h = sub.add_parser("schedule", help="Schedule a recurring tdds-reprune run on a Kubeflow Pipelines cluster.")
-    add_config_args(h)
+    h = sub.add_parser("schedule", help="Schedule a recurring tdds-reprune run on a Kubeflow Pipelines cluster.",
+                       description="Create the recurring run --name (default <config name>-reprune) of tdds-reprune "
+                                   "for a config on the KFP at --host, pointing at a registered pipeline version; a "
+                                   "second call with the same name replaces the schedule instead of adding one. "
+                                   "--list shows the namespace's recurring runs, --delete NAME removes one.")
+    add_config_args(h, required=False)
     h.add_argument("--host", required=True, help="KFP API endpoint.")
     _access_args(h)
-    h.add_argument("--cron", required=True, help="When to run: 5 cron fields ('0 3 * * *' = daily 03:00) or KFP's 6.")
+    h.add_argument("--cron", help="When to run: 5 cron fields ('0 3 * * *' = daily 03:00) or KFP's 6 (needed to create).")
+    h.add_argument("--list", action="store_true", help="List the recurring runs of the namespace and exit.")
+    h.add_argument("--delete", metavar="NAME", help="Delete the recurring run NAME and exit.")
     h.add_argument("--experiment", help="KFP experiment name (default: tdds-<config name>).")
     h.add_argument("--name", help="Recurring run name (default: <config name>-reprune).")
     _add_env(h)
@@ -100,7 +116,9 @@ def run_cmd(args: argparse.Namespace) -> int:
     if res.tracking_uri:
         print(f"  MLflow:      experiment {res.experiment!r}, parent run {res.parent_run_id} at {res.tracking_uri}")
         if res.tracking_uri.startswith("sqlite:"):
-            print(f"               mlflow ui --backend-store-uri {res.tracking_uri}")
+            print(f"               mlflow ui --backend-store-uri {res.tracking_uri}   (then open "
+                  "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning: the chart view has one "
+                  "line per method)")
     return 0
 
 
@@ -128,6 +146,18 @@ def submit_cmd(args: argparse.Namespace) -> int:
 
 
 def schedule_cmd(args: argparse.Namespace) -> int:
+    if args.list:
+        rows = schedules(args.host, namespace=args.namespace, token=args.token)
+        for r in rows:
+            print(f"{r['name']}\t{r['cron'] or '-'}\t{r['status'] or '-'}\t{r['id']}")
+        print(f"{len(rows)} recurring run(s) at {args.host}")
+        return 0
+    if args.delete:
+        gone = unschedule(args.host, args.delete, namespace=args.namespace, token=args.token)
+        print(f"deleted recurring run {args.delete!r} ({', '.join(gone)}) at {args.host}")
+        return 0
+    if not args.config or not args.cron:
+        raise ConfigError("tdds schedule needs --config and --cron to create a schedule (or --list, or --delete NAME).")
     cfg = _cfg(args)
     job = schedule(cfg, args.host, args.cron, experiment=args.experiment, env=_env(args.env), name=args.name,
                    namespace=args.namespace, token=args.token)

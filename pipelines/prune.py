@@ -13,11 +13,18 @@ registered stage (:mod:`tdds_core.stages`) in order, once or in a loop over its 
     report                    not cached: table, plot, MLflow; ends the parent run FINISHED
 
 A stage's input is the state after the stage before it (a side stage's output does not continue
-the chain). Built for a cluster (``cluster=True``, :func:`pipelines.run.compile_pipeline`), the tasks
+the chain). A fan-in runs ``.after`` its loop and reads each item's state from the store by the key
+the plan gives (:func:`tdds_core.steps.part_key`): no ``dsl.Collected``, which the KFP 2.5 backend
+cannot resolve (kubeflow/pipelines PR #11725 is in 2.14.0, not 2.5.0). On a cluster no task carries
+a KFP retry policy: the 2.5 backend applies one only to tasks of the root DAG (PR #11908 is in 2.14.0,
+not 2.5.0) and every task here sits in the exit handler's DAG or a loop's, so each task retries
+itself (``TDDS_TASK_RETRIES``, :func:`tdds_core.steps.retrying`); docs/CLUSTER.md.
+Built for a cluster (``cluster=True``, :func:`pipelines.run.compile_pipeline`), the tasks
 also get what only Kubernetes uses (:func:`_for_cluster`) and the loops ``pipeline.parallelism``.
 Why the DAG looks like this under kfp 2.17 and how its caching works: docs/ARCHITECTURE.md, "The KFP DAG".
 """
 
+import json
 from typing import Any, Mapping, Optional
 
 from kfp import dsl
@@ -27,10 +34,11 @@ from tdds_core.config import Config, PipelineConfig
 from tdds_core.plan import Plan
 from tdds_core.names import STAGE_TRAIN_FULL
 from tdds_core.stage_registry import chain
-from tdds_core.steps import PIPELINE_INSTANCE_ENV, build_digest, code_stamp, stage_config_json
+from tdds_core.steps import (ALLOW_UNSTAMPED_ENV, PIPELINE_INSTANCE_ENV, TASK_RETRIES_ENV, build_digest, code_stamp,
+                             stage_config_json)
 
 __all__ = ["build_prune_pipeline", "build_reprune_pipeline", "PRUNE_NAME", "REPRUNE_NAME", "RETRY_BACKOFF",
-           "REQUIRE_CUDA_ENV", "SHM_VOLUME"]
+           "REQUIRE_CUDA_ENV", "TASK_RETRIES_ENV", "SHM_VOLUME"]
 
 PRUNE_NAME = "tdds-prune"
 REPRUNE_NAME = "tdds-reprune"
@@ -52,10 +60,21 @@ def _for_cluster(task: Any, p: PipelineConfig, *, gpu: bool, processes: int = 1)
     kubernetes.use_field_path_as_env(task, env_name=PIPELINE_INSTANCE_ENV, field_path=WORKFLOW_LABEL_PATH)
     for k, v in code_stamp().items():   # the task refuses an image of other code (steps.check_code_version)
         task.set_env_variable(k, v)
+    if p.allow_unstamped_image:
+        task.set_env_variable(ALLOW_UNSTAMPED_ENV, "1")
+    if p.retries > 0:   # the task's own retries: KFP 2.5 ignores a retry policy below the root DAG
+        task.set_env_variable(TASK_RETRIES_ENV, str(p.retries))
+    cpu_limit, memory_limit = (p.cpu_limit, p.memory_limit) if gpu else (p.light_cpu_limit, p.light_memory_limit)
     if not gpu:
         task.set_cpu_request(p.light_cpu_request).set_memory_request(p.light_memory_request)
-        if p.retries > 0:
-            task.set_retry(num_retries=p.retries, **RETRY_BACKOFF)
+    if cpu_limit:
+        task.set_cpu_limit(cpu_limit)
+    if memory_limit:
+        task.set_memory_limit(memory_limit)
+    if p.image_pull_secrets:
+        kubernetes.set_image_pull_secrets(task, secret_names=list(p.image_pull_secrets))
+    if p.image_pull_policy:
+        kubernetes.set_image_pull_policy(task, p.image_pull_policy)
     for s in p.secrets:
         kubernetes.use_secret_as_env(task, secret_name=s.secret_name, secret_key_to_env=dict(s.keys))
     if p.data_volume:
@@ -82,7 +101,7 @@ def _configure(task: Any, cfg: Config, env: Mapping[str, str], *, gpu: bool = Fa
         task.set_cpu_request(p.cpu_request).set_memory_request(p.memory_request)
         if p.gpus > 0:
             task.set_accelerator_type(p.accelerator_type).set_accelerator_limit(max(p.gpus, processes))
-        if p.retries > 0:
+        if p.retries > 0 and not cluster:   # kfp.local honours it; a cluster task retries itself (_for_cluster)
             task.set_retry(num_retries=p.retries, **RETRY_BACKOFF)
     task.set_caching_options(p.caching and cached)
     for k, v in sorted(env.items()):
@@ -132,7 +151,9 @@ def _wire(cfg: Config, plan: Plan, c: Components, config_json: Any, run_id: Any,
                 with dsl.ParallelFor(items, name=f"{stage.name}-items", parallelism=parallelism) as item:
                     task = _configure(c.stages[stage.name](item_json=item, **args), cfg, env, gpu=stage.gpu,
                                       cached=stage.cached, cluster=cluster)
-                fan_in = c.collects[stage.name](state=state, parts=dsl.Collected(task.outputs["result"]))
+                # reads each item's state from the store by key (steps.part_key): no dsl.Collected (KFP 2.14+)
+                fan_in = c.collects[stage.name](stage=stage.name, config_json=args["config_json"], context=context,
+                                                items_json=json.dumps(items), state=state).after(task)
                 out = _configure(fan_in, cfg, env, cached=stage.cached, cluster=cluster).outputs["merged"]
             if not stage.side:
                 state = out

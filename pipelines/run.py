@@ -8,8 +8,10 @@
   under ``<output>/kfp`` (local cache in ``<output>/kfp/.kfp_cache``), artifacts in ``cfg.output``,
   MLflow in ``sqlite:///<output>/mlflow.db`` unless ``tracking.uri`` / ``MLFLOW_TRACKING_URI`` say
   otherwise. The environment of this process (MLflow and AWS settings) reaches every task.
-* :func:`submit` / :func:`schedule` talk to a KFP API server (``kfp.Client``); an unreachable host or
-  a rejected request is a :class:`~tdds_core.errors.PipelineError` naming the host and the fix.
+* :func:`submit` / :func:`schedule` (idempotent per name; :func:`schedules`, :func:`unschedule`)
+  talk to a KFP API server through :mod:`pipelines.client` (``kfp.Client``, re-exported here); an
+  unreachable host or a rejected request is a :class:`~tdds_core.errors.PipelineError` naming the
+  host and the fix.
 """
 from __future__ import annotations
 
@@ -20,27 +22,30 @@ import json
 import os
 import re
 import tempfile
-import urllib.error
-import urllib.request
 import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Mapping, Optional
 
-from tdds_core.config import Config, config_digest
+from tdds_core.config import Config, PipelineConfig, config_digest
 from tdds_core.data.base import get_dataset_fn
 from tdds_core.errors import PipelineError
 from tdds_core.plugins import load_plugins
 from tdds_core.stage_registry import STATE_FORMAT
-from tdds_core.steps import PIPELINE_INSTANCE_ENV, build_digest, find_parent_run, missing_work
+from tdds_core.steps import PIPELINE_INSTANCE_ENV, find_parent_run, missing_work
 from tdds_core.storage import Workspace, is_remote
-from tdds_core.tracking import code_version, default_experiment, make_tracker, tracker_identity
+from tdds_core.tracking import default_experiment, make_tracker, tracker_identity
 
+from .client import (IN_CLUSTER_HOST, IN_CLUSTER_TOKEN, MIN_BACKEND, Access, api_error, check_host, connect,
+                     delete_schedules, list_schedules, normalize_cron, register_pipeline_version, version_name,
+                     wait_for_run)
 from .console import log_tail, task_lines
 
-__all__ = ["compile_pipeline", "check_cluster", "run_local", "submit", "schedule", "check_host", "LocalRunResult",
-           "cluster_env", "normalize_cron", "register_pipeline_version", "version_name", "wait_for_run", "SECRET_ENV", "PIPELINES", "local_pipeline_root", "cache_context", "drop_stale_cache"]
+__all__ = ["compile_pipeline", "check_cluster", "run_local", "submit", "schedule", "schedules", "unschedule",
+           "check_host", "LocalRunResult", "Access", "MIN_BACKEND", "IN_CLUSTER_HOST", "IN_CLUSTER_TOKEN",
+           "cluster_env", "normalize_cron", "register_pipeline_version", "version_name", "wait_for_run", "api_error",
+           "connect", "delete_schedules", "list_schedules", "SECRET_ENV", "PIPELINES", "local_pipeline_root", "cache_context", "drop_stale_cache"]
 
 PIPELINES = ("prune", "reprune")
 # never baked into a compiled pipeline: these come from Kubernetes secrets (docs/CLUSTER.md)
@@ -112,6 +117,12 @@ def check_cluster(cfg: Config, env: Optional[Mapping[str, str]] = None) -> None:
                             f"in {p.image} (CPU torch) and train on the CPU; set pipeline.gpu_image to the CUDA image, "
                             "or pipeline.gpus: 0 to train on CPUs.")
     _check_data(cfg)
+    placeholder = PipelineConfig.model_fields["image"].default
+    for field in ("image", "gpu_image"):
+        if getattr(p, field) == placeholder:
+            raise PipelineError(f"pipeline.{field} is the placeholder {placeholder}, which no registry serves; build and "
+                                "push the image (docker build -f docker/Dockerfile --build-arg TDDS_GIT_SHA=$(git rev-parse "
+                                f"HEAD) -t <registry>/tdds:<tag> ., docs/CLUSTER.md) and set pipeline.{field} to it.")
 
 
 def _check_data(cfg: Config) -> None:
@@ -306,120 +317,6 @@ def _parent_run(cfg: Config, run_id: str) -> Optional[str]:
 
 
 # ------------------------------------------------------------------------------------------ cluster
-#: the oldest KFP backend that runs the compiled DAG (``dsl.Collected`` fan-ins; docs/CLUSTER.md)
-MIN_BACKEND = (2, 5)
-#: ``--host in-cluster``: the API service and service-account token a pod in a Kubeflow cluster uses
-IN_CLUSTER_HOST = "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
-IN_CLUSTER_TOKEN = "/var/run/secrets/kubeflow/pipelines/token"
-
-
-@dataclass(frozen=True)
-class Access:
-    """How to reach a KFP API: ``namespace`` (a Kubeflow profile; None: the server's default) and a
-    bearer ``token`` (argument, ``$KF_PIPELINES_TOKEN``, or the file ``$KF_PIPELINES_SA_TOKEN_PATH``,
-    which is also read in-cluster)."""
-
-    namespace: Optional[str] = None
-    token: Optional[str] = None
-
-    @classmethod
-    def resolve(cls, host: str, namespace: Optional[str] = None, token: Optional[str] = None,
-                environ: Optional[Mapping[str, str]] = None) -> tuple[str, "Access"]:
-        """``(host, access)`` with ``--host in-cluster`` and the token sources resolved."""
-        environ = os.environ if environ is None else environ
-        path = environ.get("KF_PIPELINES_SA_TOKEN_PATH") or (IN_CLUSTER_TOKEN if host == "in-cluster" else None)
-        if host == "in-cluster":
-            host = environ.get("KF_PIPELINES_ENDPOINT") or IN_CLUSTER_HOST
-        token = token or environ.get("KF_PIPELINES_TOKEN")
-        if not token and path:
-            try:
-                token = Path(path).read_text().strip()
-            except OSError as e:
-                raise PipelineError(f"cannot read the KFP token file {path} ({e.strerror}); mount the service-account "
-                                    "token (Kubeflow notebooks: a PodDefault for pipelines access) or pass --token.") from None
-        return host, cls(namespace or environ.get("KF_PIPELINES_NAMESPACE") or None, token or None)
-
-
-def _version(tag: str) -> Optional[tuple[int, int]]:
-    m = re.match(r"v?(\d+)\.(\d+)", tag or "")
-    return (int(m.group(1)), int(m.group(2))) if m else None
-
-
-def check_host(host: str, *, timeout: float = 5.0, access: Access = Access()) -> str:
-    """Check that ``host`` answers like a KFP v2 API server (``GET /apis/v2beta1/healthz``, with the
-    token of ``access``) of at least :data:`MIN_BACKEND`, and that a multi-user server gets a namespace;
-    returns the normalised host URL or raises PipelineError naming the host and the fix."""
-    if not re.match(r"^https?://[^/\s]+", host or ""):
-        raise PipelineError(f"--host {host!r} is not an http(s) URL; pass the KFP API endpoint, e.g. "
-                            "--host http://localhost:8080 after `kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`.")
-    host = host.rstrip("/")
-    url = f"{host}/apis/v2beta1/healthz"
-    fix_reach = ("check the URL, that the cluster is up and that you can reach it (e.g. `kubectl port-forward -n kubeflow "
-                 "svc/ml-pipeline-ui 8080:80` and --host http://localhost:8080)")
-    try:
-        headers = {"Authorization": f"Bearer {access.token}"} if access.token else {}
-        with urllib.request.urlopen(urllib.request.Request(url, method="GET", headers=headers), timeout=timeout) as r:
-            body = r.read(4096)
-    except urllib.error.HTTPError as e:
-        if e.code in (401, 403):
-            raise PipelineError(f"the KFP API at {host} refused the request (HTTP {e.code}); authenticate: pass a "
-                                "token (KF_PIPELINES_SA_TOKEN_PATH) or a session cookie, or use the in-cluster endpoint.") from None
-        raise PipelineError(f"{host} answered HTTP {e.code} on /apis/v2beta1/healthz: not a reachable Kubeflow "
-                            f"Pipelines v2 API; {fix_reach}.") from None
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise PipelineError(f"cannot reach the Kubeflow Pipelines API at {host} ({reason}); {fix_reach}.") from None
-    try:
-        health = json.loads(body or b"{}")
-    except json.JSONDecodeError:
-        raise PipelineError(f"{host} answered /apis/v2beta1/healthz with something other than JSON (a login page?); "
-                            f"pass the KFP API endpoint itself, or authenticate; {fix_reach}.") from None
-    version = _version(str(health.get("tag_name") or ""))
-    if version is not None and version < MIN_BACKEND:
-        raise PipelineError(f"the KFP backend at {host} is {health.get('tag_name')}; tdds pipelines collect loop outputs "
-                            f"(dsl.Collected), which needs KFP {MIN_BACKEND[0]}.{MIN_BACKEND[1]} or newer (Kubeflow 1.9/1.10 "
-                            "ship 2.2-2.4): upgrade Kubeflow Pipelines (docs/CLUSTER.md).")
-    if health.get("multi_user") and not access.namespace:
-        raise PipelineError(f"the KFP at {host} is multi-user; pass --namespace <your Kubeflow profile> "
-                            "(or set KF_PIPELINES_NAMESPACE).")
-    return host
-
-
-def _api_error(host: str, what: str, e: BaseException) -> PipelineError:
-    status = getattr(e, "status", None)
-    reason = getattr(e, "reason", None) or type(e).__name__
-    body = getattr(e, "body", None)
-    detail = ""
-    if body:
-        try:
-            parsed = json.loads(body)
-            detail = parsed.get("message") or parsed.get("error") or str(parsed)[:300]
-        except (TypeError, ValueError):
-            detail = str(body)[:300]
-    if status is not None and 400 <= int(status) < 500:
-        fix = ("the server rejected the request: check the pipeline (tdds compile --config ... and inspect the YAML), "
-               "the experiment name and your permissions")
-    elif status is not None:
-        fix = "the KFP API server failed; check its logs (kubectl logs -n kubeflow deploy/ml-pipeline) and retry"
-    else:
-        fix = "check the host and your connection"
-    code = f"HTTP {status} {reason}" if status is not None else str(reason)
-    return PipelineError(f"{what} at {host} failed ({code}{': ' + detail if detail else ''}); {fix}.")
-
-
-def _client(host: str, access: Access):
-    import kfp
-
-    host = check_host(host, access=access)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)   # "only works with KFP v2.0.0-beta.2 and later"
-            kw = {"namespace": access.namespace} if access.namespace else {}
-            return host, kfp.Client(host=host, existing_token=access.token, **kw)
-    except Exception as e:  # noqa: BLE001
-        raise _api_error(host, "connecting to Kubeflow Pipelines", e) from None
-
-
 def submit(cfg: Config, host: str, *, experiment: Optional[str] = None, kind: str = "prune",
            env: Optional[Mapping[str, str]] = None, run_name: Optional[str] = None,
            namespace: Optional[str] = None, token: Optional[str] = None) -> str:
@@ -429,99 +326,70 @@ def submit(cfg: Config, host: str, *, experiment: Optional[str] = None, kind: st
     host, access = Access.resolve(host, namespace, token)
     with tempfile.TemporaryDirectory() as tmp:
         path = compile_pipeline(cfg, Path(tmp) / f"tdds-{kind}.yaml", kind=kind, env=env)
-        host, client = _client(host, access)
+        host, client = connect(host, access)
         try:
             result = client.create_run_from_pipeline_package(
                 str(path), arguments={"config_json": cfg.to_json()}, run_name=run_name or f"{cfg.name}-{kind}",
                 experiment_name=experiment or f"tdds-{cfg.name}", namespace=access.namespace,
                 enable_caching=cfg.pipeline.caching, pipeline_root=cfg.pipeline.pipeline_root)
         except Exception as e:  # noqa: BLE001 - ApiException, urllib3 errors
-            raise _api_error(host, f"submitting tdds-{kind}", e) from None
+            raise api_error(host, f"submitting tdds-{kind}", e) from None
     return str(result.run_id)
 
-
-def wait_for_run(host: str, run_id: str, *, timeout_s: int = 6 * 3600, namespace: Optional[str] = None,
-                 token: Optional[str] = None, poll_s: int = 15) -> str:
-    """Wait until the KFP run ``run_id`` ends (``host``: as :func:`submit`, ``in-cluster`` from a
-    pod); returns its final state, PipelineError unless it SUCCEEDED or when ``timeout_s`` passes."""
-    host, access = Access.resolve(host, namespace, token)
-    host, client = _client(host, access)
-    try:
-        run = client.wait_for_run_completion(run_id, timeout=timeout_s, sleep_duration=poll_s)
-    except TimeoutError:
-        raise PipelineError(f"KFP run {run_id} at {host} did not finish within {timeout_s} s; it goes on running: "
-                            "wait again, or look at it in the KFP UI.") from None
-    except Exception as e:  # noqa: BLE001
-        raise _api_error(host, f"waiting for run {run_id}", e) from None
-    state = str(getattr(run, "state", "") or "")
-    if state != "SUCCEEDED":
-        raise PipelineError(f"KFP run {run_id} at {host} ended {state or 'without a state'}; open it in the KFP UI "
-                            "for the failing task's log, fix the cause and submit again (finished stages are reused).")
-    return state
-
-
-def normalize_cron(expr: str) -> str:
-    """A KFP cron expression (6 fields, seconds first) from 5 standard fields (``0`` seconds
-    prepended) or 6 fields as they are."""
-    parts = (expr or "").split()
-    if len(parts) == 5:
-        return "0 " + " ".join(parts)
-    if len(parts) == 6:
-        return " ".join(parts)
-    raise PipelineError(f"--cron {expr!r}: use 5 cron fields (minute hour day month weekday, e.g. '0 3 * * *' = "
-                        "daily at 03:00) or KFP's 6 (seconds first).")
-
-
-def _by_name(name: str) -> str:
-    """A KFP API filter (JSON) for ``display_name == name``."""
-    return json.dumps({"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]})
-
-
-def version_name(cfg: Config, kind: str) -> str:
-    """The pipeline version a compiled config registers as: the code version and the build digest
-    (the plan and every stage's settings), so the same code and config give the same version."""
-    return f"{code_version()}-{build_digest(cfg, kind)[:12]}"
-
-
-def register_pipeline_version(client: Any, path: str | os.PathLike, cfg: Config, kind: str,
-                              namespace: Optional[str] = None) -> tuple[str, str]:
-    """Register the compiled pipeline at ``path`` as pipeline ``tdds-<kind>-<config name>`` (uploaded
-    on first use) in version :func:`version_name` (uploaded unless that version exists already).
-    Returns ``(pipeline_id, version_id)``."""
-    name, version = f"tdds-{kind}-{cfg.name}", version_name(cfg, kind)
-    pipeline_id = client.get_pipeline_id(name)
-    if pipeline_id is None:
-        created = client.upload_pipeline(str(path), pipeline_name=name, namespace=namespace,
-                                         description=f"tdds {kind} pipeline of config {cfg.name!r} ({cfg.data.name})")
-        pipeline_id = created.pipeline_id
-    found = client.list_pipeline_versions(pipeline_id, filter=_by_name(version), page_size=1).pipeline_versions or []
-    if found:
-        return pipeline_id, found[0].pipeline_version_id
-    created = client.upload_pipeline_version(str(path), pipeline_version_name=version, pipeline_id=pipeline_id,
-                                             description=f"tdds {version}")
-    return pipeline_id, created.pipeline_version_id
 
 
 def schedule(cfg: Config, host: str, cron: str, *, experiment: Optional[str] = None,
              env: Optional[Mapping[str, str]] = None, name: Optional[str] = None,
              namespace: Optional[str] = None, token: Optional[str] = None) -> str:
-    """A recurring run of ``tdds-reprune`` for ``cfg`` on the KFP at ``host`` (as :func:`submit`),
-    pointing at a registered pipeline version (:func:`register_pipeline_version`): the schedule names
-    the code and config it runs, and the KFP UI lists it under the pipeline. Returns its id."""
+    """The recurring run ``name`` (default ``<config name>-reprune``) of ``tdds-reprune`` for
+    ``cfg`` on the KFP at ``host`` (as :func:`submit`), pointing at a registered pipeline version
+    (:func:`~pipelines.client.register_pipeline_version`). Idempotent per name and namespace: an
+    existing recurring run of that name is replaced (the new one is created first, then the old
+    ones are deleted). Returns the new recurring run's id."""
     cron6 = normalize_cron(cron)
     env = cluster_env(cfg, env)
+    name = name or f"{cfg.name}-reprune"
     host, access = Access.resolve(host, namespace, token)
     with tempfile.TemporaryDirectory() as tmp:
         path = compile_pipeline(cfg, Path(tmp) / "tdds-reprune.yaml", kind="reprune", env=env)
-        host, client = _client(host, access)
+        host, client = connect(host, access)
         try:
             pipeline_id, version_id = register_pipeline_version(client, path, cfg, "reprune", access.namespace)
             exp = client.create_experiment(experiment or f"tdds-{cfg.name}", namespace=access.namespace)
             job = client.create_recurring_run(
-                experiment_id=exp.experiment_id, job_name=name or f"{cfg.name}-reprune", cron_expression=cron6,
+                experiment_id=exp.experiment_id, job_name=name, cron_expression=cron6,
                 params={"config_json": cfg.to_json()}, pipeline_id=pipeline_id, version_id=version_id,
                 max_concurrency=1, no_catchup=True, enable_caching=cfg.pipeline.caching,
                 pipeline_root=cfg.pipeline.pipeline_root)
+            delete_schedules(client, name, access.namespace, keep=str(job.recurring_run_id))
+        except PipelineError:
+            raise
         except Exception as e:  # noqa: BLE001
-            raise _api_error(host, "scheduling tdds-reprune", e) from None
+            raise api_error(host, "scheduling tdds-reprune", e) from None
     return str(job.recurring_run_id)
+
+
+def schedules(host: str, *, name: Optional[str] = None, namespace: Optional[str] = None,
+              token: Optional[str] = None) -> list[dict]:
+    """``tdds schedule --list``: the recurring runs of the namespace (or those named ``name``)."""
+    host, access = Access.resolve(host, namespace, token)
+    host, client = connect(host, access)
+    try:
+        return list_schedules(client, access.namespace, name)
+    except Exception as e:  # noqa: BLE001
+        raise api_error(host, "listing recurring runs", e) from None
+
+
+def unschedule(host: str, name: str, *, namespace: Optional[str] = None, token: Optional[str] = None) -> list[str]:
+    """``tdds schedule --delete NAME``: delete the recurring runs named ``name``; returns their ids
+    (PipelineError when there is none, naming --list)."""
+    host, access = Access.resolve(host, namespace, token)
+    host, client = connect(host, access)
+    try:
+        gone = delete_schedules(client, name, access.namespace)
+    except Exception as e:  # noqa: BLE001
+        raise api_error(host, f"deleting recurring run {name!r}", e) from None
+    if not gone:
+        raise PipelineError(f"no recurring run named {name!r} at {host}{' in ' + access.namespace if access.namespace else ''}; "
+                            "tdds schedule --list shows the names.")
+    return gone

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian-like machine (idempotent): the Fashion-MNIST files, a virtual
-# environment in .venv and the tdds package. `--dev` adds the test dependencies.
+# environment in .venv and the tdds package. `--dev` adds the test dependencies (and Debian's chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
@@ -11,6 +11,12 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null || \
     echo "setup: could not install dataset-fashion-mnist with apt; falling back to torchvision's download" >&2
+fi
+# --dev: Debian's chromium, which renders the MLflow UI headless (tests/test_mlflow_ui.py, scripts/mlflow_screenshots.py)
+if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null || \
+    echo "setup: could not install chromium with apt; tests/test_mlflow_ui.py needs it" >&2
 fi
 
 # 2. The virtual environment and the package (torch <= 2.14.1 as pinned in pyproject.toml).

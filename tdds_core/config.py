@@ -281,8 +281,9 @@ class TrackingConfig(_Strict):
         "all", description="Final models logged with mlflow.pytorch.log_model: none, the full-data run's only, or "
                            "every training run's (full-data, coreset, cross-architecture).")
     register_model: Optional[str] = Field(
-        None, description="Register the full-data run's model in the MLflow model registry under this name "
-                          "(None: not registered).")
+        "auto", description="Register the full-data run's model in the MLflow model registry under this name, "
+                            "its newest version with the alias 'full-data' ('auto': tdds-<config name>; None: not "
+                            "registered).")
     system_metrics: bool = Field(True, description="Log CPU/GPU/memory/disk system metrics on training runs.")
     system_metrics_interval_s: float = Field(10.0, gt=0, description="Seconds between system-metric samples.")
 
@@ -330,10 +331,21 @@ class PipelineConfig(_Strict):
     tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of the training tasks, e.g. [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}].")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the training tasks must run on, e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-40GB}.")
     shm_size: Optional[str] = Field("2Gi", description="Size of the in-memory /dev/shm of the training tasks (DataLoader workers); None = the runtime's default (64 MB).")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Kubernetes secrets (docker-registry type) every cluster pod pulls its image with, e.g. [regcred].")
+    image_pull_policy: Optional[Literal["Always", "IfNotPresent", "Never"]] = Field(None, description="Image pull policy of every cluster task (None = Kubernetes' default).")
+    cpu_limit: Optional[str] = Field(None, description="CPU limit of the training tasks (profiles with a LimitRange or quota need one).")
+    memory_limit: Optional[str] = Field(None, description="Memory limit of the training tasks.")
+    light_cpu_limit: Optional[str] = Field(None, description="CPU limit of the tasks without a GPU.")
+    light_memory_limit: Optional[str] = Field(None, description="Memory limit of the tasks without a GPU.")
+    allow_unstamped_image: bool = Field(False, description="Run a pipeline compiled from a known commit in an image built without TDDS_GIT_SHA (the code-version check cannot compare them).")
     data_volume: Optional[DataVolume] = Field(None, description="A PVC with the dataset files mounted into every cluster task (needed for a local data.root).")
     shared_volume: Optional[DataVolume] = Field(None, description="A ReadWriteMany PVC the pods of a several-node "
                                                 "full-data run (train.nodes > 1) share as their run folder; the "
                                                 "train-full task mounts it too.")
+    job_deadline_s: int = Field(172800, gt=0, description="activeDeadlineSeconds of a several-node run's PyTorchJob "
+                                "(train.nodes > 1): the Training Operator fails the job this long after it started.")
+    job_wait_s: Optional[int] = Field(None, gt=0, description="Most seconds the train-full task waits for its "
+                                      "PyTorchJob (None: job_deadline_s + 900, time for the operator to mark it failed).")
 
 
 class Config(_Strict):

@@ -60,6 +60,10 @@ FIELDS: dict[str, str] = {
     "pipeline.parallelism": RUNTIME, "pipeline.light_cpu_request": RUNTIME, "pipeline.light_memory_request": RUNTIME,
     "pipeline.secrets": RUNTIME, "pipeline.tolerations": RUNTIME, "pipeline.node_selector": RUNTIME,
     "pipeline.shm_size": RUNTIME, "pipeline.data_volume": RUNTIME, "pipeline.shared_volume": RUNTIME,
+    "pipeline.image_pull_secrets": RUNTIME, "pipeline.image_pull_policy": RUNTIME, "pipeline.cpu_limit": RUNTIME,
+    "pipeline.memory_limit": RUNTIME, "pipeline.light_cpu_limit": RUNTIME, "pipeline.light_memory_limit": RUNTIME,
+    "pipeline.allow_unstamped_image": RUNTIME,
+    "pipeline.job_deadline_s": RUNTIME, "pipeline.job_wait_s": RUNTIME,
 }
 
 # the numerics settings: identity by their effective values on the training machine (plan.numerics)

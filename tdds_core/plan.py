@@ -36,7 +36,7 @@ from .storage import store_identity
 __all__ = ["IDENTITY", "RUNTIME", "FIELDS", "stage_reads", "Plan", "ScoreItem", "PairItem", "RateItem",
            "EvalItem", "parse_item", "config_fields", "identity", "numerics", "stage_config", "claim_identity", "slug",
            "format_rate", "method_label", "coreset_weighting", "train_key", "score_key", "selection_key", "coreset_key", "run_key_of",
-           "experiment_key", "runtime_spec_fields", "ARTIFACT_VERSION", "RUNTIME_OPTIONS"]
+           "experiment_key", "configured_identity", "runtime_spec_fields", "ARTIFACT_VERSION", "RUNTIME_OPTIONS"]
 
 # sections every cached stage task gets besides the ones its stage reads (Stage.reads)
 _COMMON = ("name", "output", "data", "model", "train", "dynamics", "tracking")
@@ -188,9 +188,15 @@ def run_key_of(stage: str, output: str, artifact_key: str) -> str:
     return f"{stage}|{config_digest(store_identity(output), 8)}|{artifact_key}"
 
 
+def configured_identity(cfg: Config) -> dict[str, Any]:
+    """Every identity field as configured (``{path: value}``; the numerics as written, not as they
+    resolve on this machine): what two tasks of one pipeline agree on, whatever machine runs them."""
+    return {p: _json(_get(cfg, p)) for p, k in FIELDS.items() if k == IDENTITY}
+
+
 def experiment_key(cfg: Config, fingerprint: str) -> str:
     """Key of a whole experiment (the grid's parent run): every identity field and the dataset."""
-    ident = {p: _json(_get(cfg, p)) for p, k in FIELDS.items() if k == IDENTITY and p not in _NUMERICS}
+    ident = {p: v for p, v in configured_identity(cfg).items() if p not in _NUMERICS}
     ident["numerics"] = numerics(cfg, STAGE_TRAIN_FULL)
     return f"pipeline|{cfg.name}|{fingerprint[:12]}|{config_digest(ident)}"
 

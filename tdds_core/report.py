@@ -34,7 +34,8 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from .names import (METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_ITERATIONS, METRIC_NOISY_KEPT, METRIC_NUM_TRAIN,
-                    METRIC_WALL_S, STAGE_TRAIN_FULL, TAG_ARCH, TAG_METHOD, TAG_RATE, TAG_SEED, TAG_STAGE, format_rate)
+                    METRIC_WALL_S, STAGE_TRAIN_FULL, TAG_ARCH, TAG_LABEL, TAG_METHOD, TAG_RATE, TAG_SEED, TAG_STAGE,
+                    format_rate)
 
 __all__ = ["build_table", "to_csv", "to_markdown", "plot_accuracy_vs_rate", "rows_from_runs", "full_accuracy",
            "paired_differences", "paired_markdown", "scale_note",
@@ -325,8 +326,8 @@ def rows_from_runs(runs: Iterable[Any]) -> list[dict]:
     """Result rows from tracked runs (:class:`tdds_core.tracking.RunRecord`: ``tags``, ``metrics``,
     ``params``, ``id``, ``start_time``), one per run that logged ``final_acc``.
 
-    Per run: ``stage`` = tag ``tdds.stage``; ``method`` = tag ``tdds.method`` (``"full"`` for
-    train-full runs), ``rate`` = tag ``tdds.rate`` (None when absent), ``arch`` = tag ``tdds.arch``,
+    Per run: ``stage`` = tag ``tdds.stage``; ``method`` = the label, tag ``tdds.label`` (``tdds.method``
+    on runs logged before it; ``"full"`` for train-full runs), ``rate`` = tag ``tdds.rate`` (None when absent), ``arch`` = tag ``tdds.arch``,
     ``seed`` = tag ``tdds.seed``; metrics ``final_acc``, ``best_acc`` (percent), ``noisy_kept``,
     ``num_train``, ``iterations``, ``wall_s``; param ``weighting``; plus ``run_id``. For the same
     (stage, method, rate, arch, seed) the newest run wins (the first seen on a tie); rows in order of
@@ -340,7 +341,7 @@ def rows_from_runs(runs: Iterable[Any]) -> list[dict]:
         stage = tags.get(TAG_STAGE)
         seed = tags.get(TAG_SEED)
         row = {
-            "method": tags.get(TAG_METHOD) or (FULL_METHOD if stage == STAGE_TRAIN_FULL else "?"),
+            "method": tags.get(TAG_LABEL) or tags.get(TAG_METHOD) or (FULL_METHOD if stage == STAGE_TRAIN_FULL else "?"),
             "rate": _num(tags.get(TAG_RATE)),
             "seed": int(seed) if seed not in (None, "") else None,
             "arch": tags.get(TAG_ARCH, ""),

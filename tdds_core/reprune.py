@@ -34,8 +34,9 @@ from .artifacts import fetch
 from .config import config_digest
 from .errors import ArtifactError
 from .io import verify_manifest
-from .names import (STAGE_REPRUNE, TAG_DATASET, TAG_FINGERPRINT, TAG_METHOD, TAG_METHOD_NAME, TAG_PREVIOUS_FINGERPRINT,
-                    TAG_PREVIOUS_SELECTION_URI, TAG_RATE, TAG_SELECTION_URI, TAG_STAGE, TAG_TRAIN_URI, format_rate,
+from .names import (STAGE_REPRUNE, TAG_DATASET, TAG_FINGERPRINT, TAG_LABEL, TAG_METHOD, TAG_METHOD_NAME,
+                    TAG_PREVIOUS_FINGERPRINT, TAG_PREVIOUS_SELECTION_URI, TAG_RATE, TAG_SELECTION_URI, TAG_STAGE,
+                    TAG_TRAIN_URI, format_rate, rate_text,
                     run_name)
 from .storage import open_store
 from .tracking import run_key, run_params
@@ -174,14 +175,14 @@ def find_previous_selection(tracker: Any, output: str, *, dataset: str, label: s
     """The selection of the newest other version of ``dataset`` for one method label and rate.
 
     With tracking on (:meth:`~tdds_core.tracking.Tracker.find_runs`): the newest FINISHED run tagged ``tdds.stage=reprune``, ``tdds.dataset``,
-    ``tdds.method`` and ``tdds.rate`` as given and a ``tdds.fingerprint`` other than
+    ``tdds.label`` and ``tdds.rate`` as given (a record made before ``tdds.label`` is found through the store history) and a ``tdds.fingerprint`` other than
     ``fingerprint``. Otherwise (or when MLflow has none): the newest entry of the store history
     ``reprune/...`` under ``output`` with another fingerprint. None when there is no earlier version.
     """
 
     if getattr(tracker, "enabled", False):
-        runs = tracker.find_runs(tags={TAG_STAGE: STAGE_REPRUNE, TAG_DATASET: dataset, TAG_METHOD: label,
-                                       TAG_RATE: format_rate(rate)}, status="FINISHED", max_results=200)
+        runs = tracker.find_runs(tags={TAG_STAGE: STAGE_REPRUNE, TAG_DATASET: dataset, TAG_LABEL: label,
+                                       TAG_RATE: rate_text(rate)}, status="FINISHED", max_results=200)
         for run in runs:
             tags = run.tags
             if tags.get(TAG_FINGERPRINT) and tags.get(TAG_FINGERPRINT) != fingerprint and tags.get(TAG_SELECTION_URI):
@@ -231,8 +232,8 @@ def record_reprune(cfg: Any, tracker: Any, *, selection_uri: str, train_uri: str
 
     name = run_name(STAGE_REPRUNE, method=label, rate=rate)
     key = run_key(name, fingerprint, {"selection": selection_uri, "previous": prev.selection_uri if prev else ""})
-    tags = {TAG_STAGE: STAGE_REPRUNE, TAG_DATASET: dataset, TAG_METHOD: label, TAG_METHOD_NAME: method,
-            TAG_RATE: _fmt_rate(rate), TAG_FINGERPRINT: fingerprint, TAG_SELECTION_URI: selection_uri,
+    tags = {TAG_STAGE: STAGE_REPRUNE, TAG_DATASET: dataset, TAG_METHOD: method, TAG_LABEL: label,
+            TAG_METHOD_NAME: method, TAG_RATE: rate_text(rate), TAG_FINGERPRINT: fingerprint, TAG_SELECTION_URI: selection_uri,
             TAG_TRAIN_URI: train_uri, TAG_PREVIOUS_FINGERPRINT: prev.fingerprint if prev else "",
             TAG_PREVIOUS_SELECTION_URI: prev.selection_uri if prev else ""}
     with tracker.start_run(name, key=key, tags=tags, parent=parent) as run:
@@ -254,7 +255,3 @@ def record_reprune(cfg: Any, tracker: Any, *, selection_uri: str, train_uri: str
         store.put_bytes(hkey, json.dumps(entry, indent=2, sort_keys=True).encode())
     return row
 
-
-def _fmt_rate(rate: float) -> str:
-
-    return format_rate(rate)

@@ -5,8 +5,13 @@
   run ``pipeline/<name>`` (tagged with the pipeline run id and the *pipeline key*).
 * :func:`run_task`: one item of one registered stage (:mod:`tdds_core.stages`), given the
   :class:`~tdds_core.stages.State` of the stages before it; returns what the item added.
-* :func:`collect`: a loop's fan-in: the input state plus every item's part (kfp 2.17 cannot feed
-  a collected artifact list into a task inside another loop, so each fan-in is one small task).
+* :func:`collect`: a loop's fan-in: the input state plus every item's part. The parts are read
+  from the store by key (:func:`part_key`, :func:`save_part`, :func:`load_parts`), not collected
+  as KFP artifacts: ``dsl.Collected`` needs KFP backend 2.14 (kubeflow/pipelines PR #11725, not in
+  2.5.0), and the plan is fixed when the pipeline is built, so the fan-in knows every item's key.
+* :func:`retrying`: a cluster task's own retries (``$TDDS_TASK_RETRIES``): KFP 2.5 applies a
+  retry policy only to tasks of the root DAG (PR #11908 is not in 2.5.0), and every tdds task sits
+  in the exit handler's DAG or a loop's.
 * :func:`close_run` (the exit handler): end the parent run FAILED if the report did not end it.
 
 What flows between tasks: the config as one JSON parameter (each cached stage gets the part it
@@ -28,6 +33,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -43,39 +50,84 @@ from .plan import Plan, parse_item, stage_config
 from .reprune import dataset_identity
 from .scoring import check_recorded_inputs
 from .stage_registry import Context, State, chain, get_stage
-from . import tracking
+from .storage import Workspace
 from .tracking import ParentedTracker, make_tracker
 
 __all__ = ["load_config_json", "stage_config_json", "build_digest", "pipeline_key", "effective_run_id",
-           "find_parent_run", "open_run", "run_task", "collect", "close_run", "emit",
+           "find_parent_run", "open_run", "run_task", "run_item", "collect", "collect_items", "close_run", "emit",
            "read_state", "missing_work", "TAG_PIPELINE_KEY", "TAG_PIPELINE_INSTANCE", "PIPELINE_INSTANCE_ENV",
-           "pipeline_instance", "code_stamp", "check_code_version", "CODE_VERSION_ENV", "BUILD_SHA_ENV"]
+           "pipeline_instance", "code_stamp", "check_code_version", "CODE_VERSION_ENV", "BUILD_SHA_ENV",
+           "ALLOW_UNSTAMPED_ENV", "build_sha", "part_key", "save_part", "load_parts", "retrying", "TASK_RETRIES_ENV",
+           "PARTS_PREFIX"]
 
 TAG_PIPELINE_KEY = "tdds.pipeline_key"   # digest of (config, dataset fingerprint): the fallback way to the parent run
 TAG_PIPELINE_INSTANCE = "tdds.pipeline_instance"   # the pipeline run's instance (PIPELINE_INSTANCE_ENV) on its parent
 PIPELINE_INSTANCE_ENV = "TDDS_PIPELINE_INSTANCE"   # set in every task's environment: which pipeline run it belongs to
 CODE_VERSION_ENV = "TDDS_CODE_VERSION"   # the tdds version a cluster pipeline was compiled from (every task)
 BUILD_SHA_ENV = "TDDS_BUILD_SHA"         # ... and its git commit, when known
+ALLOW_UNSTAMPED_ENV = "TDDS_ALLOW_UNSTAMPED_IMAGE"   # "1": an image without TDDS_GIT_SHA runs a stamped pipeline
+TASK_RETRIES_ENV = "TDDS_TASK_RETRIES"   # a cluster task's own retries (pipelines.prune sets it; retrying())
+PARTS_PREFIX = "kfp/parts"               # store prefix of the loop items' states (part_key)
+
+
+def _is_tdds_checkout(top: Path) -> bool:
+    """``top`` is a checkout of tdds itself: it holds ``tdds_core/`` and a pyproject.toml naming tdds."""
+    try:
+        text = (top / "pyproject.toml").read_text()
+    except OSError:
+        return False
+    return (top / "tdds_core").is_dir() and any(line.replace(" ", "") in ('name="tdds"', "name='tdds'")
+                                                 for line in text.splitlines())
+
+
+def build_sha(environ: Optional[Mapping[str, str]] = None, *, root: Optional[Path] = None) -> Optional[str]:
+    """The commit of this installation's code: ``$TDDS_GIT_SHA`` (an image's build argument), else
+    ``git rev-parse HEAD`` only where this package sits at the top of a checkout of tdds itself; a
+    tdds installed inside another repository (a vendored copy, a site-packages in a project's tree)
+    never takes that repository's commit. ``root``: the folder holding ``tdds_core/`` (default:
+    this package's). None when unknown."""
+    environ = os.environ if environ is None else environ
+    if environ.get("TDDS_GIT_SHA"):
+        return environ["TDDS_GIT_SHA"]
+    here = (root or Path(__file__).parent.parent).resolve()
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True, timeout=5)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != here or not _is_tdds_checkout(here):
+            return None
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and len(sha) >= 7 else None
 
 
 def code_stamp() -> dict[str, str]:
     """What a compiled cluster pipeline carries in every task's environment: the tdds version and
     git commit of the code that compiled it (:func:`check_code_version` compares them in the task)."""
     stamp = {CODE_VERSION_ENV: __version__}
-    if tracking.git_sha():
-        stamp[BUILD_SHA_ENV] = str(tracking.git_sha())
+    sha = build_sha()
+    if sha:
+        stamp[BUILD_SHA_ENV] = sha
     return stamp
 
 
 def check_code_version(environ: Optional[Mapping[str, str]] = None) -> None:
     """Refuse to run a task in an image of other code than the pipeline was compiled from: the
     stamp of :func:`code_stamp` against this installation's version and ``$TDDS_GIT_SHA`` (baked in
-    by ``docker build --build-arg TDDS_GIT_SHA=...``). No stamp (a local run): nothing to check."""
+    by ``docker build --build-arg TDDS_GIT_SHA=...``). No stamp (a local run): nothing to check. A
+    pipeline stamped with a commit refuses an image that knows none, unless
+    ``$TDDS_ALLOW_UNSTAMPED_IMAGE=1`` (``pipeline.allow_unstamped_image``)."""
     environ = os.environ if environ is None else environ
     want, want_sha = environ.get(CODE_VERSION_ENV), environ.get(BUILD_SHA_ENV)
     if not want:
         return
-    have_sha = tracking.git_sha()
+    have_sha = build_sha(environ)
+    if want_sha and not have_sha and environ.get(ALLOW_UNSTAMPED_ENV) != "1":
+        raise PipelineError(
+            f"this pipeline was compiled from tdds {want} (commit {want_sha[:12]}) but its image was built without "
+            "TDDS_GIT_SHA, so nothing shows it holds that code; build the image with docker build --build-arg "
+            "TDDS_GIT_SHA=$(git rev-parse HEAD) ... (docs/CLUSTER.md), or set pipeline.allow_unstamped_image: true "
+            "to run it anyway.")
     if want != __version__ or (want_sha and have_sha and want_sha[:12] != have_sha[:12]):
         compiled = f"{want}" + (f" (commit {want_sha[:12]})" if want_sha else "")
         image = f"{__version__}" + (f" (commit {have_sha[:12]})" if have_sha else "")
@@ -285,9 +337,90 @@ def run_task(stage: str, config_json: str, item_json: str = "{}", *, state: Opti
     return st.run(ctx, item, state)
 
 
+def run_item(stage: str, config_json: str, item_json: str = "{}", *, state: Optional[State] = None,
+             fingerprint: str = "", parent_run_id: str = "") -> State:
+    """What a KFP stage task does: :func:`run_task` under :func:`retrying`, and for a stage that
+    loops, its part saved for the fan-in (:func:`save_part`). Returns the part."""
+    part = retrying(lambda: run_task(stage, config_json, item_json, state=state, fingerprint=fingerprint,
+                                     parent_run_id=parent_run_id), what=f"{stage} task")
+    if get_stage(stage).loop != "once":
+        save_part(stage, config_json, item_json, state, part)
+    return part
+
+
+def collect_items(stage: str, config_json: str, items_json: str, state: State) -> State:
+    """What a KFP fan-in task does: ``state`` plus the part of every item of ``items_json`` (a JSON
+    list of the loop's item strings, as the loop iterated them), read from the store."""
+    return collect(state, load_parts(stage, config_json, json.loads(items_json), state))
+
+
 def collect(state: State, parts: Sequence[State]) -> State:
     """A loop's fan-in: ``state`` plus every item's part."""
     return state.merge(parts)
+
+
+def _state_digest(state: Optional[State]) -> str:
+    return "" if state is None else config_digest(json_safe(state.model_dump(mode="json")), 16)
+
+
+def part_key(stage: str, config_json: str, item_json: str, state: Optional[State]) -> str:
+    """Store key of one loop item's output state: ``kfp/parts/<stage>/<digest>.json``, the digest
+    of what the item's task takes that can change its output (the stage config's identity fields as
+    configured, the item, the input state; not where it is tracked). The loop task and its fan-in
+    derive it from the same plan, so no artifact crosses the loop's edge."""
+    ident = P.configured_identity(load_config_json(config_json))
+    digest = config_digest({"stage": stage, "config": ident, "item": item_json, "state": _state_digest(state)}, 24)
+    return f"{PARTS_PREFIX}/{slug(stage)}/{digest}.json"
+
+
+def _store_of(config_json: str) -> Any:
+    return Workspace.of(load_config_json(config_json)).store
+
+
+def save_part(stage: str, config_json: str, item_json: str, state: Optional[State], part: State) -> str:
+    """Write a loop item's output ``part`` under :func:`part_key` in the config's store; returns the key."""
+    key = part_key(stage, config_json, item_json, state)
+    data = json.dumps(json_safe(part.model_dump(mode="json")), sort_keys=True).encode()
+    _store_of(config_json).put_bytes(key, data)
+    return key
+
+
+def load_parts(stage: str, config_json: str, items_json: Sequence[str], state: Optional[State]) -> list[State]:
+    """Every item's part of a loop (:func:`save_part`), in plan order; ArtifactError naming the
+    missing ones and the fix."""
+    store = _store_of(config_json)
+    parts, missing = [], []
+    for item in items_json:
+        key = part_key(stage, config_json, item, state)
+        if store.exists(key):
+            parts.append(read_state(json.loads(store.get_bytes(key))))
+        else:
+            missing.append(key)
+    if missing:
+        raise ArtifactError(f"{len(missing)} of {len(items_json)} {stage} item(s) left no state in the store "
+                            f"(first: {missing[0]}); a {stage} task was taken from KFP's cache after the output's "
+                            f"{PARTS_PREFIX}/ was deleted: rerun with pipeline.caching: false once.")
+    return parts
+
+
+def retrying(fn: Any, *, retries: Optional[int] = None, backoff_s: float = 60.0, factor: float = 2.0,
+             max_backoff_s: float = 1800.0, what: str = "task") -> Any:
+    """``fn()``, called again up to ``retries`` times (default ``$TDDS_TASK_RETRIES``, else 0) after
+    an exception, waiting ``backoff_s`` x ``factor``^n (at most ``max_backoff_s``) between tries:
+    the backoff KFP's own retry policy would use (pipelines.prune.RETRY_BACKOFF)."""
+    retries = int(os.environ.get(TASK_RETRIES_ENV) or 0) if retries is None else retries
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except (ConfigError, KeyboardInterrupt):
+            raise                                            # a bad config fails the same way every time
+        except Exception as e:  # noqa: BLE001 - any failure of the step is retried
+            if attempt == retries:
+                raise
+            wait = min(max_backoff_s, backoff_s * factor ** attempt)
+            print(f"tdds: {what} failed ({type(e).__name__}: {e}); retry {attempt + 1} of {retries} in {wait:.0f} s",
+                  flush=True)
+            time.sleep(wait)
 
 
 def close_run(config_json: str, *, run_id: str = "", job_id: str = "") -> str:

@@ -363,7 +363,8 @@ def test_unreachable_kfp_host(tmp_path, capsys):
     host = f"http://127.0.0.1:{free_port()}"
     # a config a cluster can run (compile refuses local outputs before any host is contacted)
     cfg = write_cfg(tmp_path, output="s3://tdds-bucket/runs/bad-input",
-                    tracking={"enabled": True, "uri": "http://mlflow.mlflow.svc:5000"}, pipeline={"gpus": 0})
+                    tracking={"enabled": True, "uri": "http://mlflow.mlflow.svc:5000"},
+                    pipeline={"gpus": 0, "image": "registry.example/tdds:1"})
     t0 = time.monotonic()
     rc, _, err = run(capsys, "submit", "--config", cfg, "--host", host)
     assert time.monotonic() - t0 < 15

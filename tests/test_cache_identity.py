@@ -32,7 +32,7 @@ def _stages(db: Path) -> Counter:
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("tdds-synthetic")
     runs = client.search_runs([exp.experiment_id], max_results=500)
-    return Counter(t for r in runs if (t := r.data.tags.get("tdds.stage")) not in ("pipeline", "report"))
+    return Counter(t for r in runs if (t := r.data.tags.get("tdds.stage")) not in ("pipeline", "report", "summary"))
 
 
 def _table_rows(md: str) -> list[str]:

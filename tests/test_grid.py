@@ -96,7 +96,8 @@ def test_runtime_fields_reuse_every_artifact_and_run_identity_fields_make_new_on
     base = {**SYN, "output": str(out), "tracking": {"enabled": True}}
     first = run_grid(parse_config(base))
     files, runs = _store_files(out), _runs(out / "mlflow.db")
-    assert len(runs) == 1 + 1 + 2 + 2          # parent (which holds the report), train-full, 2 score runs, 2 coreset runs
+    # parent (which holds the report), train-full, 2 score runs, 2 coreset runs, 2 summary runs (one per method, #26)
+    assert len(runs) == 1 + 1 + 2 + 2 + 2
     # runtime settings: progress bars, eval batch size, loader workers, residency, numerics that a CPU does not apply
     runtime = {**base, "train": {**SYN["train"], "progress": True, "eval_batch_size": 7, "amp": "off",
                                  "compile": True},
@@ -114,7 +115,7 @@ def test_runtime_fields_reuse_every_artifact_and_run_identity_fields_make_new_on
     assert new and all(p.relative_to(out).parts[0] == "coreset" for p in new)
     grown = _runs(out / "mlflow.db")
     added = {r.data.tags["tdds.stage"] for r in grown if r.info.run_id not in {x.info.run_id for x in runs}}
-    assert added == {"pipeline", "coreset"}
+    assert added == {"pipeline", "coreset", "summary"}     # issue #26: the new report's summary runs
 
 
 @pytest.mark.slow
@@ -133,7 +134,7 @@ def test_each_method_trains_with_its_own_weighting_and_the_table_says_so(tmp_pat
     assert "tdds[T=3,W=3] [loss weighting: batch]" in res.table_md and "| random (baseline) |" in res.table_md
     assert "weighting" in (res.report_dir / "table.csv").read_text().splitlines()[0]
     coreset = [r for r in _runs(out / "mlflow.db") if r.data.tags.get("tdds.stage") == "coreset"]
-    assert sorted((r.data.tags["tdds.method"], r.data.params["weighting"]) for r in coreset) == [
+    assert sorted((r.data.tags["tdds.label"], r.data.params["weighting"]) for r in coreset) == [
         ("random", "none"), ("tdds-mean1", "mean1"), ("tdds[T=3,W=3]", "batch")]
     assert all("mean_weight" in r.data.metrics for r in coreset)
 

@@ -70,12 +70,12 @@ def test_quickstart_grid_in_s3_and_mlflow(s3_server, mlflow_server, tmp_path, mo
             assert TAG_KEY in r.data.tags
     assert parent.data.params["data.train_subset"] == "300"
     tdds_run = [r for r in by_stage[STAGE_CORESET] if r.data.tags[TAG_METHOD].startswith("tdds")][0]
-    assert tdds_run.data.tags[TAG_RATE] == "0.50"
-    assert tdds_run.info.run_name.startswith("coreset/tdds") and "/p0.50/" in tdds_run.info.run_name
-    assert tdds_run.data.params["rate"] == "0.50" and tdds_run.data.tags[TAG_SELECTION_URI].startswith(output)
+    assert tdds_run.data.tags[TAG_RATE] == "0.5"        # issue #26: one rate spelling (rate_text) in tags, params, names
+    assert tdds_run.info.run_name.startswith("tdds") and " p0.5 " in tdds_run.info.run_name
+    assert tdds_run.data.params["rate"] == "0.5" and tdds_run.data.tags[TAG_SELECTION_URI].startswith(output)
     assert 0.0 <= tdds_run.data.metrics[METRIC_FINAL_ACC] <= 100.0
     grid_rows = {(r["method"], r["rate"]): r for r in result.rows}
-    assert tdds_run.data.metrics[METRIC_FINAL_ACC] == pytest.approx(grid_rows[(tdds_run.data.tags[TAG_METHOD], 0.5)]["final_acc"])
+    assert tdds_run.data.metrics[METRIC_FINAL_ACC] == pytest.approx(grid_rows[(tdds_run.data.tags["tdds.label"], 0.5)]["final_acc"])
     read_back = rows_from_mlflow(mlflow_server, experiment)
     assert len(read_back) == 3
 

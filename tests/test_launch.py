@@ -64,7 +64,8 @@ def _cluster_cfg(*extra: str):
     return load_config(REPO / "configs" / "quickstart.yaml", [
         "output=s3://tdds-bucket/runs/q", "tracking.uri=http://mlflow.mlflow.svc:5000",
         "data.root=/datasets/fashion-mnist", "pipeline.data_volume={pvc_name: tdds-datasets, mount_path: /datasets}",
-        "pipeline.gpu_image=registry.example.com/tdds-cuda:1", "pipeline.shm_size=8Gi",
+        "pipeline.image=registry.example.com/tdds:1", "pipeline.gpu_image=registry.example.com/tdds-cuda:1",
+        "pipeline.shm_size=8Gi",
         'pipeline.secrets=[{secret_name: tdds-s3, keys: {AWS_ACCESS_KEY_ID: AWS_ACCESS_KEY_ID}}]', *extra])
 
 

@@ -23,6 +23,7 @@ from tdds_core.cli import main
 from tdds_core.config import load_config
 from tdds_core.errors import PipelineError
 from tdds_core.plan import Plan
+from tdds_core.stage_registry import get_stage
 from tdds_core.steps import build_digest, load_config_json, open_run, stage_config_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,9 +148,13 @@ def test_edges(prune):
         assert _producers(loop_task) == {upstream}, stage
         fan_in = tasks[f"collect-{stage}"]
         assert fan_in["_dag"] == tasks["train-full"]["_dag"]
-        parts = fan_in["inputs"]["artifacts"]["parts"]["taskOutputArtifact"]
-        assert parts["producerTask"] == dag.removeprefix("comp-")
-        assert parts["outputArtifactKey"].startswith(f"pipelinechannel--{stage}-result")
+        # the fan-in runs after its loop and reads the parts from the store by the plan's keys
+        assert set(fan_in["dependentTasks"]) == {dag.removeprefix("comp-"), upstream}, stage
+        assert set(fan_in["inputs"]["artifacts"]) == {"state"}, stage
+        params = fan_in["inputs"]["parameters"]
+        assert json.loads(params["items_json"]["runtimeValue"]["constant"]) == Plan.from_config(cfg).items_json(
+            get_stage(stage).loop), stage
+        assert params["stage"]["runtimeValue"]["constant"] == stage
         assert fan_in["inputs"]["artifacts"]["state"]["taskOutputArtifact"]["producerTask"] == upstream
     # the report reads the final state and the parent run id
     rep = tasks["report"]["inputs"]
@@ -207,10 +212,9 @@ def test_every_task_requests_resources_and_retries(prune):
             assert "accelerator" not in res, stage
             assert res["resourceCpuRequest"] == "2" and res["resourceMemoryRequest"] == "3G", stage
             assert "TDDS_REQUIRE_CUDA" not in env, stage
-        retry = tasks[stage]["retryPolicy"]
-        assert retry["maxRetryCount"] == 3, stage
-        assert retry["backoffDuration"] == "60s" and retry["backoffFactor"] == 2.0
-        assert retry["backoffMaxDuration"] == "1800s"
+        # KFP 2.5 drops a retry policy below the root DAG (PR #11908): each task retries itself
+        assert "retryPolicy" not in tasks[stage], stage
+        assert env["TDDS_TASK_RETRIES"] == "3", stage
 
 
 @pytest.mark.slow
@@ -458,21 +462,69 @@ def _pins() -> dict[str, str]:
 
 
 def test_a_task_refuses_an_image_of_other_code(monkeypatch):
-    from tdds_core import steps, tracking
+    from tdds_core import steps
 
-    monkeypatch.setattr(tracking, "git_sha", lambda: "a" * 40)    # the image's $TDDS_GIT_SHA
+    monkeypatch.setenv("TDDS_GIT_SHA", "a" * 40)    # the image's $TDDS_GIT_SHA
     steps.check_code_version({})                                        # a local run: no stamp
-    steps.check_code_version({"TDDS_CODE_VERSION": tdds_core.__version__, "TDDS_BUILD_SHA": "a" * 40})
+    steps.check_code_version({"TDDS_CODE_VERSION": tdds_core.__version__, "TDDS_BUILD_SHA": "a" * 40,
+                              "TDDS_GIT_SHA": "a" * 40})
     for stamp, words in (({"TDDS_CODE_VERSION": "0.0.1"}, "compiled from tdds 0.0.1"),
                          ({"TDDS_CODE_VERSION": tdds_core.__version__, "TDDS_BUILD_SHA": "b" * 40},
                           f"commit {'b' * 12}.* image holds tdds {tdds_core.__version__} \\(commit {'a' * 12}\\)")):
         with pytest.raises(PipelineError, match=words) as e:
-            steps.check_code_version(stamp)
+            steps.check_code_version({**stamp, "TDDS_GIT_SHA": "a" * 40})
         assert "TDDS_GIT_SHA=$(git rev-parse HEAD)" in str(e.value)
     # and the task entry points check it before any work
     monkeypatch.setenv("TDDS_CODE_VERSION", "0.0.1")
     with pytest.raises(PipelineError, match="compiled from tdds 0.0.1"):
         steps.run_task("report", _cfg().to_json(), "{}", fingerprint="fp")
+
+
+def test_an_unstamped_image_is_refused_unless_allowed(monkeypatch):
+    from tdds_core import steps
+
+    monkeypatch.delenv("TDDS_GIT_SHA", raising=False)
+    monkeypatch.setattr(steps, "build_sha", lambda environ=None, root=None: (environ or {}).get("TDDS_GIT_SHA"))
+    stamp = {"TDDS_CODE_VERSION": tdds_core.__version__, "TDDS_BUILD_SHA": "c" * 40}
+    with pytest.raises(PipelineError, match=r"built without TDDS_GIT_SHA.*allow_unstamped_image"):
+        steps.check_code_version(stamp)
+    steps.check_code_version({**stamp, "TDDS_ALLOW_UNSTAMPED_IMAGE": "1"})
+    steps.check_code_version({"TDDS_CODE_VERSION": tdds_core.__version__})     # compiled without a commit
+
+
+def _git(cwd: Path, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_build_sha_never_reads_an_enclosing_repository(tmp_path):
+    from tdds_core.steps import build_sha
+
+    def tree(top: Path, name: str) -> Path:
+        (top / "tdds_core").mkdir(parents=True)
+        (top / "tdds_core" / "__init__.py").write_text("")
+        (top / "pyproject.toml").write_text(f'[project]\nname = "{name}"\n')
+        return top
+
+    outer = tmp_path / "project"
+    vendored = tree(outer / "vendor" / "tdds", "tdds")            # tdds inside another repository
+    _git(outer, "init", "-q")
+    _git(outer, "add", ".")
+    _git(outer, "commit", "-q", "-m", "x")
+    assert build_sha({}, root=vendored) is None
+    own = tree(tmp_path / "tdds", "tdds")                          # a checkout of tdds itself
+    _git(own, "init", "-q")
+    _git(own, "add", ".")
+    _git(own, "commit", "-q", "-m", "x")
+    assert build_sha({}, root=own) == _git(own, "rev-parse", "HEAD")
+    other = tree(tmp_path / "other", "not-tdds")                   # another package's checkout
+    _git(other, "init", "-q")
+    _git(other, "add", ".")
+    _git(other, "commit", "-q", "-m", "x")
+    assert build_sha({}, root=other) is None
+    assert build_sha({"TDDS_GIT_SHA": "f" * 40}, root=vendored) == "f" * 40
 
 
 def test_image_lock_pins_every_dependency_with_hashes():
@@ -618,7 +670,7 @@ def test_schedule_rejected_and_not_a_kfp_host(fake_kfp):
 @pytest.mark.slow
 def test_cli_submit_error_exit_code(capsys):
     host = f"http://127.0.0.1:{_closed_port()}"
-    sets = [x for o in [*CLUSTER, f"pipeline.gpu_image={GPU_IMAGE}"] for x in ("--set", o)]
+    sets = [x for o in [*CLUSTER, f"pipeline.image={IMAGE}", f"pipeline.gpu_image={GPU_IMAGE}"] for x in ("--set", o)]
     assert main(["submit", "--config", str(REPO / "configs" / "quickstart.yaml"), *sets, "--host", host]) == 2
     err = capsys.readouterr().err
     assert host in err and "Traceback" not in err
@@ -649,7 +701,10 @@ def test_in_cluster_access_reads_the_pod_token(tmp_path):
     token.write_text("pod-token\n")
     host, access = Access.resolve("in-cluster", environ={"KF_PIPELINES_SA_TOKEN_PATH": str(token),
                                                           "KF_PIPELINES_NAMESPACE": "team-b"})
-    assert host == IN_CLUSTER_HOST and access == Access("team-b", "pod-token")
+    # the file is kept, not its content: kfp's ServiceAccountTokenVolumeCredentials reads it per request
+    assert host == IN_CLUSTER_HOST and access == Access("team-b", None, str(token)) and access.bearer() == "pod-token"
+    token.write_text("renewed\n")
+    assert access.bearer() == "renewed"
     assert Access.resolve("http://h:8080", "ns", "tok", environ={})[1] == Access("ns", "tok")
     with pytest.raises(PipelineError, match="token file"):
         Access.resolve("in-cluster", environ={"KF_PIPELINES_SA_TOKEN_PATH": str(tmp_path / "missing")})
@@ -701,6 +756,8 @@ class _KfpRegistry(BaseHTTPRequestHandler):
         if url.path.startswith("/apis/v2beta1/runs/") and self.command == "GET":
             rid = url.path.rsplit("/", 1)[1]
             return self._reply({"run_id": rid, "state": st["runs"][rid]})
+        if url.path == "/apis/v2beta1/recurringruns" and self.command == "GET":
+            return self._reply({"recurringRuns": []})        # no schedule of that name yet (tests/test_kfp_client.py)
         if url.path == "/apis/v2beta1/recurringruns" and self.command == "POST":
             st["recurring"].append(json.loads(body))
             return self._reply({"recurring_run_id": f"r{len(st['recurring'])}"})
@@ -753,3 +810,99 @@ def test_wait_for_run_returns_success_and_names_a_failure():
         srv.shutdown()
         srv.server_close()
     assert ("GET", "/apis/v2beta1/runs/ok") in state["calls"]
+
+
+# ------------------------------------------------------------------------------------------ KFP 2.5
+def _collected_anywhere(spec: dict) -> list[str]:
+    """What the compiled YAML fans in with ``dsl.Collected``: an artifact list input
+    (``isArtifactList``) or a DAG output gathered from a loop (``artifactSelectors`` /
+    ``parameterSelectors`` of a ``for-loop`` component). The 2.5 driver resolves neither
+    (kubeflow/pipelines PR #11725, first in 2.14.0)."""
+    found = []
+    for name, comp in [("root", spec["root"]), *spec["components"].items()]:
+        for inp, d in comp.get("inputDefinitions", {}).get("artifacts", {}).items():
+            if d.get("isArtifactList"):
+                found.append(f"{name}.{inp}")
+        outs = comp.get("dag", {}).get("outputs", {})
+        for kind in ("artifacts", "parameters"):
+            for out, d in outs.get(kind, {}).items():
+                if name.startswith("comp-for-loop") or "valueFromParameter" not in d:
+                    found.append(f"{name}.{out}")
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["prune", "reprune"])
+def test_the_compiled_pipeline_needs_no_more_than_kfp_2_5(tmp_path, kind):
+    """MIN_BACKEND 2.5 (docs/CLUSTER.md): no fan-in through dsl.Collected (PR #11725 is not in 2.5.0)
+    and no retry policy on a task below the root DAG (2.5.0's argocompiler/container.go
+    getTaskRetryPolicySpec reads only root tasks; PR #11908 is not in 2.5.0)."""
+    from pipelines.run import MIN_BACKEND
+
+    assert MIN_BACKEND == (2, 5)
+    spec = _compile(tmp_path, _cfg(), kind=kind)
+    assert _collected_anywhere(spec) == []
+    text = (tmp_path / f"{kind}.yaml").read_text()
+    assert "isArtifactList" not in text and "artifactSelectors" not in text and "parameterSelectors" not in text
+    below_root = {n: t["_dag"] for n, t in _tasks(spec).items() if t["_dag"] != "root" and "retryPolicy" in t}
+    assert below_root == {}
+    # the fan-ins wait for their loops by dependency alone
+    loops = {t["componentRef"]["name"].removeprefix("comp-") for t in _tasks(spec).values() if "parameterIterator" in t}
+    assert {d for n, t in _tasks(spec).items() if n.startswith("collect-") for d in t["dependentTasks"]} >= loops
+
+
+def test_check_on_the_collector_itself(tmp_path):
+    """_collected_anywhere finds a dsl.Collected fan-in in a pipeline that has one."""
+    import importlib.util
+
+    from kfp import compiler
+
+    src = tmp_path / "collected_pipeline.py"   # kfp reads a component's source (and this module's annotations are strings)
+    src.write_text("""from kfp import dsl
+
+@dsl.component(base_image="python:3.11")
+def make(x: int, out: dsl.Output[dsl.Artifact]):
+    open(out.path, "w").write(str(x))
+
+@dsl.component(base_image="python:3.11")
+def gather(parts: dsl.Input[list[dsl.Artifact]]):
+    pass
+
+@dsl.pipeline(name="p")
+def p():
+    with dsl.ParallelFor([1, 2]) as x:
+        t = make(x=x)
+    gather(parts=dsl.Collected(t.outputs["out"]))
+""")
+    spec_ = importlib.util.spec_from_file_location("collected_pipeline", src)
+    mod = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(mod)
+    compiler.Compiler().compile(mod.p, str(tmp_path / "p.yaml"))
+    assert _collected_anywhere(_load(tmp_path / "p.yaml"))
+
+
+@pytest.mark.parametrize("field", ["image", "gpu_image"])
+def test_compile_refuses_the_placeholder_image(tmp_path, field):
+    from tdds_core.config import PipelineConfig
+
+    placeholder = PipelineConfig.model_fields["image"].default
+    with pytest.raises(PipelineError, match=rf"pipeline\.{field} is the placeholder .*docker build .*set pipeline\.{field}"):
+        compile_pipeline(_cfg(f"pipeline.{field}={placeholder}"), tmp_path / "p.yaml")
+    assert not (tmp_path / "p.yaml").exists()
+
+
+@pytest.mark.slow
+def test_pull_secrets_pull_policy_and_limits(tmp_path):
+    spec = _compile(tmp_path, _cfg("pipeline.image_pull_secrets=[regcred, mirror]", "pipeline.image_pull_policy=Always",
+                                   "pipeline.cpu_limit='8'", "pipeline.memory_limit=32G",
+                                   "pipeline.light_cpu_limit='2'", "pipeline.light_memory_limit=6G"))
+    execs, k8s = spec["deploymentSpec"]["executors"], _k8s(spec)
+    for stage in STAGES:
+        res = execs[f"exec-{stage}"]["container"]["resources"]
+        want = ("8", "32G") if stage in TRAINING else ("2", "6G")
+        assert (res["resourceCpuLimit"], res["resourceMemoryLimit"]) == want, stage
+        ex = k8s[f"exec-{stage}"]
+        assert [s["secretName"] for s in ex["imagePullSecret"]] == ["regcred", "mirror"], stage
+        assert ex["imagePullPolicy"] == "Always", stage
+    with pytest.raises(Exception, match="image_pull_policy"):
+        _cfg("pipeline.image_pull_policy=Sometimes")

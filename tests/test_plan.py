@@ -26,6 +26,9 @@ RUNTIME_TOGGLES = {
     "pipeline.secrets": [{"secret_name": "s3", "keys": {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID"}}],
     "pipeline.tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
     "pipeline.node_selector": {"pool": "gpu"}, "pipeline.shm_size": "8Gi",
+    "pipeline.image_pull_secrets": ["regcred"], "pipeline.image_pull_policy": "Always", "pipeline.cpu_limit": "8",
+    "pipeline.memory_limit": "32G", "pipeline.light_cpu_limit": "2", "pipeline.light_memory_limit": "6G",
+    "pipeline.allow_unstamped_image": True, "pipeline.job_deadline_s": 600, "pipeline.job_wait_s": 60,
     "pipeline.data_volume": {"pvc_name": "datasets", "mount_path": "/data"},
     "pipeline.shared_volume": {"pvc_name": "shared", "mount_path": "/shared"}, "train.checkpoint_every": 5,
 }

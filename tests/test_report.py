@@ -154,8 +154,8 @@ def test_cli_report(logged, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| tdds | **86.00 ± 1.00** | **76.00 ± 0.71** |" in printed
     assert "Full data (no pruning): 91.00 ± 1.41" in printed
-    assert (out / "results.md").read_text() in printed
-    assert "tdds,0.30,resnet18,3" in (out / "results.csv").read_text()
+    assert (out / "table.md").read_text() in printed
+    assert "tdds,0.30,resnet18,3" in (out / "table.csv").read_text()
     assert (out / "accuracy_vs_rate.png").read_bytes()[:4] == b"\x89PNG"
     rc = cli_main(["report", "--tracking-uri", uri, "--experiment", "missing-exp", "--out", str(out)])
     assert rc == 2

@@ -18,7 +18,7 @@ from tdds_core.errors import TrackingError
 from tdds_core.io import atomic_save_npy, write_manifest
 from tdds_core.names import (METRIC_BEST_ACC, METRIC_FINAL_ACC, STAGE_CORESET, STAGE_PIPELINE, TAG_ARCH,
                              TAG_CODE_VERSION, TAG_FINGERPRINT, TAG_KEY, TAG_METHOD, TAG_PARENT_RUN, TAG_PIPELINE_RUN,
-                             TAG_RATE, TAG_SEED, TAG_SELECTION_SHA256, TAG_STAGE, format_rate, run_name)
+                             TAG_RATE, TAG_SEED, TAG_SELECTION_SHA256, TAG_STAGE, format_rate, model_name, rate_text, run_name)
 from tdds_core.tracking import (MAX_PARAM_VALUE_LENGTH, MlflowTracker, NullTracker, RunRecord, Tracker, flatten_params,
                                 log_score_run, log_selection, make_tracker, run_key, tracker_identity)
 
@@ -72,10 +72,18 @@ def server_tracker(mlflow_server):
 
 # ------------------------------------------------------------------------------------ names and helpers
 def test_names_and_keys():
-    assert run_name(STAGE_CORESET, method="tdds", rate=0.7, arch="resnet18", seed=42) == "coreset/tdds/p0.70/resnet18/s42"
-    assert run_name("score", method="tdds") == "score/tdds"
-    assert run_name("train-full", arch="resnet18", seed=1) == "train-full/resnet18/s1"
+    # issue #26: run names lead with label and rate; the stage closes them (but coreset's, the most runs)
+    assert run_name(STAGE_CORESET, method="tdds[T=6,W=3]", rate=0.5, seed=0) == "tdds[T=6,W=3] p0.5 s0"
+    assert run_name(STAGE_CORESET, method="tdds", rate=0.7, arch="resnet18", seed=42) == "tdds p0.7 resnet18 s42"
+    assert run_name("evaluate", method="tdds", rate=0.7, arch="vgg", seed=1) == "tdds p0.7 vgg s1 (evaluate)"
+    assert run_name("score", method="tdds") == "tdds (score)"
+    assert run_name("train-full", seed=1) == "full s1 (train-full)"
+    assert run_name(STAGE_PIPELINE, method="quickstart") == "quickstart"
+    # the rate: one spelling for params, tags and names (rate_text); keys keep format_rate
+    assert [rate_text(r) for r in (0.5, 0.7, 0.125, 0.3, None)] == ["0.5", "0.7", "0.125", "0.3", ""]
     assert format_rate(0.7) == "0.70" and format_rate(0.125) == "0.125" and format_rate(None) == ""
+    assert model_name(STAGE_CORESET, "tdds[T=6,W=3,decay=0.9]", 0.5, 0) == "coreset-tdds-T-6-W-3-decay-0-9-p50-s0"
+    assert model_name(STAGE_CORESET, "random", 0.125, 1) == "coreset-random-p12_5-s1"
     k1 = run_key("score/tdds", FP, {"T": 30, "W": 10})
     assert k1 == run_key("score/tdds", FP, {"W": 10, "T": 30}) != run_key("score/tdds", FP, {"T": 30, "W": 5})
     assert k1.startswith("score/tdds|fp0123456789|")
@@ -110,7 +118,7 @@ def test_sqlite_default_runs_params_metrics_children_and_inputs(sqlite_setup):
     assert tracker.experiment_name == "tdds-synthetic"
     with tracker.start_run("pipeline/unit", tags={TAG_STAGE: STAGE_PIPELINE}) as parent:
         name = run_name(STAGE_CORESET, method="tdds", rate=0.7, arch="resnet18", seed=42)
-        with tracker.start_run(name, tags={TAG_STAGE: STAGE_CORESET, TAG_METHOD: "tdds", TAG_RATE: format_rate(0.7),
+        with tracker.start_run(name, tags={TAG_STAGE: STAGE_CORESET, TAG_METHOD: "tdds", TAG_RATE: rate_text(0.7),
                                            TAG_ARCH: "resnet18", TAG_SEED: 42, TAG_FINGERPRINT: FP}) as child:
             tracker.log_params({"train": {"lr": 0.1, "epochs": 2}, "note": "y" * 7000})
             for step, acc in enumerate([50.0, 61.5, 60.25]):
@@ -124,11 +132,11 @@ def test_sqlite_default_runs_params_metrics_children_and_inputs(sqlite_setup):
     c = client_for(tracker.tracking_uri)
     p, r = c.get_run(parent.id), c.get_run(child.id)
     assert p.info.status == r.info.status == "FINISHED"
-    assert r.info.run_name == "coreset/tdds/p0.70/resnet18/s42"
+    assert r.info.run_name == "tdds p0.7 resnet18 s42"
     assert r.data.tags[TAG_PARENT_RUN] == parent.id and TAG_PARENT_RUN not in p.data.tags
     assert r.data.tags[TAG_PIPELINE_RUN] == p.data.tags[TAG_PIPELINE_RUN] == "pr-unit-1"
     assert r.data.tags[TAG_CODE_VERSION].startswith("0.")
-    assert r.data.tags[TAG_SEED] == "42" and r.data.tags[TAG_RATE] == "0.70"
+    assert r.data.tags[TAG_SEED] == "42" and r.data.tags[TAG_RATE] == "0.7"
     assert r.data.params["train.lr"] == "0.1" and len(r.data.params["note"]) == MAX_PARAM_VALUE_LENGTH
     assert r.data.metrics[METRIC_FINAL_ACC] == 60.25
     hist = c.get_metric_history(child.id, "test_acc")
@@ -213,7 +221,7 @@ def test_log_score_run_and_log_selection(sqlite_setup, tmp_path):
     assert r.data.metrics["score_max"] == 99.0
     assert r.data.tags[TAG_SELECTION_SHA256] == info["sha256"]
     digests = {i.dataset.name: i.dataset.digest for i in r.inputs.dataset_inputs}
-    assert digests == {"synthetic": FP[:36], "selection:tdds@p0.70": info["sha256"][:36]}
+    assert digests == {"synthetic": FP[:36], "selection:tdds@p0.7": info["sha256"][:36]}
     with t.start_run("score/bad"):
         with pytest.raises(TrackingError, match="same length"):
             log_score_run(t, scores, method="x", labels=labels[:5], images=images)

@@ -18,10 +18,11 @@ from ._args import add_config_args
 
 __all__ = ["main", "build_parser", "add_config_args", "COMMANDS"]
 
-# command -> the module that registers it, in the order of the workflow
+# command -> the module that registers it, in the order of the workflow (and of `tdds --help`, after the
+# entry-point commands run/compile/submit/schedule; `stats` is an optional side step of scoring)
 COMMANDS = {
     "train": "tdds_core.cli.train",
-    "stats": "tdds_core.cli.score", "score": "tdds_core.cli.score", "select": "tdds_core.cli.score",
+    "score": "tdds_core.cli.score", "select": "tdds_core.cli.score", "stats": "tdds_core.cli.score",
     "train-coreset": "tdds_core.cli.experiment", "evaluate": "tdds_core.cli.experiment",
     "grid": "tdds_core.cli.experiment", "tune": "tdds_core.cli.experiment",
     "report": "tdds_core.cli.report",

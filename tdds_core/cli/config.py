@@ -10,12 +10,19 @@ from ..scoring import list_methods
 
 
 def register(sub) -> None:
-    p = sub.add_parser("config", help="Print the default config, or validate and print a resolved config.")
+    p = sub.add_parser("config", help="Print the default config, or validate and print a resolved config.",
+                       description="Without --config: print the default config (a starting point for your own). With "
+                                   "--config: validate it with the --set overrides and print it resolved; a bad field "
+                                   "is named with its fix.")
     p.add_argument("--config", help="YAML config to validate (omit to print the defaults).")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="Override a config field, e.g. --set train.epochs=5 (repeatable).")
     p.add_argument("--show-defaults", action="store_true", help="Print every field with its default value.")
     p.set_defaults(func=run_config)
-    q = sub.add_parser("list", help="List registered datasets, architectures and scoring methods.")
+    q = sub.add_parser("list", help="List registered datasets, architectures and scoring methods.",
+                       description="List what a config can name: datasets (data.name), architectures (model.arch, "
+                                   "evaluate.archs) and scoring methods (methods:, `tdds score --method`) with their "
+                                   "options, including those of $TDDS_PLUGINS modules.")
     q.set_defaults(func=run_list)
 
 

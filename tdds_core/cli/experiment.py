@@ -15,7 +15,9 @@ from ._args import add_config_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train-coreset", help="Train (importance-weighted) on a selection.")
+    p = sub.add_parser("train-coreset", help="Train (importance-weighted) on a selection.",
+                       description="Train the config's model on one selection folder (from `tdds select`); the test "
+                                   "set is never pruned. Prints final and best test accuracy; a finished run is reused.")
     add_config_args(p)
     p.add_argument("--selection", required=True, help="Selection folder or s3:// URI (from `tdds select`).")
     p.add_argument("--arch", help="Architecture (default: model.arch).")
@@ -23,14 +25,20 @@ def register(sub) -> None:
     p.add_argument("--out", help="Output root (local folder or s3://bucket/prefix); default: the config's output.")
     p.set_defaults(func=run_coreset)
 
-    e = sub.add_parser("evaluate", help="Cross-architecture evaluation: train each architecture on one selection.")
+    e = sub.add_parser("evaluate", help="Cross-architecture evaluation: train each architecture on one selection.",
+                       description="Train each architecture of --archs (default evaluate.archs) on the same selection, "
+                                   "one row per architecture: does a coreset chosen with one model serve another?")
     add_config_args(e)
-    e.add_argument("--selection", required=True)
+    e.add_argument("--selection", required=True, help="Selection folder or s3:// URI (from `tdds select`).")
     e.add_argument("--archs", help="Comma-separated architectures (default: evaluate.archs).")
     e.add_argument("--out", help="Output root; default: the config's output.")
     e.set_defaults(func=run_evaluate)
 
-    g = sub.add_parser("grid", help="The methods x rates x seeds experiment (table, plot, MLflow).")
+    g = sub.add_parser("grid", help="The methods x rates x seeds experiment in this process (table, plot, MLflow).",
+                       description="Run every stage of the config in this process, without KFP: full-data training, "
+                                   "scores, selections, coreset trainings (every method x rate x seed), cross-"
+                                   "architecture runs and the report (table.csv/.md, accuracy_vs_rate.png, the MLflow "
+                                   "parent run). Finished work is reused. `tdds run` runs the same stages as a pipeline.")
     add_config_args(g)
     g.add_argument("--out", help="Output root; default: the config's output.")
     g.add_argument("--methods", help="Comma-separated method labels or names: run only these rows of the config "
@@ -39,7 +47,10 @@ def register(sub) -> None:
                    "their options, architectures, the dataset (its files are read), what the full-data run records.")
     g.set_defaults(func=run_grid_cmd)
 
-    t = sub.add_parser("tune", help="Choose a method's settings per pruning rate on a validation split; write a tuned config.")
+    t = sub.add_parser("tune", help="Choose a method's settings per pruning rate on a validation split; write a tuned config.",
+                       description="Train the candidate settings of each method on a validation split carved from the "
+                                   "training data, choose per pruning rate, and write a config with the choices "
+                                   "(run it with `tdds run` or `tdds grid --config <tuned>`). The test set is never looked at.")
     add_config_args(t)
     t.add_argument("--out", help="Output root; default: the config's output (the tune runs go under <out>/tune).")
     t.add_argument("--write", help="Where the tuned config goes (default: <config>.tuned.yaml beside --config).")

@@ -29,8 +29,9 @@ def register(sub) -> None:
     p.add_argument("--dynamics", required=True, metavar="DIR", help="Dynamics folder written by `tdds train` (or the authors' layout).")
     p.add_argument("--method", required=True, metavar="NAME", help="Scoring method (see `tdds list`): tdds, random, entropy, ...")
     p.add_argument("--out", required=True, metavar="FILE", help="Output .npy of float64 scores.")
-    p.add_argument("--T", type=int, default=None, help="TDDS trajectory length in epochs (default 30).")
-    p.add_argument("--W", type=int, default=None, help="TDDS window size in epochs (default 10).")
+    p.add_argument("--T", type=int, default=None, help="TDDS trajectory length in epochs (default: every recorded "
+                   "epoch from --start on).")
+    p.add_argument("--W", type=int, default=None, help="TDDS window size in epochs (default 10, at most T).")
     p.add_argument("--decay", type=float, default=None, help="TDDS EMA coefficient beta in (0, 1] (default 0.9).")
     p.add_argument("--start", type=int, default=None, help="First epoch of the trajectory (default: first recorded).")
     p.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
@@ -98,6 +99,13 @@ def run_score(args: argparse.Namespace) -> int:
             params[key] = v
     resolved = resolve_params(args.method, **params)  # unknown method/option: error before any reading
     dyn = open_any_dynamics(args.dynamics, format=args.format, labels=args.labels, verify=not args.no_verify)
+    if args.method == "tdds" and "T" not in params:     # default T: what the dynamics hold
+        recorded = sorted(int(t) for t in dyn.epochs)
+        first = params.get("start", recorded[0] if recorded else 0)
+        params["T"] = sum(1 for t in recorded if t >= first)
+        params.setdefault("W", min(10, params["T"]))
+        print(f"tdds: T={params['T']} (every recorded epoch from {first}), W={params['W']}")
+        resolved = resolve_params(args.method, **params)
     t0 = time.perf_counter()
     scores = compute_scores(args.method, dyn, nan_policy=args.nan_policy, **params)
     seconds = time.perf_counter() - t0

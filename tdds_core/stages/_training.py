@@ -14,11 +14,13 @@ from ..config import Config
 from ..data import Splits
 from ..engine import load_model, train
 from ..engine.launch import train_in_processes, train_on_nodes, under_torchrun
-from ..names import METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_ITERATIONS, METRIC_NUM_TRAIN, METRIC_WALL_S, slug
+from ..names import (METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_ITERATIONS, METRIC_NUM_TRAIN, METRIC_WALL_S, MODEL_ALIAS,
+                     slug)
 from ..storage import is_remote
 from ..tracking import Tracker
 
-__all__ = ["train_into", "epoch_logger", "result_metrics", "result_row", "noisy_kept", "log_training_outputs"]
+__all__ = ["train_into", "epoch_logger", "result_metrics", "result_row", "noisy_kept", "log_training_outputs",
+           "registered_name"]
 
 
 def train_into(uri: str, splits: Splits, spec, on_epoch, *, cfg: Config | None = None) -> Any:
@@ -61,8 +63,9 @@ def _train_on_nodes(uri: str, cfg: Config, on_epoch) -> Any:
 
 
 # per-epoch metrics; the learning rate as ``lr_epoch`` (the lr *setting* is the param ``lr``)
+# (throughput is logged once, with the final metrics)
 _EPOCH_KEYS = {"train_loss": "train_loss", "train_acc": "train_acc", "test_loss": "test_loss", "test_acc": "test_acc",
-               "lr": "lr_epoch", "img_per_s": "img_per_s"}
+               "lr": "lr_epoch"}
 
 
 def epoch_logger(tracker: Tracker) -> Callable[[dict], None]:
@@ -80,17 +83,33 @@ def result_metrics(res: Any) -> dict[str, float]:
     return m
 
 
+def registered_name(cfg: Any) -> Optional[str]:
+    """The registry name of the full-data model: ``tracking.register_model``, ``tdds-<config name>``
+    for ``auto``, None when not registered."""
+    name = cfg.tracking.register_model
+    if not name:
+        return None
+    return f"tdds-{slug(cfg.name)}" if name == "auto" else name
+
+
 def log_training_outputs(cfg: Any, tracker: Tracker, out: Any, classes: Optional[list[str]] = None, *,
-                         full: bool = False) -> None:
+                         full: bool = False, model_name: str = "model") -> None:
     """Into the active run: the final per-class test accuracy as one table (``per_class_acc.json``:
-    class, name, acc in percent) and the final model (``tracking.log_models``; the full-data model
-    registered as ``tracking.register_model`` when set). ``out``: a StageOutput of a training stage."""
+    class, name, acc in percent) and the final model (``tracking.log_models``) under ``model_name``
+    (:func:`tdds_core.names.model_name`, after the run) with the run's final metrics and its last
+    ``test_acc``; the full-data model registered (:func:`registered_name`) with the alias
+    :data:`~tdds_core.names.MODEL_ALIAS`. ``out``: a StageOutput of a training stage."""
     per_class = list(out.result.per_class_acc)
     names = list(classes) if classes and len(classes) == len(per_class) else [str(i) for i in range(len(per_class))]
     tracker.log_table({"class": list(range(len(per_class))), "name": names, "acc": per_class}, "per_class_acc.json")
     if cfg.tracking.enabled and (cfg.tracking.log_models == "all" or (full and cfg.tracking.log_models == "full")):
-        tracker.log_model(load_model(out.local / "model.pt"), "model",
-                          registered_name=cfg.tracking.register_model if full else None)
+        res = out.result
+        history = list(getattr(res, "history", None) or [])
+        last = int(history[-1]["epoch"]) if history and "epoch" in history[-1] else 0
+        final = {**result_metrics(res), "test_acc": res.final_acc}
+        tracker.log_model(load_model(out.local / "model.pt"), model_name,
+                          registered_name=registered_name(cfg) if full else None, metrics=final, step=last,
+                          alias=MODEL_ALIAS if full else None)
 
 
 def result_row(method: str, rate: Optional[float], seed: int, arch: str, res: Any, uri: Optional[str] = None,

@@ -1,6 +1,6 @@
 """Stage coreset (train-coreset): train on the selection of one (method, rate) pair, once per seed
 of ``coreset.seeds``; the test set is never pruned. Key ``coreset/<selection>/<arch>-s<seed>-<digest>``;
-MLflow run ``coreset/<label>/p<rate>/<arch>/s<seed>``."""
+MLflow run ``<label> p<rate> s<seed>`` (e.g. ``tdds[T=6,W=3] p0.5 s0``)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
@@ -13,8 +13,8 @@ from ..concurrent import resolve_workers, run_seeds
 from ..config import Config
 from ..data import Splits, create_dataset
 from ..engine import coreset_batch_size, coreset_spec, kept_weights, load_result
-from ..names import (METRIC_NOISY_KEPT, STAGE_CORESET, STAGE_SELECT, TAG_ARCH, TAG_FINGERPRINT, TAG_METHOD,
-                     TAG_METHOD_NAME, TAG_RATE, TAG_SEED, TAG_STAGE, format_rate, run_name)
+from ..names import (METRIC_NOISY_KEPT, STAGE_CORESET, STAGE_SELECT, TAG_ARCH, TAG_FINGERPRINT, TAG_LABEL, TAG_METHOD,
+                     TAG_METHOD_NAME, TAG_RATE, TAG_SEED, TAG_STAGE, model_name, rate_text, run_name)
 from ..selection import load_selection
 from ..stage_registry import Context, Ref, Stage, State, register_stage
 from ..tracking import artifact_tags, log_selection, run_params
@@ -49,13 +49,15 @@ def tracked_coreset(ctx: Context, selection: Ref, pair: P.PairItem, *, seed: int
     label, rate = pair.score.label, pair.rate
     weighting = P.coreset_weighting(cfg, pair.score.method, pair.rate)
     akey = P.coreset_key(cfg, selection.uri, arch, seed, weighting)
-    tags = {TAG_STAGE: stage, TAG_METHOD: label, TAG_METHOD_NAME: pair.score.method.name, TAG_RATE: format_rate(rate),
+    name = pair.score.method.name
+    tags = {TAG_STAGE: stage, TAG_METHOD: name, TAG_LABEL: label, TAG_METHOD_NAME: name, TAG_RATE: rate_text(rate),
             TAG_ARCH: arch, TAG_SEED: seed, TAG_FINGERPRINT: splits.fingerprint}
+    shown_arch = None if stage == STAGE_CORESET else arch      # the run name names another architecture only
     sel = load_selection(fetch(selection.uri), expected_fingerprint=splits.fingerprint)
     kept_noisy = noisy_kept(splits, sel.indices)
     # what scales the loss: the kept samples' mean weight as trained (1 when unweighted)
     mean_weight = 1.0 if weighting == "none" else float(np.mean(kept_weights(sel.weights, weighting)))
-    with tracker.start_run(run_name(stage, method=label, rate=rate, arch=arch, seed=seed),
+    with tracker.start_run(run_name(stage, method=label, rate=rate, arch=shown_arch, seed=seed),
                            key=P.run_key_of(stage, cfg.output, akey), tags=tags,
                            system_metrics=cfg.tracking.system_metrics) as run:
         out = train_coreset(cfg, selection.uri, arch=arch, seed=seed, splits=splits, weighting=weighting,
@@ -71,7 +73,8 @@ def tracked_coreset(ctx: Context, selection: Ref, pair: P.PairItem, *, seed: int
                 metrics[METRIC_NOISY_KEPT] = kept_noisy
             tracker.log_metrics(metrics)
             tracker.set_tags(artifact_tags(out.uri, akey))
-            log_training_outputs(cfg, tracker, out, splits.classes)
+            log_training_outputs(cfg, tracker, out, splits.classes,
+                                 model_name=model_name(stage, label, rate, seed, shown_arch))
             log_selection(tracker, fetch(selection.uri), splits.fingerprint, dataset_name=cfg.data.name,
                           selection_uri=selection.uri)
     row = result_row(label, rate, seed, arch, out.result, out.uri, noisy_kept=kept_noisy, stage=stage,

@@ -1,6 +1,6 @@
 """Stage score: one method setting scores every sample from the full-data run's dynamics.
 Writes ``scores.npy`` (float64 ``[N]``, sample order, higher = keep first) and ``score.json``.
-Key ``scores/<method>-<digest of train key, method, params>``; MLflow run ``score/<label>``."""
+Key ``scores/<method>-<digest of train key, method, params>``; MLflow run ``<label> (score)``."""
 from __future__ import annotations
 
 from typing import Optional
@@ -13,7 +13,8 @@ from ..artifacts import StageOutput, existing, fetch, load_scores, open_recorded
 from ..data import Splits
 from ..dynamics import check_matches
 from ..io import atomic_save_npy, atomic_write_json, read_json, write_manifest
-from ..names import STAGE_SCORE, STAGE_TRAIN_FULL, TAG_FINGERPRINT, TAG_METHOD, TAG_METHOD_NAME, TAG_STAGE, run_name
+from ..names import (STAGE_SCORE, STAGE_TRAIN_FULL, TAG_ARCH, TAG_FINGERPRINT, TAG_LABEL, TAG_METHOD, TAG_METHOD_NAME,
+                     TAG_SEED, TAG_STAGE, run_name)
 from ..scoring import compute_scores
 from ..stage_registry import Context, Ref, Stage, State, register_stage
 from ..tracking import Tracker, artifact_tags, log_score_run, run_params
@@ -53,11 +54,17 @@ def tracked_score(cfg: Config, tracker: Tracker, splits: Splits, train_uri: str,
     m, params, label = item.method, item.params, item.label
     akey = P.score_key(train_uri, m.name, params)
     key = P.run_key_of(STAGE_SCORE, cfg.output, akey)
-    tags = {TAG_STAGE: STAGE_SCORE, TAG_METHOD: label, TAG_METHOD_NAME: m.name, TAG_FINGERPRINT: splits.fingerprint}
+    tags = {TAG_STAGE: STAGE_SCORE, TAG_METHOD: m.name, TAG_LABEL: label, TAG_METHOD_NAME: m.name,
+            TAG_ARCH: cfg.model.arch, TAG_SEED: cfg.train.seed, TAG_FINGERPRINT: splits.fingerprint}
     with tracker.start_run(run_name(STAGE_SCORE, method=label), key=key, tags=tags) as run:
         out = score(cfg, train_uri, m.model_copy(update={"label": label}), params, splits=splits)
         if not run.reused:
-            tracker.log_params(run_params(method=m.name, label=label, method_params=params))
+            # what applies to a score run: its method and the full-data run it scores (seed, arch, epochs,
+            # lr) and the loss weighting its coresets train with; it has no rate
+            t = cfg.train
+            tracker.log_params(run_params(method=m.name, label=label, method_params=params, seed=t.seed,
+                                          arch=cfg.model.arch, epochs=t.epochs, lr=t.lr,
+                                          weighting=P.coreset_weighting(cfg, m)))
             tracker.set_tags(artifact_tags(out.uri, akey))
             scores, _ = load_scores(out.local)
             log_score_run(tracker, scores, method=label, labels=splits.train.labels, images=splits.train.images,

@@ -1,5 +1,5 @@
 """Stage train-full: full-data training that records every sample's dynamics (resumes when
-interrupted). Key ``train/<fingerprint>-<identity digest>``; MLflow run ``train-full/<arch>/s<seed>``."""
+interrupted). Key ``train/<fingerprint>-<identity digest>``; MLflow run ``full s<seed> (train-full)``."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,8 @@ from ..config import Config, config_digest
 from ..data import Splits, create_dataset
 from ..engine import full_data_spec, load_result
 from ..errors import ArtifactError
-from ..names import STAGE_TRAIN_FULL, TAG_ARCH, TAG_FINGERPRINT, TAG_METHOD, TAG_SEED, TAG_STAGE, run_name
+from ..names import (STAGE_TRAIN_FULL, TAG_ARCH, TAG_FINGERPRINT, TAG_LABEL, TAG_METHOD, TAG_METHOD_NAME, TAG_SEED,
+                     TAG_STAGE, model_name, run_name)
 from ..stage_registry import Context, Ref, Stage, State, register_stage
 from ..storage import Workspace
 from ..tracking import Tracker, artifact_tags, run_params
@@ -64,9 +65,9 @@ def tracked_train_full(cfg: Config, tracker: Tracker, splits: Splits) -> StageOu
     """:func:`train_full` inside its MLflow run (a finished run with the same key is reused)."""
     akey = P.train_key(cfg, splits.fingerprint)
     key = P.run_key_of(STAGE_TRAIN_FULL, cfg.output, akey)
-    tags = {TAG_STAGE: STAGE_TRAIN_FULL, TAG_METHOD: "full", TAG_ARCH: cfg.model.arch, TAG_SEED: cfg.train.seed,
-            TAG_FINGERPRINT: splits.fingerprint}
-    with tracker.start_run(run_name(STAGE_TRAIN_FULL, arch=cfg.model.arch, seed=cfg.train.seed), key=key,
+    tags = {TAG_STAGE: STAGE_TRAIN_FULL, TAG_METHOD: "full", TAG_LABEL: "full", TAG_METHOD_NAME: "full",
+            TAG_ARCH: cfg.model.arch, TAG_SEED: cfg.train.seed, TAG_FINGERPRINT: splits.fingerprint}
+    with tracker.start_run(run_name(STAGE_TRAIN_FULL, seed=cfg.train.seed), key=key,
                            tags=tags, system_metrics=cfg.tracking.system_metrics) as run:
         out = train_full(cfg, splits=splits, on_epoch=None if run.reused else epoch_logger(tracker))
         if not run.reused:
@@ -76,7 +77,8 @@ def tracked_train_full(cfg: Config, tracker: Tracker, splits: Splits) -> StageOu
                                 **P.identity(cfg, STAGE_TRAIN_FULL)})
             tracker.log_metrics(result_metrics(out.result))
             tracker.set_tags(artifact_tags(out.uri, akey))
-            log_training_outputs(cfg, tracker, out, splits.classes, full=True)
+            log_training_outputs(cfg, tracker, out, splits.classes, full=True,
+                                 model_name=model_name(STAGE_TRAIN_FULL, seed=t.seed))
             tracker.log_input_dataset(cfg.data.name, splits.fingerprint, source=str(cfg.data.root or cfg.data.name))
             if "noise" in splits.info:
                 tracker.log_dict(splits.info["noise"], "noise.json")

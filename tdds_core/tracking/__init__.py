@@ -48,7 +48,7 @@ from .base import (MAX_PARAM_VALUE_LENGTH, RUN_STATUSES, NullTracker, ParentedTr
 from .factory import default_experiment, default_tracking_uri, make_tracker
 from .lookup import code_version, git_sha, run_key, tracker_identity
 from .mlflow_tracker import MlflowTracker
-from .results import rows_from_mlflow, rows_from_pipeline_run
+from .results import latest_pipeline_run, rows_from_mlflow, rows_from_pipeline_run
 from .stage_logs import artifact_tags, log_score_run, log_selection, run_params
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "make_tracker", "default_tracking_uri", "default_experiment", "tracker_identity",
     "run_key", "code_version", "git_sha", "flatten_params", "MAX_PARAM_VALUE_LENGTH",
     "log_score_run", "log_selection", "run_params", "artifact_tags", "rows_from_mlflow", "rows_from_pipeline_run",
+    "latest_pipeline_run",
     # re-exported from tdds_core.names (new code imports them from there)
     "run_name", "format_rate", "metric_name",
     "TAG_KEY", "TAG_STAGE", "TAG_METHOD", "TAG_METHOD_NAME", "TAG_RATE", "TAG_ARCH", "TAG_SEED",

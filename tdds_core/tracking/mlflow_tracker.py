@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from ..errors import ArtifactError, TrackingError
-from ..names import TAG_KEY, TAG_NOTE, TAG_PARENT_RUN
+from ..names import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, TAG_KEY, TAG_NOTE, TAG_PARENT_RUN
 from ..storage import redact_url
 from .base import (END_STATUSES, MAX_DIGEST_LENGTH, MAX_TAG_VALUE_LENGTH, RunHandle, RunRecord, RunStack, check_order,
                    check_status, flatten_params)
@@ -145,7 +146,8 @@ class MlflowTracker:
         if exp is None:
             try:
                 return self._call("experiment creation", self.client.create_experiment, name,
-                                  artifact_location=artifact_location)
+                                  artifact_location=artifact_location,
+                                  tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
             except TrackingError:  # created concurrently by another process?
                 exp = self._call("experiment lookup", self.client.get_experiment_by_name, name)
                 if exp is None:
@@ -155,7 +157,18 @@ class MlflowTracker:
                 f"MLflow experiment {name!r} at {self.uri_label} is deleted; restore it "
                 f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or set tracking.experiment."
             )
+        if create and exp.tags.get(TAG_EXPERIMENT_KIND) is None:
+            self._mark_model_training(exp.experiment_id)
         return exp.experiment_id
+
+    def _mark_model_training(self, experiment_id: str) -> None:
+        """Tag the experiment as model training (``mlflow.experimentKind``), so the MLflow UI opens on
+        runs and charts, not on GenAI traces; a store that refuses says so on the console."""
+        try:
+            self._call("experiment tag", self.client.set_experiment_tag, experiment_id, TAG_EXPERIMENT_KIND,
+                       EXPERIMENT_KIND)
+        except TrackingError as e:
+            notice(f"the experiment is not marked as model training (the UI may open in GenAI mode): {e}")
 
     def _current(self) -> Optional[RunHandle]:
         if not self._stack.runs:
@@ -213,10 +226,7 @@ class MlflowTracker:
         finally:
             self._stack.runs.pop()
             if monitor is not None:
-                try:
-                    monitor.finish()
-                except Exception as e:  # noqa: BLE001 - system metrics never fail a run
-                    log.warning("system metrics of run %s: %s", handle.id, e)
+                _finish_monitor(monitor, handle.id)
             try:
                 self._call("run termination", self.client.set_terminated, handle.id, status)
             except TrackingError as e:
@@ -395,28 +405,51 @@ class MlflowTracker:
             markdown = markdown[:MAX_TAG_VALUE_LENGTH - 40] + "\n\n(cut; the full text is an artifact)"
         self.set_tags({TAG_NOTE: markdown})
 
-    def log_model(self, model: Any, name: str = "model", *, registered_name: Optional[str] = None) -> Optional[str]:
-        """``mlflow.pytorch.log_model`` of ``model`` (a ``torch.nn.Module``) into the active run, as a
-        pickled model with the running torch as its requirement (no inference of the environment);
-        registered as a new version of ``registered_name`` when given. Returns the model URI."""
+    def log_model(self, model: Any, name: str = "model", *, registered_name: Optional[str] = None,
+                  metrics: Optional[Mapping[str, float]] = None, step: int = 0,
+                  alias: Optional[str] = None) -> Optional[str]:
+        """``mlflow.pytorch.log_model`` of ``model`` (a ``torch.nn.Module``) into the active run under
+        ``name`` (a logged model of that name), as a pickled model with the running torch as its
+        requirement (no inference of the environment). ``metrics`` (the run's final figures, at
+        ``step``) are what the model's page shows: they are linked to the model (MLflow would link the
+        run's step-0 values, the first epoch's). Registered as a new version of ``registered_name``
+        when given, and ``alias`` then points at that version (MLflow's registry aliases; stages are
+        deprecated). Returns the model URI."""
         run = self._current()
         if run is None:
             return None
         import mlflow
         import mlflow.pytorch
         import torch
+        from mlflow.entities import Metric
 
         with _FLUENT_LOCK, _fluent_scope(self.tracking_uri, self.experiment_id), warnings.catch_warnings(), \
                 _quiet("mlflow"):
             warnings.simplefilter("ignore")
             info = self._call("log_model", mlflow.pytorch.log_model, model, name=name, run_id=run.id,
-                              serialization_format="pickle",
-                              pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                              registered_model_name=registered_name)
+                              serialization_format="pickle", step=-1,     # no step: link only ``metrics``
+                              pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        model_id = getattr(info, "model_id", None)
+        if metrics and model_id:
+            ts = int(time.time() * 1000)
+            items = [Metric(str(k), float(v), ts, int(step), model_id=model_id, run_id=run.id)
+                     for k, v in metrics.items() if v is not None]
+            self._call("log_model metrics", self.client.log_batch, run.id, metrics=items)
+        if registered_name:
+            try:        # a registry that refuses costs the registration, not the training run
+                with _FLUENT_LOCK, _fluent_scope(self.tracking_uri, self.experiment_id), _quiet("mlflow"):
+                    version = mlflow.register_model(info.model_uri, registered_name).version
+                if alias:
+                    self.client.set_registered_model_alias(registered_name, alias, str(version))
+            except Exception as e:  # noqa: BLE001 - MlflowException, requests errors
+                notice(f"the model {name!r} was logged but not registered as {registered_name!r} "
+                       f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); register it in the "
+                       "MLflow UI, or set tracking.register_model: null")
         return info.model_uri
 
     def _system_monitor(self, run_id: str) -> Any:
-        """A started ``SystemMetricsMonitor`` for ``run_id`` (None when it cannot start, e.g. no psutil)."""
+        """A started ``SystemMetricsMonitor`` for ``run_id``; None, with a console line saying why, when
+        it cannot start (e.g. psutil missing)."""
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -424,9 +457,11 @@ class MlflowTracker:
                 monitor = SystemMetricsMonitor(run_id, sampling_interval=self.system_metrics_interval_s,
                                                tracking_uri=self.tracking_uri)
                 monitor.start()
+            monitor._tdds_first_step = monitor._logging_step
             return monitor
         except Exception as e:  # noqa: BLE001 - optional
-            log.warning("system metrics are off for run %s: %s", run_id, e)
+            notice(f"system metrics are off for run {run_id}: {type(e).__name__}: {e} (pip install psutil; "
+                   "or set tracking.system_metrics: false)")
             return None
 
     def log_input_dataset(self, name: str, digest: str, source: str, context: str = "train",
@@ -448,6 +483,28 @@ class MlflowTracker:
 
 
 _FLUENT_LOCK = threading.Lock()
+
+
+def notice(message: str) -> None:
+    """A tracking feature that cannot run says so on the console (stderr) and in the log."""
+    log.warning("%s", message)
+    print(f"tdds: MLflow: {message}", file=sys.stderr, flush=True)
+
+
+def _finish_monitor(monitor: Any, run_id: str) -> None:
+    """Stop ``monitor`` and flush it; a run shorter than one sampling interval still gets one sample
+    (MLflow's monitor publishes only after a full interval, so a short run would have none)."""
+    try:
+        monitor._shutdown_event.set()
+        if monitor._process is not None:
+            monitor._process.join()
+            monitor._process = None
+        if monitor._logging_step == getattr(monitor, "_tdds_first_step", 0):
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()
+    except Exception as e:  # noqa: BLE001 - system metrics never fail a run
+        notice(f"system metrics of run {run_id} were not written: {type(e).__name__}: {e}")
 
 
 @contextlib.contextmanager

@@ -4,23 +4,29 @@ The row format and the tables are :mod:`tdds_core.report`'s."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from ..errors import TrackingError
-from ..names import STAGE_CORESET, STAGE_EVALUATE, STAGE_PIPELINE, STAGE_TRAIN_FULL, TAG_PIPELINE_RUN, TAG_STAGE
+from ..names import (STAGE_CORESET, STAGE_EVALUATE, STAGE_PIPELINE, STAGE_TRAIN_FULL, TAG_CONFIG_NAME, TAG_FINGERPRINT,
+                     TAG_PIPELINE_RUN, TAG_STAGE)
 from ..report import rows_from_runs
 from .mlflow_tracker import MlflowTracker
 
-__all__ = ["rows_from_mlflow", "rows_from_pipeline_run"]
+__all__ = ["rows_from_mlflow", "rows_from_pipeline_run", "latest_pipeline_run"]
 
 _ALL_RUNS = 10 ** 9   # find_runs limit that means "every run" (it pages through them)
 
 
 def rows_from_mlflow(tracking_uri: str, experiment: str,
-                     stages: Sequence[str] = (STAGE_CORESET, STAGE_EVALUATE, STAGE_TRAIN_FULL)) -> list[dict]:
+                     stages: Sequence[str] = (STAGE_CORESET, STAGE_EVALUATE, STAGE_TRAIN_FULL), *,
+                     config_name: Optional[str] = None) -> list[dict]:
     """Result rows (:func:`tdds_core.report.rows_from_runs`) from the FINISHED runs of ``experiment``
-    whose tag ``tdds.stage`` is in ``stages``, read oldest first, stage by stage."""
+    whose tag ``tdds.stage`` is in ``stages``, read oldest first, stage by stage, of ONE config and
+    dataset version: the runs tagged ``tdds.config_name = config_name`` when such runs exist, then of
+    the dataset fingerprint (``tdds.fingerprint``) of the newest of them; a console line says what
+    was left out."""
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
         if not db.is_file():
@@ -29,9 +35,34 @@ def rows_from_mlflow(tracking_uri: str, experiment: str,
                 "tracking store the runs were logged to."
             )
     tracker = MlflowTracker(tracking_uri, experiment, create_experiment=False)
-    return rows_from_runs(run for stage in stages
-                          for run in tracker.find_runs(tags={TAG_STAGE: stage}, status="FINISHED",
-                                                       max_results=_ALL_RUNS, order="oldest"))
+    runs = [run for stage in stages for run in tracker.find_runs(tags={TAG_STAGE: stage}, status="FINISHED",
+                                                                  max_results=_ALL_RUNS, order="oldest")]
+    names = {r.tags.get(TAG_CONFIG_NAME) for r in runs}
+    if config_name is not None and config_name in names:
+        runs = [r for r in runs if r.tags.get(TAG_CONFIG_NAME) == config_name]
+    elif len(names) > 1:
+        newest = max(runs, key=lambda r: r.start_time).tags.get(TAG_CONFIG_NAME)
+        runs = [r for r in runs if r.tags.get(TAG_CONFIG_NAME) == newest]
+        print(f"tdds report: experiment {experiment!r} holds runs of the configs {sorted(map(str, names))}; "
+              f"showing {newest!r} (the newest; pass --config or --pipeline-run to choose)", file=sys.stderr)
+    fps = {r.tags.get(TAG_FINGERPRINT) for r in runs}
+    if len(fps) > 1:
+        newest = max(runs, key=lambda r: r.start_time).tags.get(TAG_FINGERPRINT)
+        runs = [r for r in runs if r.tags.get(TAG_FINGERPRINT) == newest]
+        print(f"tdds report: the runs span {len(fps)} dataset versions; showing the newest ({str(newest)[:12]}); "
+              "pass --pipeline-run to choose one pipeline run", file=sys.stderr)
+    return rows_from_runs(runs)
+
+
+def latest_pipeline_run(tracking_uri: str, experiment: str, config_name: str) -> Optional[str]:
+    """The id of the newest FINISHED pipeline run of the config ``config_name`` (its parent run's tag
+    ``tdds.pipeline_run_id``), None when the experiment has none."""
+    tracker = MlflowTracker(tracking_uri, experiment, create_experiment=False)
+    for run in tracker.find_runs(tags={TAG_STAGE: STAGE_PIPELINE, TAG_CONFIG_NAME: config_name}, status="FINISHED",
+                                 max_results=50):
+        if run.tags.get(TAG_PIPELINE_RUN):
+            return run.tags[TAG_PIPELINE_RUN]
+    return None
 
 
 def rows_from_pipeline_run(tracking_uri: str, experiment: str, pipeline_run_id: str) -> list[dict]:

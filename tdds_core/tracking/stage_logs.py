@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ArtifactError, TrackingError
 from ..io import verify_manifest
-from ..names import TAG_ARTIFACT_KEY, TAG_ARTIFACT_URI, TAG_SELECTION_SHA256, TAG_SELECTION_URI, format_rate
+from ..names import TAG_ARTIFACT_KEY, TAG_ARTIFACT_URI, TAG_SELECTION_SHA256, TAG_SELECTION_URI, rate_text
 from ..report import extremes_grid_figure, score_histogram_figure
 from ..storage import is_remote, local_copy
 from .base import Tracker
@@ -26,18 +26,18 @@ def run_params(*, method: Optional[str] = None, label: Optional[str] = None,
                method_params: Optional[Mapping[str, Any]] = None, rate: Optional[float] = None,
                **fields: Any) -> dict[str, Any]:
     """The params every stage logs the same way, so one filter finds a method's runs at every stage
-    (``params.method = 'tdds'``): ``method`` (the registered name), ``method_label`` (the table's row
-    name, e.g. ``tdds[T=6,W=3]``), each method hyperparameter as ``method.<name>``, ``rate`` as
-    :func:`format_rate` (the form of the ``tdds.rate`` tag), and ``fields`` (seed, arch, epochs, lr,
-    weighting, ...) as given; None values are left out."""
+    (``params.method = 'tdds'``): ``method`` (the registered name, = tag ``tdds.method``), ``label``
+    (the table's row name, e.g. ``tdds[T=6,W=3]``, = tag ``tdds.label``), each method hyperparameter
+    as ``method.<name>``, ``rate`` as :func:`~tdds_core.names.rate_text` (``0.5``, = tag ``tdds.rate``),
+    and ``fields`` (seed, arch, epochs, lr, weighting, ...) as given; None values are left out."""
     out: dict[str, Any] = {}
     if method is not None:
         out["method"] = method
-        out["method_label"] = label or method
+        out["label"] = label or method
     for k, v in (method_params or {}).items():
         out[f"method.{k}"] = v
     if rate is not None:
-        out["rate"] = format_rate(rate)
+        out["rate"] = rate_text(rate)
     out.update({k: v for k, v in fields.items() if v is not None})
     return out
 
@@ -103,7 +103,7 @@ def log_selection(tracker: Tracker, selection_folder: str | os.PathLike, fingerp
         if (folder / name).is_file():
             tracker.log_artifact(folder / name, "selection")
     tracker.log_input_dataset(dataset_name, fingerprint, dataset_source or f"tdds-dataset:{dataset_name}", context="train")
-    label = f"selection:{manifest.get('method', '?')}@p{format_rate(manifest.get('rate'))}" \
+    label = f"selection:{manifest.get('method', '?')}@p{rate_text(manifest.get('rate'))}" \
         if manifest.get("rate") is not None else f"selection:{manifest.get('method', '?')}"
     tracker.log_input_dataset(label, sha, uri, context="selection", tags={TAG_SELECTION_SHA256: sha})
     tracker.set_tags({TAG_SELECTION_SHA256: sha, TAG_SELECTION_URI: uri})
