@@ -31,6 +31,7 @@ from typing import Mapping, Optional
 from tdds_core.config import Config, PipelineConfig, config_digest
 from tdds_core.data.base import get_dataset_fn
 from tdds_core.errors import PipelineError
+from tdds_core.names import SECRET_ENV
 from tdds_core.plugins import load_plugins
 from tdds_core.stage_registry import STATE_FORMAT
 from tdds_core.steps import PIPELINE_INSTANCE_ENV, find_parent_run, missing_work
@@ -49,7 +50,6 @@ __all__ = ["compile_pipeline", "check_cluster", "run_local", "submit", "schedule
 
 PIPELINES = ("prune", "reprune")
 # never baked into a compiled pipeline: these come from Kubernetes secrets (docs/CLUSTER.md)
-SECRET_ENV = re.compile(r"(SECRET|PASSWORD|TOKEN|SESSION|CREDENTIAL|PRIVATE)", re.I)
 # non-secret settings copied from this environment into the compiled tasks by cluster_env()
 CLUSTER_ENV_KEYS = ("MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL",
                     "AWS_DEFAULT_REGION", "AWS_REGION", "TDDS_S3_RETRIES")

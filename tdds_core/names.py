@@ -12,7 +12,7 @@ __all__ = [
     "TAG_DATASET", "TAG_TRAIN_URI", "TAG_PREVIOUS_FINGERPRINT", "TAG_PREVIOUS_SELECTION_URI",
     "STAGE_PIPELINE", "STAGE_TRAIN_FULL", "STAGE_SCORE", "STAGE_SELECT", "STAGE_CORESET", "STAGE_EVALUATE",
     "STAGE_REPORT", "STAGE_REPRUNE", "METRIC_FINAL_ACC", "METRIC_BEST_ACC", "METRIC_NOISY_KEPT", "METRIC_NUM_TRAIN",
-    "METRIC_ITERATIONS", "METRIC_WALL_S", "METRIC_TEST_ACC", "METRIC_DIFF_VS_RANDOM", "STAGE_SUMMARY", "MODEL_ALIAS",
+    "METRIC_ITERATIONS", "METRIC_WALL_S", "SECRET_ENV", "METRIC_TEST_ACC", "METRIC_DIFF_VS_RANDOM", "STAGE_SUMMARY", "MODEL_ALIAS",
     "MAX_PARAM_KEY_LENGTH", "run_name", "metric_name", "format_rate", "rate_text", "rate_step", "model_name", "slug",
 ]
 
@@ -69,6 +69,8 @@ METRIC_TEST_ACC = "test_acc"        # test accuracy, percent: per epoch on train
 METRIC_DIFF_VS_RANDOM = "diff_vs_random"   # summary runs: mean paired difference to random, points, per rate
 MODEL_ALIAS = "full-data"           # registry alias of the newest registered full-data model
 
+# environment variables whose values are never passed on in the clear (cluster env, PyTorchJob pods, logs)
+SECRET_ENV = re.compile(r"(SECRET|PASSWORD|TOKEN|SESSION|CREDENTIAL|PRIVATE)", re.I)
 MAX_PARAM_KEY_LENGTH = 250          # MLflow's limit on a param or metric key
 
 

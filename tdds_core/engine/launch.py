@@ -31,6 +31,7 @@ from typing import Any, Mapping, Optional
 
 from ..config import Config
 from ..errors import ConfigError, TrainingError
+from ..names import SECRET_ENV
 from .checkpoint import load_result
 from .spec import TrainResult
 
@@ -49,7 +50,7 @@ TRAINER_V2_GROUP = "trainer.kubeflow.org"
 #: what a job's pods get from the task's environment (:func:`job_env`), and what they never get
 JOB_ENV_PREFIXES = ("AWS_", "MLFLOW_", "TDDS_")
 PROXY_ENV = frozenset({"HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"})
-SECRET_NAME = re.compile(r"(SECRET|PASSWORD|TOKEN|SESSION|CREDENTIAL|PRIVATE)", re.I)   # as pipelines.run.SECRET_ENV
+SECRET_NAME = SECRET_ENV   # the one pattern (tdds_core.names), as the cluster env uses it
 JOB_ENV_DROP = frozenset({"AWS_ACCESS_KEY_ID", "AWS_CA_BUNDLE", "AWS_CONFIG_FILE", CONFIG_ENV})
 PIPELINE_INSTANCE_ENV = "TDDS_PIPELINE_INSTANCE"   # as tdds_core.steps.PIPELINE_INSTANCE_ENV (a layer above)
 INSTANCE_LABEL = "tdds.io/pipeline-instance"       # on the job: the KFP run (Argo workflow) that created it
