@@ -49,6 +49,8 @@ class TaskLines(io.TextIOBase):
     def write(self, s: str) -> int:
         with self._lock:
             text = _ANSI.sub("", s)
+            if self.log.closed:      # a handler someone made during the run, used after it: nothing to keep
+                return len(s)
             self.log.write(text)
             self._buf += text
             while "\n" in self._buf:
@@ -58,7 +60,8 @@ class TaskLines(io.TextIOBase):
 
     def flush(self) -> None:
         with self._lock:
-            self.log.flush()
+            if not self.log.closed:
+                self.log.flush()
             self.out.flush()
 
     def _event(self, line: str) -> None:
@@ -112,6 +115,18 @@ def task_lines(log_path: Path, out: Optional[IO[str]] = None) -> Iterator[TaskLi
             root.removeHandler(handler)
             root.setLevel(old_level)
             lines.flush()
+            _drop_handlers_on(lines)
+
+
+def _drop_handlers_on(stream: IO[str]) -> None:
+    """Remove every logging handler that writes to ``stream``: one created during the run with
+    ``sys.stdout`` (kfp.local's loggers) would otherwise write into a closed log file afterwards."""
+    loggers = [logging.getLogger()] + [lg for lg in logging.root.manager.loggerDict.values()
+                                        if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        for h in list(lg.handlers):
+            if getattr(h, "stream", None) is stream:
+                lg.removeHandler(h)
 
 
 def log_tail(log_path: Path, lines: int = 40, task: Optional[str] = None) -> str:

@@ -114,7 +114,7 @@ def check_cluster(cfg: Config, env: Optional[Mapping[str, str]] = None) -> None:
         raise PipelineError(SHARED_VOLUME_NEEDED)
     if p.gpus > 0 and not p.gpu_image:
         raise PipelineError(f"pipeline.gpus is {p.gpus} but pipeline.gpu_image is unset: the training tasks would run "
-                            f"in {p.image} (CPU torch) and train on the CPU; set pipeline.gpu_image to the CUDA image, "
+                            f"in {p.image} and train on the CPU; set pipeline.gpu_image to the CUDA image, "
                             "or pipeline.gpus: 0 to train on CPUs.")
     _check_data(cfg)
     placeholder = PipelineConfig.model_fields["image"].default

@@ -145,6 +145,10 @@ class DynamicsConfig(_Strict):
     epoch_start: int = Field(0, ge=0, description="First epoch recorded.")
     epoch_stop: Optional[int] = Field(None, gt=0, description="Stop recording before this epoch (None = all).")
     save_features: bool = Field(True, description="Save penultimate features of every sample (Moderate needs them).")
+    stop_training: bool = Field(
+        False, description="End the full-data run at the last recorded epoch (epoch_stop, or the latest epoch any "
+        "configured method reads when epoch_stop is unset): the dynamics cost only that share of a run, and the "
+        "run's accuracy is not a full-data reference (reports mark it absent).")
 
     @field_validator("record", mode="before")
     @classmethod
@@ -181,15 +185,21 @@ class MethodSpec(_Strict):
     rates: Optional[list[float]] = Field(None, description="Only these pruning rates (default: selection.rates).")
     weighting: Optional[Literal["batch", "sample", "mean1", "none"]] = Field(
         None, description="Coreset loss weighting for this method (None: coreset.weighting's rule).")
+    strategy: Optional[str] = Field(
+        None, description="Selection strategy (tdds_core.strategies: topk, ccs, dual_beta, class_balanced; `tdds list`); "
+        "None: the method's own (CCS: its strata and cutoff; DUAL: Beta sampling at the rates its authors use it; "
+        "the others: topk). A per_rate entry's 'strategy' overrides it at that rate.")
+    strategy_params: dict[str, Any] = Field(default_factory=dict, description="Options of the selection strategy, "
+                                            "e.g. {beta: 0.1} for ccs or {c_d: 4} for dual_beta.")
 
     @property
     def display(self) -> str:
         if self.label:
             return self.label
-        if not self.params:
-            return self.name
-        inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-        return f"{self.name}[{inner}]"
+        parts = [f"{k}={v}" for k, v in sorted(self.params.items())]
+        parts += [f"strategy={self.strategy}"] if self.strategy else []
+        parts += [f"{k}={v}" for k, v in sorted(self.strategy_params.items())]
+        return f"{self.name}[{','.join(parts)}]" if parts else self.name
 
     def per_rate_for(self, rate: float) -> dict[str, Any]:
         """A copy of the ``per_rate`` entry of ``rate`` ({} when it has none)."""
@@ -199,7 +209,12 @@ class MethodSpec(_Strict):
         """The scorer options at ``rate``: params updated by its ``per_rate`` entry (less 'weighting')."""
         over = self.per_rate_for(rate)
         over.pop("weighting", None)
+        over.pop("strategy", None)
         return {**self.params, **over}
+
+    def strategy_for(self, rate: Optional[float]) -> Optional[str]:
+        """The selection strategy at ``rate``: its ``per_rate`` entry's, else ``strategy`` (None: the method's own)."""
+        return (self.per_rate_for(rate).get("strategy") if rate is not None else None) or self.strategy
 
     def weighting_for(self, rate: Optional[float]) -> Optional[str]:
         """The coreset loss weighting at ``rate``: its ``per_rate`` entry's, else ``weighting`` (None: the config's rule)."""
@@ -271,6 +286,16 @@ class TuneConfig(_Strict):
     rates: Optional[list[float]] = Field(None, description="Pruning rates tuned (default: selection.rates).")
     baseline: Optional[str] = Field("random", description="A method entry trained beside the candidates for reference (never chosen; None: none).")
     rule: bool = Field(True, description="Also write the fixed fallback (the paper's CIFAR-100 (T, W) fractions) as the row '<method>-rule'.")
+    choose: Optional[list[str]] = Field(
+        None, description="Choose the coreset per rate among these method entries (labels or names; ['all']: every "
+        "configured method): each entry's grid in `grids` (tune.method's is `grid`), its strategies and weightings. "
+        "The tuned config gets a 'recommended' row per rate. None: tune only tune.method's settings.")
+    grids: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=dict, description="Candidate values per method entry (label or name) for `choose`; keys are "
+        "scorer options, 'weighting' or 'strategy'. An entry without a grid is one candidate, as configured.")
+    budget: Optional[int] = Field(
+        None, gt=0, description="Candidate trainings per rate and seed round for `choose` (successive halving over "
+        "tune.seeds: every candidate trains on the first seed, the best half on the next, ...; None: all on every seed).")
 
 
 class TrackingConfig(_Strict):

@@ -40,6 +40,7 @@ FIELDS: dict[str, str] = {
     "train.progress": RUNTIME,
     "dynamics.record": IDENTITY, "dynamics.mode": IDENTITY, "dynamics.dtype": IDENTITY, "dynamics.stats_dtype": IDENTITY,
     "dynamics.epoch_start": IDENTITY, "dynamics.epoch_stop": IDENTITY, "dynamics.save_features": IDENTITY,
+    "dynamics.stop_training": IDENTITY,  # in a key only when set (plan.KEYED_WHEN_SET)
     "methods": IDENTITY,                 # per score item
     "selection.rates": IDENTITY,         # per pair
     "selection.class_balanced": IDENTITY, "selection.export": RUNTIME,
@@ -51,6 +52,7 @@ FIELDS: dict[str, str] = {
     # `tdds tune` reads these and writes what it chose into methods; no stage reads them
     "tune.method": RUNTIME, "tune.grid": RUNTIME, "tune.epochs": RUNTIME, "tune.seeds": RUNTIME,
     "tune.rates": RUNTIME, "tune.baseline": RUNTIME, "tune.rule": RUNTIME,
+    "tune.choose": RUNTIME, "tune.grids": RUNTIME, "tune.budget": RUNTIME,
     "tracking.enabled": RUNTIME, "tracking.uri": RUNTIME, "tracking.experiment": RUNTIME,
     "tracking.log_models": RUNTIME, "tracking.register_model": RUNTIME, "tracking.system_metrics": RUNTIME,
     "tracking.system_metrics_interval_s": RUNTIME,

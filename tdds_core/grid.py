@@ -19,12 +19,13 @@ from typing import Any, Optional
 from . import plan as P
 from .concurrent import resolve_workers, run_items
 from .config import Config
+from .cost import with_costs
 from .data import create_dataset
 from .engine import check_arch
 from .errors import ConfigError
 from .names import STAGE_PIPELINE, TAG_FINGERPRINT, TAG_STAGE, run_name
 from .plugins import load_plugins
-from .scoring import check_recorded_inputs, resolve_params
+
 from .stage_registry import Context, State, chain
 from .stages.report import report_dir
 from .stages.train_full import claim_output
@@ -62,10 +63,7 @@ def check_grid(cfg: Config) -> P.Plan:
     """The plan of ``cfg``, refusing before any work a grid whose methods, method options or
     evaluation architectures are unknown (the error lists the known ones)."""
     load_plugins()
-    plan = P.Plan.from_config(cfg)
-    check_recorded_inputs([item.method.name for item in plan.scores], cfg.dynamics.record)
-    for item in plan.scores:
-        resolve_params(item.method.name, **item.params)
+    plan = P.check_plan(cfg)
     if cfg.evaluate.rates:
         for arch in cfg.evaluate.archs:
             check_arch(arch, "evaluate.archs")
@@ -102,4 +100,4 @@ def run_grid(cfg: Config, *, tracker: Optional[Tracker] = None, pipeline_run_id:
     out = report_dir(cfg)
     md = (out / "table.md").read_text() if (out / "table.md").is_file() else ""
     outputs = {stage: {key: ref.uri for key, ref in refs.items()} for stage, refs in state.refs.items()}
-    return GridResult(state.rows, out, md, run_id, outputs)
+    return GridResult(with_costs(cfg, state.rows, outputs), out, md, run_id, outputs)

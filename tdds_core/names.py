@@ -12,8 +12,10 @@ __all__ = [
     "TAG_DATASET", "TAG_TRAIN_URI", "TAG_PREVIOUS_FINGERPRINT", "TAG_PREVIOUS_SELECTION_URI",
     "STAGE_PIPELINE", "STAGE_TRAIN_FULL", "STAGE_SCORE", "STAGE_SELECT", "STAGE_CORESET", "STAGE_EVALUATE",
     "STAGE_REPORT", "STAGE_REPRUNE", "METRIC_FINAL_ACC", "METRIC_BEST_ACC", "METRIC_NOISY_KEPT", "METRIC_NUM_TRAIN",
-    "METRIC_ITERATIONS", "METRIC_WALL_S", "SECRET_ENV", "METRIC_TEST_ACC", "METRIC_DIFF_VS_RANDOM", "STAGE_SUMMARY", "MODEL_ALIAS",
-    "MAX_PARAM_KEY_LENGTH", "run_name", "metric_name", "format_rate", "rate_text", "rate_step", "model_name", "slug",
+    "METRIC_ITERATIONS", "METRIC_WALL_S", "METRIC_COST_DYNAMICS_SHARE", "METRIC_COST_DYNAMICS_S", "METRIC_COST_SCORING_S",
+    "METRIC_COST_SELECTION_S", "METRIC_COST_TRAIN_S", "METRIC_COST_TOTAL_S", "COST_METRICS", "ELAPSED_S",
+    "SECRET_ENV", "METRIC_TEST_ACC", "METRIC_DIFF_VS_RANDOM", "STAGE_SUMMARY", "MODEL_ALIAS",
+    "MAX_PARAM_KEY_LENGTH", "METHOD_RS2", "run_name", "metric_name", "format_rate", "rate_text", "rate_step", "model_name", "slug",
 ]
 
 # ---------------------------------------------------------------- tags (strings on every tdds run)
@@ -68,6 +70,16 @@ METRIC_WALL_S = "wall_s"            # wall-clock seconds of the stage
 METRIC_TEST_ACC = "test_acc"        # test accuracy, percent: per epoch on training runs, per rate on summary runs
 METRIC_DIFF_VS_RANDOM = "diff_vs_random"   # summary runs: mean paired difference to random, points, per rate
 MODEL_ALIAS = "full-data"           # registry alias of the newest registered full-data model
+# the whole cost of a coreset (tdds_core.cost): result-row fields of the same names, logged on its coreset run
+METRIC_COST_DYNAMICS_SHARE = "cost_dynamics_share"  # latest epoch the setting reads / train.epochs (0..1; random: 0)
+METRIC_COST_DYNAMICS_S = "cost_dynamics_s"          # that share of the full-data run's wall time, seconds
+METRIC_COST_SCORING_S = "cost_scoring_s"            # wall time of the score stage, seconds (its artifact's elapsed_s)
+METRIC_COST_SELECTION_S = "cost_selection_s"        # wall time of the select stage, seconds (its artifact's elapsed_s)
+METRIC_COST_TRAIN_S = "cost_train_s"                # coreset training, seconds (= the row's wall_s)
+METRIC_COST_TOTAL_S = "cost_total_s"                # dynamics + scoring + selection + training, seconds
+COST_METRICS = (METRIC_COST_DYNAMICS_SHARE, METRIC_COST_DYNAMICS_S, METRIC_COST_SCORING_S, METRIC_COST_SELECTION_S,
+                METRIC_COST_TRAIN_S, METRIC_COST_TOTAL_S)
+ELAPSED_S = "elapsed_s"             # manifest key of the score and select artifacts: wall seconds the stage took
 
 # environment variables whose values are never passed on in the clear (cluster env, PyTorchJob pods, logs)
 SECRET_ENV = re.compile(r"(SECRET|PASSWORD|TOKEN|SESSION|CREDENTIAL|PRIVATE)", re.I)
@@ -138,3 +150,6 @@ def format_rate(rate: float | None) -> str:
     r = float(rate)
     s = f"{r:.2f}"
     return s if abs(float(s) - r) < 1e-12 else repr(r)
+
+#: RS2's method name: its selection fixes only the kept size, nothing to export (tdds_core.scoring.rs2)
+METHOD_RS2 = "rs2"

@@ -29,18 +29,21 @@ from .fields import (FIELDS, IDENTITY, NUMERICS as _NUMERICS, RUNTIME, config_fi
                      runtime_spec_fields)
 from .names import STAGE_CORESET, STAGE_SCORE, STAGE_SELECT, STAGE_TRAIN_FULL, format_rate, slug
 from .numerics import effective_numerics
-from .scoring import is_method, method_weighting
+from .scoring import check_recorded_inputs, is_method, method_weighting, resolve_params, selection_strategy
 from .stage_registry import get_stage
 from .storage import store_identity
 
 __all__ = ["IDENTITY", "RUNTIME", "FIELDS", "stage_reads", "Plan", "ScoreItem", "PairItem", "RateItem",
            "EvalItem", "parse_item", "config_fields", "identity", "numerics", "stage_config", "claim_identity", "slug",
            "format_rate", "method_label", "coreset_weighting", "train_key", "score_key", "selection_key", "coreset_key", "run_key_of",
-           "experiment_key", "configured_identity", "runtime_spec_fields", "ARTIFACT_VERSION", "RUNTIME_OPTIONS"]
+           "experiment_key", "configured_identity", "check_plan", "runtime_spec_fields", "ARTIFACT_VERSION", "RUNTIME_OPTIONS"]
 
 # sections every cached stage task gets besides the ones its stage reads (Stage.reads)
 _COMMON = ("name", "output", "data", "model", "train", "dynamics", "tracking")
 _ITEM_FIELDS = {"selection.rates", "coreset.seeds", "methods"}   # carried by the items, not the stage config
+# identity fields added after artifacts were stored: in a key only when set away from this default, so
+# every artifact stored before the field existed keeps its key
+KEYED_WHEN_SET: dict[str, Any] = {"dynamics.stop_training": False}
 
 
 def _get(cfg: Any, path: str) -> Any:
@@ -82,7 +85,10 @@ def identity(cfg: Config, stage: str) -> dict[str, Any]:
         if kind != IDENTITY or path in _ITEM_FIELDS or path in _NUMERICS:
             continue
         if any(path == r or path.startswith(r + ".") for r in reads):
-            out[path] = _json(_get(cfg, path))
+            value = _json(_get(cfg, path))
+            if path in KEYED_WHEN_SET and value == KEYED_WHEN_SET[path]:
+                continue
+            out[path] = value
     if out.get("dynamics.record") == "auto" and not methods_read_statistics(cfg):
         out["dynamics.record"] = "auto:logits"   # auto decides by the methods too (DynamicsConfig.resolved)
     if any(r == "train" for r in reads):
@@ -135,7 +141,8 @@ def method_label(method: MethodSpec, params: dict) -> str:
         return method.label
     if params == method.params or method.per_rate:
         return method.display
-    return MethodSpec(name=method.name, params=params).display
+    return MethodSpec(name=method.name, params=params, strategy=method.strategy,
+                      strategy_params=method.strategy_params).display
 
 
 # ------------------------------------------------------------------------------------------ keys
@@ -164,10 +171,15 @@ def score_key(train: str, method: str, params: dict, nan_policy: str = "raise") 
     return f"scores/{slug(method)}-{digest}"
 
 
-def selection_key(cfg: Config, score: str, label: str, rate: float) -> str:
-    """Store key of the selection of one (score setting, rate) pair."""
+def selection_key(cfg: Config, score: str, label: str, rate: float, strategy: Optional[dict] = None) -> str:
+    """Store key of the selection of one (score setting, rate) pair. ``strategy`` (``{"name", "params"}``)
+    enters the digest only when given, i.e. when it is not the method's own (``StrategyChoice.key()``):
+    every selection made with its method's default keeps the key it had before strategies existed."""
     leaf = score.rstrip("/").rsplit("/", 1)[-1]
-    digest = config_digest({"scores": leaf, "rate": float(rate), "id": identity(cfg, STAGE_SELECT)})
+    ident: dict[str, Any] = {"scores": leaf, "rate": float(rate), "id": identity(cfg, STAGE_SELECT)}
+    if strategy is not None:
+        ident["strategy"] = strategy
+    digest = config_digest(ident)
     return f"selections/{slug(label)}-p{format_rate(rate)}-{digest}"
 
 
@@ -274,7 +286,10 @@ class Plan:
             for rate in (m.rates or cfg.selection.rates):
                 params = m.params_for(rate)
                 label = method_label(m, params)
-                skey = f"{slug(label)}-{config_digest({'name': m.name, 'params': params, 'label': label}, 8)}"
+                what = {'name': m.name, 'params': params, 'label': label}
+                if m.strategy_for(rate) or m.strategy_params:     # in the key only when set: older keys stay
+                    what.update(strategy=m.strategy_for(rate), strategy_params=m.strategy_params)
+                skey = f"{slug(label)}-{config_digest(what, 8)}"
                 item = scores.setdefault(skey, ScoreItem(key=skey, label=label, method=m, params=params))
                 pkey = f"{skey}@p{format_rate(rate)}"
                 if pkey in pairs:
@@ -309,3 +324,17 @@ class Plan:
 
     def digest(self) -> str:
         return config_digest({loop: self.items_json(loop) for loop in _LOOPS}, 16)
+
+
+def check_plan(cfg: Config) -> Plan:
+    """The plan of ``cfg``, refusing before any work what a stage would refuse later: a method the
+    dynamics cannot feed, unknown method options, an unknown selection strategy or strategy option
+    (ConfigError naming the entry and listing the known ones)."""
+    plan = Plan.from_config(cfg)
+    check_recorded_inputs([item.method.name for item in plan.scores], cfg.dynamics.record)
+    for item in plan.scores:
+        resolve_params(item.method.name, **item.params)
+    for pair in plan.pairs:
+        m = pair.score.method
+        selection_strategy(m.name, pair.score.params, pair.rate, m.strategy_for(pair.rate), m.strategy_params)
+    return plan

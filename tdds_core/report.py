@@ -18,7 +18,8 @@ tracked runs (:class:`tdds_core.tracking.RunRecord`, read back by
 
 This module owns the plots (matplotlib, loaded lazily, Agg canvas, no pyplot): the accuracy-vs-rate
 plot and the score-stage figures :func:`score_histogram_figure` / :func:`extremes_grid_figure`
-that :func:`tdds_core.tracking.log_score_run` logs.
+that :func:`tdds_core.tracking.log_score_run` logs; other modules draw on :func:`new_figure`
+(the time-to-accuracy plot of :mod:`tdds_core.report_cost`).
 
 Standard deviations are sample standard deviations over seeds (``ddof=1``); 0 for a single seed.
 """
@@ -33,13 +34,13 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from .names import (METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_ITERATIONS, METRIC_NOISY_KEPT, METRIC_NUM_TRAIN,
+from .names import (COST_METRICS, METRIC_BEST_ACC, METRIC_FINAL_ACC, METRIC_ITERATIONS, METRIC_NOISY_KEPT, METRIC_NUM_TRAIN,
                     METRIC_WALL_S, STAGE_TRAIN_FULL, TAG_ARCH, TAG_LABEL, TAG_METHOD, TAG_RATE, TAG_SEED, TAG_STAGE,
                     format_rate)
 
 __all__ = ["build_table", "to_csv", "to_markdown", "plot_accuracy_vs_rate", "rows_from_runs", "full_accuracy",
            "paired_differences", "paired_markdown", "scale_note",
-           "score_histogram_figure", "extremes_grid_figure", "FULL_METHOD", "TABLE_COLUMNS"]
+           "score_histogram_figure", "extremes_grid_figure", "new_figure", "FULL_METHOD", "TABLE_COLUMNS"]
 
 FULL_METHOD = "full"
 _STATS = ("final_acc", "best_acc", "noisy_kept", "num_train", "iterations", "wall_s")
@@ -100,6 +101,9 @@ def build_table(rows: Iterable[dict]) -> list[dict]:
             mean, _ = _mean_std([v for v in (_num(x.get(m)) for x in rs) if v is not None])
             out[m] = None if mean is None else int(round(mean))
         out["wall_s_mean"] = _mean_std([v for v in (_num(x.get("wall_s")) for x in rs) if v is not None])[0]
+        stopped = [int(x["stopped_epoch"]) for x in rs if _num(x.get("stopped_epoch")) is not None]
+        if stopped:
+            out["stopped_epoch"] = max(stopped)
         weightings = sorted({str(x["weighting"]) for x in rs if x.get("weighting")})
         out["weighting"] = "/".join(weightings) or None
         table.append(out)
@@ -170,7 +174,9 @@ def to_markdown(table: Sequence[dict], full_acc: Any = None, random_method: str 
             lines.append(f"### {arch or 'default architecture'}")
             lines.append("")
         full = _full_tuple(full_acc) or full_accuracy(sub, metric=metric)
-        lines.append(f"Full data (no pruning): {_fmt(*full) if full else 'not run'} (test accuracy, %, {metric})")
+        stop = next((t["stopped_epoch"] for t in sub if t["rate"] is None and t.get("stopped_epoch")), None)
+        absent = f"not measured (the dynamics run stopped after epoch {stop}: dynamics.stop_training)" if stop else "not run"
+        lines.append(f"Full data (no pruning): {_fmt(*full) if full else absent} (test accuracy, %, {metric})")
         rand = [cell.get((random_method, r)) for r in rates]
         if any(x is not None for x in rand):
             parts = [f"p={format_rate(r)}: {_fmt(x.get(f'{metric}_mean'), x.get(f'{metric}_std'), x['n'])}"
@@ -329,7 +335,8 @@ def rows_from_runs(runs: Iterable[Any]) -> list[dict]:
     Per run: ``stage`` = tag ``tdds.stage``; ``method`` = the label, tag ``tdds.label`` (``tdds.method``
     on runs logged before it; ``"full"`` for train-full runs), ``rate`` = tag ``tdds.rate`` (None when absent), ``arch`` = tag ``tdds.arch``,
     ``seed`` = tag ``tdds.seed``; metrics ``final_acc``, ``best_acc`` (percent), ``noisy_kept``,
-    ``num_train``, ``iterations``, ``wall_s``; param ``weighting``; plus ``run_id``. For the same
+    ``num_train``, ``iterations``, ``wall_s`` and the ``cost_*`` metrics where logged
+    (:data:`~tdds_core.names.COST_METRICS`); param ``weighting``; plus ``run_id``. For the same
     (stage, method, rate, arch, seed) the newest run wins (the first seen on a tie); rows in order of
     start time.
     """
@@ -355,6 +362,7 @@ def rows_from_runs(runs: Iterable[Any]) -> list[dict]:
             "stage": stage,
             "run_id": run.id,
         }
+        row.update({m: metrics[m] for m in COST_METRICS if m in metrics})    # logged by the report stage
         if stage == STAGE_TRAIN_FULL:
             row["method"], row["rate"] = FULL_METHOD, None
         key = (stage, row["method"], row["rate"], row["arch"], row["seed"])
@@ -364,11 +372,20 @@ def rows_from_runs(runs: Iterable[Any]) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------ score-stage figures
-def _figure(width: float, height: float) -> Any:
-    """A bare matplotlib Figure (no pyplot, no display needed)."""
+def new_figure(width: float, height: float, dpi: int = 100) -> Any:
+    """A bare matplotlib Figure on the Agg canvas (no pyplot, no display needed; ``fig.savefig(path,
+    format="png")`` writes it): the canvas of the plots other modules draw (this module owns matplotlib)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _figure(width: float, height: float) -> Any:
+    """A bare matplotlib Figure (no pyplot, no display needed)."""
+    return new_figure(width, height)
 
 
 def _image_for_display(img: Any) -> tuple[Any, Optional[str]]:

@@ -8,8 +8,9 @@ class by class, position order would fill a tie with the first classes. The same
 give the same kept set, and selections at different rates from one scoring run with one seed are
 still nested. ``class_balanced=True`` keeps the same fraction of every class (largest-remainder
 apportionment, so the total is still exact), ties inside a class broken by the same permutation. A
-method can bring its own sampler (CCS's stratified sampling); the kept samples are then still
-listed in importance order (ties by the same permutation).
+selection strategy other than top-k (:mod:`tdds_core.strategies`: CCS's stratified sampling, DUAL's
+Beta sampling, ...) comes in as a ``sampler``; the kept samples are then still listed in importance
+order (ties by the same permutation).
 
 Importance weights are the scores min-max normalised over ALL samples, as the authors do
 (paper Eq. 13), reported for the kept ones (float32; samples with a ``-inf`` score get 0; all
@@ -23,7 +24,8 @@ A selection folder (``tdds-selection/1``)::
     weights.npy   float32 [M] normalised importance, same order
     selected.csv  id,index,label,score,weight
     manifest.json written last: format, method, params, rate, class_balanced, fingerprint,
-                  num_samples, num_selected, files (SHA-256)
+                  num_samples, num_selected, files (SHA-256); the select stage and `tdds select`
+                  add strategy, strategy_params and elapsed_s (wall seconds of selecting)
 
 ``export_arrays`` / ``export_files`` / ``export_subset`` materialise the pruned dataset itself for
 use outside tdds.
@@ -43,6 +45,7 @@ import numpy as np
 
 from .errors import ArtifactError, DataError, ScoringError
 from .io import (MANIFEST, atomic_save_npy, atomic_write_text, load_npy, verify_manifest, write_manifest)
+from .names import METHOD_RS2
 
 __all__ = [
     "Selection", "num_to_keep", "tie_break_keys", "importance_order", "normalized_weights", "class_quotas", "select", "select_many",
@@ -145,13 +148,20 @@ def normalized_weights(scores: np.ndarray) -> np.ndarray:
     return w
 
 
-def class_quotas(labels: np.ndarray, rate: float) -> dict[int, int]:
+def class_quotas(labels: np.ndarray, rate: Optional[float], *, n_keep: Optional[int] = None) -> dict[int, int]:
     """Samples to keep per class: ``(1-rate) * n_c`` by largest remainder (ties to the lower
-    class), summing exactly to ``round((1-rate) * N)``."""
+    class), summing exactly to ``round((1-rate) * N)``. ``rate=None``: the fraction ``n_keep / N``
+    (``n_keep`` given, as a selection strategy knows it)."""
     y = np.asarray(labels)
     classes, counts = np.unique(y, return_counts=True)
-    n_keep = num_to_keep(rate, len(y))
-    exact = (1.0 - float(rate)) * counts
+    if rate is None:
+        if n_keep is None or not (0 <= int(n_keep) <= len(y)):
+            raise ScoringError(f"class quotas need a pruning rate or n_keep in 0..{len(y)}, got n_keep={n_keep!r}")
+        n_keep = int(n_keep)
+        exact = counts * (n_keep / len(y)) if len(y) else counts * 0.0
+    else:
+        n_keep = num_to_keep(rate, len(y))
+        exact = (1.0 - float(rate)) * counts
     base = np.minimum(np.floor(exact).astype(np.int64), counts)
     rem = n_keep - int(base.sum())
     frac = exact - base
@@ -189,7 +199,8 @@ def select(scores: np.ndarray, rate: float, *, labels: Optional[np.ndarray], ids
     class_balanced : bool
         Keep the same fraction of every class instead of the global top.
     sampler : callable, optional
-        ``sampler(scores, n_keep, *, labels, seed) -> positions``: a method's own rule (CCS);
+        ``sampler(scores, n_keep, *, labels, seed) -> positions``: a selection strategy other than
+        top-k (:func:`tdds_core.strategies.strategy_sampler`: CCS, DUAL's Beta sampling, ...);
         applied per class when ``class_balanced``.
     seed : int
         Seeds the tie-break permutation of equal scores (:func:`tie_break_keys`) and is passed to
@@ -423,6 +434,9 @@ def export_subset(folder: str | os.PathLike, selection: Selection, *, images: Op
     """Export the samples of ``selection`` from a whole dataset given as ``images`` (uint8
     ``[N, ...]``, in-memory datasets) or ``paths`` (``N`` files, folder datasets), indexed by
     position. Returns the manifest."""
+    if (method or selection.meta.get("method")) == METHOD_RS2:
+        raise DataError("an RS2 selection keeps no fixed subset (it trains on a fresh random subset every epoch): "
+                        "there is nothing to export; export the selection of another method")
     if (images is None) == (paths is None):
         raise DataError("export_subset needs exactly one of images (in-memory data) or paths (folder data)")
     if selection.labels is None:

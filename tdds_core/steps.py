@@ -46,9 +46,8 @@ from .errors import ArtifactError, ConfigError, PipelineError
 from .io import atomic_write_json, json_safe
 from .names import (STAGE_PIPELINE, TAG_CONFIG_NAME, TAG_DATASET, TAG_FINGERPRINT, TAG_PIPELINE_RUN, TAG_STAGE,
                     format_rate, run_name, slug)
-from .plan import Plan, parse_item, stage_config
+from .plan import Plan, check_plan, parse_item, stage_config
 from .reprune import dataset_identity
-from .scoring import check_recorded_inputs
 from .stage_registry import Context, State, chain, get_stage
 from .storage import Workspace
 from .tracking import ParentedTracker, make_tracker
@@ -302,7 +301,7 @@ def open_run(config_json: str, *, run_id: str = "", job_id: str = "", build: str
                             "settings are fixed when it is built); compile the pipeline again from this config "
                             "(tdds compile --config ...) instead of changing the parameter.")
 
-    check_recorded_inputs([item.method.name for item in Plan.from_config(cfg).scores], cfg.dynamics.record)
+    check_plan(cfg)
     fp = create_dataset(cfg.data).fingerprint
     rid = effective_run_id(run_id, job_id)
     tracker = make_tracker(cfg, cfg.output, pipeline_run_id=rid)

@@ -31,11 +31,28 @@ SLOW = frozenset({
 })
 
 
+# the longest end-to-end tests (minutes each on 2 cores): run first, so that with two xdist workers
+# they overlap the many short tests instead of being the last ones left (a scheduling hint only)
+LONGEST_FIRST = (
+    "tests/test_pipeline_local.py::test_tdds_run_end_to_end_then_cached_rerun",
+    "tests/test_cpu_protocol.py::test_cpu_protocol_smoke_mode",
+    "tests/test_cache_identity.py::test_a_cached_run_is_not_trusted_against_another_store_or_tracker",
+    "tests/test_reprune_s3.py::test_reprune_on_a_growing_s3_manifest_with_s3_output",
+    "tests/test_reprune.py::test_reprune_pipeline_on_a_growing_imagefolder",
+    "tests/test_extending.py::test_a_plugin_method_and_stage_run_in_the_grid_and_the_pipeline",
+    "tests/test_gpu_suite.py::test_gpu_suite_smoke_mode",
+    "tests/test_notebook.py::test_notebook_runs_locally",
+)
+
+
 def pytest_collection_modifyitems(items):
-    """Mark the tests named in ``SLOW`` (by node id without parameters) ``slow``."""
+    """Mark the tests named in ``SLOW`` (by node id without parameters) ``slow``; put
+    :data:`LONGEST_FIRST` at the front, in that order."""
     for item in items:
         if item.nodeid.split("[")[0] in SLOW:
             item.add_marker(pytest.mark.slow)
+    rank = {nodeid: i for i, nodeid in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("[")[0], len(rank)))   # stable: the rest keep their order
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ API on 127.0.0.1, driven by the real kfp.Client: namespaced look-ups, a schedule
 from __future__ import annotations
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -165,9 +166,10 @@ def test_the_token_file_is_read_again_on_every_request(kfp_api, tmp_path, monkey
     original = _Kfp._handle
 
     def rotate(self):   # the kubelet renews the projected token while the wait goes on
+        if self.path.startswith("/apis/v2beta1/runs/"):    # before the answer: the next request must see it
+            (tmp_path / "token.new").write_text("second\n")   # as the kubelet does: a new file swapped in whole
+            os.replace(tmp_path / "token.new", token)
         original(self)
-        if self.path.startswith("/apis/v2beta1/runs/"):
-            token.write_text("second\n")
 
     monkeypatch.setattr(_Kfp, "_handle", rotate)
     monkeypatch.setattr(_Kfp, "do_GET", rotate)

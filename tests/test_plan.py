@@ -19,6 +19,7 @@ RUNTIME_TOGGLES = {
     "tracking.system_metrics_interval_s": 2.5, "coreset.concurrent_runs": 2,
     "tune.method": "el2n", "tune.grid": {"T": [3], "W": [3]}, "tune.epochs": 3, "tune.seeds": [1, 2],
     "tune.rates": [0.5], "tune.baseline": "el2n", "tune.rule": False,
+    "tune.choose": ["all"], "tune.grids": {"ccs": {"strategy": ["topk"]}}, "tune.budget": 4,
     "pipeline.image": "img:2", "pipeline.gpu_image": "gpu:2", "pipeline.accelerator_type": "amd.com/gpu",
     "pipeline.gpus": 2, "pipeline.cpu_request": "8", "pipeline.memory_request": "1G", "pipeline.retries": 0,
     "pipeline.caching": False, "pipeline.pipeline_root": "s3://b/p", "pipeline.parallelism": 2,

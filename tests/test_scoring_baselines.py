@@ -109,7 +109,8 @@ def test_registry_contract(dyn, graded, name):
     d, _, _ = dyn
     s = compute_scores(name, d, **SMALL.get(name, {}))
     assert s.shape == (d.num_samples,) and s.dtype == np.float64 and np.isfinite(s).all()
-    assert s.std() > 0  # informative on this data
+    if name != "rs2":   # RS2's selection fixes only the kept size: its score is constant by design
+        assert s.std() > 0  # informative on this data
     assert get_method(name).__doc__  # every method documents itself
     g, hard = graded
     s = compute_scores(name, g, **SMALL.get(name, {}))

@@ -132,7 +132,7 @@ def test_the_registered_method_reads_either_input_and_others_refuse_statistics(r
     assert np.abs(a - compute_scores("tdds", dyn, T=8, W=4)).max() / np.abs(a).max() < 1e-9
     with registered("toy_logits", _logits_only):
         with pytest.raises(ScoringError, match=r"'toy_logits' scores from logits.*\(aum, ccs, dual, dyn_unc, el2n, "
-                                               r"entropy, forgetting, moderate, random, tdds\)"):
+                                               r"entropy, forgetting, moderate, random, rs2, tdds\)"):
             compute_scores("toy_logits", opened)
 
 

@@ -16,7 +16,7 @@ from tdds_core.data import create_dataset
 from tdds_core.data.datasets import FASHION_MNIST_DEFAULT, read_idx
 from tdds_core.errors import ConfigError
 from tdds_core.grid import run_grid
-from tdds_core.plan import Plan, coreset_weighting
+from tdds_core.plan import Plan, coreset_weighting, format_rate
 from tdds_core.tune import paper_rule, tune, tune_config
 
 CFG = {"name": "tn", "data": {"name": "fashion-mnist", "train_subset": 500, "val_size": 160, "test_subset": 200},
@@ -105,3 +105,57 @@ def test_tune_chooses_on_validation_never_reads_test_labels_and_the_grid_runs_it
     for r in grid.rows:
         if r["method"] == "tdds":
             assert r["weighting"] == res.chosen[r["rate"]]["weighting"]
+
+
+CHOOSE = {**CFG, "methods": [{"name": "random"}, {"name": "el2n", "params": {"k": 2}}, {"name": "tdds", "params": {"T": 4, "W": 3}}],
+          "selection": {"rates": [0.5, 0.8]},
+          "tune": {"choose": ["all"], "grid": {"T": [3, 4], "W": [3], "weighting": ["batch", "none"]},
+                   "grids": {"el2n": {"weighting": ["none", "mean1"]}}, "seeds": [0, 1], "budget": 7, "epochs": 2}}
+
+
+def test_choose_candidates_span_methods_settings_and_weightings():
+    from tdds_core.tune import choose_candidates
+    cfg = parse_config(CHOOSE)
+    labels = [c.label for c in choose_candidates(cfg)]
+    assert labels == ["random", "el2n[k=2,weighting=none]", "el2n[k=2,weighting=mean1]", "tdds[T=3,W=3,weighting=batch]",
+                      "tdds[T=3,W=3,weighting=none]", "tdds[T=4,W=3,weighting=batch]", "tdds[T=4,W=3,weighting=none]"]
+    with pytest.raises(ConfigError, match="tune.budget"):
+        from tdds_core.tune import choose
+        choose(parse_config({**CHOOSE, "tune": {**CHOOSE["tune"], "budget": 3}}))
+    with pytest.raises(ConfigError, match="at least 2 tune.seeds"):
+        choose(parse_config({**CHOOSE, "tune": {**CHOOSE["tune"], "seeds": [0]}}))
+    with pytest.raises(ConfigError, match="tune.choose"):
+        choose_candidates(parse_config({**CHOOSE, "tune": {**CHOOSE["tune"], "choose": ["ccs"]}}))
+
+
+@pytest.mark.slow
+def test_tune_chooses_the_coreset_on_validation_and_the_recommended_row_is_its_choice(tmp_path):
+    cfg = parse_config({**CHOOSE, "output": str(tmp_path / "a")})
+    written = tmp_path / "tuned.yaml"
+    res = tune(cfg, written)
+    # successive halving: 7 candidates on seed 0, the better 4 per rate on seed 1; the choice has n = 2
+    for rate, rec in res.recommended.items():
+        at = [t for t in res.table if t["rate"] == rate]
+        assert len(at) == 7 and sum(t["n"] == 2 for t in at) == 4
+        assert rec["n"] == 2 and rec["mean"] == max(t["mean"] for t in at if t["n"] == 2)
+        assert [t["label"] for t in at if t["chosen"]] == [rec["label"]]
+        assert f"p={format_rate(rate)}: {rec['label']}" in res.report
+    # the same choice, from the same validation accuracies, when every test label is wrong
+    shifted = parse_config({**CHOOSE, "output": str(tmp_path / "b"),
+                            "data": {**CFG["data"], "root": str(_root_with_shifted_test_labels(tmp_path))}})
+    other = tune(shifted)
+    assert other.recommended == res.recommended
+    assert [(t["label"], t["rate"], t["mean"], t["n"]) for t in other.table] == \
+        [(t["label"], t["rate"], t["mean"], t["n"]) for t in res.table]
+    # the written config's recommended row is, per rate, the chosen candidate's setting
+    tuned = load_config(written)
+    from tdds_core.tune import choose_candidates
+    cands = {c.label: c for c in choose_candidates(cfg)}
+    recs = [m for m in tuned.methods if m.label == "recommended"]
+    assert sorted(r for m in recs for r in m.rates) == sorted(res.recommended)
+    for m in recs:
+        (rate,) = m.rates
+        c = cands[res.recommended[rate]["label"]]
+        assert (m.name, m.params, m.weighting or None) == (c.name, c.params_for(rate), c.weighting or None)
+    grid = run_grid(tuned.model_copy(update={"methods": [m for m in tuned.methods if m.label in ("random", "recommended")]}))
+    assert {(r["method"], r["rate"]) for r in grid.rows} >= {("recommended", 0.5), ("recommended", 0.8)}

@@ -7,6 +7,7 @@ from ..config import load_config
 from ..data import list_datasets
 from ..models import list_models
 from ..scoring import list_methods
+from ..strategies import list_strategies, strategy_options
 
 
 def register(sub) -> None:
@@ -39,4 +40,5 @@ def run_list(args: argparse.Namespace) -> int:
         print("methods:       " + ", ".join(list_methods()))
     except ImportError:  # pragma: no cover - scoring is part of the package
         pass
+    print("strategies:    " + ", ".join(f"{n}({', '.join(strategy_options(n))})" for n in list_strategies()))
     return 0

@@ -13,8 +13,11 @@ from ..dynamics import open_dynamics
 from ..dynamics_reference import open_any_dynamics
 from ..errors import ArtifactError, ScoringError
 from ..io import atomic_save_npy, atomic_write_json, load_npy, read_json, sha256_file
-from ..scoring import compute_scores, get_sampler, is_method, method_options, resolve_params
-from ..selection import select_many, write_selection
+from ..names import ELAPSED_S
+from ..scoring import (compute_scores, get_sampler, is_method, method_options, resolve_params, selection_options,
+                       selection_strategy, strategy_context)
+from ..selection import num_to_keep, select, write_selection
+from ..strategies import resolve_strategy_params, strategy_sampler
 from ..statistics import write_statistics
 
 SCORES_FORMAT = "tdds-scores/1"
@@ -46,19 +49,29 @@ def register(sub) -> None:
 
     s = sub.add_parser(
         "select", help="Turn scores into selection folders for one or more pruning rates.",
-        description="Keep round((1 - rate) * N) samples by score (or the method's own sampler, e.g. CCS). With one "
-                    "--rate the selection is written to DIR; with several, to DIR/rate_<rate>/ each.")
+        description="Keep round((1 - rate) * N) samples with a selection strategy: the scoring method's own (top-k; "
+                    "CCS's stratified sampling; DUAL's Beta sampling when beta_sampling is on) or --strategy (topk, "
+                    "class_balanced, ccs, dual_beta, or a plugin's; `tdds list`). With one --rate the selection is "
+                    "written to DIR; with several, to DIR/rate_<rate>/ each.")
     s.add_argument("--scores", required=True, metavar="FILE", help=".npy written by `tdds score` (its FILE.json sidecar is used when present).")
     s.add_argument("--rate", dest="rates", type=float, action="append", required=True, metavar="P",
                    help="Pruning rate in (0, 1), the fraction removed (repeatable).")
     s.add_argument("--out", required=True, metavar="DIR", help="Output folder.")
     s.add_argument("--class-balanced", action="store_true", help="Keep the same fraction of every class.")
-    s.add_argument("--dynamics", metavar="DIR", default=None, help="Dynamics folder for labels, ids and fingerprint.")
+    s.add_argument("--dynamics", metavar="DIR", default=None,
+                   help="Dynamics folder for labels, ids and fingerprint (and dual_beta's mean target probabilities).")
     s.add_argument("--format", choices=("auto", "tdds", "reference"), default="auto", help="Layout of --dynamics.")
     s.add_argument("--labels", metavar="FILE", default=None, help="int64 [N] .npy of labels (without --dynamics, or for the reference layout).")
-    s.add_argument("--seed", type=int, default=0, help="Seed of the method's sampler (CCS).")
+    s.add_argument("--seed", type=int, default=0, help="Seed of the strategy's draws (CCS, dual_beta) and of the "
+                   "tie-break of equal scores.")
     s.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=VALUE",
-                   help="Override a sampler option of the scoring method, e.g. --param beta=0.3 for CCS.")
+                   help="Override a selection option of the scoring method, e.g. --param beta=0.3 for CCS or "
+                        "--param beta_sampling=true for DUAL.")
+    s.add_argument("--strategy", metavar="NAME", default=None,
+                   help="Selection strategy instead of the method's own: topk, class_balanced, ccs, dual_beta (needs "
+                        "--dynamics), or a plugin's.")
+    s.add_argument("--strategy-option", dest="strategy_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="An option of the strategy, e.g. --strategy-option beta=0.2 for ccs (repeatable; YAML values).")
     s.set_defaults(func=run_select)
 
     t = sub.add_parser(
@@ -143,8 +156,24 @@ def _turns_sampler_off(method: str, overrides: dict) -> bool:
     return all(k in opts and isinstance(opts[k], bool) and v is False for k, v in overrides.items())
 
 
-def run_select(args: argparse.Namespace) -> int:
+def _sampler(method: str, params: dict, rate: float, args: argparse.Namespace, dyn: Any,
+             overrides: dict) -> tuple[Any, str, dict]:
+    """``(sampler, strategy, its options)`` for one rate: --strategy or the method's own (its --param overrides)."""
+    options = _parse_params(args.strategy_options)
+    if not is_method(method):   # no sidecar: the strategy alone (its context lacks the method)
+        if overrides:
+            raise ScoringError("--param needs the scores' sidecar (FILE.json) to know the method; use --strategy-option")
+        name = args.strategy or "topk"
+        opts = resolve_strategy_params(name, options)
+        return strategy_sampler(name, opts, strategy_context(dynamics=dyn, rate=rate)), name, opts
+    if overrides and not selection_options(method) and not _turns_sampler_off(method, overrides):
+        raise ScoringError(f"--param only sets options of the method's own selection, and method {method!r} has none "
+                           "(it selects with topk); use --strategy NAME --strategy-option KEY=VALUE for another strategy")
+    choice = selection_strategy(method, params, rate, args.strategy, options)
+    return get_sampler(method, params, dynamics=dyn, rate=rate, choice=choice), choice.name, choice.params
 
+
+def run_select(args: argparse.Namespace) -> int:
     scores_path = Path(args.scores)
     scores = load_npy(scores_path)
     if scores.ndim != 1:
@@ -171,24 +200,25 @@ def run_select(args: argparse.Namespace) -> int:
         if labels.shape != scores.shape:
             raise ScoringError(f"--labels holds shape {labels.shape} but there are {len(scores)} scores")
     overrides = _parse_params(args.params)
-    sampler = None
     if is_method(method):
         params.update(overrides)
-        sampler = get_sampler(method, params, dynamics=dyn)
-        if overrides and sampler is None and not _turns_sampler_off(method, overrides):
-            raise ScoringError(f"--param only sets sampler options, and method {method!r} has no sampler")
-    elif overrides:
-        raise ScoringError("--param needs the scores' sidecar (FILE.json) to know the method")
     rates = list(dict.fromkeys(args.rates))
-    selections = select_many(scores, rates, labels=labels, ids=ids, class_balanced=args.class_balanced,
-                             sampler=sampler, seed=args.seed)
+    for rate in rates:            # every rate checked before anything is written
+        num_to_keep(rate, len(scores))
+    samplers = {rate: _sampler(method, params, rate, args, dyn, overrides) for rate in rates}  # every check first
     out = Path(args.out)
-    for rate, sel in selections.items():
+    for rate in rates:
+        sampler, strategy, options = samplers[rate]
+        t0 = time.perf_counter()
+        sel = select(scores, rate, labels=labels, ids=ids, class_balanced=args.class_balanced, sampler=sampler,
+                     seed=args.seed)
+        elapsed = time.perf_counter() - t0
         folder = out if len(rates) == 1 else out / f"rate_{rate:g}"
         write_selection(folder, sel, method=method, params=params, fingerprint=fingerprint,
                         extra={"scores_sha256": info.get("sha256"), "seed": args.seed,
-                               "sampler": getattr(sampler, "__name__", None)})
-        print(f"rate {rate:g}: kept {sel.num_selected} of {sel.num_samples} -> {folder}")
+                               "sampler": getattr(sampler, "__name__", None), "strategy": strategy,
+                               "strategy_params": options, ELAPSED_S: round(elapsed, 6)})
+        print(f"rate {rate:g}: kept {sel.num_selected} of {sel.num_samples} ({strategy}) -> {folder}")
     return 0
 
 

@@ -6,6 +6,8 @@ reads the split through a ``DataLoader`` (for data that does not fit) and applie
 augmentation on the device. Both draw the epoch's order and augmentation from generators seeded
 by ``(seed, epoch)``, so an epoch is reproducible on its own (resume needs no sampler state).
 ``idx`` are positions into the full split, so dynamics and weights are keyed by sample.
+With ``per_epoch`` (RS2), an epoch trains on a fresh subset of that many of the positions
+(:class:`~tdds_core.data.rs2_draws.RS2Draws`, seeded by ``seed``), shuffled as a whole epoch is.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from .base import ArrayDataset
+from .rs2_draws import RS2Draws
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
@@ -47,7 +50,7 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, *, pad: int, flip: bool
 class _Base:
     def __init__(self, ds: ArrayDataset, *, batch_size: int, device: torch.device, mean, std, augment: bool,
                  flip: bool, pad: int, drop_last: bool = False, positions: np.ndarray | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, per_epoch: int | None = None):
         self.ds = ds
         self.batch_size = batch_size
         self.device = device
@@ -59,9 +62,13 @@ class _Base:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.channels_last = channels_last
+        self.per_epoch = None if per_epoch is None else int(per_epoch)   # RS2: samples drawn every epoch
+        self._draws: RS2Draws | None = None
+        if self.per_epoch is not None:
+            RS2Draws(len(self.positions), self.per_epoch, 0)      # refuses a size the positions cannot give
 
     def __len__(self) -> int:
-        n = len(self.positions)
+        n = len(self.positions) if self.per_epoch is None else self.per_epoch
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _finish(self, xb: torch.Tensor, gen: torch.Generator | None, batch: int | None = None,
@@ -73,11 +80,20 @@ class _Base:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _order(self, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
-        if not shuffle:
+    def _epoch_positions(self, epoch: int, seed: int) -> np.ndarray:
+        """The positions ``epoch`` trains on: all of them, or (``per_epoch``) RS2's draw of the epoch."""
+        if self.per_epoch is None:
             return self.positions
+        if self._draws is None or self._draws.seed != int(seed):
+            self._draws = RS2Draws(len(self.positions), self.per_epoch, seed)
+        return self.positions[self._draws.epoch(epoch)]
+
+    def _order(self, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
+        positions = self._epoch_positions(epoch, seed)
+        if not shuffle:
+            return positions
         rng = np.random.default_rng(epoch_seed(seed, epoch))
-        return self.positions[rng.permutation(len(self.positions))]
+        return positions[rng.permutation(len(positions))]
 
 
 class ResidentLoader(_Base):

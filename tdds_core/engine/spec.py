@@ -19,8 +19,9 @@ from ..errors import ConfigError
 from ..fields import NUMERICS, methods_read_statistics, runtime_spec_fields
 from ..models import is_model, list_models
 from ..numerics import effective_numerics
+from ..scoring import epochs_read
 
-__all__ = ["TrainSpec", "TrainResult", "full_data_spec", "coreset_spec", "coreset_batch_size", "kept_weights",
+__all__ = ["TrainSpec", "TrainResult", "full_data_spec", "dynamics_stop", "coreset_spec", "coreset_batch_size", "kept_weights",
            "check_arch", "runtime_names"]
 
 
@@ -48,6 +49,7 @@ class TrainSpec:
     dynamics_start: int = 0
     dynamics_stop: Optional[int] = None
     save_features: bool = False
+    stop_epoch: Optional[int] = None           # end the run after this many epochs of its `epochs`-epoch schedule
     record_stats: bool = False                 # per-sample statistics every recorded epoch (tdds_core.recorder)
     stats_dtype: str = "float64"               # their storage dtype
     # coreset training
@@ -55,6 +57,7 @@ class TrainSpec:
     weights: Optional[list[float]] = None      # importance per position (aligned with positions)
     weighting: str = "none"                    # none | batch | sample
     iterations: Optional[int] = None           # exact number of iterations (Strategy-P); None = epochs x batches
+    per_epoch: Optional[int] = None            # RS2: a fresh subset of this many of the positions every epoch
     # numerics: in the digest by their effective values (numerics())
     device: str = "auto"
     amp: str = "auto"
@@ -77,6 +80,10 @@ class TrainSpec:
             d.pop("stats_dtype")       # keys only when they matter: runs from before the options keep theirs
         if not d["record_stats"]:
             d.pop("record_stats")
+        if d["stop_epoch"] is None:
+            d.pop("stop_epoch")
+        if d["per_epoch"] is None:
+            d.pop("per_epoch")
         d["numerics"] = self.numerics()
         d["fingerprint"] = fingerprint
         return config_digest(d, 16)
@@ -142,7 +149,23 @@ def full_data_spec(cfg: Config, num_classes: Optional[int] = None) -> TrainSpec:
                      seed=t.seed, augment=t.augment, drop_last=t.drop_last, eval_every=t.eval_every,
                      record_dynamics=logits, record_stats=stats, dynamics_mode=d.mode, dynamics_dtype=d.dtype,
                      stats_dtype=d.stats_dtype, dynamics_start=d.epoch_start, dynamics_stop=d.epoch_stop,
-                     save_features=(logits or stats) and d.save_features, **_machine(cfg))
+                     save_features=(logits or stats) and d.save_features, stop_epoch=dynamics_stop(cfg), **_machine(cfg))
+
+
+def dynamics_stop(cfg: Config) -> Optional[int]:
+    """With ``dynamics.stop_training``: the epoch the full-data run ends after (``dynamics.epoch_stop``,
+    else the latest epoch any configured method setting reads, :func:`tdds_core.scoring.epochs_read`,
+    at least 1); its schedule stays that of ``train.epochs``, so the recorded epochs are those of a
+    whole run. None without the setting (or when that is every epoch)."""
+    d, total = cfg.dynamics, cfg.train.epochs
+    if not d.stop_training:
+        return None
+    stop = d.epoch_stop
+    if stop is None:
+        stop = max((epochs_read(m.name, m.params_for(r), total) for m in cfg.methods
+                    for r in (m.rates or cfg.selection.rates)), default=total)
+    stop = max(1, d.epoch_start + 1, min(int(stop), total))
+    return None if stop >= total else stop
 
 
 def _machine(cfg: Config) -> dict:
@@ -166,11 +189,22 @@ def coreset_batch_size(cfg: Config, rate: float) -> int:
 
 
 def coreset_spec(cfg: Config, *, rate: float, positions: np.ndarray, weights: np.ndarray, num_full: int,
-                 arch: str | None = None, seed: int | None = None, weighting: str = "none") -> TrainSpec:
+                 arch: str | None = None, seed: int | None = None, weighting: str = "none",
+                 per_epoch: bool = False) -> TrainSpec:
     """Training on a selection: Strategy E (same epochs) or P (E / (1 - rate) epochs: as many sample
     visits as the full-data run), with the loss ``weighting`` (:func:`~tdds_core.engine.forward.weighted_loss`;
-    ``mean1`` = ``sample`` with the kept samples' weights scaled to mean 1)."""
+    ``mean1`` = ``sample`` with the kept samples' weights scaled to mean 1).
+
+    ``per_epoch`` (RS2): no fixed subset; every epoch a fresh random subset of ``len(positions)`` of
+    all ``num_full`` samples (:mod:`tdds_core.data.rs2_draws`), unweighted, with the same epochs,
+    batch size and so iterations as the static coreset of that size."""
     t, c = cfg.train, cfg.coreset
+    if per_epoch:
+        if weighting != "none":
+            raise ConfigError(f"RS2 trains unweighted on a fresh subset every epoch; it cannot take loss weighting "
+                              f"{weighting!r}: set the method entry's weighting to none (or leave it out)")
+        if not 0 < len(positions) <= num_full:
+            raise ConfigError(f"RS2 draws {len(positions)} of {num_full} samples per epoch; use a pruning rate in [0, 1)")
     check_arch(arch or cfg.model.arch, "model.arch" if arch is None else "--arch / evaluate.archs")
     b = coreset_batch_size(cfg, rate)
     epochs = c.epochs or t.epochs
@@ -181,9 +215,11 @@ def coreset_spec(cfg: Config, *, rate: float, positions: np.ndarray, weights: np
     return TrainSpec(arch=arch or cfg.model.arch, model_options=dict(cfg.model.options) if arch in (None, cfg.model.arch) else {},
                      epochs=epochs, batch_size=b, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
                      weight_decay=t.weight_decay, schedule=t.schedule, seed=t.seed if seed is None else seed,
-                     augment=t.augment, drop_last=False, eval_every=t.eval_every, positions=[int(p) for p in positions],
-                     weights=[float(w) for w in kept_weights(weights, weighting)],
-                     weighting="sample" if weighting == "mean1" else weighting, **_machine(cfg))
+                     augment=t.augment, drop_last=False, eval_every=t.eval_every,
+                     positions=None if per_epoch else [int(p) for p in positions],
+                     weights=None if per_epoch else [float(w) for w in kept_weights(weights, weighting)],
+                     weighting="sample" if weighting == "mean1" else weighting,
+                     per_epoch=len(positions) if per_epoch else None, **_machine(cfg))
 
 
 def kept_weights(weights: np.ndarray, weighting: str) -> np.ndarray:

@@ -3,9 +3,10 @@
 epochs' logits and statistics by sample id), store the recordings, evaluate, checkpoint; at the end
 the clean final pass, the model and the manifest. Started by :func:`tdds_core.engine.train`.
 
-Each epoch's data order and augmentation come from generators seeded by ``(seed, epoch)``, so a
-resumed run is bit-identical on CPU to an uninterrupted one. An epoch's files go to the writer
-thread (:class:`~tdds_core.engine.checkpoint.Background`) while the next epoch trains."""
+Each epoch's data order and augmentation (and, with ``per_epoch``, RS2's fresh subset) come from
+generators seeded by ``(seed, epoch)``, so a resumed run is bit-identical on CPU to an uninterrupted
+one. An epoch's files go to the writer thread (:class:`~tdds_core.engine.checkpoint.Background`)
+while the next epoch trains."""
 from __future__ import annotations
 
 import dataclasses
@@ -70,17 +71,22 @@ class _Trainer:
         if (spec.record_dynamics or spec.record_stats) and spec.drop_last:
             raise ConfigError("drop_last with dynamics recording: every sample needs its logits every epoch; set "
                               "train.drop_last: false (or dynamics.record: false)")
+        if (spec.record_dynamics or spec.record_stats) and spec.per_epoch is not None:
+            raise ConfigError("a fresh subset every epoch (RS2, per_epoch) with dynamics recording: every sample needs "
+                              "its logits every epoch; record dynamics in the full-data run only")
         self.positions = self._positions()
+        # samples per epoch: the selection's, or (RS2) the size of each epoch's fresh draw from it
+        self.per_epoch = len(self.positions) if spec.per_epoch is None else int(spec.per_epoch)
         if group.size > 1:
-            self._check_split(len(self.positions))
+            self._check_split(self.per_epoch)
         self._make_loaders()
         self.weights = self._weights()
         torch.manual_seed(spec.seed)
         self._build_model()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=spec.lr, momentum=spec.momentum, nesterov=spec.nesterov,
                                    weight_decay=spec.weight_decay)
-        per_epoch = len(self.train_loader)
-        self.total_iters = spec.iterations if spec.iterations is not None else spec.epochs * per_epoch
+        batches = len(self.train_loader)     # per epoch: ceil(per_epoch / batch size), or floor with drop_last
+        self.total_iters = spec.iterations if spec.iterations is not None else spec.epochs * batches
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(spec.schedule, self.total_iters))
 
     # ------------------------------------------------------------------------------------ set-up
@@ -92,6 +98,9 @@ class _Trainer:
             raise ConfigError("the selection is empty: nothing to train on; use a lower pruning rate")
         if positions.max(initial=0) >= self.n or positions.min(initial=0) < 0:
             raise ArtifactError(f"selection positions exceed the dataset ({self.n} samples); the selection belongs to another dataset version")
+        if spec.per_epoch is not None and not 0 < spec.per_epoch <= len(positions):
+            raise ConfigError(f"per_epoch {spec.per_epoch}: RS2 draws between 1 and the {len(positions)} training "
+                              "positions every epoch; use a pruning rate in [0, 1)")
         return positions
 
     def _check_split(self, n: int) -> None:
@@ -110,7 +119,8 @@ class _Trainer:
                       channels_last=self.channels_last, resident=spec.resident, resident_max_bytes=spec.resident_max_bytes,
                       num_workers=spec.num_workers)
         self.train_loader = make_loader(splits.train, batch_size=spec.batch_size, augment=spec.augment,
-                                        drop_last=spec.drop_last, positions=self.positions, **common)
+                                        drop_last=spec.drop_last, positions=self.positions, per_epoch=spec.per_epoch,
+                                        **common)
         self.plain_train = make_loader(splits.train, batch_size=spec.eval_batch_size, augment=False, **common)
         self.test_loader = make_loader(splits.test, batch_size=spec.eval_batch_size, augment=False, **common)
 
@@ -253,13 +263,14 @@ class _Trainer:
         p.t_start = time.perf_counter() - sum(h.get("epoch_s", 0.0) for h in p.history)
         p.images = sum(h.get("images", 0) for h in p.history)
         p.train_s = sum(h.get("train_s", 0.0) for h in p.history)
-        for epoch in range(p.start_epoch, spec.epochs):
+        end = spec.stop_epoch or spec.epochs      # a stopped run keeps the whole run's schedule
+        for epoch in range(p.start_epoch, end):
             if p.iteration >= self.total_iters:
                 break
             t0 = time.perf_counter()
             rec = self._train_epoch(epoch, t0, p, buf, stats)
             self._store_recordings(epoch, buf, stats, writer)
-            last = epoch == spec.epochs - 1 or p.iteration >= self.total_iters
+            last = epoch == end - 1 or p.iteration >= self.total_iters
             if last or (epoch + 1) % spec.eval_every == 0:
                 self._evaluate(epoch, rec, p)
             rec["epoch_s"] = time.perf_counter() - t0
@@ -385,7 +396,7 @@ class _Trainer:
             self._save_outputs(writer, stats, p.history)
         result = TrainResult(final_acc=final[0], best_acc=max(p.best[0], final[0]), best_epoch=p.best[1],
                              final_loss=final[1], per_class_acc=[float(v) for v in final[2]], epochs=len(p.history),
-                             iterations=p.iteration, num_train=len(self.positions),
+                             iterations=p.iteration, num_train=self.per_epoch,
                              wall_s=time.perf_counter() - p.t_start, img_per_s=p.images / max(p.train_s, 1e-9),
                              history=p.history)
         if self.group.main:

@@ -187,6 +187,31 @@ def select_epochs(dynamics: Any, start: Optional[int], stop: Optional[int], *, m
     return ts
 
 
+def leading_epochs(dynamics: Any, start: Optional[int], count: int, *, minimum: int, method: str, fix: str,
+                   what: str = "") -> list[int]:
+    """The first ``count`` consecutive recorded epochs from ``start`` (default: the first recorded), at
+    least ``minimum`` of them (ScoringError naming ``what``, e.g. "window=", and ending with ``fix``);
+    fewer than ``count`` logs a warning and uses those (DUAL's ``target_probs[:30]`` also takes what
+    there is)."""
+    recorded = sorted(int(t) for t in dynamics.epochs)
+    if not recorded:
+        raise ScoringError(f"{method}: the dynamics hold no recorded epochs")
+    s = recorded[0] if start is None else int(start)
+    have = set(recorded)
+    ts: list[int] = []
+    t = s
+    while len(ts) < count and t in have:
+        ts.append(t)
+        t += 1
+    if len(ts) < minimum:
+        raise ScoringError(f"{method} needs at least {what}{minimum} consecutive recorded epochs from epoch {s} but found "
+                           f"{len(ts)}; recorded epochs: {recorded_range(recorded)}. {fix}")
+    if len(ts) < count:
+        log.warning("%s: epochs=%d asked but only epochs %d..%d are recorded consecutively from %d; using those %d",
+                    method, count, ts[0], ts[-1], s, len(ts))
+    return ts
+
+
 def contiguous_epochs(dynamics: Any, start: Optional[int], count: int, *, method: str, what: str = "T") -> list[int]:
     """Epochs ``start .. start+count-1``, all of which must be recorded (default start: first recorded)."""
     recorded = sorted(int(t) for t in dynamics.epochs)

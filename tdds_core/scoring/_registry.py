@@ -13,12 +13,16 @@ checked here, in :func:`resolve_params`, before any work; ``check`` adds the che
 options (``W <= T``). A plain function ``fn(dynamics, *, opt=default, nan_policy="raise")``
 registered without ``options`` is a method over the stored logits (``logits=True``): it gets the
 dynamics object itself and its keyword-only defaults are its options (the short form of a plugin).
+
+A method also declares how its source selects (``strategy=``: a :mod:`tdds_core.strategies` name, or
+``fn(options, rate) -> (name, strategy options)``; default ``topk``) and how many leading epochs of
+the full-data run its setting reads (``epochs_read=``: a number, or ``fn(options, epochs) -> int``;
+default all of them). :func:`selection_strategy` resolves a configured strategy against that default.
 """
 from __future__ import annotations
 
 import fnmatch
 import inspect
-import math
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,12 +32,15 @@ import numpy as np
 
 from ..errors import ConfigError, ScoringError
 from ..registry import Registry
-from ._view import ColumnView, open_view
+from ..strategies import Option, StrategyContext, get_strategy, resolve_strategy_params, strategy_sampler
+from ._view import ColumnView, mean_target_probability, open_view
 
 __all__ = [
     "MethodInfo", "Option", "METHODS", "register_method", "unregister_method", "registered", "export", "get_method",
     "list_methods", "list_modules", "is_method", "method_options", "method_weighting", "resolve_params", "check_option",
     "get_sampler", "compute_scores", "score_view", "check_recorded_inputs", "method_reads_statistics", "NAN_POLICIES",
+    "StrategyChoice", "default_strategy", "selection_strategy", "selection_options", "strategy_context", "epochs_read",
+    "method_per_epoch",
 ]
 
 #: The package whose namespace :func:`export` adds a plugin's public functions to.
@@ -43,61 +50,13 @@ WEIGHTINGS = ("batch", "sample", "mean1", "none")
 
 Patterns = Union[str, Sequence[str]]
 Sampler = Callable[..., np.ndarray]
-#: ``factory(params, dynamics=None) -> sampler or None`` (None: plain top-k with these options);
-#: ``dynamics`` is what the scores came from, when the caller has it (DUAL's beta sampling reads it)
+#: ``factory(params, dynamics=None) -> sampler or None`` (None: plain top-k with these options): a method's
+#: own sampler, the form before selection strategies (kept for plugins; a built-in method names a strategy)
 SamplerFactory = Callable[..., Optional[Sampler]]
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option of a method: its default and what a value must be (checked by :func:`check_option`).
-
-    ``type``: int, float (any real number), bool, str, dict or None (anything); ``min``/``max``
-    bound a number (exclusive with ``min_open``/``max_open``); ``choices`` lists the allowed values;
-    a None default makes None allowed. ``doc`` and ``hint`` go into the error message."""
-
-    default: Any
-    type: Optional[type] = None
-    min: Optional[float] = None
-    max: Optional[float] = None
-    min_open: bool = False
-    max_open: bool = False
-    choices: tuple = ()
-    doc: str = ""
-    hint: str = ""
-
-    def requirement(self) -> str:
-        """What a value must be, in words (``an integer >= 2``, ``in (0, 1]``, ``one of a, b``)."""
-        if self.choices:
-            return "one of " + ", ".join(map(str, self.choices))
-        if self.type is bool:
-            return "true or false"
-        what = {int: "an integer", float: "a number", str: "a string", dict: "a mapping"}.get(self.type, "a value")
-        if self.min is not None and self.max is not None:
-            return f"in {'(' if self.min_open else '['}{self.min:g}, {self.max:g}{')' if self.max_open else ']'}"
-        if self.min == 0 and self.min_open:
-            return f"a positive {what.split()[-1]}"
-        if self.min is not None:
-            return f"{what} {'>' if self.min_open else '>='} {self.min:g}"
-        return what
-
-    def accepts(self, v: Any) -> bool:
-        if v is None and self.default is None:
-            return True
-        if self.choices:
-            return any(v == c and type(v) is type(c) for c in self.choices)
-        if self.type is bool:
-            return isinstance(v, (bool, np.bool_))
-        if self.type is int and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
-            return False
-        if self.type is float and (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
-                                   or not math.isfinite(float(v))):
-            return False
-        if self.type in (str, dict) and not isinstance(v, self.type):
-            return False
-        lo_ok = self.min is None or (v > self.min if self.min_open else v >= self.min)
-        hi_ok = self.max is None or (v < self.max if self.max_open else v <= self.max)
-        return bool(lo_ok and hi_ok)
+#: a method's default selection: a strategy name, or ``fn(resolved options, rate or None) -> (name, options)``
+StrategyRule = Union[str, Callable[[dict, Optional[float]], tuple]]
+#: leading epochs a setting reads: a number, or ``fn(resolved options, epochs) -> int``
+EpochsRule = Union[int, Callable[[dict, int], int]]
 
 
 @dataclass(frozen=True)
@@ -112,6 +71,9 @@ class MethodInfo:
     weighting: str = "none"  # the coreset loss weighting its source trains with (tdds_core.plan.coreset_weighting)
     check: Optional[Callable[[dict], None]] = None  # raises ScoringError on options that cannot go together
     logits: bool = False  # True: fn takes the dynamics object and reads the logits (no statistics recording)
+    strategy: Optional[StrategyRule] = None  # its source's selection (None: topk)
+    epochs_read: Optional[EpochsRule] = None  # leading epochs of the full-data run it reads (None: all)
+    per_epoch: bool = False  # True: its coreset trains on a fresh subset of the kept size every epoch (RS2)
 
     @property
     def stats(self) -> Optional[Callable[..., np.ndarray]]:
@@ -151,17 +113,21 @@ def _signature_options(name: str, fn: Callable) -> dict[str, Option]:
 
 def register_method(name: str, *, options: Optional[dict[str, Any]] = None, weighting: str = "none",
                     sampler: Optional[SamplerFactory] = None, check: Optional[Callable[[dict], None]] = None,
-                    logits: Optional[bool] = None) -> Callable:
+                    logits: Optional[bool] = None, strategy: Optional[StrategyRule] = None,
+                    epochs_read: Optional[EpochsRule] = None, per_epoch: bool = False) -> Callable:
     """Decorator: register ``fn`` as scoring method ``name`` (its module is recorded for
     ``list_methods(module=...)``).
 
     ``options``: option name -> :class:`Option` (a bare value is an Option with that default and no
     type). Given, ``fn(view, **options)`` reads the column view; left out, ``fn(dynamics, *,
     nan_policy, **options)`` reads the logits (``logits=True``) and its keyword-only defaults are
-    the options. ``weighting``: the coreset loss weighting its source trains with. ``sampler``: a
-    factory ``sampler(params, dynamics=None)`` of the method's own selection rule (CCS's stratified
-    sampling), or None for the plain top-k. ``check(options)``: raises ScoringError on resolved
-    options that cannot go together (``W > T``).
+    the options. ``weighting``: the coreset loss weighting its source trains with. ``strategy``: its
+    source's selection, a strategy name or ``fn(options, rate) -> (name, strategy options)`` (None:
+    ``topk``). ``epochs_read``: leading epochs of an ``epochs``-epoch full-data run it reads, a
+    number or ``fn(options, epochs)`` (None: all). ``per_epoch``: its selection fixes only the kept size;
+    the coreset trains on a fresh random subset of that size every epoch (RS2). ``sampler``: the older form of ``strategy``, a
+    factory ``sampler(params, dynamics=None)`` (kept for plugins). ``check(options)``: raises
+    ScoringError on resolved options that cannot go together (``W > T``).
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"scoring method {name!r}: unknown weighting {weighting!r}; use {', '.join(WEIGHTINGS)}")
@@ -171,7 +137,8 @@ def register_method(name: str, *, options: Optional[dict[str, Any]] = None, weig
         opts = (_signature_options(name, fn) if options is None else
                 {k: v if isinstance(v, Option) else Option(v) for k, v in options.items()})
         METHODS.add(name, MethodInfo(name=name, fn=fn, options=opts, sampler_factory=sampler, module=fn.__module__,
-                                     weighting=weighting, check=check, logits=on_logits), fn.__module__)
+                                     weighting=weighting, check=check, logits=on_logits, strategy=strategy,
+                                     epochs_read=epochs_read, per_epoch=per_epoch), fn.__module__)
         return fn
 
     return deco
@@ -281,12 +248,7 @@ def method_reads_statistics(name: str) -> bool:
 
 def check_option(method: str, name: str, value: Any) -> Any:
     """``value`` when it is a valid value of option ``name`` of ``method``; ScoringError otherwise."""
-    opt = _info(method).options[name]
-    if not opt.accepts(value):
-        doc = f" ({opt.doc})" if opt.doc else ""
-        raise ScoringError(f"{method}: {name}{doc} must be {opt.requirement()}, got {value!r}"
-                           + (f"; {opt.hint}" if opt.hint else ""))
-    return value
+    return _info(method).options[name].check(method, name, value)
 
 
 def resolve_params(name: str, **params: Any) -> dict[str, Any]:
@@ -321,14 +283,116 @@ def check_recorded_inputs(methods: Iterable[str], record: Any) -> None:
                           f"dynamics.record: both (or true), or use only methods that read statistics ({with_stats}).")
 
 
-def get_sampler(name: str, params: Optional[dict] = None, *, dynamics: Any = None) -> Optional[Sampler]:
-    """The selection sampler of method ``name`` built from its resolved options, or None when the
-    method uses the plain top-k. ``dynamics``: what the scores came from (None when the caller has
-    none), handed to the factory as ``factory(params, dynamics=dynamics)``."""
-    factory = _info(name).sampler_factory
-    if factory is None:
-        return None
-    return factory(resolve_params(name, **(params or {})), dynamics=dynamics)
+@dataclass(frozen=True)
+class StrategyChoice:
+    """The selection strategy of one (method setting, rate): its name, its resolved options and whether
+    it is the method's own (``default``: then the selection's store key leaves it out)."""
+
+    name: str
+    params: dict
+    default: bool
+
+    def key(self) -> Optional[dict]:
+        """What enters the selection key: None for the method's default, else name and options."""
+        return None if self.default else {"name": self.name, "params": self.params}
+
+
+def default_strategy(name: str, params: Optional[dict] = None, rate: Optional[float] = None) -> tuple[str, dict]:
+    """The strategy method ``name``'s source selects with at pruning ``rate`` and its resolved options
+    (``topk`` unless the method registered ``strategy=``)."""
+    info = _info(name)
+    rule = info.strategy
+    if rule is None:
+        sname, sparams = "topk", {}
+    elif isinstance(rule, str):
+        sname, sparams = rule, {}
+    else:
+        sname, sparams = rule(resolve_params(name, **(params or {})), rate)
+    return sname, resolve_strategy_params(sname, sparams)
+
+
+def selection_options(name: str) -> bool:
+    """Whether method ``name`` has options that set its own selection (a ``strategy`` rule or an older
+    ``sampler`` factory: CCS's beta, DUAL's beta_sampling), which ``tdds select --param`` may change."""
+    info = _info(name)
+    return callable(info.strategy) or info.sampler_factory is not None
+
+
+def selection_strategy(method: str, params: Optional[dict] = None, rate: Optional[float] = None,
+                       strategy: Optional[str] = None, strategy_params: Optional[dict] = None) -> StrategyChoice:
+    """The strategy a (method setting, rate) selects with: ``strategy`` (a config's ``methods[].strategy``,
+    ``tdds select --strategy``) or, when None, the method's default. ``strategy_params`` update the
+    options of the method's default when the strategy is that one, else they are the options.
+    ConfigError names an unknown strategy or option (and lists the known ones); ScoringError a bad value."""
+    dname, dparams = default_strategy(method, params, rate)
+    name = strategy or dname
+    given = {**dparams, **(strategy_params or {})} if name == dname else dict(strategy_params or {})
+    where = f"method {method!r} at pruning rate {rate}"
+    try:
+        get_strategy(name)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    try:
+        resolved = resolve_strategy_params(name, given)
+    except ConfigError as e:
+        whose = "the configured one" if strategy else "the method's own at this rate"
+        raise ConfigError(f"{where}: {e} (strategy_params are options of the strategy in effect, {name}: {whose})") from None
+    return StrategyChoice(name, resolved, default=(name == dname and resolved == dparams))
+
+
+def strategy_context(method: Optional[str] = None, params: Optional[dict] = None, *, dynamics: Any = None,
+                     rate: Optional[float] = None) -> StrategyContext:
+    """What a strategy reads besides the scores: ``rate``, the scoring method and its resolved options,
+    and, from ``dynamics`` (what the scores came from; None: not given), ``pred_mean(epochs, start)``,
+    the mean target-class probability over the first ``epochs`` recorded epochs (computed once each)."""
+    resolved = resolve_params(method, **(params or {})) if method is not None and is_method(method) else dict(params or {})
+    pred_mean = None
+    if dynamics is not None:
+        cache: dict[tuple, np.ndarray] = {}
+
+        def pred_mean(epochs: int, start: Optional[int] = None) -> np.ndarray:
+            key = (int(epochs), start)
+            if key not in cache:
+                cache[key] = mean_target_probability(dynamics, int(epochs), start)
+            return cache[key]
+    return StrategyContext(rate=None if rate is None else float(rate), method=method, method_params=resolved,
+                           dynamics=dynamics, pred_mean=pred_mean)
+
+
+def get_sampler(name: str, params: Optional[dict] = None, *, dynamics: Any = None, rate: Optional[float] = None,
+                choice: Optional[StrategyChoice] = None) -> Optional[Sampler]:
+    """The selection sampler for scores of method ``name`` with ``params`` at pruning ``rate``: the
+    strategy ``choice`` (:func:`selection_strategy`; None: the method's own) built by
+    :func:`tdds_core.strategies.strategy_sampler`, or None for the plain top-k. ``dynamics``: what the
+    scores came from (None when the caller has none; DUAL's Beta sampling needs it). A method registered
+    with an older ``sampler=`` factory gets ``factory(params, dynamics=...)`` for its own selection."""
+    info = _info(name)
+    if choice is None or choice.default:
+        if info.sampler_factory is not None:
+            return info.sampler_factory(resolve_params(name, **(params or {})), dynamics=dynamics)
+        choice = choice or selection_strategy(name, params, rate)
+    return strategy_sampler(choice.name, choice.params, strategy_context(name, params, dynamics=dynamics, rate=rate))
+
+
+def method_per_epoch(name: Optional[str]) -> bool:
+    """Whether a selection of method ``name`` trains on a fresh subset every epoch (RS2) instead of on
+    its own samples (False for an unknown or missing name)."""
+    return bool(name) and is_method(str(name)) and _info(str(name)).per_epoch
+
+
+def epochs_read(name: str, params: Optional[dict], epochs: int) -> int:
+    """How many leading epochs of an ``epochs``-epoch full-data run method ``name`` with ``params``
+    reads (0 .. ``epochs``; an unset ``start`` is the run's first epoch, 0): TDDS ``start + T``, EL2N
+    ``start + k``, DUAL ``start + epochs``; AUM, Forgetting, Dyn-Unc up to ``stop`` (all by default);
+    CCS its base's; Entropy and Moderate all (the final model's clean pass), unless they read a given
+    epoch or feature file; Random none. A method that registers no ``epochs_read`` reads all."""
+    info = _info(name)
+    total = int(epochs)
+    rule = info.epochs_read
+    if rule is None:
+        return total
+    n = rule if isinstance(rule, int) else rule(resolve_params(name, **(params or {})), total)
+    return max(0, min(total, int(n)))
 
 
 def score_view(name: str, view: ColumnView, **params: Any) -> np.ndarray:

@@ -23,9 +23,9 @@ import numpy as np
 
 from ..errors import ScoringError
 from ..statistics import COLUMNS, LABEL_FREE, epoch_columns, is_statistics
-from ._common import NanGuard, check_labels, dynamics_labels, finish_skipped, row_chunks, stream_chunks
+from ._common import NanGuard, check_labels, dynamics_labels, finish_skipped, leading_epochs, row_chunks, stream_chunks
 
-__all__ = ["ColumnView", "EpochStream", "open_view", "logit_column"]
+__all__ = ["ColumnView", "EpochStream", "open_view", "logit_column", "mean_target_probability"]
 
 _INDEX = {c: i for i, c in enumerate(COLUMNS)}
 
@@ -187,3 +187,20 @@ def open_view(dynamics: Any, *, nan_policy: str = "raise", method: str = "scorin
     if isinstance(dynamics, ColumnView):
         return dynamics
     return ColumnView(dynamics, nan_policy=nan_policy, method=method)
+
+
+def mean_target_probability(dynamics: Any, epochs: int, start: Optional[int] = None, *,
+                            method: str = "dual_beta") -> np.ndarray:
+    """float64 ``[N]``: each sample's mean target-class probability (``p_target``) over the first
+    ``epochs`` consecutive recorded epochs from ``start`` (default: the first recorded; fewer when
+    fewer are recorded, with a warning), NaN where an input is NaN/Inf: DUAL's ``pred_mean``, the input
+    of its Beta sampling (``target_probs[:30].mean(0)`` in the authors' ``beta_sampling``)."""
+    view = open_view(dynamics, nan_policy="skip", method=method)
+    ts = leading_epochs(view, start, int(epochs), minimum=1, method=method,
+                        fix="Choose start within the recorded range.")
+    total: Any = 0.0
+    for p in view.columns(ts, "p_target"):
+        total = total + p
+    m = np.array(total / len(ts), dtype=np.float64, copy=True)
+    m[view.bad | ~np.isfinite(m)] = np.nan  # those samples were refused or ranked last (-inf) at scoring
+    return m

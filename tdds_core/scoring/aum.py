@@ -99,7 +99,8 @@ def aum_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, space: str = "
 
 @register_method("aum", options={"space": Option("prob", choices=AUM_SPACES),
                                  "start": Option(None, int, doc="first epoch"),
-                                 "stop": Option(None, int, doc="epoch after the last")})
+                                 "stop": Option(None, int, doc="epoch after the last")},
+                 epochs_read=lambda p, epochs: epochs if p["stop"] is None else p["stop"])
 def aum(view: ColumnView, *, space: str, start: Optional[int], stop: Optional[int]) -> np.ndarray:
     """AUM over the recorded epochs ``start <= t < stop`` (default: all).
 

@@ -14,13 +14,21 @@ Prediction uncertainty (std) times difficulty (1 - mean). Higher = keep first (t
 ascending and keep the tail); nothing is flipped. Dyn-Unc is the same without the ``(1 - mean)``
 factor.
 
-Beta sampling (option ``beta_sampling=True``, the authors' choice at high pruning rates): the
-method's own selection sampler (:func:`dual_beta_sample`). With ``pred_mean(x)`` the mean of
-``p_t(x)`` over the same epochs, ``anchor`` the mean ``pred_mean`` of the 10 highest-scored
-samples, ``r = 1 - n_keep / N`` the pruning rate and ``c_d`` (default 4):
+Beta sampling (the selection strategy ``dual_beta``, :mod:`tdds_core.strategies`): with
+``pred_mean(x)`` the mean of ``p_t(x)`` over the same epochs, ``anchor`` the mean ``pred_mean`` of the
+10 highest-scored samples, ``r = 1 - n_keep / N`` the pruning rate and ``c_d`` (default 4):
 ``b = 15 (1 - anchor) (1 - r ** c_d)``, ``a = 16 - b``; ``n_keep`` samples are drawn without
 replacement with probability proportional to ``BetaPDF(pred_mean; a, b) * score``. Without it the
-selection is the plain top-k by score.
+selection is the plain top-k by score. DUAL's default strategy follows its option ``beta_sampling``:
+``False`` (default) top-k at every rate, ``True`` Beta sampling at every rate, ``"auto"`` Beta
+sampling at pruning rates >= :data:`BETA_FROM_RATE` (0.8) and top-k below. The 0.8 is this project's
+choice, because the authors' code sets no rule: their CIFAR script selects top-k unless
+``--sample beta`` is passed (``exp_cifar/train_subset.py`` line 49, default None;
+``exp_cifar/data_subset.py`` lines 42-45), their CIFAR README's example passes ``--sample beta`` at
+``--subset_rate 0.3``, i.e. 70% pruning (``exp_cifar/README.md`` lines 56-69), and their ImageNet
+README shows "DUAL" and "DUAL+Beta Sampling" both at ``--coreset-ratio 0.1``, i.e. 90% pruning
+(``exp_imagenet/README.md`` lines 46-85); ``behaapyy/dual-pruning`` at commit 4ab525d. The paper's
+abstract motivates the sampling by the accuracy drop at extreme pruning ratios.
 
 Streaming: one epoch of logits is read at a time; memory is a ring of ``window`` float64 ``[N]``
 probability vectors plus the running sums (never ``N x C`` of more than one epoch).
@@ -50,32 +58,32 @@ Differences from the authors' code, all documented choices:
 """
 from __future__ import annotations
 
-import logging
-import math
 from collections import deque
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 
 from ..errors import ScoringError
-from ._common import recorded_range
+from ..strategies import dual_beta_pdf, dual_beta_sample, dual_beta_weights
+from ._common import leading_epochs
 from ._registry import Option, check_option, register_method
-from ._view import ColumnView, EpochStream, open_view
+from ._view import ColumnView, EpochStream
 
-__all__ = ["dual_from_epochs", "dual_beta_weights", "dual_beta_sample", "dual_beta_pdf", "dual"]
-
-log = logging.getLogger("tdds.scoring")
+__all__ = ["dual_from_epochs", "dual_beta_weights", "dual_beta_sample", "dual_beta_pdf", "dual", "BETA_FROM_RATE"]
 
 #: the scale the authors put on the window std (does not change the ranking)
 STD_SCALE = 10.0
-#: how many of the highest-scored samples set the Beta anchor
-ANCHOR_TOP = 10
+#: the pruning rate from which ``beta_sampling="auto"`` selects with Beta sampling (module docstring: the
+#: authors' code sets no rule, so this is this project's choice)
+BETA_FROM_RATE = 0.8
+_RATE_TOL = 1e-9
 
 OPTIONS = {
     "epochs": Option(30, int, min=2, doc="how many early epochs to use", hint="the authors use 30 (CIFAR) or 60 (ImageNet)"),
     "window": Option(10, int, min=2, doc="sliding window in epochs", hint="the authors use 10"),
     "start": Option(None, int, min=0, doc="first epoch"),
-    "beta_sampling": Option(False, bool),
+    "beta_sampling": Option(False, choices=(False, True, "auto"), doc="select with Beta sampling",
+                            hint="'auto': at pruning rates >= 0.8 only"),
     "c_d": Option(4.0, float, min=0, min_open=True, doc="Beta sampling exponent", hint="the authors use 4"),
 }
 
@@ -141,164 +149,28 @@ def dual_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, window: int =
 
 def _dual_epochs(view: ColumnView, start: Optional[int], epochs: int, window: int) -> list[int]:
     """The first ``epochs`` consecutive recorded epochs from ``start`` (at least ``window``)."""
-    recorded = view.epochs
-    if not recorded:
-        raise ScoringError("dual: the dynamics hold no recorded epochs")
-    s = recorded[0] if start is None else int(start)
-    have = set(recorded)
-    ts: list[int] = []
-    t = s
-    while len(ts) < epochs and t in have:
-        ts.append(t)
-        t += 1
-    if len(ts) < window:
-        raise ScoringError(
-            f"dual needs at least window={window} consecutive recorded epochs from epoch {s} but found {len(ts)}; "
-            f"recorded epochs: {recorded_range(recorded)}. Lower window (CLI: --param window=...), choose start within "
-            "the recorded range, or record more epochs."
-        )
-    if len(ts) < epochs:
-        log.warning("dual: epochs=%d asked but only epochs %d..%d are recorded consecutively from %d; using those %d",
-                    epochs, ts[0], ts[-1], s, len(ts))
-    return ts
+    return leading_epochs(view, start, epochs, minimum=window, method="dual", what="window=",
+                          fix="Lower window (CLI: --param window=...), choose start within the recorded range, or "
+                              "record more epochs.")
 
 
-def _log_beta_pdf(x: np.ndarray, a: float, b: float) -> np.ndarray:
-    """log of the Beta(a, b) density at ``x`` in ``[0, 1]`` (``0 * log 0 = 0``)."""
-    x = np.asarray(x, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lo = np.where(a == 1.0, 0.0, (a - 1.0) * np.log(x))
-        hi = np.where(b == 1.0, 0.0, (b - 1.0) * np.log1p(-x))
-    return lo + hi - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+def _strategy(params: dict, rate: Optional[float]) -> tuple[str, dict]:
+    """DUAL's own selection at ``rate`` (``beta_sampling``: False top-k, True Beta sampling, "auto" Beta
+    sampling from :data:`BETA_FROM_RATE`); Beta sampling reads ``pred_mean`` over DUAL's own epochs."""
+    beta = params["beta_sampling"]
+    if beta == "auto":
+        if rate is None:
+            raise ScoringError("dual: beta_sampling='auto' chooses Beta sampling by the pruning rate (from "
+                               f"{BETA_FROM_RATE:g}) and no rate was given; pass rate= (get_sampler(..., rate=r)) or set "
+                               "beta_sampling to true or false")
+        beta = float(rate) >= BETA_FROM_RATE - _RATE_TOL
+    if not beta:
+        return "topk", {}
+    return "dual_beta", {"c_d": float(params["c_d"]), "epochs": int(params["epochs"]), "start": params["start"]}
 
 
-def dual_beta_pdf(x: Any, a: float, b: float) -> np.ndarray:
-    """The Beta(a, b) density at ``x`` in ``[0, 1]`` (float64, via ``math.lgamma``; ``a, b > 0``)."""
-    if not (a > 0 and b > 0):
-        raise ScoringError(f"Beta density needs a > 0 and b > 0, got a={a}, b={b}")
-    return np.exp(_log_beta_pdf(x, float(a), float(b)))
-
-
-def _beta_log_weights(scores: np.ndarray, pred_mean: np.ndarray, n_keep: int, c_d: float) -> tuple[np.ndarray, dict]:
-    """``log(BetaPDF(pred_mean; a, b) * score)`` per sample (``-inf`` = never drawn) and the Beta
-    parameters ``{"anchor", "a", "b", "r"}``."""
-    s = np.asarray(scores, dtype=np.float64)
-    m = np.asarray(pred_mean, dtype=np.float64)
-    n = len(s)
-    if m.shape != s.shape:
-        raise ScoringError(f"dual beta sampling: {len(m)} pred_mean values for {n} scores")
-    if np.isnan(s).any():
-        raise ScoringError("dual beta sampling: the scores hold NaN")
-    if not (1 <= n_keep <= n):
-        raise ScoringError(f"dual beta sampling: n_keep must be in 1..{n}, got {n_keep}")
-    ok = np.isfinite(s) & np.isfinite(m)
-    pos = np.flatnonzero(ok)
-    if len(pos) == 0:
-        raise ScoringError("dual beta sampling: no sample has a finite score and pred_mean")
-    top = pos[np.lexsort((pos, -s[pos]))][:ANCHOR_TOP]  # highest scores, ties by position
-    anchor = float(m[top].mean())
-    r = 1.0 - n_keep / n
-    b = 15.0 * (1.0 - anchor) * (1.0 - r ** float(c_d))
-    a = 16.0 - b
-    params = {"anchor": anchor, "a": a, "b": b, "r": r}
-    if not (b > 0.0 and a > 0.0):
-        raise ScoringError(
-            f"dual beta sampling is degenerate here: anchor={anchor:.6g} (mean pred_mean of the {len(top)} highest-scored "
-            f"samples) and r={r:.6g} give Beta(a={a:.6g}, b={b:.6g}); the top samples' target probability is 1, so the "
-            "scores carry no signal. Turn beta_sampling off."
-        )
-    x = np.clip(m, np.nextafter(0.0, 1.0), np.nextafter(1.0, 0.0))
-    logw = np.full(n, -np.inf)
-    live = ok & (s > 0)
-    with np.errstate(divide="ignore"):
-        logw[live] = _log_beta_pdf(x[live], a, b) + np.log(s[live])
-    return logw, params
-
-
-def dual_beta_weights(scores: np.ndarray, pred_mean: np.ndarray, n_keep: int, *, c_d: float = 4.0) -> np.ndarray:
-    """The first-draw probabilities of beta sampling: ``BetaPDF(pred_mean; a, b) * score``
-    normalised to sum 1 (0 for samples never drawn). See the module docstring for ``a, b``."""
-    logw, _ = _beta_log_weights(scores, pred_mean, int(n_keep), float(c_d))
-    if not np.isfinite(logw).any():
-        return np.zeros(len(logw))
-    w = np.exp(logw - logw.max())
-    return w / w.sum()
-
-
-def dual_beta_sample(scores: np.ndarray, pred_mean: np.ndarray, n_keep: int, *, c_d: float = 4.0,
-                     seed: int = 0) -> np.ndarray:
-    """DUAL's beta sampling: ``n_keep`` positions drawn without replacement with probability
-    proportional to ``BetaPDF(pred_mean; a, b) * score`` (sequential draws; Gumbel-top-k).
-
-    Parameters
-    ----------
-    scores : array ``(N,)``
-        DUAL scores (``-inf`` rows are never drawn).
-    pred_mean : array ``(N,)``
-        Mean target-class probability over the scored epochs (NaN rows are never drawn).
-    n_keep : int
-        Samples to keep; the pruning rate is ``r = 1 - n_keep / N``.
-    c_d : float
-        Exponent in ``b = 15 (1 - anchor) (1 - r ** c_d)``. Default 4.
-    seed : int
-        Seed of ``numpy.random.default_rng``.
-
-    Returns
-    -------
-    np.ndarray
-        int64 ``(n_keep,)`` distinct positions, in draw order.
-    """
-    n_keep = int(n_keep)
-    logw, _ = _beta_log_weights(scores, pred_mean, n_keep, float(c_d))
-    live = int(np.isfinite(logw).sum())
-    if live < n_keep:
-        raise ScoringError(
-            f"dual beta sampling: only {live} of {len(logw)} samples have a positive weight (score > 0, finite inputs) "
-            f"but {n_keep} are to be kept; lower the pruning rate or turn beta_sampling off"
-        )
-    rng = np.random.default_rng(int(seed))
-    keys = logw + rng.gumbel(size=len(logw))
-    order = np.argsort(-keys, kind="stable")[:n_keep]
-    return order.astype(np.int64)
-
-
-def _make_sampler(params: dict, *, dynamics: Any = None) -> Optional[Callable[..., np.ndarray]]:
-    """Selection sampler of ``dual``: None (plain top-k) unless ``beta_sampling``; then beta
-    sampling with ``pred_mean`` read from ``dynamics`` (computed once, on the first call)."""
-    epochs, window, start, c_d = params["epochs"], params["window"], params["start"], params["c_d"]
-    if not params["beta_sampling"]:
-        return None
-    if dynamics is None:
-        raise ScoringError(
-            "dual with beta_sampling=True needs the training dynamics at selection time (each sample's mean target "
-            "probability over the scored epochs); pass dynamics= to get_sampler (CLI: tdds select --dynamics DIR)"
-        )
-    cache: dict[str, np.ndarray] = {}
-
-    def pred_mean() -> np.ndarray:
-        if "m" not in cache:
-            view = open_view(dynamics, nan_policy="skip", method="dual beta sampling")
-            ts = _dual_epochs(view, start, int(epochs), int(window))
-            _, m = _windows(view.columns(ts, "p_target"), int(window))
-            m = np.array(m, dtype=np.float64, copy=True)
-            m[view.bad | ~np.isfinite(m)] = np.nan  # those samples were refused or ranked last (-inf) at scoring
-            cache["m"] = m
-        return cache["m"]
-
-    def sampler(scores: np.ndarray, n_keep: int, *, labels: Optional[np.ndarray] = None, seed: int = 0) -> np.ndarray:
-        n = int(dynamics.num_samples)
-        if len(scores) != n:
-            raise ScoringError(
-                f"dual beta sampling draws over the whole dataset ({n} samples, as the authors do) but got {len(scores)} "
-                "scores; class-balanced selection is not supported with beta_sampling, drop one of the two"
-            )
-        return dual_beta_sample(scores, pred_mean(), n_keep, c_d=float(c_d), seed=seed)
-
-    sampler.__name__ = f"dual_beta_sampler(c_d={float(c_d):g}, epochs={epochs}, window={window})"
-    return sampler
-
-
-@register_method("dual", options=OPTIONS, sampler=_make_sampler, check=_check)
+@register_method("dual", options=OPTIONS, check=_check, strategy=_strategy,
+                 epochs_read=lambda p, epochs: (p["start"] or 0) + p["epochs"])
 def dual(view: ColumnView, *, epochs: int, window: int, start: Optional[int], beta_sampling: bool,
          c_d: float) -> np.ndarray:
     """DUAL scores (Cho et al., ICML 2025): mean over sliding windows of ``10 * std * (1 - mean)`` of
@@ -316,9 +188,10 @@ def dual(view: ColumnView, *, epochs: int, window: int, start: Optional[int], be
         Sliding-window width in epochs, stride 1, ``2 <= window <= epochs``. Default 10.
     start : int, optional
         First epoch (default: the first recorded epoch).
-    beta_sampling : bool
-        Select with the authors' Beta sampling instead of plain top-k (a selection option; the
-        scores are the same). Default False.
+    beta_sampling : bool or "auto"
+        Select with the authors' Beta sampling (strategy ``dual_beta``) instead of plain top-k: True at
+        every rate, "auto" at pruning rates >= 0.8 (a selection option; the scores are the same).
+        Default False.
     c_d : float
         Beta sampling exponent ``c_D``. Default 4.
 

@@ -61,7 +61,8 @@ def dyn_unc_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, width: int
 
 @register_method("dyn_unc", options={"width": Option(10, int, min=2, doc="window in epochs"),
                                      "start": Option(None, int, doc="first epoch"),
-                                     "stop": Option(None, int, doc="epoch after the last")})
+                                     "stop": Option(None, int, doc="epoch after the last")},
+                 epochs_read=lambda p, epochs: epochs if p["stop"] is None else p["stop"])
 def dyn_unc(view: ColumnView, *, width: int, start: Optional[int], stop: Optional[int]) -> np.ndarray:
     """Dynamic uncertainty over the recorded epochs ``start <= t < stop`` (default: all).
 

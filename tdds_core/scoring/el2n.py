@@ -36,7 +36,8 @@ def el2n_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, nan_policy: s
 
 
 @register_method("el2n", options={"k": Option(10, int, min=1, doc="epochs averaged"),
-                                  "start": Option(None, int, doc="first epoch")})
+                                  "start": Option(None, int, doc="first epoch")},
+                 epochs_read=lambda p, epochs: (p["start"] or 0) + p["k"])
 def el2n(view: ColumnView, *, k: int, start: Optional[int]) -> np.ndarray:
     """EL2N averaged over the first ``k`` recorded epochs from ``start`` (all of them if fewer).
 

@@ -59,7 +59,7 @@ def _check(opts: dict) -> None:
 
 @register_method("entropy", options={"source": Option("clean", choices=SOURCES),
                                      "epoch": Option(None, int, doc="recorded epoch (source='last_epoch')")},
-                 check=_check)
+                 check=_check, epochs_read=lambda p, epochs: epochs if p["epoch"] is None else p["epoch"] + 1)
 def entropy(view: ColumnView, *, source: str, epoch: Optional[int]) -> np.ndarray:
     """Entropy of the trained model's prediction for every sample.
 

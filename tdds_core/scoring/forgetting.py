@@ -56,7 +56,8 @@ def forgetting_from_epochs(epochs: Iterable[Any], labels: np.ndarray, *, nan_pol
 
 
 @register_method("forgetting", options={"start": Option(None, int, doc="first epoch"),
-                                        "stop": Option(None, int, doc="epoch after the last")})
+                                        "stop": Option(None, int, doc="epoch after the last")},
+                 epochs_read=lambda p, epochs: epochs if p["stop"] is None else p["stop"])
 def forgetting(view: ColumnView, *, start: Optional[int], stop: Optional[int]) -> np.ndarray:
     """Forgetting events over the recorded epochs ``start <= t < stop`` (default: all).
 

@@ -134,7 +134,8 @@ def _load_features(view: ColumnView, features: str) -> np.ndarray:
     return f
 
 
-@register_method("moderate", options={"features": Option("clean", doc="'clean' or a .npy path")})
+@register_method("moderate", options={"features": Option("clean", doc="'clean' or a .npy path")},
+                 epochs_read=lambda p, epochs: epochs if str(p["features"]) == "clean" else 0)
 def moderate(view: ColumnView, *, features: str) -> np.ndarray:
     """Moderate-DS over penultimate features: by default the full-data model's clean final pass
     (``features.npy``), or ``features="/path/feats.npy"`` (float ``[N, D]``, sample order) from

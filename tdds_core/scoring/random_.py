@@ -23,7 +23,7 @@ def random_scores(num_samples: int, *, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(int(seed)).random(int(num_samples), dtype=np.float64)
 
 
-@register_method("random", options={"seed": Option(0, int)})
+@register_method("random", options={"seed": Option(0, int)}, epochs_read=0)
 def random_(view: ColumnView, *, seed: int) -> np.ndarray:
     """Random baseline: uniform scores, reproducible by ``seed``. Reads no epochs (only N).
 

@@ -207,7 +207,8 @@ def tdds_from_statistics(stats: Any, *, T: int = 30, W: int = 10, decay: float =
     return tdds(open_view(stats, nan_policy="skip", method="tdds"), **opts)
 
 
-@register_method("tdds", options=OPTIONS, weighting="batch", check=check_tdds_combination)
+@register_method("tdds", options=OPTIONS, weighting="batch", check=check_tdds_combination,
+                 epochs_read=lambda p, epochs: (p["start"] or 0) + p["T"])
 def tdds(view: ColumnView, *, T: int, W: int, decay: float, start: Optional[int], inner: str, signed: bool,
          aggregate: str, dtype: str, block_rows: Optional[int], workers: Optional[int]) -> np.ndarray:
     """TDDS scores of every sample of the recording (see the module docstring for the formula).

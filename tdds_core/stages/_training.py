@@ -116,7 +116,8 @@ def result_row(method: str, rate: Optional[float], seed: int, arch: str, res: An
                **extra: Any) -> dict:
     """One row of the results table."""
     row = {"method": method, "rate": rate, "seed": seed, "arch": arch, "final_acc": res.final_acc,
-           "best_acc": res.best_acc, "num_train": res.num_train, "iterations": res.iterations, "wall_s": res.wall_s}
+           "best_acc": res.best_acc, "num_train": res.num_train, "iterations": res.iterations, "wall_s": res.wall_s,
+           "epochs": res.epochs}
     if uri is not None:
         row["uri"] = uri
     row.update({k: v for k, v in extra.items() if v is not None})

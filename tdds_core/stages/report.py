@@ -4,25 +4,34 @@ run, which then opens on the answer (:func:`log_to_parent`): the table first in 
 plot first among its artifacts, a few rounded headline figures, every cell in ``results_table.json``,
 and one ``summary/<method>`` child run per method whose ``test_acc`` / ``diff_vs_random`` are logged
 at step = pruning rate in percent (MLflow's chart view: one line per method on one axis). Runs every time (also when every stage before it
-came from a cache); in the KFP pipeline it then ends the parent run FINISHED."""
+came from a cache); in the KFP pipeline it then ends the parent run FINISHED.
+
+The cost of each row (:mod:`tdds_core.cost`: dynamics share, scoring, selection and training seconds)
+is added to the rows it writes, logged on each coreset and cross-architecture run as the ``cost_*``
+metrics (:func:`log_costs`), tabled in ``cost.md`` and the parent's ``results_table.json``, and drawn
+as ``time_to_accuracy.png`` (accuracy against total cost) beside the accuracy-vs-rate plot."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from .. import plan as P
 from ..config import Config, config_digest
+from ..cost import outputs_of, with_costs
 from ..io import atomic_write_json, atomic_write_text, json_safe, write_manifest
-from ..names import (METRIC_DIFF_VS_RANDOM, METRIC_TEST_ACC, STAGE_REPORT, STAGE_SUMMARY, TAG_ARCH, TAG_LABEL, TAG_METHOD,
-                     TAG_METHOD_NAME, TAG_PIPELINE_RUN, TAG_STAGE, rate_step, rate_text, slug)
+from ..names import (COST_METRICS, METRIC_DIFF_VS_RANDOM, METRIC_TEST_ACC, STAGE_CORESET, STAGE_EVALUATE, STAGE_REPORT,
+                     STAGE_SUMMARY, TAG_ARCH, TAG_LABEL, TAG_METHOD, TAG_METHOD_NAME, TAG_PIPELINE_RUN, TAG_STAGE, rate_step,
+                     rate_text, slug)
 from ..report import (TABLE_COLUMNS, build_table, full_accuracy, paired_differences, plot_accuracy_vs_rate, scale_note,
                       to_csv, to_markdown)
+from ..report_cost import cost_columns, cost_markdown, plot_time_to_accuracy
 from ..tracking import run_params
 from ..stage_registry import Context, Stage, State, register_stage
 from ..storage import Workspace
 
-__all__ = ["report_dir", "write_report", "log_to_parent", "log_summaries", "headline_metrics", "method_curves",
-           "table_columns", "description", "TABLE_FILE"]
-REPORT_FILES = ("table.csv", "table.md", "accuracy_vs_rate.png", "rows.json")
+__all__ = ["report_dir", "write_report", "log_to_parent", "log_summaries", "log_costs", "headline_metrics",
+           "method_curves", "table_columns", "description", "TABLE_FILE"]
+REPORT_FILES = ("table.csv", "table.md", "accuracy_vs_rate.png", "cost.md", "time_to_accuracy.png", "rows.json")
 
 
 def report_dir(cfg: Config) -> Path:
@@ -32,7 +41,9 @@ def report_dir(cfg: Config) -> Path:
 
 
 def write_report(cfg: Config, rows: list[dict], out: Path) -> str:
-    """Table, plot and rows into ``out`` (manifest last); returns the Markdown table."""
+    """Tables, plots and rows into ``out`` (manifest last); returns the Markdown table of accuracies.
+    ``rows`` with the cost fields (:func:`tdds_core.cost.with_costs`) fill ``cost.md`` and
+    ``time_to_accuracy.png``; without them those show ``–`` and only the full-data point."""
     out.mkdir(parents=True, exist_ok=True)
     table = build_table(rows)
     full = next((r for r in rows if r.get("rate") is None and r.get("num_train")), None)
@@ -42,6 +53,8 @@ def write_report(cfg: Config, rows: list[dict], out: Path) -> str:
     atomic_write_text(out / "table.csv", to_csv(table))
     atomic_write_text(out / "table.md", md)
     plot_accuracy_vs_rate(rows, out / "accuracy_vs_rate.png", title=f"{cfg.name}: {cfg.data.name}")
+    atomic_write_text(out / "cost.md", cost_markdown(rows))
+    plot_time_to_accuracy(rows, out / "time_to_accuracy.png", title=f"{cfg.name}: {cfg.data.name}, accuracy vs total cost")
     atomic_write_json(out / "rows.json", json_safe(rows))
     write_manifest(out, list(REPORT_FILES), kind="report", name=cfg.name)
     return md
@@ -94,13 +107,15 @@ def headline_metrics(rows: list[dict], arch: str, reference: str = "random") -> 
 
 def table_columns(rows: list[dict], reference: str = "random") -> dict[str, list]:
     """``results_table.json``: :data:`TABLE_COLUMNS` per cell (rate as a number, 0.5) plus
-    ``diff_vs_random_mean`` (points, paired by seed; None where no reference row pairs)."""
+    ``diff_vs_random_mean`` (points, paired by seed; None where no reference row pairs) and the cost
+    means over seeds (:data:`tdds_core.report_cost.COST_CELL_COLUMNS`; None where not known)."""
     table = build_table(rows)
     diffs = {(d["method"], round(d["rate"], 6), d["arch"]): d["mean"] for d in paired_differences(rows, reference=reference)}
     cols = {c: [(";".join(map(str, t[c])) if c == "seeds" else t[c]) for t in table] for c in TABLE_COLUMNS}
     cols[f"diff_vs_{reference}_mean"] = [
         None if t["rate"] is None else (0.0 if t["method"] == reference else diffs.get((t["method"], round(t["rate"], 6), t["arch"])))
         for t in table]
+    cols.update(cost_columns(rows, table))
     return cols
 
 
@@ -119,7 +134,8 @@ def description(cfg: Config, table_md: str, run_id: str) -> str:
             f"Pipeline run `{run_id}`; methods {', '.join(m.display for m in cfg.methods)}; pruning rates "
             f"{', '.join(rate_text(r) for r in cfg.selection.rates)}; coreset seeds {list(cfg.coreset.seeds)}. "
             f"Curves: the `{STAGE_SUMMARY}/<method>` child runs (`test_acc`, `diff_vs_random` at step = rate in %; "
-            "chart view). Artifacts: `accuracy_vs_rate.png`, `results_table.json` (every cell), `report/`.\n")
+            "chart view). Artifacts: `accuracy_vs_rate.png`, `time_to_accuracy.png` (accuracy vs total cost), "
+            "`results_table.json` (every cell, costs included), `report/` (`cost.md`: the cost of each cell).\n")
 
 
 def log_summaries(ctx: Context, rows: list[dict], digest: str) -> list[str]:
@@ -159,6 +175,7 @@ def log_to_parent(ctx: Context, rows: list[dict], out: Path, md: str) -> bool:
     with tracker.attach(ctx.parent_run_id):
         tracker.log_metrics(headline_metrics(rows, cfg.model.arch))
         tracker.log_artifact(out / "accuracy_vs_rate.png")
+        tracker.log_artifact(out / "time_to_accuracy.png")
         tracker.log_table(table_columns(rows), TABLE_FILE)
         for name in REPORT_FILES:
             tracker.log_artifact(out / name, "report")
@@ -167,13 +184,39 @@ def log_to_parent(ctx: Context, rows: list[dict], out: Path, md: str) -> bool:
     return True
 
 
+def log_costs(ctx: Context, rows: list[dict], state: State) -> int:
+    """The cost fields of each coreset and cross-architecture row (:data:`~tdds_core.names.COST_METRICS`)
+    as metrics on the run that trained it (found by its key, the row by its artifact URI); only values
+    the run does not hold already, so a rerun logs nothing. Returns the number of runs logged to."""
+    cfg, tracker = ctx.cfg, ctx.tracker
+    by_uri = {r["uri"]: r for r in rows if r.get("uri")}
+    logged = 0
+    for stage in (STAGE_CORESET, STAGE_EVALUATE):
+        for ref in state.refs.get(stage, {}).values():
+            row = by_uri.get(ref.uri)
+            costs = {m: float(row[m]) for m in COST_METRICS if row is not None and row.get(m) is not None}
+            run_id = tracker.find_finished_run(P.run_key_of(ref.run_stage or stage, cfg.output, ref.key)) if costs else None
+            if run_id is None:
+                continue
+            held = tracker.get_run(run_id).metrics
+            new = {m: v for m, v in costs.items() if held.get(m) != v}
+            if new:
+                with tracker.attach(run_id):
+                    tracker.log_metrics(new)
+                logged += 1
+    return logged
+
+
 def run(ctx: Context, item: Any, state: State) -> State:
     cfg, tracker = ctx.cfg, ctx.tracker
     out = report_dir(cfg)
-    md = write_report(cfg, state.rows, out)
+    rows = with_costs(cfg, state.rows, outputs_of(state.refs))
+    md = write_report(cfg, rows, out)
     Workspace.of(cfg).publish(out, "report", replace=True)     # S3: uploaded unless the same files are there
+    if tracker.enabled:
+        log_costs(ctx, rows, state)
     if tracker.enabled and ctx.parent_run_id:
-        log_to_parent(ctx, state.rows, out, md)
+        log_to_parent(ctx, rows, out, md)
     if ctx.finish_parent and ctx.parent_run_id and tracker.enabled:
         tracker.terminate(ctx.parent_run_id, "FINISHED")
     return state.part(STAGE_REPORT, {})

@@ -1,8 +1,11 @@
 """Stage score: one method setting scores every sample from the full-data run's dynamics.
-Writes ``scores.npy`` (float64 ``[N]``, sample order, higher = keep first) and ``score.json``.
+Writes ``scores.npy`` (float64 ``[N]``, sample order, higher = keep first) and ``score.json`` (method, params,
+..., ``elapsed_s``: wall seconds of reading the dynamics and scoring; also in the manifest; absent in
+scores stored before it was recorded).
 Key ``scores/<method>-<digest of train key, method, params>``; MLflow run ``<label> (score)``."""
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import numpy as np
@@ -13,8 +16,8 @@ from ..artifacts import StageOutput, existing, fetch, load_scores, open_recorded
 from ..data import Splits
 from ..dynamics import check_matches
 from ..io import atomic_save_npy, atomic_write_json, read_json, write_manifest
-from ..names import (STAGE_SCORE, STAGE_TRAIN_FULL, TAG_ARCH, TAG_FINGERPRINT, TAG_LABEL, TAG_METHOD, TAG_METHOD_NAME,
-                     TAG_SEED, TAG_STAGE, run_name)
+from ..names import (ELAPSED_S, STAGE_SCORE, STAGE_TRAIN_FULL, TAG_ARCH, TAG_FINGERPRINT, TAG_LABEL, TAG_METHOD,
+                     TAG_METHOD_NAME, TAG_SEED, TAG_STAGE, run_name)
 from ..scoring import compute_scores
 from ..stage_registry import Context, Ref, Stage, State, register_stage
 from ..tracking import Tracker, artifact_tags, log_score_run, run_params
@@ -33,18 +36,21 @@ def score(cfg: Config, train_uri: str, method: MethodSpec | str, params: Optiona
     done = existing(uri)
     if done is not None:
         return StageOutput(uri, done, reused=True, info=read_json(done / "score.json"), key=key)
+    t0 = time.perf_counter()
     dyn = open_recorded(fetch(train_uri))
     if splits is not None:
         check_matches(dyn, num_samples=len(splits.train), num_classes=splits.num_classes, fingerprint=splits.fingerprint,
                       what=f"dataset {splits.name!r}")
     scores = compute_scores(m.name, dyn, nan_policy=nan_policy, **params)
     info = {"method": m.name, "label": m.display, "params": params, "fingerprint": dyn.fingerprint,
-            "num_samples": dyn.num_samples, "train_uri": train_uri, "nan_policy": nan_policy}
+            "num_samples": dyn.num_samples, "train_uri": train_uri, "nan_policy": nan_policy,
+            ELAPSED_S: round(time.perf_counter() - t0, 6)}
     work = work_dir(uri)
     work.mkdir(parents=True, exist_ok=True)
     atomic_save_npy(work / "scores.npy", np.asarray(scores, dtype=np.float64))
     atomic_write_json(work / "score.json", info)
-    write_manifest(work, ["scores.npy", "score.json"], kind="scores", **{k: info[k] for k in ("method", "fingerprint")})
+    write_manifest(work, ["scores.npy", "score.json"], kind="scores",
+                   **{k: info[k] for k in ("method", "fingerprint", ELAPSED_S)})
     publish(work, uri)
     return StageOutput(uri, work, info=info, key=key)
 

@@ -75,7 +75,11 @@ def tracked_train_full(cfg: Config, tracker: Tracker, splits: Splits) -> StageOu
             tracker.log_params({**run_params(method="full", seed=t.seed, arch=cfg.model.arch, epochs=t.epochs, lr=t.lr,
                                              weighting="none"),
                                 **P.identity(cfg, STAGE_TRAIN_FULL)})
-            tracker.log_metrics(result_metrics(out.result))
+            metrics = result_metrics(out.result)
+            if out.result.epochs < t.epochs:       # dynamics.stop_training: not a full-data reference
+                metrics = {k: v for k, v in metrics.items() if k not in ("final_acc", "best_acc", "best_epoch")}
+                metrics.update(stopped_epoch=out.result.epochs, stopped_acc=out.result.final_acc)
+            tracker.log_metrics(metrics)
             tracker.set_tags(artifact_tags(out.uri, akey))
             log_training_outputs(cfg, tracker, out, splits.classes, full=True,
                                  model_name=model_name(STAGE_TRAIN_FULL, seed=t.seed))
@@ -89,8 +93,11 @@ def run(ctx: Context, item: Any, state: State) -> State:
     cfg = ctx.cfg
     out = tracked_train_full(cfg, ctx.tracker, ctx.splits)
     ref = Ref(uri=out.uri, key=out.key, run_stage=STAGE_TRAIN_FULL)
-    return state.part(STAGE_TRAIN_FULL, {"": ref},
-                      [result_row("full", None, cfg.train.seed, cfg.model.arch, out.result, stage=STAGE_TRAIN_FULL)])
+    row = result_row("full", None, cfg.train.seed, cfg.model.arch, out.result, stage=STAGE_TRAIN_FULL)
+    if out.result.epochs < cfg.train.epochs:
+        # dynamics.stop_training: no full-data reference; the accuracy it stopped at stays apart
+        row.update(stopped_epoch=out.result.epochs, stopped_acc=row.pop("final_acc"), best_acc=None)
+    return state.part(STAGE_TRAIN_FULL, {"": ref}, [row])
 
 
 STAGE = register_stage(Stage(STAGE_TRAIN_FULL, order=10, loop="once", run=run,
