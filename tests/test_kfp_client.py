@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from fixtures_http import send_json
 from pipelines.run import schedule, schedules, unschedule, wait_for_run
 from tdds_core.cli import main
 from tdds_core.config import load_config
@@ -35,12 +36,7 @@ class _Kfp(BaseHTTPRequestHandler):
     state: dict
 
     def _reply(self, body: dict, code: int = 200) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, code, body)
 
     def _handle(self):
         n = int(self.headers.get("Content-Length") or 0)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from fixtures_http import send_json
 import tdds_core
 
 from pipelines.prune import build_prune_pipeline
@@ -549,15 +550,6 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def _send_json(handler: BaseHTTPRequestHandler, code: int, body: dict) -> None:
-    data = json.dumps(body).encode()
-    handler.send_response(code)
-    handler.send_header("Content-Type", "application/json")
-    handler.send_header("Content-Length", str(len(data)))
-    handler.end_headers()
-    handler.wfile.write(data)
-
-
 class _FakeKfp(BaseHTTPRequestHandler):
     """healthz answers like KFP (or with ``healthz_code``); every other call answers ``code``."""
 
@@ -576,7 +568,7 @@ class _FakeKfp(BaseHTTPRequestHandler):
             code, body = self.healthz_code, self.health
         else:
             code, body = self.code, {"error_message": "invalid pipeline spec", "message": "invalid pipeline spec"}
-        _send_json(self, code, body)
+        send_json(self, code, body)
 
     do_GET = do_POST = do_PUT = do_DELETE = _answer
 
@@ -693,7 +685,7 @@ class _KfpRegistry(BaseHTTPRequestHandler):
     state: dict
 
     def _reply(self, body: dict, code: int = 200) -> None:
-        _send_json(self, code, body)
+        send_json(self, code, body)
 
     def _handle(self):
         from urllib.parse import parse_qs, urlsplit

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from fixtures_http import send_json
 from tdds_core.config import load_config
 from tdds_core.engine.launch import job_env, train_on_nodes
 from tdds_core.errors import TrainingError
@@ -52,12 +53,7 @@ class K8sStandIn:
                 pass
 
             def _send(self, code, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, code, obj)
 
             def _body(self):
                 n = int(self.headers.get("Content-Length") or 0)
