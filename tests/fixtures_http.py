@@ -1,8 +1,10 @@
-"""What the stand-in HTTP servers of the tests share (the KFP API, the Kubernetes API): a JSON reply."""
+"""What the stand-in HTTP servers of the tests share (the KFP API, the Kubernetes API): reading a
+request, a JSON reply."""
 from __future__ import annotations
 
 import json
 from http.server import BaseHTTPRequestHandler
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 
 def send_json(handler: BaseHTTPRequestHandler, code: int, body: object) -> None:
@@ -13,3 +15,11 @@ def send_json(handler: BaseHTTPRequestHandler, code: int, body: object) -> None:
     handler.send_header("Content-Length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
+
+
+def read_request(handler: BaseHTTPRequestHandler) -> tuple[bytes, SplitResult, dict[str, str]]:
+    """``(body bytes, split URL, query as {name: first value})`` of ``handler``'s request."""
+    n = int(handler.headers.get("Content-Length") or 0)
+    body = handler.rfile.read(n) if n else b""
+    url = urlsplit(handler.path)
+    return body, url, {k: v[0] for k, v in parse_qs(url.query).items()}

@@ -8,11 +8,10 @@ import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from fixtures_http import send_json
+from fixtures_http import read_request, send_json
 from pipelines.run import schedule, schedules, unschedule, wait_for_run
 from tdds_core.cli import main
 from tdds_core.config import load_config
@@ -39,10 +38,7 @@ class _Kfp(BaseHTTPRequestHandler):
         send_json(self, code, body)
 
     def _handle(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(n) if n else b""
-        url = urlsplit(self.path)
-        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        body, url, q = read_request(self)
         st, path = self.state, url.path
         st["calls"].append((self.command, path, q, self.headers.get("Authorization")))
         wanted = json.loads(q["filter"])["predicates"][0]["stringValue"] if q.get("filter") else None

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from fixtures_http import send_json
+from fixtures_http import read_request, send_json
 import tdds_core
 
 from pipelines.prune import build_prune_pipeline
@@ -688,12 +688,7 @@ class _KfpRegistry(BaseHTTPRequestHandler):
         send_json(self, code, body)
 
     def _handle(self):
-        from urllib.parse import parse_qs, urlsplit
-
-        n = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(n) if n else b""
-        url = urlsplit(self.path)
-        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        body, url, q = read_request(self)
         st = self.state
         st["calls"].append((self.command, url.path))
         wanted = json.loads(q["filter"])["predicates"][0]["stringValue"] if "filter" in q else None
